@@ -1,0 +1,69 @@
+# ringd: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?=
+
+.PHONY: help venv run test test-py lint proto check-proto lint-proto bench bench-engine bench-smoke demo test-node test-go clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## Build .venv and install ringd with its dev tools
+
+run: $(STAMP) ## Serve ringd (built-in default pipeline unless CONFIG=path) on 127.0.0.1:50051
+	$(BIN)/ringd serve $(if $(CONFIG),--config $(CONFIG),)
+
+test: $(STAMP) lint check-proto ## Everything CI runs: lint, proto drift check, pytest, Node and Go suites, bench smoke
+	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-node
+	$(MAKE) --no-print-directory test-go
+	$(MAKE) --no-print-directory bench-smoke
+
+test-py: $(STAMP) ## The pytest suite alone
+	$(BIN)/pytest -q
+
+lint: $(STAMP) lint-proto ## ruff and mypy (strict) on the Python code, buf lint on the contract
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+lint-proto: $(STAMP) ## buf lint on proto/
+	cd proto && ../$(BIN)/buf lint
+
+proto: $(STAMP) ## Regenerate the committed stubs from proto/ (Python, .pyi, Go)
+	scripts/gen-proto.sh
+
+check-proto: $(STAMP) ## Fail when `make proto` would change the committed stubs
+	scripts/gen-proto.sh --check
+
+bench-engine: $(STAMP) ## In-process cost of a ring (microseconds)
+	$(BIN)/python bench/engine_bench.py
+
+bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server
+	$(BIN)/python bench/grpc_bench.py
+
+bench-smoke: $(STAMP) ## The benchmarks in a seconds-long smoke mode
+	$(BIN)/python bench/engine_bench.py --smoke
+
+demo: $(STAMP) ## Start a server and send requests through all five rings
+	$(BIN)/python scripts/demo.py
+
+test-node: ## Node client and example gateway suite
+	scripts/test-node.sh
+
+test-go: ## Go client and example gateway suite
+	scripts/test-go.sh
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

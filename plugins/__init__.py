@@ -1,0 +1,1 @@
+"""Built-in plugins, written with the public SDK only (ringd.sdk)."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite uses (Debian): h2load, redis-server.
+set -euo pipefail
+need=()
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing: ${need[*]} (install with: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,35 @@
+"""The ringd plugin SDK: everything a plugin author imports.
+
+It is the LLMProxy Plugin SDK made exact, so an LLMProxy plugin written against
+``core.plugin_sdk`` and ``core.plugin_engine`` runs on ringd unchanged::
+
+    from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+    class Shout(BasePlugin):
+        name = "shout"
+        hook = PluginHook.PRE_FLIGHT
+
+        async def execute(self, ctx: PluginContext) -> PluginResponse:
+            ctx.body["shout"] = True
+            return PluginResponse.passthrough()
+
+The SDK has no gRPC or protobuf in it: plugins see plain Python types only.
+"""
+
+from ringd.sdk._context import PluginContext, PluginState, RequestInfo
+from ringd.sdk._plugin import BasePlugin, PluginHook
+from ringd.sdk._response import PluginAction, PluginResponse, PluginResponseError
+from ringd.sdk._store import Store, StoreError
+
+__all__ = [
+    "BasePlugin",
+    "PluginAction",
+    "PluginContext",
+    "PluginHook",
+    "PluginResponse",
+    "PluginResponseError",
+    "PluginState",
+    "RequestInfo",
+    "Store",
+    "StoreError",
+]

@@ -1,0 +1,103 @@
+"""``BasePlugin`` and ``PluginHook``: what every plugin subclasses and where it runs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ringd.sdk._metrics import PluginMetrics
+from ringd.sdk._response import PluginResponse
+
+if TYPE_CHECKING:
+    from ringd.sdk._context import PluginContext
+
+
+class PluginHook(Enum):
+    """The five rings of a gateway request, in the order the gateway calls them."""
+
+    INGRESS = "ingress"
+    """Ring 1: authentication, zero trust, rate limits."""
+    PRE_FLIGHT = "pre_flight"
+    """Ring 2: PII redaction, prompt mutation, guards, cache lookup."""
+    ROUTING = "routing"
+    """Ring 3: model and upstream selection."""
+    POST_FLIGHT = "post_flight"
+    """Ring 4: sanitising or healing the upstream answer."""
+    BACKGROUND = "background"
+    """Ring 5: usage accounting, logs, telemetry; runs after the client has its answer."""
+
+
+class BasePlugin:
+    """Subclass this to write a plugin.
+
+    Class attributes describe the plugin; the config entry that loads it may
+    override ``hook`` placement and ``timeout_ms``::
+
+        class MyPlugin(BasePlugin):
+            name = "my_plugin"            # unique identifier
+            hook = PluginHook.PRE_FLIGHT  # which ring
+            version = "1.0.0"             # semver; a change resets stats on reload
+            author = "you"
+            description = "What it does"
+            timeout_ms = 10               # time budget of one execute() call
+
+    The engine constructs the plugin with its config entry's ``config`` mapping,
+    awaits :meth:`on_load` once, calls :meth:`execute` per request, and awaits
+    :meth:`on_unload` once when a reload replaces it and its in-flight calls
+    have finished.
+    """
+
+    name: ClassVar[str] = "base_plugin"
+    hook: ClassVar[PluginHook] = PluginHook.PRE_FLIGHT
+    version: ClassVar[str] = "0.0.0"
+    author: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    timeout_ms: ClassVar[int] = 10
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        """Keep ``config`` (the entry's ``config`` mapping; never None) as ``self.config``."""
+        self.config: dict[str, Any] = dict(config) if config else {}
+        self._metrics = PluginMetrics()
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        """Handle one request in this plugin's ring.
+
+        When it runs: once per request that reaches this plugin's ring, after
+        every enabled plugin of the ring with a lower ``priority`` (ties in config
+        order), sharing one ``ctx`` with them.
+
+        What the return value does:
+            * ``PluginResponse.passthrough()``: continue; in-place edits of
+              ``ctx.body``, ``ctx.response`` and ``ctx.metadata`` are kept.
+            * ``PluginResponse.modify(body=...)``: replace ``ctx.body``, continue.
+            * ``PluginResponse.block(status_code, error_type, message)``: end the
+              ring; the gateway answers the client with that error.
+            * ``PluginResponse.cache_hit(response=...)``: end the ring; the gateway
+              answers with ``response`` and does not call the upstream.
+
+        Setting ``ctx.stop_chain = True`` (LLMProxy style) ends the ring as a
+        block carrying ``ctx.error``.
+
+        Time budget: ``timeout_ms`` (the config entry's value if set), cut to
+        the time left before the gateway's deadline. A call that runs past it is
+        cancelled and counts as a timeout. Raising, timing out or returning
+        anything but a ``PluginResponse`` is a failure: under
+        ``fail_policy: closed`` the ring blocks (500, 504, or 503 while the
+        circuit breaker is open), under ``open`` the plugin is skipped.
+
+        Never block the event loop: use async I/O, or set ``run_in_thread: true``
+        in the config entry for synchronous or CPU-heavy work.
+        """
+        return PluginResponse.passthrough()
+
+    async def on_load(self) -> None:
+        """Called once after construction, before the plugin serves; raise to fail the load."""
+
+    async def on_unload(self) -> None:
+        """Called once when a reload replaces or removes the plugin, after it has drained."""
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Live metrics: invocations, errors, blocks, timeouts, latencies (total, avg, p50/p95/p99)."""
+        metrics = getattr(self, "_metrics", None)
+        return (metrics if metrics is not None else PluginMetrics()).snapshot()

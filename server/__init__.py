@@ -1,0 +1,1 @@
+"""ringd.server: the engine host, gRPC servicers, config, store, telemetry and CLI."""

@@ -1,0 +1,142 @@
+"""The plugin store: ``ctx.state.extra["store"]``. SQLite (WAL) by default, Redis for replicas.
+
+Both backends keep the semantics of :class:`ringd.sdk.Store`: JSON values, an
+atomic ``incr`` with a TTL that is set when the key is created, and expired keys
+that read as absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ringd.sdk import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID
+"""
+
+# One statement, so it is atomic for every connection and process sharing the file:
+# a missing or expired key starts at `amount` with a fresh expiry; a live integer
+# grows and keeps its expiry; anything else updates no row, and RETURNING is empty.
+_INCR = """
+INSERT INTO kv (key, value, expires_at) VALUES (:key, :amount, :expires_at)
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now
+                 THEN excluded.value
+                 ELSE CAST(kv.value AS INTEGER) + :amount END,
+    expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now
+                      THEN excluded.expires_at
+                      ELSE kv.expires_at END
+    WHERE (kv.expires_at IS NOT NULL AND kv.expires_at <= :now)
+       OR json_type(kv.value) = 'integer'
+RETURNING CAST(value AS INTEGER)
+"""
+
+
+def _encode(key: str, value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value for key {key!r} is not JSON-serialisable: {exc}") from exc
+
+
+def _expiry(ttl_s: float | None) -> float | None:
+    if ttl_s is None:
+        return None
+    if not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise StoreError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+    return time.time() + ttl_s
+
+
+class SqliteStore:
+    """The default store: one SQLite file in WAL mode, shared by worker processes.
+
+    Open it once with :meth:`open` and :meth:`close` it on shutdown. Every write
+    commits before it returns, so an acknowledged write survives the process
+    being killed.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> SqliteStore:
+        """Open (creating if needed) the database at ``path``."""
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise StoreError(f"store synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        target = str(path)
+        if target != ":memory:":
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(target, isolation_level=None, timeout=30.0)
+        except Exception as exc:  # any open failure is reported as the store's, naming the file
+            raise StoreError(f"cannot open SQLite store {target!r}: {exc}") from exc
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        await conn.execute("PRAGMA busy_timeout=30000")
+        await conn.execute(_SCHEMA)
+        await conn.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),))
+        return cls(conn, target)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        await self._conn.close()
+
+    async def get_state(self, key: str, default: Any = None) -> Any:
+        async with self._conn.execute(
+            "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (key, time.time()),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return default if row is None else json.loads(row[0])
+
+    async def set_state(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        await self._conn.execute(
+            "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+            (key, _encode(key, value), _expiry(ttl_s)),
+        )
+
+    async def delete(self, key: str) -> bool:
+        cursor = await self._conn.execute(
+            "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (key, time.time()),
+        )
+        return cursor.rowcount > 0
+
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise StoreError(f"incr amount must be an integer, got {amount!r}")
+        params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
+        async with self._conn.execute(_INCR, params) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
+        return int(row[0])
+
+
+async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore:
+    """Open the store a config names: a SQLite path (``sqlite:///abs``, ``sqlite:rel``, a bare path).
+
+    Relative paths are resolved against ``base_dir`` (the config file's folder).
+    """
+    if url.startswith("redis://") or url.startswith("rediss://"):
+        raise StoreError("the redis store backend is not available in this build")
+    path = url.removeprefix("sqlite://").removeprefix("sqlite:")
+    if path != ":memory:" and base_dir is not None and not Path(path).is_absolute():
+        path = str(base_dir / path)
+    return await SqliteStore.open(path)
+
+
+__all__ = ["SqliteStore", "StoreError", "open_store"]

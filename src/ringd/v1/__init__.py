@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs of the ringd.v1 contract (made by `make proto`)."""
