@@ -1,0 +1,375 @@
+"""The YAML config file: server settings and plugin entries, validated in one pass.
+
+A bad file fails with one :class:`ConfigError` that names the file, each bad
+entry and field, so nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ringd.sdk import PluginHook
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+_E = TypeVar("_E", bound=Enum)
+
+
+class ConfigError(ValueError):
+    """The config file is invalid; the message names the file, entry and field."""
+
+
+class FailPolicy(Enum):
+    """What a plugin failure does to its ring."""
+
+    OPEN = "open"
+    """Skip the failed plugin and go on with the ring, recording the bypass."""
+    CLOSED = "closed"
+    """Block the ring: 500 plugin_error, 504 plugin_timeout, 503 plugin_unavailable."""
+
+
+DEFAULT_FAIL_POLICY: dict[PluginHook, FailPolicy] = {
+    PluginHook.INGRESS: FailPolicy.CLOSED,
+    PluginHook.PRE_FLIGHT: FailPolicy.CLOSED,
+    PluginHook.ROUTING: FailPolicy.CLOSED,
+    PluginHook.POST_FLIGHT: FailPolicy.OPEN,
+    PluginHook.BACKGROUND: FailPolicy.OPEN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """Circuit breaker of one plugin: opens after ``failure_threshold`` consecutive failures.
+
+    ``failure_threshold: 0`` turns the breaker off. While open, the plugin counts as
+    failed (503 under fail_policy closed) until ``cooldown_s`` has passed; then the
+    next call is tried, and closes the breaker on success or reopens it on failure.
+    """
+
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PluginEntry:
+    """One plugin entry of the config file (LLMProxy's manifest fields plus ringd's)."""
+
+    name: str
+    entrypoint: str
+    hook: PluginHook | None = None
+    priority: int = 100
+    enabled: bool = True
+    timeout_ms: int | None = None
+    fail_policy: FailPolicy | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    run_in_thread: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS for the listen addresses: server cert and key; a client CA requires client certs."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Server settings of the config file's ``server:`` section."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    admin_listen: tuple[str, ...] = ()
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rings: int = 1024
+    max_metadata_keys: int = 1024
+    max_json_depth: int = 64
+    reflection: bool = True
+    admin_token: str | None = None
+    grace_s: float = 10.0
+    background_queue_size: int = 1024
+    background_workers: int = 4
+    deadline_margin_ms: float = 5.0
+    stall_threshold_ms: float = 100.0
+    tls: TlsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RingdConfig:
+    """A whole config file, validated."""
+
+    version: str
+    path: Path | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
+    store: str = "ringd.db"
+    plugins: tuple[PluginEntry, ...] = ()
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the file are resolved against."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
+
+_ENTRY_FIELDS = {
+    "name", "hook", "entrypoint", "priority", "enabled", "timeout_ms", "fail_policy",
+    "config", "circuit_breaker", "run_in_thread",
+}  # fmt: skip
+_TOP_FIELDS = {"version", "server", "store", "plugins"}
+
+
+class _Errors:
+    """Collects every problem of a file, then raises them as one ConfigError."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            lines = "\n  ".join(self.problems)
+            raise ConfigError(f"invalid config {self.source}:\n  {lines}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _int(errors: _Errors, where: str, value: Any, *, minimum: int = 0) -> int | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        errors.add(where, f"must be an integer >= {minimum}, got {value!r} ({_type_name(value)})")
+        return None
+    return value
+
+
+def _float(errors: _Errors, where: str, value: Any, *, minimum: float = 0.0) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < minimum:
+        errors.add(where, f"must be a number >= {minimum}, got {value!r} ({_type_name(value)})")
+        return None
+    return float(value)
+
+
+def _bool(errors: _Errors, where: str, value: Any) -> bool | None:
+    if not isinstance(value, bool):
+        errors.add(where, f"must be true or false, got {value!r} ({_type_name(value)})")
+        return None
+    return value
+
+
+def _str(errors: _Errors, where: str, value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        errors.add(where, f"must be a non-empty string, got {value!r} ({_type_name(value)})")
+        return None
+    return value
+
+
+def _str_list(errors: _Errors, where: str, value: Any) -> tuple[str, ...] | None:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        errors.add(where, f"must be an address or a list of addresses, got {value!r}")
+        return None
+    return tuple(items)
+
+
+def _enum(errors: _Errors, where: str, value: Any, kind: type[_E]) -> _E | None:
+    try:
+        return kind(value.lower() if isinstance(value, str) else value)
+    except ValueError:
+        valid = ", ".join(str(member.value) for member in kind)
+        errors.add(where, f"unknown value {value!r}; expected one of {valid}")
+        return None
+
+
+def _breaker(errors: _Errors, where: str, raw: Any) -> BreakerSettings:
+    if raw is None:
+        return BreakerSettings()
+    if not isinstance(raw, dict):
+        errors.add(where, f"must be a mapping, got {_type_name(raw)}")
+        return BreakerSettings()
+    unknown = set(raw) - {"failure_threshold", "cooldown_s"}
+    for key in sorted(unknown):
+        errors.add(f"{where}.{key}", "unknown field")
+    threshold = _int(errors, f"{where}.failure_threshold", raw.get("failure_threshold", 5))
+    cooldown = _float(errors, f"{where}.cooldown_s", raw.get("cooldown_s", 30.0))
+    return BreakerSettings(
+        failure_threshold=threshold if threshold is not None else 5,
+        cooldown_s=cooldown if cooldown is not None else 30.0,
+    )
+
+
+def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> PluginEntry | None:
+    where = f"plugins[{index}]"
+    if not isinstance(raw, dict):
+        errors.add(where, f"must be a mapping, got {_type_name(raw)}")
+        return None
+    name = raw.get("name")
+    if isinstance(name, str) and name:
+        where = f"plugins[{index}] ({name!r})"
+    for key in sorted(set(raw) - _ENTRY_FIELDS):
+        errors.add(f"{where} field {key!r}", "unknown field")
+    checked_name = _str(errors, f"{where} field 'name'", name)
+    if checked_name is not None:
+        if checked_name in seen:
+            errors.add(f"{where} field 'name'", f"duplicate plugin name {checked_name!r}")
+        seen.add(checked_name)
+    entrypoint = raw.get("entrypoint")
+    if entrypoint is None:
+        errors.add(f"{where} field 'entrypoint'", "missing (expected 'package.module:Class' or 'path/file.py:Class')")
+    elif not isinstance(entrypoint, str) or ":" not in entrypoint or entrypoint.endswith(":"):
+        errors.add(
+            f"{where} field 'entrypoint'",
+            f"must look like 'package.module:Class' or 'path/file.py:Class', got {entrypoint!r}",
+        )
+        entrypoint = None
+    hook = None if raw.get("hook") is None else _enum(errors, f"{where} field 'hook'", raw["hook"], PluginHook)
+    priority = _int(errors, f"{where} field 'priority'", raw.get("priority", 100), minimum=-(2**31))
+    enabled = _bool(errors, f"{where} field 'enabled'", raw.get("enabled", True))
+    timeout_ms = None
+    if raw.get("timeout_ms") is not None:
+        timeout_ms = _int(errors, f"{where} field 'timeout_ms'", raw["timeout_ms"], minimum=1)
+    fail_policy = None
+    if raw.get("fail_policy") is not None:
+        fail_policy = _enum(errors, f"{where} field 'fail_policy'", raw["fail_policy"], FailPolicy)
+    plugin_config = raw.get("config") or {}
+    if not isinstance(plugin_config, dict):
+        errors.add(f"{where} field 'config'", f"must be a mapping, got {_type_name(plugin_config)}")
+        plugin_config = {}
+    breaker = _breaker(errors, f"{where} field 'circuit_breaker'", raw.get("circuit_breaker"))
+    run_in_thread = _bool(errors, f"{where} field 'run_in_thread'", raw.get("run_in_thread", False))
+    if checked_name is None or entrypoint is None:
+        return None
+    return PluginEntry(
+        name=checked_name,
+        entrypoint=entrypoint,
+        hook=hook,
+        priority=priority if priority is not None else 100,
+        enabled=enabled if enabled is not None else True,
+        timeout_ms=timeout_ms,
+        fail_policy=fail_policy,
+        config=plugin_config,
+        circuit_breaker=breaker,
+        run_in_thread=bool(run_in_thread),
+    )
+
+
+def _server(errors: _Errors, raw: Any) -> ServerSettings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.add("server", f"must be a mapping, got {_type_name(raw)}")
+        return ServerSettings()
+    defaults = ServerSettings()
+    known = set(ServerSettings.__dataclass_fields__)
+    for key in sorted(set(raw) - known):
+        errors.add(f"server field {key!r}", "unknown field")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"server field {key!r}"
+        if key in {"listen", "admin_listen"}:
+            values[key] = _str_list(errors, where, value)
+        elif key in {"max_message_bytes", "max_concurrent_rings", "background_queue_size", "background_workers"}:
+            values[key] = _int(errors, where, value, minimum=1)
+        elif key in {"max_metadata_keys", "max_json_depth"}:
+            values[key] = _int(errors, where, value, minimum=1)
+        elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"}:
+            values[key] = _float(errors, where, value)
+        elif key == "reflection":
+            values[key] = _bool(errors, where, value)
+        elif key == "admin_token":
+            values[key] = None if value is None else _str(errors, where, value)
+        elif key == "tls":
+            values[key] = _tls(errors, value)
+    clean = {k: v for k, v in values.items() if v is not None or k == "admin_token"}
+    settings = ServerSettings(**{**{f: getattr(defaults, f) for f in known}, **clean})
+    if settings.admin_token is None and os.environ.get("RINGD_ADMIN_TOKEN"):
+        settings = replace(settings, admin_token=os.environ["RINGD_ADMIN_TOKEN"])
+    return settings
+
+
+def _tls(errors: _Errors, raw: Any) -> TlsSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errors.add("server field 'tls'", f"must be a mapping, got {_type_name(raw)}")
+        return None
+    for key in sorted(set(raw) - {"cert_file", "key_file", "client_ca_file"}):
+        errors.add(f"server field 'tls.{key}'", "unknown field")
+    cert = _str(errors, "server field 'tls.cert_file'", raw.get("cert_file"))
+    key = _str(errors, "server field 'tls.key_file'", raw.get("key_file"))
+    ca = raw.get("client_ca_file")
+    if ca is not None:
+        ca = _str(errors, "server field 'tls.client_ca_file'", ca)
+    if cert is None or key is None:
+        return None
+    return TlsSettings(cert_file=cert, key_file=key, client_ca_file=ca)
+
+
+def parse_config(text: str, *, path: Path | None = None, source: str | None = None) -> RingdConfig:
+    """Parse and validate the YAML ``text`` of a config file.
+
+    Raises:
+        ConfigError: one error listing every problem, each naming its entry and field.
+    """
+    label = source or (str(path) if path else "<config>")
+    errors = _Errors(label)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid config {label}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {label}: the top level must be a mapping, got {_type_name(raw)}")
+    for key in sorted(set(raw) - _TOP_FIELDS):
+        errors.add(f"field {key!r}", "unknown top-level field")
+    server = _server(errors, raw.get("server"))
+    store = os.environ.get("RINGD_STORE") or raw.get("store", "ringd.db")
+    store = _str(errors, "field 'store'", store) or "ringd.db"
+    plugins_raw = raw.get("plugins") or []
+    entries: list[PluginEntry] = []
+    if not isinstance(plugins_raw, list):
+        errors.add("field 'plugins'", f"must be a list of plugin entries, got {_type_name(plugins_raw)}")
+    else:
+        seen: set[str] = set()
+        for index, item in enumerate(plugins_raw):
+            entry = _plugin_entry(errors, index, item, seen)
+            if entry is not None:
+                entries.append(entry)
+    declared = raw.get("version")
+    if declared is not None and not isinstance(declared, str | int | float):
+        errors.add("field 'version'", f"must be a string, got {_type_name(declared)}")
+    errors.raise_if_any()
+    version = str(declared) if declared is not None else hashlib.sha256(text.encode()).hexdigest()[:12]
+    return RingdConfig(version=version, path=path, server=server, store=store, plugins=tuple(entries))
+
+
+def load_config(path: str | Path) -> RingdConfig:
+    """Read and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid.
+    """
+    config_path = Path(path).resolve()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    return parse_config(text, path=config_path)
+
+
+def default_config() -> RingdConfig:
+    """The built-in default config: the default pipeline of built-in plugins."""
+    text = resources.files("ringd.server").joinpath("default_config.yaml").read_text(encoding="utf-8")
+    return parse_config(text, source="<built-in default config>")

@@ -1,0 +1,629 @@
+"""The ring engine: runs a ring's plugins in order and says what the gateway must do.
+
+It knows SDK types only (no gRPC, no protobuf), so it runs in-process as well as
+behind the servicers. One :class:`Engine` holds the current :class:`Generation`
+of loaded plugins; a reload builds the next generation aside and swaps it in
+atomically, and rings in flight finish on the generation they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from types import CoroutineType
+from typing import Any
+
+from ringd.sdk import (
+    BasePlugin,
+    PluginAction,
+    PluginContext,
+    PluginHook,
+    PluginResponse,
+    PluginState,
+)
+from ringd.sdk._metrics import PluginMetrics
+from ringd.server.config import (
+    DEFAULT_FAIL_POLICY,
+    BreakerSettings,
+    FailPolicy,
+    PluginEntry,
+    RingdConfig,
+)
+from ringd.server.loader import PluginLoadError, entrypoint_fingerprint, load_plugin_class
+
+_log = logging.getLogger("ringd.engine")
+
+LOAD_TIMEOUT_S = 30.0
+"""How long one plugin's ``on_load`` (or ``on_unload``) may take."""
+
+
+class Outcome(Enum):
+    """What happened to one plugin in a ring."""
+
+    OK = "ok"
+    """Ran and returned a valid response."""
+    ERROR = "error"
+    """Failed (exception, invalid return, failed load, open circuit) under fail_policy closed."""
+    TIMEOUT = "timeout"
+    """Ran out of time under fail_policy closed."""
+    BYPASSED = "bypassed"
+    """Failed or ran out of time under fail_policy open; the ring went on without it."""
+    SKIPPED = "skipped"
+    """Disabled by an operator; not run."""
+
+
+class ReloadError(Exception):
+    """A reload was rejected; nothing changed. ``errors`` maps plugin name to its error."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        detail = "; ".join(f"{name}: {error}" for name, error in errors.items())
+        super().__init__(f"reload rejected, the current generation keeps serving: {detail}")
+
+
+class UnknownPluginError(KeyError):
+    """No plugin of that name is loaded."""
+
+
+@dataclass(slots=True)
+class PluginResult:
+    """One plugin's part in a ring, in run order."""
+
+    plugin: str
+    version: str
+    outcome: Outcome
+    action: PluginAction | None = None
+    latency_ms: float = 0.0
+    error: str | None = None
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class RingOutcome:
+    """What a ring decided, with the final context and every plugin's result.
+
+    ``action`` is BLOCK or CACHE_HIT when a plugin ended the ring (``decision``
+    and ``decided_by`` say which and why), MODIFY when a plugin replaced the
+    body, else PASSTHROUGH. ``context`` holds the final body, response and
+    metadata, in-place edits included.
+    """
+
+    hook: PluginHook
+    action: PluginAction
+    context: PluginContext
+    results: list[PluginResult]
+    config_version: str
+    generation: int
+    decision: PluginResponse | None = None
+    decided_by: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        """True when the ring stopped the request (BLOCK or CACHE_HIT)."""
+        return self.action is PluginAction.BLOCK or self.action is PluginAction.CACHE_HIT
+
+
+class CircuitBreaker:
+    """Consecutive-failure breaker of one plugin (see :class:`BreakerSettings`)."""
+
+    __slots__ = ("cooldown_s", "failures", "opened_at", "threshold")
+
+    def __init__(self, settings: BreakerSettings) -> None:
+        self.threshold = settings.failure_threshold
+        self.cooldown_s = settings.cooldown_s
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    def allows(self, now: float) -> bool:
+        """False while open; after the cooldown the next calls are tried (half-open)."""
+        return self.opened_at is None or now - self.opened_at >= self.cooldown_s
+
+    def is_open(self, now: float) -> bool:
+        """True while calls are refused."""
+        return not self.allows(now)
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until the breaker lets a call through again."""
+        return 0.0 if self.opened_at is None else max(0.0, self.cooldown_s - (now - self.opened_at))
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+
+    def record_failure(self, now: float) -> None:
+        self.failures += 1
+        half_open = self.opened_at is not None
+        if self.threshold and (half_open or self.failures >= self.threshold):
+            self.opened_at = now
+
+
+class LoadedPlugin:
+    """A plugin instance with what outlives a generation: metrics, breaker, load error.
+
+    An unchanged plugin (same entry and code) is carried into the next generation
+    as it is, so its instance, stats and breaker survive the reload.
+    """
+
+    __slots__ = (
+        "breaker",
+        "entry",
+        "fail_closed",
+        "fingerprint",
+        "hook",
+        "instance",
+        "load_error",
+        "metrics",
+        "timeout_s",
+        "version",
+    )
+
+    def __init__(
+        self,
+        entry: PluginEntry,
+        hook: PluginHook,
+        fingerprint: str,
+        instance: BasePlugin | None,
+        load_error: str | None,
+        cls: type[BasePlugin] | None,
+    ) -> None:
+        self.entry = entry
+        self.hook = hook
+        self.fingerprint = fingerprint
+        self.instance = instance
+        self.load_error = load_error
+        self.metrics = PluginMetrics()
+        if instance is not None:
+            # Live stats: the plugin reads the metrics the engine writes.
+            instance._metrics = self.metrics  # noqa: SLF001
+        self.breaker = CircuitBreaker(entry.circuit_breaker)
+        timeout_ms = entry.timeout_ms or (cls.timeout_ms if cls is not None else 10)
+        self.timeout_s = timeout_ms / 1000.0
+        self.version = str(cls.version) if cls is not None else ""
+        policy = entry.fail_policy or DEFAULT_FAIL_POLICY[hook]
+        self.fail_closed = policy is FailPolicy.CLOSED
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+@dataclass(slots=True)
+class PluginSlot:
+    """A loaded plugin's place in one generation: its ring, order and enabled flag."""
+
+    loaded: LoadedPlugin
+    enabled: bool
+
+    @property
+    def name(self) -> str:
+        return self.loaded.entry.name
+
+
+@dataclass(slots=True)
+class Generation:
+    """One config's plugins, ordered per ring. Immutable once serving, but for ``enabled``."""
+
+    number: int
+    config: RingdConfig
+    rings: dict[PluginHook, tuple[PluginSlot, ...]]
+    slots: dict[str, PluginSlot]
+    inflight: int = 0
+    retired: bool = False
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    def leave(self) -> None:
+        """One ring on this generation has finished."""
+        self.inflight -= 1
+        if self.retired and self.inflight == 0:
+            self.drained.set()
+
+
+class _Resume:
+    """Awaits the rest of a coroutine whose first step already ran (it suspended).
+
+    The engine runs a plugin's first step inline, so a plugin that finishes
+    without suspending (most do) costs no timer at all; one that suspends is
+    finished through this awaitable under the plugin's time budget.
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # delegate what the task throws in (cancellation)
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class _PluginTimeout(Exception):
+    """The plugin ran past its time budget."""
+
+
+async def _call(plugin: BasePlugin, ctx: PluginContext, budget_s: float) -> Any:
+    """Run ``plugin.execute(ctx)`` within ``budget_s`` seconds; return what it returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    coro: Any = plugin.execute(ctx)
+    if type(coro) is not CoroutineType:
+        if not isinstance(coro, Awaitable):
+            return coro  # a plain `def execute` returned its response directly
+        coro = _awaitable_as_coroutine(coro)
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await _Resume(coro, first)
+    except TimeoutError:
+        if timeout.expired():
+            raise _PluginTimeout from None
+        raise
+
+
+async def _awaitable_as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_FAILURE_BLOCK = {
+    Outcome.ERROR: (500, "plugin_error", "failed"),
+    Outcome.TIMEOUT: (504, "plugin_timeout", "timed out"),
+}
+_UNAVAILABLE = (503, "plugin_unavailable", "is unavailable")
+
+
+class Engine:
+    """Hosts the plugin generations and runs rings.
+
+    Build it with the shared :class:`PluginState` (``extra["store"]`` set), then
+    ``await start(config)``; ``await execute_ring(hook, ctx, deadline=...)`` per
+    request; ``await reload(config)`` to hot-swap; ``await close()`` at shutdown.
+    """
+
+    def __init__(
+        self, state: PluginState | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.state = state if state is not None else PluginState()
+        self._clock = clock
+        self._current: Generation | None = None
+        self._numbers = 0
+        self._reload_lock = asyncio.Lock()
+        self._unloads: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ generations
+
+    @property
+    def generation(self) -> Generation:
+        """The generation new rings start on."""
+        if self._current is None:
+            raise RuntimeError("engine not started: await Engine.start(config) first")
+        return self._current
+
+    async def start(self, config: RingdConfig) -> Generation:
+        """Load the first generation. A plugin that fails to load is kept as failed
+        (503 under fail_policy closed) and never stops the others from loading."""
+        async with self._reload_lock:
+            generation, _ = await self._build(config, previous=None)
+            self._current = generation
+            self._log_generation(generation)
+            return generation
+
+    async def reload(self, config: RingdConfig) -> Generation:
+        """Build ``config``'s generation aside and swap it in atomically.
+
+        Raises:
+            ReloadError: a plugin failed to load; the current generation keeps serving.
+        """
+        async with self._reload_lock:
+            previous = self.generation
+            generation, fresh = await self._build(config, previous=previous)
+            errors = {
+                slot.name: slot.loaded.load_error or ""
+                for slot in generation.slots.values()
+                if slot.loaded.load_error is not None
+            }
+            if errors:
+                await self._unload([loaded for loaded in fresh if loaded.instance is not None])
+                raise ReloadError(errors)
+            self._current = generation
+            previous.retired = True
+            if previous.inflight == 0:
+                previous.drained.set()
+            kept = {id(slot.loaded) for slot in generation.slots.values()}
+            stale = [s.loaded for s in previous.slots.values() if id(s.loaded) not in kept]
+            task = asyncio.create_task(self._unload_when_drained(previous, stale))
+            self._unloads.add(task)
+            task.add_done_callback(self._unloads.discard)
+            self._log_generation(generation)
+            return generation
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Wait up to ``grace_s`` for rings in flight, then unload every plugin."""
+        generation = self._current
+        if generation is None:
+            return
+        generation.retired = True
+        if generation.inflight == 0:
+            generation.drained.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(generation.drained.wait(), grace_s)
+        if self._unloads:
+            await asyncio.gather(*self._unloads, return_exceptions=True)
+        await self._unload([s.loaded for s in generation.slots.values() if s.loaded.instance])
+        self._current = None
+
+    async def _build(
+        self, config: RingdConfig, previous: Generation | None
+    ) -> tuple[Generation, list[LoadedPlugin]]:
+        base_dir = config.base_dir
+        fresh: list[LoadedPlugin] = []
+        slots: list[PluginSlot] = []
+        for entry in config.plugins:
+            fingerprint = json.dumps(
+                [entry_key(entry), entrypoint_fingerprint(entry.entrypoint, base_dir)],
+                sort_keys=True,
+                default=str,
+            )
+            old = previous.slots.get(entry.name) if previous else None
+            if old is not None and old.loaded.fingerprint == fingerprint and old.loaded.instance:
+                loaded = old.loaded
+            else:
+                loaded = await self._load(entry, fingerprint, config)
+                fresh.append(loaded)
+            slots.append(PluginSlot(loaded=loaded, enabled=entry.enabled))
+        order = {id(slot): index for index, slot in enumerate(slots)}
+        rings: dict[PluginHook, tuple[PluginSlot, ...]] = {}
+        for hook in PluginHook:
+            members = [slot for slot in slots if slot.loaded.hook is hook]
+            members.sort(key=lambda slot: (slot.loaded.entry.priority, order[id(slot)]))
+            rings[hook] = tuple(members)
+        self._numbers += 1
+        generation = Generation(
+            number=self._numbers,
+            config=config,
+            rings=rings,
+            slots={slot.name: slot for slot in slots},
+        )
+        return generation, fresh
+
+    async def _load(self, entry: PluginEntry, fingerprint: str, config: RingdConfig) -> LoadedPlugin:
+        hook = entry.hook or PluginHook.PRE_FLIGHT
+        try:
+            cls = load_plugin_class(entry.entrypoint, config.base_dir)
+        except PluginLoadError as exc:
+            return self._failed(entry, hook, fingerprint, str(exc), None)
+        hook = entry.hook or cls.hook
+        if not isinstance(hook, PluginHook):
+            error = f"class attribute hook is {hook!r}, not a PluginHook; set 'hook' in the entry"
+            return self._failed(entry, PluginHook.PRE_FLIGHT, fingerprint, error, cls)
+        stage = "construction"
+        try:
+            instance = cls(dict(entry.config))
+            stage = "on_load"
+            await asyncio.wait_for(instance.on_load(), LOAD_TIMEOUT_S)
+        except TimeoutError:
+            return self._failed(entry, hook, fingerprint, f"on_load took over {LOAD_TIMEOUT_S:.0f} s", cls)
+        except Exception as exc:  # plugin code raised while constructing or loading: its load error
+            _log.debug("plugin %r: %s failed", entry.name, stage, exc_info=True)
+            return self._failed(entry, hook, fingerprint, f"{stage} raised {_describe(exc)}", cls)
+        return LoadedPlugin(entry, hook, fingerprint, instance, None, cls)
+
+    @staticmethod
+    def _failed(
+        entry: PluginEntry, hook: PluginHook, fingerprint: str, error: str, cls: type[BasePlugin] | None
+    ) -> LoadedPlugin:
+        _log.error("plugin %r (%s) failed to load: %s", entry.name, entry.entrypoint, error)
+        return LoadedPlugin(entry, hook, fingerprint, None, error, cls)
+
+    async def _unload_when_drained(self, generation: Generation, stale: list[LoadedPlugin]) -> None:
+        await generation.drained.wait()
+        await self._unload(stale)
+
+    async def _unload(self, plugins: Iterable[LoadedPlugin]) -> None:
+        for loaded in plugins:
+            if loaded.instance is None:
+                continue
+            try:
+                await asyncio.wait_for(loaded.instance.on_unload(), LOAD_TIMEOUT_S)
+            except Exception:  # a failing on_unload must not stop the others: logged, then ignored
+                _log.exception("plugin %r: on_unload failed", loaded.name)
+
+    def _log_generation(self, generation: Generation) -> None:
+        failed = [s.name for s in generation.slots.values() if s.loaded.load_error]
+        _log.info(
+            "generation %d serving config %s: %d plugins%s",
+            generation.number,
+            generation.version,
+            len(generation.slots),
+            f", failed to load: {', '.join(failed)}" if failed else "",
+        )
+
+    # ------------------------------------------------------------------ admin
+
+    def set_enabled(self, name: str, enabled: bool) -> PluginSlot:
+        """Enable or disable one plugin of the current generation (until the next reload).
+
+        Raises:
+            UnknownPluginError: no plugin has that name.
+        """
+        slot = self.generation.slots.get(name)
+        if slot is None:
+            raise UnknownPluginError(name)
+        slot.enabled = enabled
+        _log.info("plugin %r %s by operator", name, "enabled" if enabled else "disabled")
+        return slot
+
+    def breaker_open(self, loaded: LoadedPlugin) -> bool:
+        """Whether this plugin's circuit breaker refuses calls now."""
+        return loaded.breaker.is_open(self._clock())
+
+    # ------------------------------------------------------------------ rings
+
+    async def execute_ring(
+        self, hook: PluginHook, ctx: PluginContext, *, deadline: float | None = None
+    ) -> RingOutcome:
+        """Run ``hook``'s enabled plugins on ``ctx``, in priority order.
+
+        Args:
+            hook: The ring.
+            ctx: The request's context; it is changed in place and returned in the outcome.
+            deadline: When the caller stops waiting, in ``time.monotonic()`` seconds;
+                every plugin's timeout is cut to the time left before it.
+        """
+        generation = self.generation
+        generation.inflight += 1
+        try:
+            return await self._run(generation, hook, ctx, deadline)
+        finally:
+            generation.leave()
+
+    async def _run(
+        self, generation: Generation, hook: PluginHook, ctx: PluginContext, deadline: float | None
+    ) -> RingOutcome:
+        ctx.state = self.state
+        clock = self._clock
+        results: list[PluginResult] = []
+        action = PluginAction.PASSTHROUGH
+        decision: PluginResponse | None = None
+        decided_by: str | None = None
+        for slot in generation.rings[hook]:
+            loaded = slot.loaded
+            name = loaded.entry.name
+            if not slot.enabled:
+                results.append(PluginResult(name, loaded.version, Outcome.SKIPPED))
+                continue
+            metrics = loaded.metrics
+            now = clock()
+            response: Any = None
+            failure: Outcome | None = None
+            unavailable = False
+            error: str | None = None
+            latency_ms = 0.0
+            instance = loaded.instance
+            if instance is None:
+                unavailable, error = True, f"failed to load: {loaded.load_error}"
+            elif not loaded.breaker.allows(now):
+                retry = loaded.breaker.retry_in(now)
+                unavailable = True
+                error = f"circuit open after {loaded.breaker.failures} consecutive failures; retry in {retry:.1f} s"
+            else:
+                budget = loaded.timeout_s
+                if deadline is not None and deadline - now < budget:
+                    budget = deadline - now
+                if budget <= 0:
+                    failure, error = Outcome.TIMEOUT, "no time left before the caller's deadline"
+                else:
+                    started = time.perf_counter()
+                    try:
+                        response = await _call(instance, ctx, budget)
+                    except _PluginTimeout:
+                        failure, error = Outcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if current is not None and current.cancelling():
+                            raise  # the caller went away: stop the ring
+                        failure, error = Outcome.ERROR, "CancelledError raised by the plugin"
+                    except BaseException as exc:  # any plugin failure becomes its typed outcome below
+                        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                            _log.error("plugin %r raised %s; treated as its error", name, type(exc).__name__)
+                        failure, error = Outcome.ERROR, _describe(exc)
+                    latency_ms = (time.perf_counter() - started) * 1000.0
+                    metrics.observe(latency_ms)
+                    if failure is None and not isinstance(response, PluginResponse):
+                        failure = Outcome.ERROR
+                        error = f"returned {type(response).__name__}, expected PluginResponse"
+            if failure is not None or unavailable:
+                if failure is not None:
+                    metrics.errors += 1
+                    if failure is Outcome.TIMEOUT:
+                        metrics.timeouts += 1
+                loaded.breaker.record_failure(clock())
+                if loaded.fail_closed:
+                    status, error_type, phrase = _UNAVAILABLE if unavailable else _FAILURE_BLOCK[failure or Outcome.ERROR]
+                    decision = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
+                    decided_by = name
+                    action = PluginAction.BLOCK
+                    results.append(
+                        PluginResult(name, loaded.version, failure or Outcome.ERROR, None, latency_ms, error)
+                    )
+                    break
+                metrics.bypasses += 1
+                results.append(PluginResult(name, loaded.version, Outcome.BYPASSED, None, latency_ms, error))
+                continue
+            loaded.breaker.record_success()
+            kind = response.action
+            results.append(
+                PluginResult(name, loaded.version, Outcome.OK, kind, latency_ms, None, response.message)
+            )
+            if kind is PluginAction.PASSTHROUGH:
+                pass
+            elif kind is PluginAction.MODIFY:
+                ctx.body = response.body
+                action = PluginAction.MODIFY
+            else:
+                if kind is PluginAction.BLOCK:
+                    metrics.blocks += 1
+                decision, decided_by, action = response, name, kind
+                break
+            if ctx.stop_chain:
+                metrics.blocks += 1
+                decision = PluginResponse.block(403, "stop_chain", ctx.error or f"stopped by plugin {name!r}")
+                decided_by, action = name, PluginAction.BLOCK
+                break
+        return RingOutcome(
+            hook=hook,
+            action=action,
+            context=ctx,
+            results=results,
+            config_version=generation.version,
+            generation=generation.number,
+            decision=decision,
+            decided_by=decided_by,
+        )
+
+
+def entry_key(entry: PluginEntry) -> dict[str, Any]:
+    """The parts of an entry that make a plugin instance: a change means a new instance."""
+    return {
+        "entrypoint": entry.entrypoint,
+        "hook": entry.hook.value if entry.hook else None,
+        "config": entry.config,
+        "timeout_ms": entry.timeout_ms,
+        "fail_policy": entry.fail_policy.value if entry.fail_policy else None,
+        "breaker": [entry.circuit_breaker.failure_threshold, entry.circuit_breaker.cooldown_s],
+        "run_in_thread": entry.run_in_thread,
+    }

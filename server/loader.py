@@ -1,0 +1,118 @@
+"""Turns a config entry's entrypoint into a plugin class.
+
+``package.module:Class`` is imported normally. ``path/file.py:Class`` (relative
+to the config file) is executed as a module named after its content hash, so a
+reload picks up an edited file and an unchanged file is not executed again.
+LLMProxy's module names ``core.plugin_sdk`` and ``core.plugin_engine`` resolve to
+``ringd.sdk``, so LLMProxy plugin files load unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import ringd.sdk
+from ringd.sdk import BasePlugin
+
+_CORE_ALIASES = ("core.plugin_sdk", "core.plugin_engine")
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be imported, found or constructed; the message says why."""
+
+
+def install_core_aliases() -> None:
+    """Make ``core.plugin_sdk`` and ``core.plugin_engine`` importable as ``ringd.sdk``.
+
+    Only fills names that are free, so a real ``core`` package would win.
+    """
+    if "core" not in sys.modules:
+        core = types.ModuleType("core", "LLMProxy compatibility aliases provided by ringd")
+        core.__path__ = []
+        sys.modules["core"] = core
+    core = sys.modules["core"]
+    for name in _CORE_ALIASES:
+        if name not in sys.modules:
+            sys.modules[name] = ringd.sdk
+            setattr(core, name.split(".", 1)[1], ringd.sdk)
+
+
+def _split(entrypoint: str) -> tuple[str, str]:
+    target, _, attr = entrypoint.rpartition(":")
+    if not target or not attr:
+        raise PluginLoadError(f"entrypoint {entrypoint!r} must look like 'module:Class' or 'file.py:Class'")
+    return target, attr
+
+
+def is_file_entrypoint(entrypoint: str) -> bool:
+    """True for ``path/file.py:Class`` entrypoints."""
+    target, _, _ = entrypoint.rpartition(":")
+    return target.endswith(".py") or "/" in target
+
+
+def entrypoint_fingerprint(entrypoint: str, base_dir: Path) -> str:
+    """A digest that changes when the code an entrypoint names changes (file content)."""
+    target, _ = _split(entrypoint)
+    if not is_file_entrypoint(entrypoint):
+        return entrypoint
+    try:
+        return hashlib.sha256((base_dir / target).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def _import_file(path: Path) -> types.ModuleType:
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise PluginLoadError(f"cannot read plugin file {path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    module_name = f"ringd_plugin_{path.stem}_{digest}"
+    cached = sys.modules.get(module_name)
+    if cached is not None:
+        return cached
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginLoadError(f"cannot load plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[module_name]
+        raise PluginLoadError(f"syntax error in {path} line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # the plugin file's top level raised: report it as this plugin's load error
+        del sys.modules[module_name]
+        raise PluginLoadError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_plugin_class(entrypoint: str, base_dir: Path) -> type[BasePlugin]:
+    """Import the class an entrypoint names and check it is a plugin.
+
+    Raises:
+        PluginLoadError: the module or class is missing, or the class is not a BasePlugin.
+    """
+    install_core_aliases()
+    target, class_name = _split(entrypoint)
+    if is_file_entrypoint(entrypoint):
+        path = Path(target)
+        module = _import_file(path if path.is_absolute() else base_dir / path)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise PluginLoadError(f"cannot import module {target!r}: {exc}") from None
+        except Exception as exc:  # the module's top level raised: report it as this plugin's load error
+            raise PluginLoadError(f"importing {target!r} raised {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise PluginLoadError(f"{target} has no class {class_name!r}")
+    if not isinstance(cls, type) or not issubclass(cls, BasePlugin):
+        raise PluginLoadError(f"{target}:{class_name} is not a subclass of ringd.sdk.BasePlugin")
+    return cls
