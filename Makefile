@@ -36,6 +36,7 @@ test-py: $(STAMP) ## The pytest suite alone
 lint: $(STAMP) lint-proto ## ruff and mypy (strict) on the Python code, buf lint on the contract
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	scripts/typecheck-tree.sh
 	$(BIN)/mypy
 
 lint-proto: $(STAMP) ## buf lint on proto/

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
 from ringd.sdk import PluginHook
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -226,14 +225,19 @@ def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> Plug
         seen.add(checked_name)
     entrypoint = raw.get("entrypoint")
     if entrypoint is None:
-        errors.add(f"{where} field 'entrypoint'", "missing (expected 'package.module:Class' or 'path/file.py:Class')")
+        errors.add(
+            f"{where} field 'entrypoint'",
+            "missing (expected 'package.module:Class' or 'path/file.py:Class')",
+        )
     elif not isinstance(entrypoint, str) or ":" not in entrypoint or entrypoint.endswith(":"):
         errors.add(
             f"{where} field 'entrypoint'",
             f"must look like 'package.module:Class' or 'path/file.py:Class', got {entrypoint!r}",
         )
         entrypoint = None
-    hook = None if raw.get("hook") is None else _enum(errors, f"{where} field 'hook'", raw["hook"], PluginHook)
+    hook = (
+        None if raw.get("hook") is None else _enum(errors, f"{where} field 'hook'", raw["hook"], PluginHook)
+    )
     priority = _int(errors, f"{where} field 'priority'", raw.get("priority", 100), minimum=-(2**31))
     enabled = _bool(errors, f"{where} field 'enabled'", raw.get("enabled", True))
     timeout_ms = None
@@ -279,9 +283,12 @@ def _server(errors: _Errors, raw: Any) -> ServerSettings:
         where = f"server field {key!r}"
         if key in {"listen", "admin_listen"}:
             values[key] = _str_list(errors, where, value)
-        elif key in {"max_message_bytes", "max_concurrent_rings", "background_queue_size", "background_workers"}:
-            values[key] = _int(errors, where, value, minimum=1)
-        elif key in {"max_metadata_keys", "max_json_depth"}:
+        elif key in {
+            "max_message_bytes",
+            "max_concurrent_rings",
+            "background_queue_size",
+            "background_workers",
+        } or key in {"max_metadata_keys", "max_json_depth"}:
             values[key] = _int(errors, where, value, minimum=1)
         elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"}:
             values[key] = _float(errors, where, value)

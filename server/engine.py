@@ -82,6 +82,8 @@ class PluginResult:
     latency_ms: float = 0.0
     error: str | None = None
     message: str | None = None
+    started: float = 0.0
+    """When the call began, in ``time.perf_counter()`` seconds (0 when it was not called)."""
 
 
 @dataclass(slots=True)
@@ -180,7 +182,7 @@ class LoadedPlugin:
         self.metrics = PluginMetrics()
         if instance is not None:
             # Live stats: the plugin reads the metrics the engine writes.
-            instance._metrics = self.metrics  # noqa: SLF001
+            instance._metrics = self.metrics
         self.breaker = CircuitBreaker(entry.circuit_breaker)
         timeout_ms = entry.timeout_ms or (cls.timeout_ms if cls is not None else 10)
         self.timeout_s = timeout_ms / 1000.0
@@ -444,7 +446,11 @@ class Engine:
 
     @staticmethod
     def _failed(
-        entry: PluginEntry, hook: PluginHook, fingerprint: str, error: str, cls: type[BasePlugin] | None
+        entry: PluginEntry,
+        hook: PluginHook,
+        fingerprint: str,
+        error: str,
+        cls: type[BasePlugin] | None,
     ) -> LoadedPlugin:
         _log.error("plugin %r (%s) failed to load: %s", entry.name, entry.entrypoint, error)
         return LoadedPlugin(entry, hook, fingerprint, None, error, cls)
@@ -487,9 +493,15 @@ class Engine:
         _log.info("plugin %r %s by operator", name, "enabled" if enabled else "disabled")
         return slot
 
-    def breaker_open(self, loaded: LoadedPlugin) -> bool:
-        """Whether this plugin's circuit breaker refuses calls now."""
-        return loaded.breaker.is_open(self._clock())
+    def status(self, slot: PluginSlot) -> str:
+        """``failed`` (load error), ``disabled``, ``circuit_open`` or ``active``."""
+        if slot.loaded.load_error is not None:
+            return "failed"
+        if not slot.enabled:
+            return "disabled"
+        if slot.loaded.breaker.is_open(self._clock()):
+            return "circuit_open"
+        return "active"
 
     # ------------------------------------------------------------------ rings
 
@@ -508,6 +520,27 @@ class Engine:
         generation.inflight += 1
         try:
             return await self._run(generation, hook, ctx, deadline)
+        finally:
+            generation.leave()
+
+    async def execute_rings(
+        self, hooks: Iterable[PluginHook], ctx: PluginContext, *, deadline: float | None = None
+    ) -> list[RingOutcome]:
+        """Run several rings in order on one context and one generation.
+
+        The context flows from each ring into the next (final body and metadata);
+        the run stops after the first ring that ends in BLOCK or CACHE_HIT.
+        """
+        generation = self.generation
+        generation.inflight += 1
+        outcomes: list[RingOutcome] = []
+        try:
+            for hook in hooks:
+                ring_outcome = await self._run(generation, hook, ctx, deadline)
+                outcomes.append(ring_outcome)
+                if ring_outcome.ended:
+                    break
+            return outcomes
         finally:
             generation.leave()
 
@@ -533,17 +566,21 @@ class Engine:
             unavailable = False
             error: str | None = None
             latency_ms = 0.0
+            started = 0.0
+            cut_by_deadline = False
             instance = loaded.instance
             if instance is None:
                 unavailable, error = True, f"failed to load: {loaded.load_error}"
             elif not loaded.breaker.allows(now):
                 retry = loaded.breaker.retry_in(now)
                 unavailable = True
-                error = f"circuit open after {loaded.breaker.failures} consecutive failures; retry in {retry:.1f} s"
+                failures = loaded.breaker.failures
+                error = f"circuit open after {failures} consecutive failures; retry in {retry:.1f} s"
             else:
                 budget = loaded.timeout_s
                 if deadline is not None and deadline - now < budget:
                     budget = deadline - now
+                    cut_by_deadline = True
                 if budget <= 0:
                     failure, error = Outcome.TIMEOUT, "no time left before the caller's deadline"
                 else:
@@ -559,7 +596,11 @@ class Engine:
                         failure, error = Outcome.ERROR, "CancelledError raised by the plugin"
                     except BaseException as exc:  # any plugin failure becomes its typed outcome below
                         if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                            _log.error("plugin %r raised %s; treated as its error", name, type(exc).__name__)
+                            _log.error(
+                                "plugin %r raised %s; treated as its error",
+                                name,
+                                type(exc).__name__,
+                            )
                         failure, error = Outcome.ERROR, _describe(exc)
                     latency_ms = (time.perf_counter() - started) * 1000.0
                     metrics.observe(latency_ms)
@@ -571,23 +612,59 @@ class Engine:
                     metrics.errors += 1
                     if failure is Outcome.TIMEOUT:
                         metrics.timeouts += 1
-                loaded.breaker.record_failure(clock())
+                    # Only the plugin's own failures feed its breaker. A call the open
+                    # breaker refused is not one (counting it would push the cooldown back
+                    # on every request, so the circuit never closes under steady traffic),
+                    # and neither is running out of the caller's deadline.
+                    if not (failure is Outcome.TIMEOUT and cut_by_deadline):
+                        loaded.breaker.record_failure(clock())
                 if loaded.fail_closed:
-                    status, error_type, phrase = _UNAVAILABLE if unavailable else _FAILURE_BLOCK[failure or Outcome.ERROR]
+                    status, error_type, phrase = (
+                        _UNAVAILABLE if unavailable else _FAILURE_BLOCK[failure or Outcome.ERROR]
+                    )
                     decision = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
                     decided_by = name
                     action = PluginAction.BLOCK
                     results.append(
-                        PluginResult(name, loaded.version, failure or Outcome.ERROR, None, latency_ms, error)
+                        PluginResult(
+                            name,
+                            loaded.version,
+                            failure or Outcome.ERROR,
+                            None,
+                            latency_ms,
+                            error,
+                            None,
+                            started,
+                        )
                     )
                     break
                 metrics.bypasses += 1
-                results.append(PluginResult(name, loaded.version, Outcome.BYPASSED, None, latency_ms, error))
+                results.append(
+                    PluginResult(
+                        name,
+                        loaded.version,
+                        Outcome.BYPASSED,
+                        None,
+                        latency_ms,
+                        error,
+                        None,
+                        started,
+                    )
+                )
                 continue
             loaded.breaker.record_success()
             kind = response.action
             results.append(
-                PluginResult(name, loaded.version, Outcome.OK, kind, latency_ms, None, response.message)
+                PluginResult(
+                    name,
+                    loaded.version,
+                    Outcome.OK,
+                    kind,
+                    latency_ms,
+                    None,
+                    response.message,
+                    started,
+                )
             )
             if kind is PluginAction.PASSTHROUGH:
                 pass

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-
 from ringd.sdk import StoreError
 
 _SCHEMA = """
@@ -131,7 +130,7 @@ async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore:
 
     Relative paths are resolved against ``base_dir`` (the config file's folder).
     """
-    if url.startswith("redis://") or url.startswith("rediss://"):
+    if url.startswith(("redis://", "rediss://")):
         raise StoreError("the redis store backend is not available in this build")
     path = url.removeprefix("sqlite://").removeprefix("sqlite:")
     if path != ":memory:" and base_dir is not None and not Path(path).is_absolute():

@@ -1,1 +1,16 @@
-"""ringd.client: async and sync Python clients of the ringd.v1 services."""
+"""ringd.client: async and sync Python clients of the ringd.v1 services.
+
+They take and return plain dicts and typed outcomes, and send the current
+OpenTelemetry trace context (``traceparent``) with every call::
+
+    from ringd.client import Client
+
+    with Client("127.0.0.1:50051") as ringd:
+        outcome = ringd.execute_ring("pre_flight", {"model": "gpt-4o", "messages": [...]})
+        if outcome.action == "block":
+            print(outcome.status_code, outcome.message)
+"""
+
+from ringd.client._client import AsyncClient, Client, PluginResultInfo, RingResult
+
+__all__ = ["AsyncClient", "Client", "PluginResultInfo", "RingResult"]

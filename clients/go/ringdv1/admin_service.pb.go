@@ -300,19 +300,19 @@ func (x *PluginInfo) GetStats() *PluginStats {
 // `BasePlugin.stats`. Counters only grow; latencies are in milliseconds.
 type PluginStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Times a ring reached the plugin while it was enabled, whatever the outcome.
+	// Calls of the plugin's `execute`, whatever their outcome. A call refused
+	// because the plugin failed to load or its circuit is open is not counted.
 	Invocations uint64 `protobuf:"varint,1,opt,name=invocations,proto3" json:"invocations,omitempty"`
-	// Calls that failed: an exception, an invalid return value, or a call refused
-	// because the plugin failed to load or its circuit is open. Timeouts are counted
-	// in `timeouts`, not here.
+	// Calls that failed: an exception, an invalid return value, or a timeout (a
+	// timeout is counted here and in `timeouts`).
 	Errors uint64 `protobuf:"varint,2,opt,name=errors,proto3" json:"errors,omitempty"`
-	// Calls whose response was a BLOCK, including blocks made on the plugin's behalf
-	// under fail_policy closed.
+	// Calls whose response was a valid BLOCK (or that set `stop_chain`). Blocks
+	// made on the plugin's behalf under fail_policy closed are counted in `errors`.
 	Blocks uint64 `protobuf:"varint,3,opt,name=blocks,proto3" json:"blocks,omitempty"`
-	// Calls cancelled because they ran past the plugin's timeout.
+	// Calls cancelled because they ran past the plugin's time budget.
 	Timeouts uint64 `protobuf:"varint,4,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
-	// Failures (errors and timeouts) under fail_policy open that the ring went on
-	// without.
+	// Failures (errors, timeouts, refused calls) under fail_policy open that the
+	// ring went on without.
 	Bypasses uint64 `protobuf:"varint,5,opt,name=bypasses,proto3" json:"bypasses,omitempty"`
 	// Calls during which the plugin held the server's event loop (synchronous work
 	// without yielding) long enough for the engine to flag it. A stall is not a

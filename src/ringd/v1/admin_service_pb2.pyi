@@ -188,21 +188,22 @@ class PluginStats(_message.Message):
     P95_LATENCY_MS_FIELD_NUMBER: _builtins.int
     P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
     invocations: _builtins.int
-    """Times a ring reached the plugin while it was enabled, whatever the outcome."""
+    """Calls of the plugin's `execute`, whatever their outcome. A call refused
+    because the plugin failed to load or its circuit is open is not counted.
+    """
     errors: _builtins.int
-    """Calls that failed: an exception, an invalid return value, or a call refused
-    because the plugin failed to load or its circuit is open. Timeouts are counted
-    in `timeouts`, not here.
+    """Calls that failed: an exception, an invalid return value, or a timeout (a
+    timeout is counted here and in `timeouts`).
     """
     blocks: _builtins.int
-    """Calls whose response was a BLOCK, including blocks made on the plugin's behalf
-    under fail_policy closed.
+    """Calls whose response was a valid BLOCK (or that set `stop_chain`). Blocks
+    made on the plugin's behalf under fail_policy closed are counted in `errors`.
     """
     timeouts: _builtins.int
-    """Calls cancelled because they ran past the plugin's timeout."""
+    """Calls cancelled because they ran past the plugin's time budget."""
     bypasses: _builtins.int
-    """Failures (errors and timeouts) under fail_policy open that the ring went on
-    without.
+    """Failures (errors, timeouts, refused calls) under fail_policy open that the
+    ring went on without.
     """
     stalls: _builtins.int
     """Calls during which the plugin held the server's event loop (synchronous work

@@ -1,0 +1,407 @@
+"""The clients: one request builder and one response parser shared by both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from opentelemetry import propagate
+
+from ringd.v1 import admin_service_pb2 as admin_pb
+from ringd.v1 import admin_service_pb2_grpc as admin_grpc
+from ringd.v1 import engine_service_pb2 as engine_pb
+from ringd.v1 import engine_service_pb2_grpc as engine_grpc
+from ringd.v1 import plugin_pb2 as pb
+
+RINGS = ("ingress", "pre_flight", "routing", "post_flight", "background")
+_ACTIONS = {
+    pb.PLUGIN_ACTION_UNSPECIFIED: "",
+    pb.PLUGIN_ACTION_PASSTHROUGH: "passthrough",
+    pb.PLUGIN_ACTION_MODIFY: "modify",
+    pb.PLUGIN_ACTION_BLOCK: "block",
+    pb.PLUGIN_ACTION_CACHE_HIT: "cache_hit",
+}
+_OUTCOMES = {
+    pb.PLUGIN_OUTCOME_OK: "ok",
+    pb.PLUGIN_OUTCOME_ERROR: "error",
+    pb.PLUGIN_OUTCOME_TIMEOUT: "timeout",
+    pb.PLUGIN_OUTCOME_BYPASSED: "bypassed",
+    pb.PLUGIN_OUTCOME_SKIPPED: "skipped",
+}
+
+
+def ring_number(ring: str | int) -> pb.PluginHook.ValueType:
+    """The ``PluginHook`` enum value of a ring name (``"pre_flight"``) or number."""
+    if isinstance(ring, int):
+        return pb.PluginHook.ValueType(ring)
+    name = str(getattr(ring, "value", ring)).lower()
+    if name not in RINGS:
+        raise ValueError(f"unknown ring {ring!r}; expected one of {', '.join(RINGS)}")
+    return pb.PluginHook.ValueType(RINGS.index(name) + 1)
+
+
+@dataclass(slots=True)
+class PluginResultInfo:
+    """One plugin's part in a ring."""
+
+    plugin: str
+    version: str
+    action: str
+    outcome: str
+    latency_ms: float
+    error: str
+    message: str
+
+
+@dataclass(slots=True)
+class RingResult:
+    """A ring's outcome: what the gateway must do, and the context to carry on with.
+
+    ``action`` is ``passthrough``, ``modify``, ``block`` or ``cache_hit``. Forward
+    ``body`` upstream, carry ``metadata`` into the next ring's request, answer
+    ``status_code``/``error_type``/``message`` on a block and ``cached_response``
+    on a cache hit.
+    """
+
+    ring: str
+    action: str
+    body: dict[str, Any] | None
+    metadata: dict[str, Any]
+    response: dict[str, Any] | None = None
+    status_code: int = 0
+    error_type: str = ""
+    message: str = ""
+    cached_response: dict[str, Any] | None = None
+    decided_by: str = ""
+    results: list[PluginResultInfo] = field(default_factory=list)
+    config_version: str = ""
+    generation: int = 0
+    queued: bool = False
+
+    @property
+    def ended(self) -> bool:
+        """True when the request stops here (block or cache hit)."""
+        return self.action in ("block", "cache_hit")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as plain JSON-ready data."""
+        return asdict(self)
+
+
+def _struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(data)
+    return message
+
+
+def build_context(
+    body: Mapping[str, Any] | None = None,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    response: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    method: str = "",
+    path: str = "",
+    client_address: str = "",
+    session_id: str = "",
+    request_id: str = "",
+    json_form: bool = True,
+) -> pb.PluginContext:
+    """A ``PluginContext`` message; bodies as raw JSON bytes (or Struct with ``json_form=False``)."""
+    context = pb.PluginContext(session_id=session_id, request_id=request_id)
+    if body is not None:
+        if json_form:
+            context.body_json = json.dumps(body).encode()
+        else:
+            context.body_struct.CopyFrom(_struct(body))
+    if response is not None:
+        if json_form:
+            context.response_json = json.dumps(response).encode()
+        else:
+            context.response_struct.CopyFrom(_struct(response))
+    for key, value in (metadata or {}).items():
+        json_format.ParseDict(value, context.metadata[key])
+    if headers or method or path or client_address:
+        context.request.method = method
+        context.request.path = path
+        context.request.client_address = client_address
+        context.request.headers.update({k.lower(): v for k, v in (headers or {}).items()})
+    return context
+
+
+def _plain(value: Any) -> Any:
+    """JSON data from protobuf's Struct decoding, with whole numbers as ints again."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _object(message: Any, prefix: str) -> dict[str, Any] | None:
+    kind = message.WhichOneof(prefix)
+    if kind is None:
+        return None
+    if kind.endswith("_json"):
+        data: dict[str, Any] = json.loads(getattr(message, kind))
+        return data
+    return _plain(json_format.MessageToDict(getattr(message, kind)))  # type: ignore[no-any-return]
+
+
+def parse_ring_response(message: engine_pb.ExecuteRingResponse) -> RingResult:
+    """A typed outcome from an ``ExecuteRingResponse``."""
+    return RingResult(
+        ring=RINGS[message.ring - 1] if message.ring else "",
+        action=_ACTIONS.get(message.action, str(message.action)),
+        body=_object(message, "body"),
+        metadata={key: _plain(json_format.MessageToDict(value)) for key, value in message.metadata.items()},
+        response=_object(message, "response"),
+        status_code=message.block.status_code,
+        error_type=message.block.error_type,
+        message=message.block.message or message.decision.message,
+        cached_response=_object(message, "cached_response"),
+        decided_by=message.decided_by,
+        results=[
+            PluginResultInfo(
+                plugin=r.plugin,
+                version=r.version,
+                action=_ACTIONS.get(r.action, ""),
+                outcome=_OUTCOMES.get(r.outcome, ""),
+                latency_ms=r.latency.ToNanoseconds() / 1e6,
+                error=r.error,
+                message=r.message,
+            )
+            for r in message.results
+        ],
+        config_version=message.config_version,
+        generation=message.generation,
+        queued=message.queued,
+    )
+
+
+def _plugin_info(info: admin_pb.PluginInfo) -> dict[str, Any]:
+    data = json_format.MessageToDict(
+        info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    data["ring"] = RINGS[info.ring - 1] if info.ring else ""
+    data["status"] = pb.PluginStatus.Name(info.status).removeprefix("PLUGIN_STATUS_").lower()
+    data["fail_policy"] = pb.FailPolicy.Name(info.fail_policy).removeprefix("FAIL_POLICY_").lower()
+    data["timeout_ms"] = info.timeout.ToNanoseconds() / 1e6
+    data.pop("timeout", None)
+    data["stats"] = {field.name: value for field, value in info.stats.ListFields()}
+    for counter in ("invocations", "errors", "blocks", "timeouts", "bypasses", "stalls"):
+        data["stats"].setdefault(counter, 0)
+    return data
+
+
+def _call_metadata(admin_token: str | None) -> tuple[tuple[str, str | bytes], ...]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    pairs: list[tuple[str, str | bytes]] = list(carrier.items())
+    if admin_token:
+        pairs.append(("authorization", f"Bearer {admin_token}"))
+    return tuple(pairs)
+
+
+class _Base:
+    def __init__(self, admin_token: str | None, timeout: float | None) -> None:
+        self._admin_token = admin_token
+        self._timeout = timeout
+
+    def _ring_request(
+        self, ring: str | int, body: Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> engine_pb.ExecuteRingRequest:
+        return engine_pb.ExecuteRingRequest(ring=ring_number(ring), context=build_context(body, **kwargs))
+
+    def _rings_request(
+        self, rings: Sequence[str | int], body: Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> engine_pb.ExecuteRingsRequest:
+        return engine_pb.ExecuteRingsRequest(
+            rings=[ring_number(r) for r in rings], context=build_context(body, **kwargs)
+        )
+
+
+class AsyncClient(_Base):
+    """asyncio client (grpc.aio). Use ``async with AsyncClient(target) as client``."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        admin_token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = 10.0,
+    ) -> None:
+        super().__init__(admin_token, timeout)
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(target)
+        self._engine = engine_grpc.PluginEngineServiceStub(self._channel)
+        self._admin = admin_grpc.PluginAdminServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def execute_ring(
+        self,
+        ring: str | int,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **context: Any,
+    ) -> RingResult:
+        """Run one ring; ``context`` takes ``metadata``, ``response``, ``headers``, ``request_id``, ...."""
+        request = self._ring_request(ring, body, context)
+        reply = await self._engine.ExecuteRing(
+            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
+        )
+        return parse_ring_response(reply)
+
+    async def execute_rings(
+        self,
+        rings: Sequence[str | int],
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **context: Any,
+    ) -> list[RingResult]:
+        """Run several rings in one call, stopping at the first block or cache hit."""
+        request = self._rings_request(rings, body, context)
+        reply = await self._engine.ExecuteRings(
+            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
+        )
+        return [parse_ring_response(outcome) for outcome in reply.outcomes]
+
+    async def list_plugins(self, ring: str | None = None) -> list[dict[str, Any]]:
+        request = admin_pb.ListPluginsRequest(ring=ring_number(ring or 0))
+        reply = await self._admin.ListPlugins(
+            request, timeout=self._timeout, metadata=_call_metadata(self._admin_token)
+        )
+        return [_plugin_info(info) for info in reply.plugins]
+
+    async def reload(self) -> dict[str, Any]:
+        reply = await self._admin.ReloadConfig(
+            admin_pb.ReloadConfigRequest(),
+            timeout=self._timeout,
+            metadata=_call_metadata(self._admin_token),
+        )
+        return {"config_version": reply.config_version, "generation": reply.generation}
+
+    async def set_plugin_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        reply = await self._admin.SetPluginEnabled(
+            admin_pb.SetPluginEnabledRequest(name=name, enabled=enabled),
+            timeout=self._timeout,
+            metadata=_call_metadata(self._admin_token),
+        )
+        return _plugin_info(reply.plugin)
+
+
+class Client(_Base):
+    """Blocking client. Use ``with Client(target) as client``."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        admin_token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = 10.0,
+    ) -> None:
+        super().__init__(admin_token, timeout)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._engine = engine_grpc.PluginEngineServiceStub(self._channel)
+        self._admin = admin_grpc.PluginAdminServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def execute_ring(
+        self,
+        ring: str | int,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **context: Any,
+    ) -> RingResult:
+        """Run one ring; ``context`` takes ``metadata``, ``response``, ``headers``, ``request_id``, ...."""
+        request = self._ring_request(ring, body, context)
+        reply = self._engine.ExecuteRing(
+            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
+        )
+        return parse_ring_response(reply)
+
+    def execute_rings(
+        self,
+        rings: Sequence[str | int],
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **context: Any,
+    ) -> list[RingResult]:
+        """Run several rings in one call, stopping at the first block or cache hit."""
+        request = self._rings_request(rings, body, context)
+        reply = self._engine.ExecuteRings(
+            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
+        )
+        return [parse_ring_response(outcome) for outcome in reply.outcomes]
+
+    def list_plugins(self, ring: str | None = None) -> list[dict[str, Any]]:
+        request = admin_pb.ListPluginsRequest(ring=ring_number(ring or 0))
+        reply = self._admin.ListPlugins(
+            request, timeout=self._timeout, metadata=_call_metadata(self._admin_token)
+        )
+        return [_plugin_info(info) for info in reply.plugins]
+
+    def reload(self) -> dict[str, Any]:
+        reply = self._admin.ReloadConfig(
+            admin_pb.ReloadConfigRequest(),
+            timeout=self._timeout,
+            metadata=_call_metadata(self._admin_token),
+        )
+        return {"config_version": reply.config_version, "generation": reply.generation}
+
+    def set_plugin_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        reply = self._admin.SetPluginEnabled(
+            admin_pb.SetPluginEnabledRequest(name=name, enabled=enabled),
+            timeout=self._timeout,
+            metadata=_call_metadata(self._admin_token),
+        )
+        return _plugin_info(reply.plugin)
+
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "PluginResultInfo",
+    "RingResult",
+    "build_context",
+    "parse_ring_response",
+]

@@ -1,0 +1,232 @@
+"""Builds and runs the ringd server: store, engine, background queue, gRPC servers.
+
+Everything is built here and passed down; nothing is global. Tests use
+:func:`build_server` with ``listen=["127.0.0.1:0"]`` and read the bound addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from ringd.sdk import PluginState
+from ringd.server.background import BackgroundQueue
+from ringd.server.config import RingdConfig, ServerSettings
+from ringd.server.convert import Limits
+from ringd.server.engine import Engine, Generation
+from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer
+from ringd.server.store import open_store
+from ringd.server.telemetry import RingTracer, tracer_provider_from_env
+
+from ringd.v1 import admin_service_pb2, admin_service_pb2_grpc, engine_service_pb2
+
+_log = logging.getLogger("ringd.server")
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+class RingdServer:
+    """One ringd process: call :meth:`start`, then :meth:`stop` (or :meth:`serve_forever`)."""
+
+    def __init__(
+        self,
+        config: RingdConfig,
+        *,
+        config_loader: Callable[[], RingdConfig] | None = None,
+        listen: Sequence[str] | None = None,
+        admin_listen: Sequence[str] | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.config = config
+        self._config_loader = config_loader
+        settings = config.server
+        self.listen = tuple(listen) if listen else settings.listen
+        self.admin_listen = tuple(admin_listen) if admin_listen else settings.admin_listen
+        self._tracer_provider = tracer_provider
+        self.addresses: list[str] = []
+        self.admin_addresses: list[str] = []
+        self.state = PluginState()
+        self.engine = Engine(self.state)
+        self.health = HealthServicer()
+        self._servers: list[grpc.aio.Server] = []
+        self._background: BackgroundQueue | None = None
+        self._store: object | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.config.server
+
+    @property
+    def background(self) -> BackgroundQueue:
+        if self._background is None:
+            raise RuntimeError("server not started")
+        return self._background
+
+    async def start(self) -> None:
+        """Open the store, load the plugins, bind every address and start serving."""
+        settings = self.settings
+        store = await open_store(self.config.store, base_dir=self.config.base_dir)
+        self._store = store
+        self.state.extra["store"] = store
+        self.state.config.update({"config_version": self.config.version})
+        await self.engine.start(self.config)
+        self._background = BackgroundQueue(
+            self.engine, size=settings.background_queue_size, workers=settings.background_workers
+        )
+        tracer = RingTracer(self._tracer_provider)
+        engine_servicer = EngineServicer(
+            self.engine,
+            self._background,
+            tracer,
+            limits=Limits(settings.max_metadata_keys, settings.max_json_depth),
+            max_concurrent_rings=settings.max_concurrent_rings,
+            deadline_margin_s=settings.deadline_margin_ms / 1000.0,
+        )
+        admin_servicer = AdminServicer(self.engine, self.reload, settings.admin_token)
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 1),
+        ]
+        main = grpc.aio.server(options=options)
+        main.add_generic_rpc_handlers((engine_servicer.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
+        services = [ENGINE_SERVICE, HEALTH_SERVICE]
+        admin = main
+        if self.admin_listen:
+            admin = grpc.aio.server(options=options)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, admin)
+            self._servers.append(admin)
+        admin_service_pb2_grpc.add_PluginAdminServiceServicer_to_server(admin_servicer, admin)
+        if admin is main:
+            services.append(ADMIN_SERVICE)
+        if settings.reflection:
+            reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], main)
+            if admin is not main:
+                reflection.enable_server_reflection(
+                    [ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], admin
+                )
+        self._servers.insert(0, main)
+        self.addresses = [self._bind(main, address) for address in self.listen]
+        if admin is not main:
+            self.admin_addresses = [self._bind(admin, address) for address in self.admin_listen]
+        for server in self._servers:
+            await server.start()
+        for service in ("", ENGINE_SERVICE, ADMIN_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        _ = (engine_service_pb2, admin_service_pb2)
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> str:
+        tls = self.settings.tls
+        if address.startswith("unix:"):
+            path = address.removeprefix("unix:").removeprefix("//")
+            with contextlib.suppress(FileNotFoundError):
+                if Path(path).is_socket():
+                    os.unlink(path)
+        if tls is not None and not address.startswith("unix:"):
+            credentials = _server_credentials(tls.cert_file, tls.key_file, tls.client_ca_file)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+        if address.startswith("unix:"):
+            return address
+        host = address.rsplit(":", 1)[0]
+        return f"{host}:{port}"
+
+    async def reload(self) -> Generation:
+        """Re-read the config and hot-swap the plugins (server settings need a restart)."""
+        loader = self._config_loader
+        config = await asyncio.to_thread(loader) if loader is not None else self.config
+        generation = await self.engine.reload(config)
+        self.config = config
+        return generation
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, refuse new calls, finish in-flight and background work."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        if self._background is not None:
+            await self._background.drain(grace)
+        await self.engine.close(grace)
+        store = self._store
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+
+    async def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT (then drain and stop); SIGHUP reloads the config."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        self._stopping = stopping
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+        loop.add_signal_handler(signal.SIGINT, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged()))
+        try:
+            await stopping.wait()
+            _log.info("shutting down: draining for up to %.1f s", self.settings.grace_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def _reload_logged(self) -> None:
+        try:
+            generation = await self.reload()
+            _log.info(
+                "SIGHUP: now serving generation %d (config %s)",
+                generation.number,
+                generation.version,
+            )
+        except Exception as exc:  # a failed reload keeps the old generation; say why in the log
+            _log.error("SIGHUP reload rejected: %s", exc)
+
+
+def _server_credentials(cert_file: str, key_file: str, client_ca_file: str | None) -> grpc.ServerCredentials:
+    key = Path(key_file).read_bytes()
+    cert = Path(cert_file).read_bytes()
+    if client_ca_file:
+        ca = Path(client_ca_file).read_bytes()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+async def build_server(
+    config: RingdConfig,
+    *,
+    config_loader: Callable[[], RingdConfig] | None = None,
+    listen: Sequence[str] | None = None,
+    admin_listen: Sequence[str] | None = None,
+    tracer_provider: TracerProvider | None = None,
+    tracing_from_env: bool = False,
+) -> RingdServer:
+    """Build and start a server; its bound addresses are in ``server.addresses``."""
+    provider = tracer_provider
+    if provider is None and tracing_from_env:
+        provider = tracer_provider_from_env()
+    server = RingdServer(
+        config,
+        config_loader=config_loader,
+        listen=listen,
+        admin_listen=admin_listen,
+        tracer_provider=provider,
+    )
+    await server.start()
+    return server

@@ -1,0 +1,379 @@
+"""Conversions between the ringd.v1 messages and SDK types, both directions, in one place.
+
+Nothing else in ringd touches protobuf types but the servicers, which call these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import struct_pb2
+from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, RequestInfo
+from ringd.server.engine import Outcome, PluginResult, PluginSlot, RingOutcome
+
+from ringd.v1 import admin_service_pb2 as admin_pb
+from ringd.v1 import engine_service_pb2 as engine_pb
+from ringd.v1 import plugin_pb2 as pb
+
+HOOK_FROM_PROTO: dict[int, PluginHook] = {
+    pb.PLUGIN_HOOK_INGRESS: PluginHook.INGRESS,
+    pb.PLUGIN_HOOK_PRE_FLIGHT: PluginHook.PRE_FLIGHT,
+    pb.PLUGIN_HOOK_ROUTING: PluginHook.ROUTING,
+    pb.PLUGIN_HOOK_POST_FLIGHT: PluginHook.POST_FLIGHT,
+    pb.PLUGIN_HOOK_BACKGROUND: PluginHook.BACKGROUND,
+}
+HOOK_TO_PROTO: dict[PluginHook, pb.PluginHook.ValueType] = {
+    hook: pb.PluginHook.ValueType(number) for number, hook in HOOK_FROM_PROTO.items()
+}
+ACTION_TO_PROTO: dict[PluginAction, pb.PluginAction.ValueType] = {
+    PluginAction.PASSTHROUGH: pb.PLUGIN_ACTION_PASSTHROUGH,
+    PluginAction.MODIFY: pb.PLUGIN_ACTION_MODIFY,
+    PluginAction.BLOCK: pb.PLUGIN_ACTION_BLOCK,
+    PluginAction.CACHE_HIT: pb.PLUGIN_ACTION_CACHE_HIT,
+}
+OUTCOME_TO_PROTO: dict[Outcome, pb.PluginOutcome.ValueType] = {
+    Outcome.OK: pb.PLUGIN_OUTCOME_OK,
+    Outcome.ERROR: pb.PLUGIN_OUTCOME_ERROR,
+    Outcome.TIMEOUT: pb.PLUGIN_OUTCOME_TIMEOUT,
+    Outcome.BYPASSED: pb.PLUGIN_OUTCOME_BYPASSED,
+    Outcome.SKIPPED: pb.PLUGIN_OUTCOME_SKIPPED,
+}
+
+
+class RequestError(ValueError):
+    """The request is malformed; the message names the field (INVALID_ARGUMENT)."""
+
+
+class EncodeError(ValueError):
+    """The ring left something in the context that the wire cannot carry; names where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a request may carry, from the server settings."""
+
+    max_metadata_keys: int = 1024
+    max_json_depth: int = 64
+
+
+# ---------------------------------------------------------------- proto -> SDK
+
+
+def hook_from_proto(number: int, field: str = "ring") -> PluginHook:
+    """The SDK hook of a ring enum value; UNSPECIFIED and unknown values are rejected."""
+    hook = HOOK_FROM_PROTO.get(number)
+    if hook is None:
+        if number == pb.PLUGIN_HOOK_UNSPECIFIED:
+            raise RequestError(f"{field} is PLUGIN_HOOK_UNSPECIFIED; name the ring to run")
+        raise RequestError(f"{field} has unknown value {number}")
+    return hook
+
+
+def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct_to_py(value.struct_value, depth + 1, limit, where)
+    if kind == "list_value":
+        if depth >= limit:
+            raise RequestError(f"{where} is nested deeper than {limit} levels")
+        return [_value_to_py(item, depth + 1, limit, where) for item in value.list_value.values]
+    return None
+
+
+def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: str) -> dict[str, Any]:
+    if depth >= limit:
+        raise RequestError(f"{where} is nested deeper than {limit} levels")
+    return {key: _value_to_py(item, depth, limit, where) for key, item in struct.fields.items()}
+
+
+def _json_depth_ok(data: Any, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return True
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RequestError(f"{where} is nested deeper than {limit} levels") from None
+    except UnicodeDecodeError:
+        raise RequestError(f"{where} is not UTF-8 encoded JSON") from None
+    except ValueError as exc:
+        raise RequestError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}")
+    # Counting brackets is cheap; walk the tree only when it could be too deep.
+    if raw.count(b"{") + raw.count(b"[") > limit and not _json_depth_ok(data, limit):
+        raise RequestError(f"{where} is nested deeper than {limit} levels")
+    return data
+
+
+def _json_kind(data: Any) -> str:
+    if isinstance(data, list):
+        return "array"
+    if isinstance(data, str):
+        return "string"
+    if isinstance(data, bool):
+        return "boolean"
+    if data is None:
+        return "null"
+    return "number"
+
+
+def context_from_proto(
+    message: pb.PluginContext, limits: Limits, field: str = "context"
+) -> tuple[PluginContext, bool]:
+    """Decode a context; returns it and whether the caller used the raw-JSON form.
+
+    Raises:
+        RequestError: a field is malformed, too deep or too large; the message names it.
+    """
+    depth = limits.max_json_depth
+    body_kind = message.WhichOneof("body")
+    json_form = body_kind == "body_json"
+    if body_kind == "body_json":
+        body = _object_from_json(message.body_json, f"{field}.body_json", depth)
+    elif body_kind == "body_struct":
+        body = _struct_to_py(message.body_struct, 0, depth, f"{field}.body_struct")
+    else:
+        body = {}
+    response: dict[str, Any] | None = None
+    response_kind = message.WhichOneof("response")
+    if response_kind == "response_json":
+        response = _object_from_json(message.response_json, f"{field}.response_json", depth)
+        json_form = json_form or body_kind is None
+    elif response_kind == "response_struct":
+        response = _struct_to_py(message.response_struct, 0, depth, f"{field}.response_struct")
+    metadata_in = message.metadata
+    if len(metadata_in) > limits.max_metadata_keys:
+        raise RequestError(
+            f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}"
+        )
+    metadata = {
+        key: _value_to_py(value, 1, depth, f"{field}.metadata[{key!r}]") for key, value in metadata_in.items()
+    }
+    ctx = PluginContext(
+        body=body,
+        metadata=metadata,
+        session_id=message.session_id,
+        response=response,
+        request_id=message.request_id,
+    )
+    if message.HasField("request"):
+        request = message.request
+        ctx.request = RequestInfo(
+            method=request.method,
+            path=request.path,
+            headers={name.lower(): value for name, value in request.headers.items()},
+            client_address=request.client_address,
+        )
+    return ctx, json_form
+
+
+# ---------------------------------------------------------------- SDK -> proto
+
+
+def _set_value(target: struct_pb2.Value, value: Any, where: str) -> None:
+    if value is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EncodeError(f"{where} is {value!r}, which JSON cannot carry")
+        target.number_value = value
+    elif isinstance(value, str):
+        try:
+            target.string_value = value
+        except ValueError:
+            raise EncodeError(f"{where} is a string that is not valid Unicode") from None
+    elif isinstance(value, dict):
+        _fill_struct(target.struct_value, value, where)
+    elif isinstance(value, list | tuple):
+        values = target.list_value.values
+        target.list_value.SetInParent()
+        for index, item in enumerate(value):
+            _set_value(values.add(), item, f"{where}[{index}]")
+    else:
+        raise EncodeError(f"{where} is a {type(value).__name__}, which JSON cannot carry")
+
+
+def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: str) -> None:
+    target.SetInParent()
+    fields = target.fields
+    for key, item in data.items():
+        if not isinstance(key, str):
+            raise EncodeError(f"{where} has a key {key!r} that is not a string")
+        _set_value(fields[key], item, f"{where}[{key!r}]")
+
+
+def _to_json(data: Any, where: str) -> bytes:
+    try:
+        return json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"{where} cannot be encoded as JSON: {exc}") from None
+    except RecursionError:
+        raise EncodeError(f"{where} is nested too deeply (or refers to itself)") from None
+
+
+def _set_object(message: Any, prefix: str, data: dict[str, Any], json_form: bool, where: str) -> None:
+    """Set the ``<prefix>_json`` or ``<prefix>_struct`` member of a oneof."""
+    if json_form:
+        setattr(message, f"{prefix}_json", _to_json(data, where))
+    else:
+        if not isinstance(data, dict):
+            raise EncodeError(f"{where} is a {type(data).__name__}, expected an object")
+        try:
+            _fill_struct(getattr(message, f"{prefix}_struct"), data, where)
+        except RecursionError:
+            raise EncodeError(f"{where} is nested too deeply (or refers to itself)") from None
+
+
+def plugin_response_to_proto(response: PluginResponse, target: pb.PluginResponse, json_form: bool) -> None:
+    """Fill ``target`` from an SDK response."""
+    target.action = ACTION_TO_PROTO[response.action]
+    if response.body is not None:
+        _set_object(target, "body", response.body, json_form, "decision.body")
+    if response.response is not None:
+        _set_object(target, "response", response.response, json_form, "decision.response")
+    if response.status_code is not None:
+        target.status_code = response.status_code
+    if response.error_type:
+        target.error_type = response.error_type
+    if response.message:
+        target.message = response.message
+
+
+def _result_to_proto(result: PluginResult, target: pb.PluginResult) -> None:
+    target.plugin = result.plugin
+    target.version = result.version
+    target.outcome = OUTCOME_TO_PROTO[result.outcome]
+    if result.action is not None:
+        target.action = ACTION_TO_PROTO[result.action]
+    if result.latency_ms:
+        nanos = int(result.latency_ms * 1e6)
+        target.latency.seconds, target.latency.nanos = divmod(nanos, 1_000_000_000)
+    if result.error:
+        target.error = result.error
+    if result.message:
+        target.message = result.message
+
+
+def ring_outcome_to_proto(
+    ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse
+) -> None:
+    """Fill ``target`` with a ring's outcome, bodies in the caller's form.
+
+    Raises:
+        EncodeError: the final context holds something the wire cannot carry.
+    """
+    ctx = ring_outcome.context
+    target.ring = HOOK_TO_PROTO[ring_outcome.hook]
+    target.action = ACTION_TO_PROTO[ring_outcome.action]
+    target.config_version = ring_outcome.config_version
+    target.generation = ring_outcome.generation
+    for result in ring_outcome.results:
+        _result_to_proto(result, target.results.add())
+    decision = ring_outcome.decision
+    if decision is not None:
+        plugin_response_to_proto(decision, target.decision, json_form)
+        target.decided_by = ring_outcome.decided_by or ""
+        if decision.action is PluginAction.BLOCK:
+            block = target.block
+            block.status_code = decision.status_code or 403
+            block.error_type = decision.error_type or ""
+            block.message = decision.message or ""
+        elif decision.action is PluginAction.CACHE_HIT and decision.response is not None:
+            _set_object(target, "cached_response", decision.response, json_form, "cached_response")
+    _set_object(target, "body", ctx.body, json_form, "body")
+    if ctx.response is not None:
+        _set_object(target, "response", ctx.response, json_form, "response")
+    metadata = target.metadata
+    for key, value in ctx.metadata.items():
+        if not isinstance(key, str):
+            raise EncodeError(f"metadata has a key {key!r} that is not a string")
+        _set_value(metadata[key], value, f"metadata[{key!r}]")
+
+
+def unencodable_outcome_to_proto(
+    ring_outcome: RingOutcome, problem: EncodeError, target: engine_pb.ExecuteRingResponse
+) -> None:
+    """The answer when plugins left the context unencodable: a 500 block naming the problem."""
+    target.Clear()
+    target.ring = HOOK_TO_PROTO[ring_outcome.hook]
+    target.action = pb.PLUGIN_ACTION_BLOCK
+    target.config_version = ring_outcome.config_version
+    target.generation = ring_outcome.generation
+    for result in ring_outcome.results:
+        _result_to_proto(result, target.results.add())
+    message = f"a plugin left a value the wire cannot carry: {problem}"
+    target.block.status_code = 500
+    target.block.error_type = "plugin_error"
+    target.block.message = message
+    target.decision.action = pb.PLUGIN_ACTION_BLOCK
+    target.decision.status_code = 500
+    target.decision.error_type = "plugin_error"
+    target.decision.message = message
+    ran = [r.plugin for r in ring_outcome.results if r.outcome is not Outcome.SKIPPED]
+    target.decided_by = ran[-1] if ran else ""
+
+
+STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {
+    "active": pb.PLUGIN_STATUS_ACTIVE,
+    "disabled": pb.PLUGIN_STATUS_DISABLED,
+    "failed": pb.PLUGIN_STATUS_FAILED,
+    "circuit_open": pb.PLUGIN_STATUS_CIRCUIT_OPEN,
+}
+
+
+def plugin_info_to_proto(slot: PluginSlot, status: str, target: admin_pb.PluginInfo) -> None:
+    """Fill an admin ``PluginInfo`` from a plugin's slot in the current generation."""
+    loaded = slot.loaded
+    entry = loaded.entry
+    instance = loaded.instance
+    target.name = entry.name
+    target.ring = HOOK_TO_PROTO[loaded.hook]
+    target.version = loaded.version
+    if instance is not None:
+        target.author = str(instance.author)
+        target.description = str(instance.description)
+    target.entrypoint = entry.entrypoint
+    target.priority = entry.priority
+    target.enabled = slot.enabled
+    target.status = STATUS_TO_PROTO[status]
+    target.load_error = loaded.load_error or ""
+    target.timeout.FromNanoseconds(int(loaded.timeout_s * 1e9))
+    target.fail_policy = pb.FAIL_POLICY_CLOSED if loaded.fail_closed else pb.FAIL_POLICY_OPEN
+    stats = loaded.metrics.snapshot()
+    for key in ("invocations", "errors", "blocks", "timeouts", "bypasses", "stalls"):
+        setattr(target.stats, key, int(stats[key]))
+    for key in (
+        "total_latency_ms",
+        "avg_latency_ms",
+        "p50_latency_ms",
+        "p95_latency_ms",
+        "p99_latency_ms",
+    ):
+        setattr(target.stats, key, float(stats[key]))

@@ -1,0 +1,227 @@
+"""Thin gRPC adapters: decode into SDK types, await the engine, encode the outcome.
+
+One servicer class per service. The engine service reads and writes raw bytes
+so a malformed request is answered INVALID_ARGUMENT by :mod:`ringd.server.errors`
+rather than failing inside gRPC's deserializer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from ringd.sdk import PluginAction, PluginHook
+from ringd.server import convert, errors
+from ringd.server.background import BackgroundQueue
+from ringd.server.engine import Engine, Generation, RingOutcome
+from ringd.server.telemetry import RingTracer, now_pair
+
+from ringd.v1 import admin_service_pb2 as admin_pb
+from ringd.v1 import admin_service_pb2_grpc as admin_grpc
+from ringd.v1 import engine_service_pb2 as engine_pb
+
+ENGINE_SERVICE = "ringd.v1.PluginEngineService"
+ADMIN_SERVICE = "ringd.v1.PluginAdminService"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EngineServicer:
+    """``ringd.v1.PluginEngineService``: ExecuteRing and ExecuteRings."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        background: BackgroundQueue,
+        tracer: RingTracer,
+        *,
+        limits: convert.Limits,
+        max_concurrent_rings: int,
+        deadline_margin_s: float,
+    ) -> None:
+        self._engine = engine
+        self._background = background
+        self._tracer = tracer
+        self._limits = limits
+        self._max_inflight = max_concurrent_rings
+        self._margin = deadline_margin_s
+        self.inflight = 0
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler that registers this service (bytes in, bytes out)."""
+        return grpc.method_handlers_generic_handler(
+            ENGINE_SERVICE,
+            {
+                "ExecuteRing": grpc.unary_unary_rpc_method_handler(self.execute_ring),
+                "ExecuteRings": grpc.unary_unary_rpc_method_handler(self.execute_rings),
+            },
+        )
+
+    def _deadline(self, context: Context) -> float | None:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return None
+        return time.monotonic() + remaining - self._margin
+
+    async def execute_ring(self, raw: bytes, context: Context) -> bytes:
+        if self.inflight >= self._max_inflight:
+            await errors.abort(context, self._overloaded(), "ExecuteRing")
+        self.inflight += 1
+        try:
+            request = engine_pb.ExecuteRingRequest.FromString(raw)
+            hook = convert.hook_from_proto(request.ring)
+            ctx, json_form = convert.context_from_proto(request.context, self._limits)
+            response = engine_pb.ExecuteRingResponse()
+            if hook is PluginHook.BACKGROUND:
+                self._background.submit(ctx)
+                self._acknowledge(response, self._engine.generation)
+            elif self._tracer.enabled:
+                deadline = self._deadline(context)
+                with self._tracer.ring_span(
+                    f"{ENGINE_SERVICE}/ExecuteRing", context.invocation_metadata()
+                ) as span:
+                    wall_ns, perf = now_pair()
+                    ring_outcome = await self._engine.execute_ring(hook, ctx, deadline=deadline)
+                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
+                self._encode(ring_outcome, json_form, response)
+            else:
+                ring_outcome = await self._engine.execute_ring(hook, ctx, deadline=self._deadline(context))
+                self._encode(ring_outcome, json_form, response)
+            return response.SerializeToString()
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, "ringd.v1.ExecuteRingRequest")
+        finally:
+            self.inflight -= 1
+
+    async def execute_rings(self, raw: bytes, context: Context) -> bytes:
+        if self.inflight >= self._max_inflight:
+            await errors.abort(context, self._overloaded(), "ExecuteRings")
+        self.inflight += 1
+        try:
+            request = engine_pb.ExecuteRingsRequest.FromString(raw)
+            if not request.rings:
+                raise convert.RequestError("rings is empty; name at least one ring to run")
+            hooks = [convert.hook_from_proto(ring, f"rings[{i}]") for i, ring in enumerate(request.rings)]
+            if PluginHook.BACKGROUND in hooks[:-1]:
+                raise convert.RequestError("rings: PLUGIN_HOOK_BACKGROUND may only be the last ring")
+            ctx, json_form = convert.context_from_proto(request.context, self._limits)
+            background = hooks[-1] is PluginHook.BACKGROUND
+            foreground = hooks[:-1] if background else hooks
+            with self._tracer.ring_span(
+                f"{ENGINE_SERVICE}/ExecuteRings", context.invocation_metadata()
+            ) as span:
+                wall_ns, perf = now_pair()
+                outcomes = await self._engine.execute_rings(foreground, ctx, deadline=self._deadline(context))
+                for ring_outcome in outcomes:
+                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
+            response = engine_pb.ExecuteRingsResponse()
+            for ring_outcome in outcomes:
+                self._encode(ring_outcome, json_form, response.outcomes.add())
+            if background and not (outcomes and outcomes[-1].ended):
+                self._background.submit(ctx)
+                self._acknowledge(response.outcomes.add(), self._engine.generation)
+            return response.SerializeToString()
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, "ringd.v1.ExecuteRingsRequest")
+        finally:
+            self.inflight -= 1
+
+    def _overloaded(self) -> errors.OverloadedError:
+        return errors.OverloadedError(
+            f"too many rings in flight (limit {self._max_inflight}); retry with backoff"
+        )
+
+    @staticmethod
+    def _acknowledge(response: engine_pb.ExecuteRingResponse, generation: Generation) -> None:
+        response.ring = convert.HOOK_TO_PROTO[PluginHook.BACKGROUND]
+        response.action = convert.ACTION_TO_PROTO[PluginAction.PASSTHROUGH]
+        response.queued = True
+        response.config_version = generation.version
+        response.generation = generation.number
+
+    @staticmethod
+    def _encode(ring_outcome: RingOutcome, json_form: bool, response: engine_pb.ExecuteRingResponse) -> None:
+        try:
+            convert.ring_outcome_to_proto(ring_outcome, json_form, response)
+        except convert.EncodeError as problem:
+            convert.unencodable_outcome_to_proto(ring_outcome, problem, response)
+
+
+class AdminServicer(admin_grpc.PluginAdminServiceServicer):
+    """``ringd.v1.PluginAdminService``: list, reload, enable/disable; bearer token if configured."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        reload: Callable[[], Awaitable[Generation]],
+        admin_token: str | None,
+    ) -> None:
+        self._engine = engine
+        self._reload = reload
+        self._token = admin_token.encode() if admin_token else None
+
+    def _authorize(self, context: Context) -> None:
+        if self._token is None:
+            return
+        presented = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                presented = value if isinstance(value, str) else value.decode("latin-1")
+        if presented is None:
+            raise errors.AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "admin calls need 'authorization: Bearer <token>' metadata",
+            )
+        scheme, _, token = presented.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
+            raise errors.AuthError(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
+
+    async def ListPlugins(
+        self, request: admin_pb.ListPluginsRequest, context: Context
+    ) -> admin_pb.ListPluginsResponse:
+        try:
+            self._authorize(context)
+            generation = self._engine.generation
+            wanted = convert.HOOK_FROM_PROTO.get(request.ring) if request.ring else None
+            if request.ring and wanted is None:
+                raise convert.RequestError(f"ring has unknown value {request.ring}")
+            response = admin_pb.ListPluginsResponse(
+                config_version=generation.version, generation=generation.number
+            )
+            for hook in PluginHook:
+                if wanted is not None and hook is not wanted:
+                    continue
+                for slot in generation.rings[hook]:
+                    convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugins.add())
+            return response
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, "ListPlugins")
+
+    async def ReloadConfig(
+        self, request: admin_pb.ReloadConfigRequest, context: Context
+    ) -> admin_pb.ReloadConfigResponse:
+        try:
+            self._authorize(context)
+            generation = await self._reload()
+            return admin_pb.ReloadConfigResponse(
+                config_version=generation.version, generation=generation.number
+            )
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, "ReloadConfig")
+
+    async def SetPluginEnabled(
+        self, request: admin_pb.SetPluginEnabledRequest, context: Context
+    ) -> admin_pb.SetPluginEnabledResponse:
+        try:
+            self._authorize(context)
+            if not request.name:
+                raise convert.RequestError("name is empty; name the plugin to enable or disable")
+            slot = self._engine.set_enabled(request.name, request.enabled)
+            response = admin_pb.SetPluginEnabledResponse()
+            convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugin)
+            return response
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, "SetPluginEnabled")
