@@ -325,6 +325,7 @@ class Engine:
         self._numbers = 0
         self._reload_lock = asyncio.Lock()
         self._unloads: set[asyncio.Task[None]] = set()
+        self._draining: list[Generation] = []  # retired generations with rings in flight
 
     # ------------------------------------------------------------------ generations
 
@@ -367,7 +368,15 @@ class Engine:
                 previous.drained.set()
             kept = {id(slot.loaded) for slot in generation.slots.values()}
             stale = [s.loaded for s in previous.slots.values() if id(s.loaded) not in kept]
-            task = asyncio.create_task(self._unload_when_drained(previous, stale))
+            # A plugin carried unchanged through several generations may still be running
+            # on an older one: unload it once every generation holding it has drained.
+            self._draining = [g for g in self._draining if not g.drained.is_set()]
+            self._draining.append(previous)
+            stale_ids = {id(loaded) for loaded in stale}
+            holders = [
+                g for g in self._draining if any(id(slot.loaded) in stale_ids for slot in g.slots.values())
+            ]
+            task = asyncio.create_task(self._unload_when_drained(holders, stale))
             self._unloads.add(task)
             task.add_done_callback(self._unloads.discard)
             self._log_generation(generation)
@@ -455,8 +464,9 @@ class Engine:
         _log.error("plugin %r (%s) failed to load: %s", entry.name, entry.entrypoint, error)
         return LoadedPlugin(entry, hook, fingerprint, None, error, cls)
 
-    async def _unload_when_drained(self, generation: Generation, stale: list[LoadedPlugin]) -> None:
-        await generation.drained.wait()
+    async def _unload_when_drained(self, generations: list[Generation], stale: list[LoadedPlugin]) -> None:
+        for generation in generations:
+            await generation.drained.wait()
         await self._unload(stale)
 
     async def _unload(self, plugins: Iterable[LoadedPlugin]) -> None:
