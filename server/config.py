@@ -246,7 +246,10 @@ def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> Plug
     fail_policy = None
     if raw.get("fail_policy") is not None:
         fail_policy = _enum(errors, f"{where} field 'fail_policy'", raw["fail_policy"], FailPolicy)
-    plugin_config = raw.get("config") or {}
+    # Only an absent or null `config` means "none": `config: []` or `config: ""` is a mistake.
+    plugin_config = raw.get("config")
+    if plugin_config is None:
+        plugin_config = {}
     if not isinstance(plugin_config, dict):
         errors.add(f"{where} field 'config'", f"must be a mapping, got {_type_name(plugin_config)}")
         plugin_config = {}
@@ -344,7 +347,10 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
     server = _server(errors, raw.get("server"))
     store = os.environ.get("RINGD_STORE") or raw.get("store", "ringd.db")
     store = _str(errors, "field 'store'", store) or "ringd.db"
-    plugins_raw = raw.get("plugins") or []
+    # Only an absent or null `plugins` means "no plugins": `plugins: {}` or `0` is a mistake.
+    plugins_raw = raw.get("plugins")
+    if plugins_raw is None:
+        plugins_raw = []
     entries: list[PluginEntry] = []
     if not isinstance(plugins_raw, list):
         errors.add("field 'plugins'", f"must be a list of plugin entries, got {_type_name(plugins_raw)}")
