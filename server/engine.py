@@ -437,6 +437,15 @@ class Engine:
             cls = load_plugin_class(entry.entrypoint, config.base_dir)
         except PluginLoadError as exc:
             return self._failed(entry, hook, fingerprint, str(exc), None)
+        class_timeout: Any = cls.timeout_ms
+        valid_timeout = isinstance(class_timeout, int | float) and not isinstance(class_timeout, bool)
+        if entry.timeout_ms is None and not (valid_timeout and class_timeout > 0):
+            # Checked before anything reads it, so one bad class fails its own load only.
+            error = (
+                f"class attribute timeout_ms is {class_timeout!r}, not a positive number; "
+                "set 'timeout_ms' in the entry"
+            )
+            return self._failed(entry, hook, fingerprint, error, None)
         hook = entry.hook or cls.hook
         if not isinstance(hook, PluginHook):
             error = f"class attribute hook is {hook!r}, not a PluginHook; set 'hook' in the entry"
