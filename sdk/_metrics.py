@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -60,5 +61,7 @@ def _percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list (0.0 when empty)."""
     if not ordered:
         return 0.0
-    rank = max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))
+    # Nearest rank: the smallest value with at least q of the values at or below it.
+    # (The epsilon keeps float noise such as 0.29 * 100 = 28.999... from moving a rank.)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered) - 1e-9) - 1))
     return ordered[rank]
