@@ -5,11 +5,11 @@ Nothing else in ringd touches protobuf types but the servicers, which call these
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from google.protobuf import struct_pb2
 from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, RequestInfo
 from ringd.server.engine import Outcome, PluginResult, PluginSlot, RingOutcome
@@ -109,19 +109,11 @@ def _json_depth_ok(data: Any, limit: int) -> bool:
     return True
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise RequestError(f"{where} is nested deeper than {limit} levels") from None
-    except UnicodeDecodeError:
-        raise RequestError(f"{where} is not UTF-8 encoded JSON") from None
-    except ValueError as exc:
-        raise RequestError(f"{where} is not valid JSON: {exc}") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"{where} is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}")
     # Counting brackets is cheap; walk the tree only when it could be too deep.
@@ -202,8 +194,9 @@ def _set_value(target: struct_pb2.Value, value: Any, where: str) -> None:
         target.bool_value = value
     elif isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
-            raise EncodeError(f"{where} is {value!r}, which JSON cannot carry")
-        target.number_value = value
+            target.null_value = struct_pb2.NULL_VALUE  # as orjson does in the JSON form
+        else:
+            target.number_value = value
     elif isinstance(value, str):
         try:
             target.string_value = value
@@ -230,12 +223,11 @@ def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: str) ->
 
 
 def _to_json(data: Any, where: str) -> bytes:
+    """Compact UTF-8 JSON; a non-finite float becomes null, as in the Struct form."""
     try:
-        return json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
+        return orjson.dumps(data)
+    except TypeError as exc:  # orjson.JSONEncodeError: unsupported type, non-str key, too deep
         raise EncodeError(f"{where} cannot be encoded as JSON: {exc}") from None
-    except RecursionError:
-        raise EncodeError(f"{where} is nested too deeply (or refers to itself)") from None
 
 
 def _set_object(message: Any, prefix: str, data: dict[str, Any], json_form: bool, where: str) -> None:
@@ -274,7 +266,10 @@ def _result_to_proto(result: PluginResult, target: pb.PluginResult) -> None:
         target.action = ACTION_TO_PROTO[result.action]
     if result.latency_ms:
         nanos = int(result.latency_ms * 1e6)
-        target.latency.seconds, target.latency.nanos = divmod(nanos, 1_000_000_000)
+        if nanos < 1_000_000_000:
+            target.latency.nanos = nanos
+        else:
+            target.latency.seconds, target.latency.nanos = divmod(nanos, 1_000_000_000)
     if result.error:
         target.error = result.error
     if result.message:
@@ -296,10 +291,16 @@ def ring_outcome_to_proto(
     target.generation = ring_outcome.generation
     for result in ring_outcome.results:
         _result_to_proto(result, target.results.add())
-    decision = ring_outcome.decision
+    decision, decided_by = ring_outcome.decision, ring_outcome.decided_by
+    if decision is None and ring_outcome.action is PluginAction.MODIFY:
+        # The engine leaves MODIFY undecided (it does not end the ring), but the contract
+        # names the last plugin that returned MODIFY; its body is the context's body.
+        modifier = next(r for r in reversed(ring_outcome.results) if r.action is PluginAction.MODIFY)
+        decision = PluginResponse.modify(body=ctx.body, message=modifier.message)
+        decided_by = modifier.plugin
     if decision is not None:
         plugin_response_to_proto(decision, target.decision, json_form)
-        target.decided_by = ring_outcome.decided_by or ""
+        target.decided_by = decided_by or ""
         if decision.action is PluginAction.BLOCK:
             block = target.block
             block.status_code = decision.status_code or 403

@@ -269,20 +269,9 @@ class _PluginTimeout(Exception):
     """The plugin ran past its time budget."""
 
 
-async def _call(plugin: BasePlugin, ctx: PluginContext, budget_s: float) -> Any:
-    """Run ``plugin.execute(ctx)`` within ``budget_s`` seconds; return what it returned."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget_s
-    coro: Any = plugin.execute(ctx)
-    if type(coro) is not CoroutineType:
-        if not isinstance(coro, Awaitable):
-            return coro  # a plain `def execute` returned its response directly
-        coro = _awaitable_as_coroutine(coro)
-    try:
-        first = coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    timeout = asyncio.timeout_at(deadline)
+async def _finish(coro: Coroutine[Any, Any, Any], first: Any, budget_s: float) -> Any:
+    """Finish a plugin call that suspended after its first step, within ``budget_s``."""
+    timeout = asyncio.timeout(budget_s)
     try:
         async with timeout:
             return await _Resume(coro, first)
@@ -292,8 +281,11 @@ async def _call(plugin: BasePlugin, ctx: PluginContext, budget_s: float) -> Any:
         raise
 
 
-async def _awaitable_as_coroutine(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+async def _as_coroutine(returned: Any) -> Any:
+    """Wrap what a non-coroutine ``execute`` returned: an awaitable, or a plain ``def``'s response."""
+    if isinstance(returned, Awaitable):
+        return await returned
+    return returned
 
 
 def _describe(exc: BaseException) -> str:
@@ -567,115 +559,86 @@ class Engine:
         self, generation: Generation, hook: PluginHook, ctx: PluginContext, deadline: float | None
     ) -> RingOutcome:
         ctx.state = self.state
-        clock = self._clock
+        perf = time.perf_counter
+        # The caller's deadline on the perf_counter clock, so one reading per plugin
+        # serves both its latency and its time budget.
+        deadline_perf = None if deadline is None else deadline - self._clock() + perf()
         results: list[PluginResult] = []
         action = PluginAction.PASSTHROUGH
         decision: PluginResponse | None = None
         decided_by: str | None = None
         for slot in generation.rings[hook]:
             loaded = slot.loaded
-            name = loaded.entry.name
             if not slot.enabled:
-                results.append(PluginResult(name, loaded.version, Outcome.SKIPPED))
+                results.append(PluginResult(loaded.entry.name, loaded.version, Outcome.SKIPPED))
                 continue
-            metrics = loaded.metrics
-            now = clock()
-            response: Any = None
-            failure: Outcome | None = None
-            unavailable = False
-            error: str | None = None
-            latency_ms = 0.0
-            started = 0.0
-            cut_by_deadline = False
             instance = loaded.instance
-            if instance is None:
-                unavailable, error = True, f"failed to load: {loaded.load_error}"
-            elif not loaded.breaker.allows(now):
-                retry = loaded.breaker.retry_in(now)
-                unavailable = True
-                failures = loaded.breaker.failures
-                error = f"circuit open after {failures} consecutive failures; retry in {retry:.1f} s"
-            else:
-                budget = loaded.timeout_s
-                if deadline is not None and deadline - now < budget:
-                    budget = deadline - now
-                    cut_by_deadline = True
-                if budget <= 0:
-                    failure, error = Outcome.TIMEOUT, "no time left before the caller's deadline"
-                else:
-                    started = time.perf_counter()
-                    try:
-                        response = await _call(instance, ctx, budget)
-                    except _PluginTimeout:
-                        failure, error = Outcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
-                    except asyncio.CancelledError:
-                        current = asyncio.current_task()
-                        if current is not None and current.cancelling():
-                            raise  # the caller went away: stop the ring
-                        failure, error = Outcome.ERROR, "CancelledError raised by the plugin"
-                    except BaseException as exc:  # any plugin failure becomes its typed outcome below
-                        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                            _log.error(
-                                "plugin %r raised %s; treated as its error",
-                                name,
-                                type(exc).__name__,
-                            )
-                        failure, error = Outcome.ERROR, _describe(exc)
-                    latency_ms = (time.perf_counter() - started) * 1000.0
-                    metrics.observe(latency_ms)
-                    if failure is None and not isinstance(response, PluginResponse):
-                        failure = Outcome.ERROR
-                        error = f"returned {type(response).__name__}, expected PluginResponse"
-            if failure is not None or unavailable:
-                if failure is not None:
-                    metrics.errors += 1
-                    if failure is Outcome.TIMEOUT:
-                        metrics.timeouts += 1
-                    # Only the plugin's own failures feed its breaker. A call the open
-                    # breaker refused is not one (counting it would push the cooldown back
-                    # on every request, so the circuit never closes under steady traffic),
-                    # and neither is running out of the caller's deadline.
-                    if not (failure is Outcome.TIMEOUT and cut_by_deadline):
-                        loaded.breaker.record_failure(clock())
-                if loaded.fail_closed:
-                    status, error_type, phrase = (
-                        _UNAVAILABLE if unavailable else _FAILURE_BLOCK[failure or Outcome.ERROR]
-                    )
-                    decision = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
-                    decided_by = name
-                    action = PluginAction.BLOCK
-                    results.append(
-                        PluginResult(
-                            name,
-                            loaded.version,
-                            failure or Outcome.ERROR,
-                            None,
-                            latency_ms,
-                            error,
-                            None,
-                            started,
-                        )
-                    )
+            breaker = loaded.breaker
+            if instance is None or (breaker.opened_at is not None and not breaker.allows(self._clock())):
+                result, decision = self._unavailable(loaded)
+                results.append(result)
+                if decision is not None:
+                    decided_by, action = loaded.entry.name, PluginAction.BLOCK
                     break
-                metrics.bypasses += 1
-                results.append(
-                    PluginResult(
-                        name,
-                        loaded.version,
-                        Outcome.BYPASSED,
-                        None,
-                        latency_ms,
-                        error,
-                        None,
-                        started,
-                    )
-                )
                 continue
-            loaded.breaker.record_success()
+            started = perf()
+            budget = loaded.timeout_s
+            cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
+            if cut_by_deadline:
+                budget = deadline_perf - started  # type: ignore[operator]
+            failure: Outcome | None = None
+            error = ""
+            response: Any = None
+            if budget <= 0:
+                failure, error = Outcome.TIMEOUT, "no time left before the caller's deadline"
+            else:
+                try:
+                    coro = instance.execute(ctx)
+                    if type(coro) is not CoroutineType:
+                        coro = _as_coroutine(coro)
+                    try:
+                        first = coro.send(None)
+                    except StopIteration as stop:
+                        response = stop.value  # finished without suspending: no timer needed
+                    else:
+                        response = await _finish(coro, first, budget - (perf() - started))
+                except _PluginTimeout:
+                    failure, error = Outcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the caller went away: stop the ring
+                    failure, error = Outcome.ERROR, "CancelledError raised by the plugin"
+                except BaseException as exc:  # any plugin failure becomes its typed outcome below
+                    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                        _log.error(
+                            "plugin %r raised %s; treated as its error", loaded.entry.name, type(exc).__name__
+                        )
+                    failure, error = Outcome.ERROR, _describe(exc)
+            latency_ms = (perf() - started) * 1000.0
+            metrics = loaded.metrics
+            if budget > 0:
+                metrics.invocations += 1
+                metrics.total_latency_ms += latency_ms
+                metrics.recent_ms.append(latency_ms)
+            if failure is None and not isinstance(response, PluginResponse):
+                failure = Outcome.ERROR
+                error = f"returned {type(response).__name__}, expected PluginResponse"
+            if failure is not None:
+                result, decision = self._failed_call(
+                    loaded, failure, error, latency_ms, started, cut_by_deadline
+                )
+                results.append(result)
+                if decision is not None:
+                    decided_by, action = loaded.entry.name, PluginAction.BLOCK
+                    break
+                continue
+            if breaker.failures:
+                breaker.record_success()
             kind = response.action
             results.append(
                 PluginResult(
-                    name,
+                    loaded.entry.name,
                     loaded.version,
                     Outcome.OK,
                     kind,
@@ -685,18 +648,17 @@ class Engine:
                     started,
                 )
             )
-            if kind is PluginAction.PASSTHROUGH:
-                pass
-            elif kind is PluginAction.MODIFY:
+            if kind is PluginAction.MODIFY:
                 ctx.body = response.body
                 action = PluginAction.MODIFY
-            else:
+            elif kind is not PluginAction.PASSTHROUGH:
                 if kind is PluginAction.BLOCK:
                     metrics.blocks += 1
-                decision, decided_by, action = response, name, kind
+                decision, decided_by, action = response, loaded.entry.name, kind
                 break
             if ctx.stop_chain:
                 metrics.blocks += 1
+                name = loaded.entry.name
                 decision = PluginResponse.block(403, "stop_chain", ctx.error or f"stopped by plugin {name!r}")
                 decided_by, action = name, PluginAction.BLOCK
                 break
@@ -710,6 +672,54 @@ class Engine:
             decision=decision,
             decided_by=decided_by,
         )
+
+    def _unavailable(self, loaded: LoadedPlugin) -> tuple[PluginResult, PluginResponse | None]:
+        """A plugin that failed to load or whose circuit is open: 503 if fail-closed, else bypassed.
+
+        A refused call does not feed the breaker: counting it would push the cooldown
+        back on every request, so the circuit would never close under steady traffic.
+        """
+        if loaded.instance is None:
+            error = f"failed to load: {loaded.load_error}"
+        else:
+            retry = loaded.breaker.retry_in(self._clock())
+            error = (
+                f"circuit open after {loaded.breaker.failures} consecutive failures; retry in {retry:.1f} s"
+            )
+        name = loaded.entry.name
+        if loaded.fail_closed:
+            status, error_type, phrase = _UNAVAILABLE
+            block = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
+            return PluginResult(name, loaded.version, Outcome.ERROR, None, 0.0, error), block
+        loaded.metrics.bypasses += 1
+        return PluginResult(name, loaded.version, Outcome.BYPASSED, None, 0.0, error), None
+
+    def _failed_call(
+        self,
+        loaded: LoadedPlugin,
+        failure: Outcome,
+        error: str,
+        latency_ms: float,
+        started: float,
+        cut_by_deadline: bool,
+    ) -> tuple[PluginResult, PluginResponse | None]:
+        """Count a failed call and turn it into its result: a block if fail-closed, else bypassed."""
+        metrics = loaded.metrics
+        metrics.errors += 1
+        if failure is Outcome.TIMEOUT:
+            metrics.timeouts += 1
+        # Running out of the caller's deadline is not the plugin's failure: it does
+        # not feed the breaker.
+        if not (failure is Outcome.TIMEOUT and cut_by_deadline):
+            loaded.breaker.record_failure(self._clock())
+        name = loaded.entry.name
+        if loaded.fail_closed:
+            status, error_type, phrase = _FAILURE_BLOCK[failure]
+            block = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
+            return PluginResult(name, loaded.version, failure, None, latency_ms, error, None, started), block
+        metrics.bypasses += 1
+        result = PluginResult(name, loaded.version, Outcome.BYPASSED, None, latency_ms, error, None, started)
+        return result, None
 
 
 def entry_key(entry: PluginEntry) -> dict[str, Any]:

@@ -1,0 +1,290 @@
+"""`make bench`: ringd against a bare grpc.aio echo server, both driven by h2load.
+
+Every case runs the echo server and ringd back to back with the same payload and
+the same h2load settings, and reports ringd's throughput as a ratio of the echo
+ceiling measured in the same run, so the figure means the same on any machine.
+Every reply's gRPC status is checked: a run with any non-OK reply fails the
+benchmark (exit 1), so a benchmark of errors cannot pass for a fast one.
+
+    python bench/grpc_bench.py            # full run (~2 minutes)
+    python bench/grpc_bench.py --smoke    # a few seconds, checks that it still works
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ringd.v1 import engine_service_pb2 as engine_pb
+from ringd.v1 import plugin_pb2 as pb
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+RINGD = [PYTHON, "-m", "ringd.server.cli"]
+ENGINE = "/ringd.v1.PluginEngineService/"
+
+_WORDS = (
+    "please summarise the quarterly report and list the three main risks for the board "
+    "with a short explanation of each and a recommendation on what to do next "
+).split()
+_PII = (
+    "Contact jane.doe@example.com or +44 20 7946 0958, card 4111 1111 1111 1111, "
+    "IBAN GB82 WEST 1234 5698 7654 32, server 192.168.10.24, key sk-abcdefghijklmnopqrstuvwx. "
+)
+
+
+def chat_body(size: int, *, pii: bool = False) -> dict[str, object]:
+    """An OpenAI-style chat request of about ``size`` bytes of JSON."""
+    messages = [{"role": "system", "content": "You are a helpful assistant for an enterprise team."}]
+    body: dict[str, object] = {"model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 512, "messages": messages}
+    turn = 0
+    while len(json.dumps(body)) < size:
+        words = " ".join(_WORDS[(turn + i) % len(_WORDS)] for i in range(60))
+        content = (_PII + words) if pii else words
+        messages.append({"role": "user" if turn % 2 == 0 else "assistant", "content": content})
+        turn += 1
+    return body
+
+
+def ring_request(ring: int, body: dict[str, object], *, struct_form: bool = False) -> bytes:
+    context = pb.PluginContext(session_id="bench-session", request_id="bench-request")
+    if struct_form:
+        context.body_struct.update(body)
+    else:
+        context.body_json = json.dumps(body).encode()
+    context.metadata["tenant"].string_value = "bench"
+    context.request.method = "POST"
+    context.request.path = "/v1/chat/completions"
+    context.request.headers["content-type"] = "application/json"
+    return engine_pb.ExecuteRingRequest(ring=ring, context=context).SerializeToString()
+
+
+def rings_request(rings: list[int], body: dict[str, object]) -> bytes:
+    context = pb.PluginContext(body_json=json.dumps(body).encode(), request_id="bench-request")
+    return engine_pb.ExecuteRingsRequest(rings=rings, context=context).SerializeToString()
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One length-prefixed gRPC message, as h2load sends it as the request body."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+@dataclass
+class Run:
+    """One h2load run against one server."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+
+
+class BenchError(RuntimeError):
+    """A run had failed requests or non-OK gRPC statuses."""
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start a server that prints `listening on ADDR`; yield ADDR; stop it."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        address = None
+        deadline = time.monotonic() + 30
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("listening on "):
+                address = line.split()[-1]
+                break
+        if address is None:
+            proc.kill()
+            _, err = proc.communicate(timeout=5)
+            raise RuntimeError(f"{' '.join(cmd)} did not start:\n{err[-2000:]}")
+        time.sleep(0.3)  # let every worker bind
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def h2load(address: str, method: str, payload: bytes, *, requests: int, clients: int, streams: int) -> Run:
+    """Drive one server with h2load; check every reply's status; return the figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "request.bin"
+        data.write_bytes(grpc_frame(payload))
+        log = Path(tmp) / "requests.tsv"
+        cmd = [
+            "h2load", "-v", f"-n{requests}", f"-c{clients}", f"-m{streams}", "-t1",
+            "-d", str(data), f"--log-file={log}",
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"http://{address}{ENGINE}{method}",
+        ]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+        if out.returncode != 0:
+            raise BenchError(f"h2load failed ({out.returncode}): {out.stderr[-1000:]}")
+        # A gRPC error on a unary call is a trailers-only reply: grpc-status in the
+        # response headers, which -v prints. A success carries it in trailers only.
+        bad = [line for line in out.stdout.splitlines() if "] grpc-status:" in line and not line.endswith(" 0")]
+        answered = sum(1 for line in out.stdout.splitlines() if "] :status: 200" in line)
+        summary = next(line for line in out.stdout.splitlines() if line.startswith("requests:"))
+        succeeded = int(summary.split(" succeeded")[0].rsplit(" ", 1)[-1])
+        if bad or answered != requests or succeeded != requests:
+            sample = "; ".join(bad[:3])
+            raise BenchError(f"{method}: {succeeded}/{requests} succeeded, {len(bad)} non-OK gRPC statuses {sample}")
+        finished = next(line for line in out.stdout.splitlines() if line.startswith("finished in"))
+        rps = float(finished.split(",")[1].split()[0])
+        latencies = sorted(int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line)
+    return Run(
+        rps=rps,
+        p50_ms=statistics.median(latencies),
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        requests=requests,
+    )
+
+
+@dataclass
+class Row:
+    case: str
+    echo: Run
+    ringd: Run
+    target: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.ringd.rps / self.echo.rps
+
+
+def ringd_cmd(config: Path, *extra: str) -> list[str]:
+    return [*RINGD, "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING", *extra]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few hundred requests per case")
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=16, help="concurrent streams per client")
+    parser.add_argument("--only", help="comma-separated case letters to run (a,b,c,d,e,rings,workers)")
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        print("h2load not found: install Debian's nghttp2-client (apt-get install nghttp2-client)", file=sys.stderr)
+        return 0 if os.environ.get("CI") != "true" else 1
+    n = 300 if args.smoke else args.requests
+    load = {"requests": n, "clients": args.clients, "streams": args.streams}
+    only = set(args.only.split(",")) if args.only else None
+
+    def wanted(case: str) -> bool:
+        return only is None or case in only
+
+    work = Path(tempfile.mkdtemp(prefix="ringd-bench-"))
+    for name in ("plugins.py", "passthrough.yaml", "pii.yaml"):
+        shutil.copy(HERE / name, work / name)
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    body = chat_body(2048)
+    rows: list[Row] = []
+    extra_lines: list[str] = []
+
+    def compare(case: str, payload: bytes, method: str, cmd: list[str], target: float | None, env=None) -> Row:
+        with process([PYTHON, str(HERE / "echo_server.py")], cwd=work, env=base_env) as echo_address:
+            echo = h2load(echo_address, method, payload, **load)
+        with process(cmd, cwd=work, env=env or base_env) as address:
+            ringd = h2load(address, method, payload, **load)
+        row = Row(case, echo, ringd, target)
+        rows.append(row)
+        print(f"  {case}: echo {echo.rps:,.0f}/s, ringd {ringd.rps:,.0f}/s, ratio {row.ratio:.2f}", flush=True)
+        return row
+
+    passthrough = work / "passthrough.yaml"
+    json_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body)
+    if wanted("a"):
+        compare("a. PRE_FLIGHT, 5 passthrough, 2 KB body_json", json_request, "ExecuteRing", ringd_cmd(passthrough), 0.85)
+    if wanted("b"):
+        struct_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body, struct_form=True)
+        compare("b. same, body as Struct", struct_request, "ExecuteRing", ringd_cmd(passthrough), 0.6)
+    if wanted("c"):
+        with process([PYTHON, str(HERE / "otlp_sink.py")], cwd=work, env=base_env) as sink:
+            env = {
+                **base_env,
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
+            }
+            compare("c. case a, tracing on, all sampled, batch OTLP export", json_request, "ExecuteRing", ringd_cmd(passthrough), 0.7, env)
+    if wanted("d"):
+        bg_request = ring_request(pb.PLUGIN_HOOK_BACKGROUND, body)
+        compare("d. BACKGROUND acknowledgement", bg_request, "ExecuteRing", ringd_cmd(passthrough), 0.9)
+    if wanted("e"):
+        default_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body)
+        compare("e. default config PRE_FLIGHT (built-in plugins)", default_request, "ExecuteRing", [*RINGD, "serve", "--listen", "127.0.0.1:0", "--log-level", "WARNING"], None)
+    if wanted("rings"):
+        hooks = [pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT, pb.PLUGIN_HOOK_ROUTING]
+        with process(ringd_cmd(passthrough), cwd=work, env=base_env) as address:
+            combined = h2load(address, "ExecuteRings", rings_request(hooks, body), **load)
+            singles = [h2load(address, "ExecuteRing", ring_request(hook, body), **load) for hook in hooks]
+        three_calls = 1.0 / sum(1.0 / run.rps for run in singles)
+        ratio = combined.rps / three_calls
+        extra_lines.append(
+            f"ExecuteRings (INGRESS+PRE_FLIGHT+ROUTING): {combined.rps:,.0f} gateway requests/s, "
+            f"three ExecuteRing calls: {three_calls:,.0f}/s -> {ratio:.2f}x (target >= 2x)"
+        )
+        print("  " + extra_lines[-1], flush=True)
+    if wanted("workers"):
+        pii_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, chat_body(16 * 1024, pii=True))
+        pii_load = {**load, "requests": max(100, n // 4)}
+        runs = {}
+        for workers in (1, 2):
+            with process(ringd_cmd(work / "pii.yaml", "--workers", str(workers)), cwd=work, env=base_env) as address:
+                runs[workers] = h2load(address, "ExecuteRing", pii_request, **pii_load)
+        ratio = runs[2].rps / runs[1].rps
+        extra_lines.append(
+            f"PII redaction of a 16 KB body: 1 worker {runs[1].rps:,.0f}/s (p50 {runs[1].p50_ms:.1f} ms), "
+            f"2 workers {runs[2].rps:,.0f}/s (p50 {runs[2].p50_ms:.1f} ms) -> {ratio:.2f}x (target >= 1.5x)"
+        )
+        print("  " + extra_lines[-1], flush=True)
+
+    print()
+    print(f"h2load: {n} requests per run, {args.clients} connections x {args.streams} streams, 1 thread")
+    print(f"{'case':<58} {'echo/s':>8} {'ringd/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} {'target':>7}")
+    for row in rows:
+        target = f">={row.target:.2f}" if row.target else "-"
+        print(
+            f"{row.case:<58} {row.echo.rps:>8,.0f} {row.ringd.rps:>8,.0f} {row.ringd.p50_ms:>7.2f} "
+            f"{row.ringd.p99_ms:>7.2f} {row.ratio:>6.2f} {target:>7}"
+        )
+    for line in extra_lines:
+        print(line)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(1)
