@@ -1,0 +1,465 @@
+"""PII and secret detectors shared by ``pii_redactor`` and ``response_sanitizer``.
+
+Kinds, in precedence order (when two matches overlap, the earlier kind wins):
+
+``secret``
+    API keys and credentials: OpenAI/Anthropic ``sk-...``, Stripe ``sk_live_...``,
+    AWS ``AKIA...``/``ASIA...``, GitHub ``ghp_...``/``github_pat_...``, Slack
+    ``xox?-...``, Google ``AIza...``, JWTs, ``Bearer <token>``, PEM private key
+    blocks, and ``password=...``-style assignments whose value looks random.
+``email``
+    ``local@domain.tld``.
+``credit_card``
+    13 to 19 digits, optionally grouped by spaces or dashes, passing the Luhn check.
+``iban``
+    Country code, check digits and 11 to 30 more letters or digits (optionally in
+    groups of four), passing the ISO 13616 mod-97 check.
+``ip_address``
+    IPv4 dotted quads and IPv6 addresses (validated by :mod:`ipaddress`).
+``phone``
+    7 to 15 digits written as a phone number: a leading ``+``, an area code in
+    parentheses, or digit groups separated by spaces, dots or dashes. Dates and
+    bare digit runs are not phone numbers.
+
+All patterns are compiled once, at import. Detection is ASCII-only: digits are
+0-9, and letters outside ASCII never belong to a finding.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+KINDS: tuple[str, ...] = ("secret", "email", "credit_card", "iban", "ip_address", "phone")
+"""Every detector kind, in precedence order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected value in a text.
+
+    Attributes:
+        kind: One of :data:`KINDS`.
+        start: Index of the first character in the text.
+        end: Index after the last character.
+        value: The matched text, ``text[start:end]``.
+    """
+
+    kind: str
+    start: int
+    end: int
+    value: str
+
+    @property
+    def identity(self) -> str:
+        """The value normalised so that one email, card or phone written two ways is one value."""
+        if self.kind in {"credit_card", "phone"}:
+            return "".join(ch for ch in self.value if ch.isdigit() or ch == "+")
+        if self.kind == "iban":
+            return self.value.replace(" ", "").upper()
+        if self.kind in {"email", "ip_address"}:
+            return self.value.casefold()
+        return self.value
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn checksum (and is not one repeated digit)."""
+    if len(set(digits)) < 2:
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        digit = ord(char) - 48
+        if index % 2:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def iban_valid(candidate: str) -> bool:
+    """Whether ``candidate`` (spaces allowed) is an IBAN passing the mod-97 check."""
+    compact = candidate.replace(" ", "").upper()
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    numeric = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(numeric) % 97 == 1
+
+
+def _credit_card_ok(value: str) -> bool:
+    digits = value.replace(" ", "").replace("-", "")
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def _ipv6_ok(value: str) -> bool:
+    if value.count(":") < 2 or not any(ch.isalnum() for ch in value):
+        return False
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    return True
+
+
+_PHONE_SEPARATOR = re.compile(r"[ .-]")
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
+
+
+def _phone_ok(value: str) -> bool:
+    digits = sum(ch.isdigit() for ch in value)
+    if not 7 <= digits <= 15:
+        return False
+    if value.startswith("+") or "(" in value:
+        return True
+    if _DATE.fullmatch(value):
+        return False
+    separators = [ch for ch in value if ch in " .-"]
+    # A bare run of digits is an order number or an amount as often as a phone number.
+    if not separators:
+        return False
+    # ``3.14159265`` is a decimal, ``1 000 000`` an amount.
+    if separators == ["."]:
+        return False
+    groups = _PHONE_SEPARATOR.split(value)
+    return not (len(groups[0]) <= 3 and all(len(group) == 3 for group in groups[1:]))
+
+
+def _assignment_ok(value: str) -> bool:
+    # ``password: required`` is prose; ``password: hunter2024`` is a credential.
+    return any(ch.isdigit() for ch in value) and any(ch.isalpha() for ch in value)
+
+
+# --------------------------------------------------------------------------- patterns
+#
+# Running a dozen regexes over every text costs far more than the 1 ms a ring may
+# take, so nothing here scans a whole text with a regex. Candidates come from C-speed
+# string operations instead, and a regex only ``match``es at (or searches a few
+# characters around) each candidate:
+#
+# * literal anchors found with ``str.find``: ``sk-``, ``AKIA``, ``-----BEGIN``,
+#   ``@``, and, in an ASCII lower-cased copy, ``bearer``, ``password``...;
+# * a character-class map of the text made by one ``str.translate`` (digits,
+#   separators, capitals, colons), searched for literal runs: digit clusters
+#   (cards, phones, IPv4), capital-capital-digit-digit (IBAN), two colons close
+#   together (IPv6).
+#
+# All patterns are ASCII-only (``re.ASCII``): ``\d`` is 0-9 and ``\w`` an ASCII
+# word character.
+
+_A = re.ASCII
+
+_PEM = re.compile(
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
+    r"(?:[^\x00]*?-----END[A-Z0-9 ]*PRIVATE KEY-----|[A-Za-z0-9+/=\s]*)",
+    _A,
+)
+_TAIL_BOUNDARY = r"(?![\w-])"
+# (literal anchor, pattern matched at the anchor); the anchor must not follow [\w-].
+_TOKENS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (anchor, re.compile(pattern + _TAIL_BOUNDARY, _A))
+    for anchor, pattern in (
+        ("sk-", r"sk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_-]{20,}"),
+        ("sk_", r"sk_(?:live|test)_[A-Za-z0-9]{16,}"),
+        ("rk_", r"rk_(?:live|test)_[A-Za-z0-9]{16,}"),
+        ("AKIA", r"AKIA[0-9A-Z]{16}"),
+        ("ASIA", r"ASIA[0-9A-Z]{16}"),
+        ("gh", r"gh[pousr]_[A-Za-z0-9]{36,}"),
+        ("github_pat_", r"github_pat_[A-Za-z0-9_]{22,}"),
+        ("xox", r"xox[abprs]-[A-Za-z0-9-]{10,}"),
+        ("AIza", r"AIza[0-9A-Za-z_-]{35}"),
+        ("eyJ", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    )
+)
+_BEARER = re.compile(r"(?i:bearer)\s+([A-Za-z0-9._~+/-]{16,}=*)", _A)
+# Credential assignments: ``password=...``, ``"api_key": "..."``; anchored at the name.
+_ASSIGNMENT_NAMES = ("api", "secret", "access", "auth", "password", "passwd", "pwd")
+_ASSIGNMENT = re.compile(
+    r"(?i:(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token"
+    r"|password|passwd|pwd)\b)[\"']?\s*[:=]\s*[\"']?([^\s\"',;\x00]{8,})",
+    _A,
+)
+_EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b", _A)
+_CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", _A)
+_IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", _A)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", _A)
+_IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])", _A)
+_PHONE = re.compile(
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,5}"
+    r"(?![\w-]|\.\d)",
+    _A,
+)
+
+# The character-class map: digit "1", phone/card/IP separator "2", capital "3",
+# colon "4", any other character "0" (non-ASCII characters are "?" by then).
+_CLASS_MAP = str.maketrans(
+    {
+        chr(code): (
+            "1"
+            if chr(code).isdigit()
+            else "2"
+            if chr(code) in " .-()+"
+            else "3"
+            if "A" <= chr(code) <= "Z"
+            else "4"
+            if chr(code) == ":"
+            else "0"
+        )
+        for code in range(128)
+    }
+)
+_DIGIT_CLUSTER = re.compile("1[12]*")
+_SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
+_IBAN_START = re.compile("3311")
+_IPV6_HINT = re.compile("4[013]{0,4}4")
+_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_TOKEN_BEFORE = _WORD | {"-"}
+
+
+def _occurrences(haystack: str, needle: str) -> Iterator[int]:
+    index = haystack.find(needle)
+    while index != -1:
+        yield index
+        index = haystack.find(needle, index + 1)
+
+
+def _after(text: str, index: int, forbidden: frozenset[str]) -> bool:
+    """Whether the character before ``index`` is not in ``forbidden`` (or there is none)."""
+    return index == 0 or text[index - 1] not in forbidden
+
+
+class _Spans:
+    """Accepted findings, sorted and non-overlapping; earlier additions win overlaps."""
+
+    __slots__ = ("found", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.found: list[Finding] = []
+
+    def add(self, kind: str, start: int, end: int, text: str) -> None:
+        index = bisect_right(self.starts, start)
+        if index and self.found[index - 1].end > start:
+            return
+        if index < len(self.found) and self.found[index].start < end:
+            return
+        self.starts.insert(index, start)
+        self.found.insert(index, Finding(kind, start, end, text[start:end]))
+
+
+class Detector:
+    """Finds the values of some kinds in a text; construct once, use for every request."""
+
+    __slots__ = ("_wanted", "kinds")
+
+    def __init__(self, kinds: Iterable[str] = KINDS) -> None:
+        """Detect ``kinds`` (a subset of :data:`KINDS`).
+
+        Raises:
+            ValueError: an unknown kind; the message lists the known ones.
+        """
+        wanted = list(kinds)
+        for kind in wanted:
+            if kind not in KINDS:
+                raise ValueError(f"unknown PII type {kind!r} (known: {', '.join(KINDS)})")
+        self.kinds: tuple[str, ...] = tuple(k for k in KINDS if k in wanted)
+        self._wanted = frozenset(self.kinds)
+
+    def find(self, text: str) -> list[Finding]:
+        """The findings in ``text``, ordered by position, never overlapping."""
+        wanted = self._wanted
+        if not text or not wanted:
+            return []
+        # One character per character: non-ASCII ones become "?", so offsets still agree.
+        plain = text if text.isascii() else text.encode("ascii", "replace").decode("ascii")
+        spans = _Spans()
+        if "secret" in wanted:
+            _secrets(text, plain, spans)
+        if "email" in wanted and "@" in plain:
+            _emails(text, plain, spans)
+        if wanted.isdisjoint(("credit_card", "iban", "ip_address", "phone")):
+            return spans.found
+        classes = plain.translate(_CLASS_MAP)
+        clusters = _digit_clusters(classes) if not wanted.isdisjoint(_DIGIT_KINDS) else []
+        if "credit_card" in wanted:
+            for start, end, digits in clusters:
+                if digits >= 13:
+                    for match in _CREDIT_CARD.finditer(plain, start, end):
+                        if _credit_card_ok(match.group()):
+                            spans.add("credit_card", match.start(), match.end(), text)
+        if "iban" in wanted:
+            for hint in _IBAN_START.finditer(classes):
+                index = hint.start()
+                if _after(plain, index, _WORD):
+                    iban = _IBAN.match(plain, index)
+                    if iban and iban_valid(iban.group()):
+                        spans.add("iban", index, iban.end(), text)
+        if "ip_address" in wanted:
+            for start, end, digits in clusters:
+                if digits >= 4 and plain.find(".", start, end) != -1:
+                    for match in _IPV4.finditer(plain, start, end):
+                        spans.add("ip_address", match.start(), match.end(), text)
+            if ":" in plain:
+                _ipv6(text, plain, classes, spans)
+        if "phone" in wanted:
+            for start, end, digits in clusters:
+                if digits >= 7:
+                    for match in _PHONE.finditer(plain, start, end):
+                        if _phone_ok(match.group()):
+                            spans.add("phone", match.start(), match.end(), text)
+        return spans.found
+
+    def find_all(self, texts: Sequence[str]) -> list[list[Finding]]:
+        """The findings of each of ``texts``, like :meth:`find` on each, in one pass.
+
+        The texts are scanned joined by NUL characters, which no finding can
+        contain, so the fixed cost of a scan is paid once rather than per text.
+        """
+        if len(texts) < 2:
+            return [self.find(text) for text in texts]
+        results: list[list[Finding]] = [[] for _ in texts]
+        offsets: list[int] = []
+        position = 0
+        for text in texts:
+            offsets.append(position)
+            position += len(text) + 1
+        for finding in self.find(_SEPARATOR.join(texts)):
+            index = bisect_right(offsets, finding.start) - 1
+            offset = offsets[index]
+            if finding.end > offset + len(texts[index]):
+                # Cannot happen with the patterns above; if one ever reaches across a
+                # separator, scanning text by text is still right.
+                return [self.find(text) for text in texts]
+            results[index].append(
+                Finding(finding.kind, finding.start - offset, finding.end - offset, finding.value)
+            )
+        return results
+
+    def replace(self, text: str, placeholder: Callable[[Finding], str]) -> tuple[str, list[Finding]]:
+        """``text`` with each finding replaced by ``placeholder(finding)``, and the findings.
+
+        Returns ``text`` itself (the same object) when nothing was found.
+        """
+        findings = self.find(text)
+        return substitute(text, findings, placeholder), findings
+
+
+def substitute(text: str, findings: list[Finding], placeholder: Callable[[Finding], str]) -> str:
+    """``text`` with each of its ``findings`` replaced by ``placeholder(finding)``, in order.
+
+    Returns ``text`` itself (the same object) when ``findings`` is empty.
+    """
+    if not findings:
+        return text
+    pieces: list[str] = []
+    position = 0
+    for finding in findings:
+        pieces.append(text[position : finding.start])
+        pieces.append(placeholder(finding))
+        position = finding.end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+_DIGIT_KINDS = ("credit_card", "ip_address", "phone")
+
+
+def _digit_clusters(classes: str) -> list[tuple[int, int, int]]:
+    """``(start, end, digit count)`` of each run of digits and separators with 4+ digits.
+
+    ``end`` is one past the character after the last digit, so lookaheads in the
+    patterns see that character; ``start`` takes in up to two separators before the
+    first digit (a phone number's ``+`` or ``(``).
+    """
+    clusters: list[tuple[int, int, int]] = []
+    size = len(classes)
+    for run in _DIGIT_CLUSTER.finditer(classes):
+        start, end = run.span()
+        end = classes.rfind("1", start, end) + 1
+        digits = classes.count("1", start, end)
+        if digits < 4:
+            continue
+        first = start
+        while start > 0 and first - start < 2 and classes[start - 1] == "2":
+            start -= 1
+        clusters.append((start, min(size, end + 1), digits))
+    return clusters
+
+
+def _secrets(text: str, plain: str, spans: _Spans) -> None:
+    for index in _occurrences(plain, "-----BEGIN"):
+        match = _PEM.match(plain, index)
+        if match:
+            spans.add("secret", index, match.end(), text)
+    for anchor, pattern in _TOKENS:
+        for index in _occurrences(plain, anchor):
+            if _after(plain, index, _TOKEN_BEFORE):
+                match = pattern.match(plain, index)
+                if match:
+                    spans.add("secret", index, match.end(), text)
+    lowered = plain.lower()  # ASCII: same length, same offsets
+    for index in _occurrences(lowered, "bearer"):
+        if _after(plain, index, _WORD):
+            match = _BEARER.match(plain, index)
+            if match:
+                spans.add("secret", match.start(1), match.end(1), text)
+    for name in _ASSIGNMENT_NAMES:
+        for index in _occurrences(lowered, name):
+            if _after(plain, index, _WORD):
+                match = _ASSIGNMENT.match(plain, index)
+                if match and _assignment_ok(match.group(1)):
+                    spans.add("secret", match.start(1), match.end(1), text)
+
+
+def _emails(text: str, plain: str, spans: _Spans) -> None:
+    for at in _occurrences(plain, "@"):
+        start = at
+        while start > 0 and at - start < 64 and plain[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        if start > 0 and plain[start - 1] in _EMAIL_LOCAL:
+            continue  # a local part longer than 64 characters: not an address
+        while start < at and plain[start] == ".":
+            start += 1
+        if start == at:
+            continue
+        match = _EMAIL_DOMAIN.match(plain, at + 1)
+        if match:
+            spans.add("email", start, match.end(), text)
+
+
+def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
+    size = len(plain)
+    searched_to = -1
+    for hint in _IPV6_HINT.finditer(classes):
+        colon = hint.start()
+        if colon < searched_to:
+            continue
+        # An address is at most 39 characters and has at most 4 before its first colon.
+        window_end = min(size, colon + 48)
+        match = _IPV6.search(plain, max(0, colon - 5), window_end)
+        searched_to = colon + 1
+        if match is None:
+            continue
+        end = match.end()
+        searched_to = max(searched_to, end)
+        if end < size and (plain[end] in _WORD or plain[end] == ":"):
+            continue  # cut short by the window: part of something longer
+        if _ipv6_ok(match.group()):
+            spans.add("ip_address", match.start(), end, text)
+
+
+PLACEHOLDER_PATTERN = re.compile(r"\[(" + "|".join(k.upper() for k in KINDS) + r")_(\d+)\]")
+"""Matches the placeholders ``pii_redactor`` writes: ``[EMAIL_1]``, ``[CREDIT_CARD_2]``, ..."""
+
+
+def placeholder_for(kind: str, number: int) -> str:
+    """The placeholder for the ``number``-th distinct value of ``kind``: ``[EMAIL_1]``."""
+    return f"[{kind.upper()}_{number}]"

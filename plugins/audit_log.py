@@ -1,0 +1,193 @@
+"""BACKGROUND ``audit_log``: append one JSON line per request to a file.
+
+The file is opened for appending in ``on_load`` (created with mode 0600) and
+closed in ``on_unload``; each record is written with one ``write`` call in a
+worker thread (``asyncio.to_thread``), so the event loop never waits on the disk
+and lines from concurrent requests never interleave.
+
+A record::
+
+    {"time": "2025-01-31T12:00:00.123456+00:00", "time_unix": 1738324800.123456,
+     "request_id": "...", "session_id": "...", "tenant": "acme",
+     "api_key_id": "key-1", "model": "gpt-4o-mini", "requested_model": "gpt-4o",
+     "method": "POST", "path": "/v1/chat/completions", "client_address": "10.0.0.7",
+     "headers": {"user-agent": "..."}, "outcome": "ok", "finish_reasons": ["stop"],
+     "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+     "metadata": {"route_rule": "default", "pii_counts": {}, ...}}
+
+``outcome`` is ``"ok"``, ``"error"`` (the answer carries an ``error``) or
+``"no_response"``. With ``include_content`` a ``"content"`` entry adds the message
+texts (``[{"role", "text"}]``) and the answer's texts; images and other non-text
+parts are never logged.
+
+Secrets stay out: only allow-listed headers are logged, and credential headers
+(``authorization``, ``x-api-key``, ``cookie``...) cannot be allow-listed;
+``_pii_mapping`` (the originals ``pii_redactor`` masked) is only logged with
+``include_content``.
+
+Config:
+    path (str, required): the log file; its folder must exist.
+    include_content (bool, default false): log message and answer texts.
+    headers (list[str], default ``["user-agent"]``): request headers to log.
+    include_client_address (bool, default true): log the client's address.
+    metadata_keys (list[str], default: tenant, api_key_id, retry_after_s,
+        _rate_limiter, pii_counts, prompt_guard_flags, _cache_status,
+        _max_tokens_clamp, _complexity_score, route_model, route_upstream,
+        route_rule, _response_sanitizer, usage): the metadata copied into the
+        record's ``"metadata"`` (the action summary), when present.
+
+Metadata written: none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from ringd.plugins._common import ConfigReader, iter_message_texts, iter_response_texts
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+DEFAULT_METADATA_KEYS = (
+    "tenant",
+    "api_key_id",
+    "retry_after_s",
+    "_rate_limiter",
+    "pii_counts",
+    "prompt_guard_flags",
+    "_cache_status",
+    "_max_tokens_clamp",
+    "_complexity_score",
+    "route_model",
+    "route_upstream",
+    "route_rule",
+    "_response_sanitizer",
+    "usage",
+)
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+        "set-cookie",
+        "x-amz-security-token",
+    }
+)
+
+
+class AuditLog(BasePlugin):
+    """Appends a JSON line per request: who, which model, what the rings decided."""
+
+    name: ClassVar[str] = "audit_log"
+    hook: ClassVar[PluginHook] = PluginHook.BACKGROUND
+    version: ClassVar[str] = "1.0.0"
+    author: ClassVar[str] = "ringd"
+    description: ClassVar[str] = "One JSON line per request in an audit file"
+    timeout_ms: ClassVar[int] = 200
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        """Read and validate the config (see the module docstring)."""
+        super().__init__(config)
+        reader = ConfigReader(self.name, self.config)
+        reader.reject_unknown(
+            {"path", "include_content", "headers", "include_client_address", "metadata_keys"}
+        )
+        path = reader.get_str("path", None)
+        if path is None:
+            raise reader.error("path", "the path of the audit file", None)
+        self.path = path
+        self.include_content = reader.get_bool("include_content", False)
+        self.include_client_address = reader.get_bool("include_client_address", True)
+        headers = [h.lower() for h in reader.get_str_list("headers", ["user-agent"]) or []]
+        credentials = sorted(CREDENTIAL_HEADERS.intersection(headers))
+        if credentials:
+            raise reader.error("headers", "headers that carry no credentials", credentials[0])
+        self.headers = tuple(headers)
+        keys = reader.get_str_list("metadata_keys", list(DEFAULT_METADATA_KEYS)) or []
+        if "_pii_mapping" in keys and not self.include_content:
+            raise reader.error("metadata_keys", "free of '_pii_mapping' unless include_content is true", keys)
+        self.metadata_keys = tuple(keys)
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    async def on_load(self) -> None:
+        """Open the file for appending (raises if it cannot be opened)."""
+        self._fd = await asyncio.to_thread(os.open, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    async def on_unload(self) -> None:
+        """Close the file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            await asyncio.to_thread(os.close, fd)
+
+    def _write(self, data: bytes) -> None:
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise RuntimeError(f"{self.name}: the log file is closed")
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+
+    def record(self, ctx: PluginContext) -> dict[str, Any]:
+        """The audit record of ``ctx`` (see the module docstring)."""
+        now = time.time()
+        metadata = ctx.metadata
+        response = ctx.response if isinstance(ctx.response, dict) else None
+        requested = ctx.body.get("model")
+        model = (response or {}).get("model") or metadata.get("route_model") or requested
+        record: dict[str, Any] = {
+            "time": datetime.fromtimestamp(now, UTC).isoformat(),
+            "time_unix": now,
+            "request_id": ctx.request_id,
+            "session_id": ctx.session_id,
+            "tenant": metadata.get("tenant"),
+            "api_key_id": metadata.get("api_key_id"),
+            "model": model,
+            "requested_model": requested,
+            "method": ctx.request.method,
+            "path": ctx.request.path,
+        }
+        if self.include_client_address:
+            record["client_address"] = ctx.request.client_address
+        headers = ctx.request.headers
+        record["headers"] = {name: headers[name] for name in self.headers if name in headers}
+        if response is None:
+            record["outcome"] = "no_response"
+        else:
+            record["outcome"] = "error" if response.get("error") else "ok"
+            choices = response.get("choices")
+            if isinstance(choices, list):
+                record["finish_reasons"] = [
+                    choice.get("finish_reason") for choice in choices if isinstance(choice, dict)
+                ]
+            usage = response.get("usage")
+            if isinstance(usage, dict):
+                record["usage"] = {
+                    key: usage[key]
+                    for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+                    if key in usage
+                }
+        record["metadata"] = {key: metadata[key] for key in self.metadata_keys if key in metadata}
+        if self.include_content:
+            record["content"] = {
+                "messages": [{"role": role, "text": text} for role, text in iter_message_texts(ctx.body)],
+                "response": list(iter_response_texts(response)),
+            }
+        return record
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        """Append the request's record to the file."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.name}: the log file is not open (on_load not awaited?)")
+        line = json.dumps(self.record(ctx), ensure_ascii=False, default=str)
+        await asyncio.to_thread(self._write, (line + "\n").encode("utf-8", "surrogatepass"))
+        return PluginResponse.passthrough()

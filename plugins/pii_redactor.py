@@ -1,0 +1,140 @@
+"""PRE_FLIGHT ``pii_redactor``: mask or reject personal data and secrets in the prompt.
+
+Scans the text of every message (string content and the ``text`` parts of OpenAI
+multimodal content; image and audio parts are left alone) and the legacy
+``prompt`` field for the kinds of ``ringd.plugins._detect``: ``secret``, ``email``,
+``credit_card`` (Luhn-checked), ``iban`` (mod-97 checked), ``ip_address`` (IPv4
+and IPv6) and ``phone``.
+
+In ``mask`` mode each value is replaced by a placeholder such as ``[EMAIL_1]``;
+the same value gets the same placeholder everywhere in the request, so the model
+still sees that two mentions are one person. Placeholder numbers already present
+in the prompt are skipped, so a placeholder never stands for two things.
+
+Config:
+    mode (str, default ``"mask"``): ``"mask"`` rewrites the body (MODIFY);
+        ``"block"`` rejects the request with 400 ``pii_detected``.
+    types (list[str], default all six kinds): which kinds to look for.
+    roles (list[str] | None, default None): only messages with these roles are
+        scanned; None scans every message.
+    restore (bool, default false): keep the placeholder-to-original mapping in
+        metadata so ``response_sanitizer`` (``restore_pii: true``) can put the
+        originals back into the answer. Only meaningful with ``mode: mask``.
+
+Metadata written:
+    ``pii_counts`` (dict[str, int]): occurrences found per kind, only kinds
+        found; ``{}`` when the prompt is clean.
+    ``_pii_mapping`` (dict[str, str]): placeholder to original value; written only
+        with ``restore: true`` when something was masked. It holds the personal
+        data itself: never log it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts
+from ringd.plugins._detect import (
+    KINDS,
+    PLACEHOLDER_PATTERN,
+    Detector,
+    Finding,
+    placeholder_for,
+    substitute,
+)
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+
+class _Masker:
+    """Assigns placeholders for one request: one per distinct value, numbered per kind."""
+
+    __slots__ = ("by_identity", "mapping", "next_number", "taken")
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+        self.by_identity: dict[tuple[str, str], str] = {}
+        self.next_number: dict[str, int] = {}
+        self.mapping: dict[str, str] = {}
+
+    def __call__(self, finding: Finding) -> str:
+        identity = (finding.kind, finding.identity)
+        placeholder = self.by_identity.get(identity)
+        if placeholder is None:
+            number = self.next_number.get(finding.kind, 0)
+            while True:
+                number += 1
+                placeholder = placeholder_for(finding.kind, number)
+                if placeholder not in self.taken:
+                    break
+            self.next_number[finding.kind] = number
+            self.by_identity[identity] = placeholder
+            self.mapping[placeholder] = finding.value
+        return placeholder
+
+
+class PiiRedactor(BasePlugin):
+    """Masks (or blocks on) emails, phones, cards, IBANs, IPs and secrets in the prompt."""
+
+    name: ClassVar[str] = "pii_redactor"
+    hook: ClassVar[PluginHook] = PluginHook.PRE_FLIGHT
+    version: ClassVar[str] = "1.0.0"
+    author: ClassVar[str] = "ringd"
+    description: ClassVar[str] = "Masks or blocks PII and secrets in the prompt"
+    timeout_ms: ClassVar[int] = 50
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        """Read and validate the config (see the module docstring)."""
+        super().__init__(config)
+        reader = ConfigReader(self.name, self.config)
+        reader.reject_unknown({"mode", "types", "roles", "restore"})
+        self.mode = reader.get_choice("mode", "mask", ("mask", "block"))
+        types = reader.get_str_list("types", list(KINDS)) or []
+        unknown = [t for t in types if t not in KINDS]
+        if unknown:
+            raise reader.error("types", "a list drawn from " + ", ".join(KINDS), unknown[0])
+        roles = reader.get_str_list("roles", None)
+        self.roles = frozenset(roles) if roles is not None else None
+        self.restore = reader.get_bool("restore", False)
+        self.detector = Detector(types)
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        """Scan the prompt; mask, block or pass it on, and count what was found."""
+        body = ctx.body
+        texts = [text for _, text in iter_message_texts(body, self.roles)]
+        found = self.detector.find_all(texts)
+        counts: dict[str, int] = {}
+        for findings in found:
+            for finding in findings:
+                counts[finding.kind] = counts.get(finding.kind, 0) + 1
+        ctx.metadata["pii_counts"] = counts
+        if not counts:
+            return PluginResponse.passthrough()
+        if self.mode == "block":
+            listed = ", ".join(f"{kind} ({count})" for kind, count in counts.items())
+            return PluginResponse.block(
+                status_code=400,
+                error_type="pii_detected",
+                message=f"the request contains personal data or secrets: {listed}",
+            )
+
+        taken: set[str] = set()
+        for text in texts:
+            if "[" in text:
+                taken.update(match.group(0) for match in PLACEHOLDER_PATTERN.finditer(text))
+        masker = _Masker(taken)
+        pending = iter(zip(texts, found, strict=True))
+
+        def mask(text: str, _role: str) -> str:
+            # map_message_texts visits the texts in iter_message_texts' order.
+            expected, findings = next(pending)
+            if expected is not text:
+                raise RuntimeError(f"{self.name}: message texts visited out of order")
+            return substitute(text, findings, masker)
+
+        new_body = map_message_texts(body, mask, self.roles)
+        if new_body is None:  # only when every finding was masked by itself: impossible
+            return PluginResponse.passthrough()
+        if self.restore:
+            ctx.metadata["_pii_mapping"] = masker.mapping
+        masked = sum(counts.values())
+        return PluginResponse.modify(body=new_body, message=f"masked {masked} value(s)")

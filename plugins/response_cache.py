@@ -1,0 +1,195 @@
+"""``response_cache``: answer repeated requests from the store (exact match).
+
+Two plugins share one key function:
+
+``ResponseCacheLookup`` (name ``response_cache``, PRE_FLIGHT)
+    Hashes the request and answers CACHE_HIT with the stored response when there
+    is one. Place it before ``pii_redactor`` (lower ``priority``), so the key is
+    made from what the client sent: a CACHE_HIT ends the request without a
+    POST_FLIGHT ring, so the stored answer must be the one the client got.
+``ResponseCacheStore`` (name ``response_cache_store``, POST_FLIGHT by default,
+    also usable in BACKGROUND)
+    Stores ``ctx.response`` under the key the lookup put in metadata. Place it
+    after ``response_sanitizer`` so what is stored is what the client received.
+    Without a key in metadata (no lookup ran, or it skipped) it stores nothing;
+    it never rehashes the body, which earlier rings may have changed.
+
+The key is the SHA-256 of the canonical JSON of the request body (keys sorted,
+whole floats written as integers, ``ignore_fields`` left out) together with the
+tenant (metadata ``tenant``) when ``per_tenant`` is on. So the model, messages
+and every parameter (temperature, max_tokens, top_p, tools, stop, seed,
+response_format, stream...) must be equal for a hit; key order is not.
+
+Config of ``response_cache`` (lookup):
+    namespace (str, default ``"response_cache"``): prefix of the store keys,
+        ``<namespace>:<sha256 hex>``; must equal the store plugin's.
+    max_temperature (float | None, default None): skip the cache (no lookup,
+        no key, nothing stored) when the request's temperature is above it.
+    default_temperature (float, default 1.0): the temperature of a request that
+        sets none, for ``max_temperature``.
+    per_tenant (bool, default true): key on the tenant too, so tenants never
+        see each other's answers.
+    ignore_fields (list[str], default ``["user", "metadata", "store",
+        "stream_options", "service_tier"]``): top-level body fields left out of
+        the key.
+
+Config of ``response_cache_store``:
+    namespace (str, default ``"response_cache"``): as above.
+    ttl_s (float, default 300): how long an answer stays in the cache.
+    max_entry_bytes (int, default 1048576): answers whose JSON is larger are
+        not stored.
+
+Metadata written:
+    ``_cache_key`` (str): the key's SHA-256 hex digest (lookup; absent when skipped).
+    ``_cache_status`` (str): ``"hit"``, ``"miss"`` or ``"skipped"`` (lookup).
+    ``_cache_stored`` (bool): whether the answer was stored (store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from ringd.plugins._common import ConfigReader, require_store
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+DEFAULT_NAMESPACE = "response_cache"
+DEFAULT_IGNORED_FIELDS = ("user", "metadata", "store", "stream_options", "service_tier")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with whole floats as ints: ``1.0`` and ``1`` hash alike (protobuf Structs
+    carry every number as a double)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def cache_key(
+    body: Mapping[str, Any],
+    tenant: str | None = None,
+    ignore_fields: Iterable[str] = DEFAULT_IGNORED_FIELDS,
+) -> str:
+    """The SHA-256 hex digest identifying ``body`` (for ``tenant``) in the cache."""
+    ignored = set(ignore_fields)
+    request = {key: _canonical(value) for key, value in body.items() if key not in ignored}
+    canonical = json.dumps(
+        {"request": request, "tenant": tenant},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _namespace(reader: ConfigReader) -> str:
+    namespace = reader.get_str("namespace", DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
+    if ":" in namespace:
+        raise reader.error("namespace", "a prefix without ':'", namespace)
+    return namespace
+
+
+class ResponseCacheLookup(BasePlugin):
+    """PRE_FLIGHT: answers CACHE_HIT when an equal request's answer is in the store."""
+
+    name: ClassVar[str] = "response_cache"
+    hook: ClassVar[PluginHook] = PluginHook.PRE_FLIGHT
+    version: ClassVar[str] = "1.0.0"
+    author: ClassVar[str] = "ringd"
+    description: ClassVar[str] = "Answers repeated requests from the cache"
+    timeout_ms: ClassVar[int] = 50
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        """Read and validate the config (see the module docstring)."""
+        super().__init__(config)
+        reader = ConfigReader(self.name, self.config)
+        reader.reject_unknown(
+            {"namespace", "max_temperature", "default_temperature", "per_tenant", "ignore_fields"}
+        )
+        self.namespace = _namespace(reader)
+        self.max_temperature = reader.get_number("max_temperature", None, exclusive=False)
+        self.default_temperature = reader.get_number("default_temperature", 1.0, exclusive=False)
+        self.per_tenant = reader.get_bool("per_tenant", True)
+        self.ignore_fields = frozenset(
+            reader.get_str_list("ignore_fields", list(DEFAULT_IGNORED_FIELDS)) or ()
+        )
+
+    def _cacheable(self, body: Mapping[str, Any]) -> bool:
+        if self.max_temperature is None:
+            return True
+        temperature = body.get("temperature", self.default_temperature)
+        if temperature is None:
+            temperature = self.default_temperature
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            return False  # the upstream will reject it; nothing worth caching
+        return temperature <= self.max_temperature
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        """Look the request up; CACHE_HIT with the stored answer, else continue."""
+        store = require_store(ctx, self.name)
+        if not self._cacheable(ctx.body):
+            ctx.metadata["_cache_status"] = "skipped"
+            return PluginResponse.passthrough()
+        tenant = ctx.metadata.get("tenant") if self.per_tenant else None
+        digest = cache_key(ctx.body, str(tenant) if tenant is not None else None, self.ignore_fields)
+        ctx.metadata["_cache_key"] = digest
+        cached = await store.get_state(f"{self.namespace}:{digest}")
+        if isinstance(cached, dict):
+            ctx.metadata["_cache_status"] = "hit"
+            return PluginResponse.cache_hit(response=cached, message="answered from the cache")
+        ctx.metadata["_cache_status"] = "miss"
+        return PluginResponse.passthrough()
+
+
+def _successful(response: Any) -> bool:
+    if not isinstance(response, dict) or response.get("error"):
+        return False
+    choices = response.get("choices")
+    return isinstance(choices, list) and len(choices) > 0
+
+
+class ResponseCacheStore(BasePlugin):
+    """POST_FLIGHT (or BACKGROUND): stores the upstream answer under the lookup's key."""
+
+    name: ClassVar[str] = "response_cache_store"
+    hook: ClassVar[PluginHook] = PluginHook.POST_FLIGHT
+    version: ClassVar[str] = "1.0.0"
+    author: ClassVar[str] = "ringd"
+    description: ClassVar[str] = "Stores upstream answers for response_cache"
+    timeout_ms: ClassVar[int] = 100
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        """Read and validate the config (see the module docstring)."""
+        super().__init__(config)
+        reader = ConfigReader(self.name, self.config)
+        reader.reject_unknown({"namespace", "ttl_s", "max_entry_bytes"})
+        self.namespace = _namespace(reader)
+        self.ttl_s = reader.get_number("ttl_s", 300.0) or 300.0
+        self.max_entry_bytes = reader.get_int("max_entry_bytes", 1_048_576) or 1_048_576
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        """Store a successful answer under metadata ``_cache_key``; never changes the answer."""
+        store = require_store(ctx, self.name)
+        ctx.metadata["_cache_stored"] = False
+        digest = ctx.metadata.get("_cache_key")
+        # The key comes back from the gateway; only a digest may name a store key.
+        if ctx.metadata.get("_cache_status") == "hit" or not isinstance(digest, str):
+            return PluginResponse.passthrough()
+        if not _HEX_DIGEST.fullmatch(digest) or not _successful(ctx.response):
+            return PluginResponse.passthrough()
+        encoded = json.dumps(ctx.response, separators=(",", ":"), ensure_ascii=False)
+        size = len(encoded.encode("utf-8", "surrogatepass"))
+        if size > self.max_entry_bytes:
+            return PluginResponse.passthrough(f"answer too large to cache ({size} bytes)")
+        await store.set_state(f"{self.namespace}:{digest}", ctx.response, ttl_s=self.ttl_s)
+        ctx.metadata["_cache_stored"] = True
+        return PluginResponse.passthrough()
