@@ -186,7 +186,8 @@ _ASSIGNMENT = re.compile(
     _A,
 )
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
-_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b", _A)
+# Unicode letters allowed (IDN domains); an ASCII TLD or a Unicode one, two letters or more.
+_EMAIL_DOMAIN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}\b")
 _CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", _A)
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", _A)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -419,18 +420,23 @@ def _secrets(text: str, plain: str, spans: _Spans) -> None:
                     spans.add("secret", match.start(1), match.end(1), text)
 
 
+def _local_char(char: str) -> bool:
+    return char in _EMAIL_LOCAL or (not char.isascii() and char.isalnum())
+
+
 def _emails(text: str, plain: str, spans: _Spans) -> None:
+    # Internationalised addresses (jürgen@müller.de) are matched on the original text.
     for at in _occurrences(plain, "@"):
         start = at
-        while start > 0 and at - start < 64 and plain[start - 1] in _EMAIL_LOCAL:
+        while start > 0 and at - start < 64 and _local_char(text[start - 1]):
             start -= 1
-        if start > 0 and plain[start - 1] in _EMAIL_LOCAL:
+        if start > 0 and _local_char(text[start - 1]):
             continue  # a local part longer than 64 characters: not an address
-        while start < at and plain[start] == ".":
+        while start < at and text[start] == ".":
             start += 1
         if start == at:
             continue
-        match = _EMAIL_DOMAIN.match(plain, at + 1)
+        match = _EMAIL_DOMAIN.match(text, at + 1)
         if match:
             spans.add("email", start, match.end(), text)
 

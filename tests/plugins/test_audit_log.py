@@ -1,0 +1,169 @@
+"""audit_log: one JSON line per request, written off the event loop, without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ringd.plugins.audit_log import AuditLog
+from ringd.sdk import PluginContext
+
+LoadAudit = Callable[..., Awaitable[AuditLog]]
+SECRET_KEY = "sk-live-very-secret-key-000111"
+
+
+@pytest.fixture
+async def load_audit(tmp_path: Path) -> AsyncIterator[LoadAudit]:
+    """Construct and load an AuditLog writing to tmp_path/audit.jsonl; unloaded afterwards."""
+    loaded: list[AuditLog] = []
+
+    async def load(**config: Any) -> AuditLog:
+        plugin = AuditLog({"path": str(tmp_path / "audit.jsonl"), **config})
+        await plugin.on_load()
+        loaded.append(plugin)
+        return plugin
+
+    yield load
+    for plugin in loaded:
+        await plugin.on_unload()
+
+
+def lines(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+async def test_one_line_per_request(load_audit, make_ctx, chat, completion, tmp_path) -> None:
+    plugin = await load_audit()
+    ctx = make_ctx(
+        chat(("user", "my card is 4111 1111 1111 1111")),
+        headers={"authorization": f"Bearer {SECRET_KEY}", "user-agent": "curl/8", "cookie": "s=1"},
+        metadata={
+            "tenant": "acme",
+            "api_key_id": "key-1",
+            "route_model": "gpt-4o",
+            "route_rule": "vip",
+            "pii_counts": {"credit_card": 1},
+            "_pii_mapping": {"[CREDIT_CARD_1]": "4111 1111 1111 1111"},
+            "something_else": "not allow-listed",
+        },
+        response=completion("ok", model="gpt-4o-2024-08-06", usage={"prompt_tokens": 9}),
+        request_id="req-1",
+        session_id="sess-1",
+    )
+    await plugin.execute(ctx)
+    await plugin.execute(make_ctx(chat(("user", "again")), request_id="req-2"))
+
+    first, second = lines(tmp_path)
+    assert first["request_id"] == "req-1"
+    assert first["session_id"] == "sess-1"
+    assert first["tenant"] == "acme"
+    assert first["api_key_id"] == "key-1"
+    assert first["model"] == "gpt-4o-2024-08-06"
+    assert first["requested_model"] == "gpt-4o-mini"
+    assert first["method"] == "POST"
+    assert first["path"] == "/v1/chat/completions"
+    assert first["client_address"] == "203.0.113.9"
+    assert first["headers"] == {"user-agent": "curl/8"}
+    assert first["outcome"] == "ok"
+    assert first["finish_reasons"] == ["stop"]
+    assert first["usage"] == {"prompt_tokens": 9}
+    assert first["metadata"] == {
+        "tenant": "acme",
+        "api_key_id": "key-1",
+        "route_model": "gpt-4o",
+        "route_rule": "vip",
+        "pii_counts": {"credit_card": 1},
+    }
+    assert first["time"].endswith("+00:00")
+    assert isinstance(first["time_unix"], float)
+    assert "content" not in first
+    assert second["request_id"] == "req-2"
+    assert second["outcome"] == "no_response"
+
+    raw = (tmp_path / "audit.jsonl").read_text()
+    for secret in (SECRET_KEY, "4111 1111 1111 1111", "s=1", "my card"):
+        assert secret not in raw
+
+
+async def test_include_content(load_audit, make_ctx, chat, completion, tmp_path) -> None:
+    plugin = await load_audit(include_content=True, include_client_address=False)
+    parts = [{"type": "text", "text": "Ünïcödé ✓"}, {"type": "image_url", "image_url": {"url": "data:xyz"}}]
+    await plugin.execute(make_ctx(chat(("user", parts)), response=completion("answer ✓")))
+    (record,) = lines(tmp_path)
+    assert record["content"] == {
+        "messages": [{"role": "user", "text": "Ünïcödé ✓"}],
+        "response": ["answer ✓"],
+    }
+    assert "data:xyz" not in (tmp_path / "audit.jsonl").read_text()
+    assert "client_address" not in record
+
+
+async def test_concurrent_writes_stay_whole_lines(load_audit, make_ctx, chat, tmp_path) -> None:
+    plugin = await load_audit(include_content=True)
+    big = "x" * 100_000
+    await asyncio.gather(
+        *(plugin.execute(make_ctx(chat(("user", big)), request_id=f"r{i}")) for i in range(40))
+    )
+    records = lines(tmp_path)
+    assert sorted(r["request_id"] for r in records) == sorted(f"r{i}" for i in range(40))
+
+
+async def test_appends_across_reloads(load_audit, make_ctx, tmp_path) -> None:
+    first = await load_audit()
+    await first.execute(make_ctx(request_id="a"))
+    await first.on_unload()
+    second = await load_audit()
+    await second.execute(make_ctx(request_id="b"))
+    assert [r["request_id"] for r in lines(tmp_path)] == ["a", "b"]
+    assert stat.S_IMODE((tmp_path / "audit.jsonl").stat().st_mode) == 0o600
+
+
+async def test_error_outcome_and_odd_bodies(load_audit, make_ctx, tmp_path) -> None:
+    plugin = await load_audit(include_content=True)
+    await plugin.execute(make_ctx({"messages": "oops"}, response={"error": {"message": "down"}}))
+    (record,) = lines(tmp_path)
+    assert record["outcome"] == "error"
+    assert record["content"] == {"messages": [], "response": []}
+
+
+async def test_execute_needs_on_load(tmp_path) -> None:
+    plugin = AuditLog({"path": str(tmp_path / "audit.jsonl")})
+    with pytest.raises(RuntimeError, match="audit_log: the log file is not open"):
+        await plugin.execute(PluginContext())
+    await plugin.on_load()
+    await plugin.on_unload()
+    with pytest.raises(RuntimeError, match="audit_log"):
+        await plugin.execute(PluginContext())
+
+
+async def test_unwritable_path_fails_the_load(tmp_path) -> None:
+    plugin = AuditLog({"path": str(tmp_path / "missing-dir" / "audit.jsonl")})
+    with pytest.raises(FileNotFoundError):
+        await plugin.on_load()
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({}, "path"),
+        ({"path": ""}, "path"),
+        ({"path": "a.jsonl", "headers": ["user-agent", "Authorization"]}, "headers"),
+        ({"path": "a.jsonl", "headers": ["x-api-key"]}, "headers"),
+        ({"path": "a.jsonl", "metadata_keys": ["tenant", "_pii_mapping"]}, "metadata_keys"),
+        ({"path": "a.jsonl", "include_content": "no"}, "include_content"),
+        ({"path": "a.jsonl", "file": "b"}, "file"),
+    ],
+)
+def test_config_errors_name_the_key(config, key) -> None:
+    with pytest.raises(ValueError, match=rf"audit_log.*'{key}'"):
+        AuditLog(config)
+
+
+def test_pii_mapping_allowed_with_content() -> None:
+    plugin = AuditLog({"path": "a.jsonl", "include_content": True, "metadata_keys": ["_pii_mapping"]})
+    assert plugin.metadata_keys == ("_pii_mapping",)

@@ -1,0 +1,235 @@
+"""pii_redactor: masking, blocking and restoring personal data and secrets in prompts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import pytest
+from ringd.plugins._detect import Detector, iban_valid, luhn_valid
+from ringd.plugins.pii_redactor import PiiRedactor
+from ringd.sdk import PluginAction
+
+GITHUB_TOKEN = "ghp_" + "A1b2C3d4E5" * 4
+OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu7T" * 3
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx1\nq2w3e4r5\n-----END RSA PRIVATE KEY-----"
+
+
+def kinds_found(text: str) -> list[tuple[str, str]]:
+    return [(finding.kind, finding.value) for finding in Detector().find(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to ana.lopez+work@example.co.uk today", [("email", "ana.lopez+work@example.co.uk")]),
+        ("Grüße an jürgen@müller.de!", [("email", "jürgen@müller.de")]),
+        ("call +1 (555) 123-4567 now", [("phone", "+1 (555) 123-4567")]),
+        ("UK office: +44 20 7946 0958.", [("phone", "+44 20 7946 0958")]),
+        ("mobile 555.123.4567", [("phone", "555.123.4567")]),
+        ("card 4111 1111 1111 1111 exp 12/27", [("credit_card", "4111 1111 1111 1111")]),
+        ("card 5555-5555-5555-4444", [("credit_card", "5555-5555-5555-4444")]),
+        ("IBAN DE89 3704 0044 0532 0130 00.", [("iban", "DE89 3704 0044 0532 0130 00")]),
+        ("pay GB82WEST12345698765432 now", [("iban", "GB82WEST12345698765432")]),
+        ("host 192.168.10.42 is down", [("ip_address", "192.168.10.42")]),
+        (
+            "v6 2001:db8::8a2e:370:7334 and fe80::1",
+            [
+                ("ip_address", "2001:db8::8a2e:370:7334"),
+                ("ip_address", "fe80::1"),
+            ],
+        ),
+        (f"token {GITHUB_TOKEN} here", [("secret", GITHUB_TOKEN)]),
+        (f"OPENAI_API_KEY={OPENAI_KEY}", [("secret", OPENAI_KEY)]),
+        ("aws AKIAIOSFODNN7EXAMPLE key", [("secret", "AKIAIOSFODNN7EXAMPLE")]),
+        ("Authorization: Bearer abcDEF0123456789xyz.tok", [("secret", "abcDEF0123456789xyz.tok")]),
+        ('{"password": "hunter2024!"}', [("secret", "hunter2024!")]),
+        (f"key:\n{PEM}\nend", [("secret", PEM)]),
+    ],
+)
+def test_detects_each_kind(text: str, expected: list[tuple[str, str]]) -> None:
+    assert kinds_found(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111 1111 1111 1112 fails Luhn",
+        "IBAN DE89 3704 0044 0532 0130 01 fails mod-97",
+        "not an address: 10.0.0.256, nor a version v1.2.3.4.5",
+        "times 12:30:45, C++ std::vector, MAC aa:bb:cc:dd:ee:ff",
+        "dates 2024-01-15 and 12/31/2024, pi 3.14159265, order 12345678",
+        "a million is 1 000 000",
+        "the password: is required, but forgotten",
+        "bare@host and @mention and user@localhost",
+        "all zeros 0000 0000 0000 0000",
+        "",
+    ],
+)
+def test_leaves_lookalikes_alone(text: str) -> None:
+    assert kinds_found(text) == []
+
+
+def test_checksums() -> None:
+    assert luhn_valid("4111111111111111")
+    assert not luhn_valid("4111111111111112")
+    assert iban_valid("DE89 3704 0044 0532 0130 00")
+    assert not iban_valid("DE89 3704 0044 0532 0130 01")
+    assert not iban_valid("DE89")
+
+
+def test_find_all_matches_find_per_text() -> None:
+    texts = [
+        "mail a@example.com",
+        "",
+        "call +1 555 123 4567 or 4111-1111-1111-1111",
+        "x" * 50,
+        "ip 10.1.2.3",
+    ]
+    detector = Detector()
+    assert detector.find_all(texts) == [detector.find(text) for text in texts]
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="ssn"):
+        Detector(["ssn"])
+
+
+async def test_masks_with_stable_placeholders(make_ctx, chat) -> None:
+    body = chat(
+        ("system", "Support bot."),
+        ("user", "I am ana@example.com, card 4111 1111 1111 1111, server 10.0.0.7."),
+        ("assistant", "Noted, ana@example.com."),
+        ("user", "My colleague is bo@example.com; card again: 4111111111111111"),
+    )
+    original = copy.deepcopy(body)
+    ctx = make_ctx(body)
+    outcome = await PiiRedactor({"restore": True}).execute(ctx)
+
+    assert outcome.action is PluginAction.MODIFY
+    assert outcome.body is not None
+    contents = [message["content"] for message in outcome.body["messages"]]
+    assert contents[1] == "I am [EMAIL_1], card [CREDIT_CARD_1], server [IP_ADDRESS_1]."
+    assert contents[2] == "Noted, [EMAIL_1]."
+    # Another address gets the next number; the card written without spaces is the same card.
+    assert contents[3] == "My colleague is [EMAIL_2]; card again: [CREDIT_CARD_1]"
+    assert ctx.metadata["pii_counts"] == {"email": 3, "credit_card": 2, "ip_address": 1}
+    assert ctx.metadata["_pii_mapping"] == {
+        "[EMAIL_1]": "ana@example.com",
+        "[CREDIT_CARD_1]": "4111 1111 1111 1111",
+        "[IP_ADDRESS_1]": "10.0.0.7",
+        "[EMAIL_2]": "bo@example.com",
+    }
+    json.dumps(ctx.metadata)  # metadata stays JSON
+    assert body == original  # the caller's body is not edited in place
+
+
+async def test_mapping_only_with_restore(make_ctx, chat) -> None:
+    ctx = make_ctx(chat(("user", "mail me at ana@example.com")))
+    outcome = await PiiRedactor().execute(ctx)
+    assert outcome.action is PluginAction.MODIFY
+    assert "_pii_mapping" not in ctx.metadata
+
+
+async def test_multimodal_parts(make_ctx, chat) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}
+    body = chat(
+        ("user", [{"type": "text", "text": "Who owns ana@example.com?"}, image]),
+    )
+    outcome = await PiiRedactor().execute(make_ctx(body))
+    assert outcome.body is not None
+    parts = outcome.body["messages"][0]["content"]
+    assert parts[0] == {"type": "text", "text": "Who owns [EMAIL_1]?"}
+    assert parts[1] == image
+
+
+async def test_existing_placeholder_numbers_are_skipped(make_ctx, chat) -> None:
+    body = chat(("user", "Template says [EMAIL_1]; the real one is ana@example.com"))
+    ctx = make_ctx(body)
+    outcome = await PiiRedactor({"restore": True}).execute(ctx)
+    assert outcome.body is not None
+    assert outcome.body["messages"][0]["content"] == ("Template says [EMAIL_1]; the real one is [EMAIL_2]")
+    assert ctx.metadata["_pii_mapping"] == {"[EMAIL_2]": "ana@example.com"}
+
+
+async def test_block_mode(make_ctx, chat) -> None:
+    ctx = make_ctx(chat(("user", f"deploy with {GITHUB_TOKEN} please, ping ana@example.com")))
+    outcome = await PiiRedactor({"mode": "block"}).execute(ctx)
+    assert outcome.action is PluginAction.BLOCK
+    assert outcome.status_code == 400
+    assert outcome.error_type == "pii_detected"
+    assert outcome.message is not None
+    assert "secret" in outcome.message
+    assert "email" in outcome.message
+    assert GITHUB_TOKEN not in outcome.message
+    assert "ana@example.com" not in outcome.message
+    assert ctx.metadata["pii_counts"] == {"secret": 1, "email": 1}
+
+
+async def test_types_limit_what_is_masked(make_ctx, chat) -> None:
+    body = chat(("user", "ana@example.com, +1 (555) 123-4567"))
+    outcome = await PiiRedactor({"types": ["phone"]}).execute(make_ctx(body))
+    assert outcome.body is not None
+    assert outcome.body["messages"][0]["content"] == "ana@example.com, [PHONE_1]"
+
+
+async def test_roles_limit_what_is_scanned(make_ctx, chat) -> None:
+    body = chat(("system", "escalate to ops@example.com"), ("user", "I am ana@example.com"))
+    outcome = await PiiRedactor({"roles": ["user"]}).execute(make_ctx(body))
+    assert outcome.body is not None
+    assert outcome.body["messages"][0]["content"] == "escalate to ops@example.com"
+    assert outcome.body["messages"][1]["content"] == "I am [EMAIL_1]"
+
+
+async def test_legacy_prompt_field(make_ctx) -> None:
+    outcome = await PiiRedactor().execute(make_ctx({"model": "m", "prompt": "to ana@example.com"}))
+    assert outcome.body == {"model": "m", "prompt": "to [EMAIL_1]"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"model": "m"},
+        {"messages": []},
+        {"messages": [{"role": "user", "content": ""}]},
+        {"messages": [{"role": "assistant", "content": None, "tool_calls": []}]},
+        {"messages": ["not a message", 42, {"role": "user"}]},
+        {"messages": "not a list"},
+        {"messages": [{"role": "user", "content": "Ünïcödé ✓ 日本語のテキスト, no PII"}]},
+    ],
+)
+async def test_nothing_to_mask(make_ctx, body) -> None:
+    ctx = make_ctx(body)
+    outcome = await PiiRedactor().execute(ctx)
+    assert outcome.action is PluginAction.PASSTHROUGH
+    assert ctx.metadata["pii_counts"] == {}
+
+
+async def test_huge_body(make_ctx, chat) -> None:
+    filler = "The quarterly report covers 12 regions and 340 stores. " * 19_000  # ~1 MB
+    body = chat(("user", filler + "Contact ana@example.com or +44 20 7946 0958."))
+    assert len(json.dumps(body)) > 1_000_000
+    started = time.perf_counter()
+    outcome = await PiiRedactor().execute(make_ctx(body))
+    elapsed = time.perf_counter() - started
+    assert outcome.body is not None
+    assert outcome.body["messages"][0]["content"].endswith("Contact [EMAIL_1] or [PHONE_1].")
+    assert elapsed < 2.0  # linear: a quadratic scan of 1 MB would take minutes
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"mode": "redact"}, "mode"),
+        ({"types": ["email", "ssn"]}, "types"),
+        ({"types": "email,phone"}, "types"),
+        ({"restore": "yes"}, "restore"),
+        ({"roles": [1]}, "roles"),
+        ({"mdoe": "mask"}, "mdoe"),
+    ],
+)
+def test_config_errors_name_the_key(config, key) -> None:
+    with pytest.raises(ValueError, match=rf"pii_redactor: .*'{key}'"):
+        PiiRedactor(config)
