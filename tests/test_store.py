@@ -1,0 +1,196 @@
+"""The SQLite store on a real file: atomic incr, persistence, TTLs, errors, WAL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from ringd.sdk import Store, StoreError
+from ringd.server.store import SqliteStore, open_store
+
+
+async def test_store_satisfies_the_sdk_protocol(store: SqliteStore) -> None:
+    assert isinstance(store, Store)
+
+
+async def test_missing_key_reads_as_default(store: SqliteStore) -> None:
+    assert await store.get_state("nope") is None
+    assert await store.get_state("nope", default={"d": 1}) == {"d": 1}
+
+
+async def test_1000_concurrent_incr_add_up_exactly(store: SqliteStore) -> None:
+    results = await asyncio.gather(*(store.incr("hits") for _ in range(1000)))
+    assert await store.get_state("hits") == 1000
+    # Each call saw its own new value: no two callers got the same count.
+    assert sorted(results) == list(range(1, 1001))
+
+
+async def test_concurrent_incr_from_two_connections_to_one_file(tmp_path) -> None:
+    path = tmp_path / "shared.db"
+    first, second = await SqliteStore.open(path), await SqliteStore.open(path)
+    try:
+        await asyncio.gather(*(store.incr("k", 2) for _ in range(200) for store in (first, second)))
+        assert await first.get_state("k") == 800
+        assert await second.get_state("k") == 800
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_values_survive_closing_and_reopening(tmp_path) -> None:
+    path = tmp_path / "persist.db"
+    values = {
+        "dict": {"a": 1, "nested": {"b": [1, 2, {"c": None}]}, "ok": True},
+        "list": [1, "two", 3.5, False, None],
+        "unicode": "héllo wörld ✓ 日本語 🚀",
+        "int": 12345678901234,
+        "float": 0.1,
+        "null": None,
+    }
+    store = await SqliteStore.open(path)
+    for key, value in values.items():
+        await store.set_state(key, value)
+    await store.incr("counter", 7)
+    await store.close()
+
+    reopened = await SqliteStore.open(path)
+    try:
+        for key, value in values.items():
+            assert await reopened.get_state(key, default="absent") == value, key
+        assert await reopened.incr("counter") == 8
+    finally:
+        await reopened.close()
+
+
+async def test_set_state_overwrites(store: SqliteStore) -> None:
+    await store.set_state("k", {"v": 1})
+    await store.set_state("k", [2])
+    assert await store.get_state("k") == [2]
+
+
+async def test_set_state_ttl_expires(store: SqliteStore) -> None:
+    await store.set_state("short", "v", ttl_s=0.3)
+    await store.set_state("long", "v", ttl_s=60)
+    assert await store.get_state("short") == "v"
+    await asyncio.sleep(0.35)
+    assert await store.get_state("short", default="gone") == "gone"
+    assert await store.get_state("long") == "v"
+
+
+async def test_set_state_without_ttl_clears_an_earlier_ttl(store: SqliteStore) -> None:
+    await store.set_state("k", 1, ttl_s=0.05)
+    await store.set_state("k", 2)
+    await asyncio.sleep(0.08)
+    assert await store.get_state("k") == 2
+
+
+async def test_incr_on_expired_key_restarts_with_a_new_ttl(store: SqliteStore) -> None:
+    assert await store.incr("window", ttl_s=0.3) == 1
+    assert await store.incr("window", ttl_s=0.3) == 2
+    await asyncio.sleep(0.35)
+    assert await store.get_state("window") is None
+    assert await store.incr("window", 5, ttl_s=0.3) == 5
+    # The restarted key got a fresh TTL: it lives now and expires again later.
+    assert await store.get_state("window") == 5
+    await asyncio.sleep(0.35)
+    assert await store.get_state("window") is None
+
+
+async def test_incr_on_live_key_keeps_its_expiry(store: SqliteStore) -> None:
+    assert await store.incr("fixed", ttl_s=0.4) == 1
+    await asyncio.sleep(0.1)
+    # A later ttl_s does not extend the window: the key still expires 0.4 s after creation.
+    assert await store.incr("fixed", ttl_s=10) == 2
+    await asyncio.sleep(0.35)
+    assert await store.get_state("fixed") is None
+    assert await store.incr("fixed") == 1
+
+
+async def test_incr_on_a_non_integer_raises(store: SqliteStore) -> None:
+    for key, value in {"s": "5", "f": 1.5, "d": {"n": 1}, "b": True, "l": [1]}.items():
+        await store.set_state(key, value)
+        with pytest.raises(StoreError, match="not an integer"):
+            await store.incr(key)
+        assert await store.get_state(key) == value, "a failed incr leaves the value alone"
+
+
+async def test_incr_rejects_a_non_integer_amount(store: SqliteStore) -> None:
+    with pytest.raises(StoreError):
+        await store.incr("k", 1.5)  # type: ignore[arg-type]
+    assert await store.get_state("k") is None
+
+
+async def test_incr_negative_amount_and_existing_integer(store: SqliteStore) -> None:
+    await store.set_state("n", 10)
+    assert await store.incr("n", -3) == 7
+    assert await store.get_state("n") == 7
+
+
+async def test_incr_over_an_expired_non_integer_restarts(store: SqliteStore) -> None:
+    await store.set_state("k", "text", ttl_s=0.05)
+    await asyncio.sleep(0.08)
+    assert await store.incr("k") == 1
+
+
+async def test_delete(store: SqliteStore) -> None:
+    await store.set_state("k", "v")
+    assert await store.delete("k") is True
+    assert await store.get_state("k") is None
+    assert await store.delete("k") is False
+    assert await store.delete("never") is False
+
+
+async def test_delete_of_an_expired_key_reports_absent(store: SqliteStore) -> None:
+    await store.set_state("k", "v", ttl_s=0.05)
+    await asyncio.sleep(0.08)
+    assert await store.delete("k") is False
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, float("nan"), {"x": b"bytes"}])
+async def test_non_json_value_raises(store: SqliteStore, value: object) -> None:
+    with pytest.raises(StoreError, match="JSON"):
+        await store.set_state("bad", value)
+    assert await store.get_state("bad", default="absent") == "absent"
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("inf"), float("nan")])
+async def test_invalid_ttl_raises(store: SqliteStore, ttl: float) -> None:
+    with pytest.raises(StoreError, match="ttl_s"):
+        await store.set_state("k", 1, ttl_s=ttl)
+
+
+async def test_wal_mode_is_on(tmp_path) -> None:
+    path = tmp_path / "wal.db"
+    store = await SqliteStore.open(path)
+    await store.set_state("k", 1)
+    try:
+        with sqlite3.connect(path) as conn:
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        assert mode == "wal"
+    finally:
+        await store.close()
+
+
+async def test_close_is_idempotent(tmp_path) -> None:
+    store = await SqliteStore.open(tmp_path / "x.db")
+    await store.close()
+    await store.close()
+
+
+async def test_open_store_resolves_relative_paths_against_base_dir(tmp_path) -> None:
+    store = await open_store("sqlite:data/rel.db", base_dir=tmp_path)
+    try:
+        await store.set_state("k", "v")
+    finally:
+        await store.close()
+    assert (tmp_path / "data" / "rel.db").exists()
+
+
+async def test_a_second_process_sees_committed_writes(store: SqliteStore) -> None:
+    await store.set_state("shared", {"from": "ringd"})
+    await store.incr("count", 3)
+    with sqlite3.connect(store.path) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM kv").fetchall())
+    assert rows["shared"] == '{"from":"ringd"}'
+    assert int(rows["count"]) == 3
