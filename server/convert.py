@@ -84,7 +84,7 @@ def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: str) ->
     if kind == "struct_value":
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
-        if depth >= limit:
+        if depth + 1 >= limit:  # the list is one level below the container holding it
             raise RequestError(f"{where} is nested deeper than {limit} levels")
         return [_value_to_py(item, depth + 1, limit, where) for item in value.list_value.values]
     return None
@@ -100,12 +100,11 @@ def _json_depth_ok(data: Any, limit: int) -> bool:
     stack = [(data, 1)]
     while stack:
         item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue  # a scalar is not a level, as in the Struct form
         if depth > limit:
             return False
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return True
 
 
@@ -164,7 +163,7 @@ def context_from_proto(
             f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}"
         )
     metadata = {
-        key: _value_to_py(value, 1, depth, f"{field}.metadata[{key!r}]") for key, value in metadata_in.items()
+        key: _value_to_py(value, 0, depth, f"{field}.metadata[{key!r}]") for key, value in metadata_in.items()
     }
     ctx = PluginContext(
         body=body,
