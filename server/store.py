@@ -11,10 +11,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 from ringd.sdk import StoreError
+
+if TYPE_CHECKING:  # store_redis imports this module's helpers, so import it lazily at run time
+    from ringd.server.store_redis import RedisStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -125,13 +128,21 @@ class SqliteStore:
         return int(row[0])
 
 
-async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore:
-    """Open the store a config names: a SQLite path (``sqlite:///abs``, ``sqlite:rel``, a bare path).
+async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore | RedisStore:
+    """Open the store a config names: SQLite by default, Redis for replicas on many machines.
 
-    Relative paths are resolved against ``base_dir`` (the config file's folder).
+    ``redis://[user:password@]host:port/db`` or ``rediss://…`` (TLS) opens a
+    :class:`~ringd.server.store_redis.RedisStore` (``?key_prefix=…`` sets its key
+    prefix). Anything else is a SQLite path (``sqlite:///abs``, ``sqlite:rel``, a bare
+    path); relative paths are resolved against ``base_dir`` (the config file's folder).
+
+    Raises:
+        StoreError: the store cannot be opened (the message names the file or URL).
     """
     if url.startswith(("redis://", "rediss://")):
-        raise StoreError("the redis store backend is not available in this build")
+        from ringd.server.store_redis import RedisStore
+
+        return await RedisStore.open(url)
     path = url.removeprefix("sqlite://").removeprefix("sqlite:")
     if path != ":memory:" and base_dir is not None and not Path(path).is_absolute():
         path = str(base_dir / path)
