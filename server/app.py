@@ -28,7 +28,7 @@ from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer,
 from ringd.server.store import open_store
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
 
-from ringd.v1 import admin_service_pb2, admin_service_pb2_grpc, engine_service_pb2
+from ringd.v1 import admin_service_pb2, engine_service_pb2
 
 _log = logging.getLogger("ringd.server")
 
@@ -109,7 +109,7 @@ class RingdServer:
             admin = grpc.aio.server(options=options)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, admin)
             self._servers.append(admin)
-        admin_service_pb2_grpc.add_PluginAdminServiceServicer_to_server(admin_servicer, admin)
+        admin.add_generic_rpc_handlers((admin_servicer.handler(),))
         if admin is main:
             services.append(ADMIN_SERVICE)
         if settings.reflection:

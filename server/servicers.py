@@ -1,7 +1,7 @@
 """Thin gRPC adapters: decode into SDK types, await the engine, encode the outcome.
 
-One servicer class per service. The engine service reads and writes raw bytes
-so a malformed request is answered INVALID_ARGUMENT by :mod:`ringd.server.errors`
+One servicer class per service. Both services read and write raw bytes so a
+malformed request is answered INVALID_ARGUMENT by :mod:`ringd.server.errors`
 rather than failing inside gRPC's deserializer.
 """
 
@@ -162,6 +162,33 @@ class AdminServicer(admin_grpc.PluginAdminServiceServicer):
         self._engine = engine
         self._reload = reload
         self._token = admin_token.encode() if admin_token else None
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler that registers this service.
+
+        Bytes in, bytes out, as the engine service does: a request that is not a valid
+        message is answered INVALID_ARGUMENT here rather than by gRPC's deserializer.
+        """
+        methods: dict[str, Any] = {
+            "ListPlugins": (self.ListPlugins, admin_pb.ListPluginsRequest),
+            "ReloadConfig": (self.ReloadConfig, admin_pb.ReloadConfigRequest),
+            "SetPluginEnabled": (self.SetPluginEnabled, admin_pb.SetPluginEnabledRequest),
+        }
+
+        def decoding(method: Callable[[Any, Context], Awaitable[Any]], message: Any) -> Any:
+            async def handle(raw: bytes, context: Context) -> bytes:
+                try:
+                    request = message.FromString(raw)
+                except Exception as exc:  # a malformed request is mapped to a status in one place
+                    await errors.abort(context, exc, message.DESCRIPTOR.full_name)
+                reply = await method(request, context)
+                return bytes(reply.SerializeToString())
+
+            return grpc.unary_unary_rpc_method_handler(handle)
+
+        return grpc.method_handlers_generic_handler(
+            ADMIN_SERVICE, {name: decoding(method, message) for name, (method, message) in methods.items()}
+        )
 
     def _authorize(self, context: Context) -> None:
         if self._token is None:
