@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from ringd.sdk import PluginState
@@ -24,6 +23,7 @@ from ringd.server.background import BackgroundQueue
 from ringd.server.config import RingdConfig, ServerSettings
 from ringd.server.convert import Limits
 from ringd.server.engine import Engine, Generation
+from ringd.server.health import HealthServicer
 from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer
 from ringd.server.store import open_store
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
