@@ -1,0 +1,234 @@
+"""In-process cost of a ring: what the engine adds around the plugins themselves.
+
+Measures, with the engine as it always runs (per-plugin timeouts, a caller's
+deadline, metrics, breaker, per-plugin results):
+
+* a PRE_FLIGHT ring of 5 passthrough plugins, loaded from a plugin file through a
+  YAML config (the real loader path), total and per plugin;
+* an empty PRE_FLIGHT ring (no plugins), the bare cost of ``execute_ring``;
+* the built-in default config's PRE_FLIGHT ring, when the default config has one.
+
+Each ring gets a fresh PluginContext with a ~2 KB OpenAI-style chat body, built
+outside the timed section. Times are per ring, in microseconds: mean and p50 (and
+p99) over ``--rings`` rings after a warm-up. Aim: <= 5 us per passthrough plugin.
+
+    .venv/bin/python bench/engine_bench.py [--rings N] [--loop asyncio|uvloop] [--smoke]
+    .venv/bin/python bench/engine_bench.py --profile   # pyinstrument over the 5-plugin ring
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ringd.sdk import PluginContext, PluginHook, PluginState
+from ringd.server.config import ConfigError, RingdConfig, default_config, load_config
+from ringd.server.engine import Engine, Outcome
+from ringd.server.store import SqliteStore
+
+PASSTHROUGH_PLUGIN = """
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+
+class Passthrough(BasePlugin):
+    name = "passthrough"
+    hook = PluginHook.PRE_FLIGHT
+    timeout_ms = 10
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        return PluginResponse.passthrough()
+"""
+
+PLUGIN_COUNT = 5
+_CLEAN = (Outcome.OK, Outcome.SKIPPED)
+
+
+def chat_body_json() -> str:
+    """A ~2 KB chat completion request, as JSON text (parsed afresh for every ring)."""
+    system = (
+        "You are a support assistant for a logistics company. Answer politely and concisely. "
+        "Use the order data the user gives you; never invent tracking numbers. If unsure, say so."
+    )
+    turns = [
+        ("user", "Hi, my order 48213 has not arrived yet. It was due on Monday. Can you check it?"),
+        ("assistant", "Sorry about that. Order 48213 left the depot on Friday and is in transit."),
+        ("user", "It says in transit for three days now. Is that normal for standard shipping?"),
+        ("assistant", "Standard shipping usually takes 3 to 5 working days; it is within range."),
+        ("user", "OK. Could you tell me which carrier has it and whether I can change the address?"),
+        ("assistant", "The carrier is the regional partner; address changes need a support ticket."),
+        ("user", "Please open a ticket then, and summarise the delivery options I have left."),
+    ]
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": role, "content": f"{text} (turn {i})"} for i, (role, text) in enumerate(turns)]
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "temperature": 0.2,
+        "max_tokens": 512,
+        "user": "customer-7781",
+        "metadata": {"tenant": "northwind", "channel": "web", "session": "s-0f3a9c"},
+    }
+    text = json.dumps(body)
+    while len(text) < 2048:
+        body["messages"].append({"role": "user", "content": "Thanks, and one more question please."})
+        text = json.dumps(body)
+    return text
+
+
+async def open_engine(config: RingdConfig, store: SqliteStore) -> Engine:
+    engine = Engine(PluginState(extra={"store": store}))
+    await engine.start(config)
+    return engine
+
+
+async def measure(engine: Engine, body_json: str, rings: int, warmup: int) -> list[float]:
+    """Time ``rings`` PRE_FLIGHT rings (after ``warmup`` untimed ones); microseconds each."""
+    execute_ring = engine.execute_ring
+    hook = PluginHook.PRE_FLIGHT
+    perf = time.perf_counter_ns
+    loads = json.loads
+    for _ in range(warmup):
+        ctx = PluginContext(body=loads(body_json), request_id="warmup")
+        await execute_ring(hook, ctx, deadline=time.monotonic() + 5.0)
+    samples: list[float] = []
+    append = samples.append
+    for index in range(rings):
+        ctx = PluginContext(body=loads(body_json), session_id="s-0f3a9c", request_id=f"r{index}")
+        deadline = time.monotonic() + 5.0  # as a gateway's gRPC deadline would arrive
+        started = perf()
+        outcome = await execute_ring(hook, ctx, deadline=deadline)
+        append((perf() - started) / 1000.0)
+        if any(result.outcome not in _CLEAN for result in outcome.results):
+            raise RuntimeError(f"a plugin failed, the figures would be wrong: {outcome.results}")
+    return samples
+
+
+def summary(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.fmean(ordered), statistics.median(ordered), p99
+
+
+def line(label: str, samples: list[float]) -> str:
+    mean, p50, p99 = summary(samples)
+    return f"  {label:<34} mean {mean:8.2f} us   p50 {p50:8.2f} us   p99 {p99:8.2f} us"
+
+
+def write_passthrough_config(folder: Path, count: int) -> Path:
+    (folder / "passthrough.py").write_text(PASSTHROUGH_PLUGIN)
+    entries = "\n".join(
+        f"  - {{name: pass{i}, entrypoint: passthrough.py:Passthrough, hook: pre_flight}}"
+        for i in range(count)
+    )
+    path = folder / "bench.yaml"
+    path.write_text(f"version: bench\nplugins:\n{entries}\n")
+    return path
+
+
+def load_default_config() -> tuple[RingdConfig | None, str]:
+    """The built-in default config, or why there is none to measure."""
+    try:
+        import ringd.plugins  # noqa: F401  (the built-ins must be importable)
+
+        return default_config(), ""
+    except (ImportError, FileNotFoundError, ConfigError) as exc:
+        return None, f"no built-in default config ({type(exc).__name__}: {exc})"
+
+
+async def bench_default_config(store: SqliteStore, body_json: str, rings: int, warmup: int) -> None:
+    config, why = load_default_config()
+    if config is None:
+        print(f"  default config PRE_FLIGHT ring: skipped ({why})")
+        return
+    default = await open_engine(config, store)
+    try:
+        ring = default.generation.rings[PluginHook.PRE_FLIGHT]
+        if not ring:
+            print(
+                "  default config PRE_FLIGHT ring: skipped (the default config has no PRE_FLIGHT plugins yet)"
+            )
+            return
+        samples = await measure(default, body_json, rings, warmup)
+    finally:
+        await default.close(grace_s=1.0)
+    print(line("default config PRE_FLIGHT ring", samples))
+    print(f"    plugins: {', '.join(slot.name for slot in ring)} (config {config.version})")
+
+
+async def run(rings: int, warmup: int, profile: bool) -> None:
+    body_json = chat_body_json()
+    with tempfile.TemporaryDirectory(prefix="ringd-bench-") as tmp:
+        folder = Path(tmp)
+        store = await SqliteStore.open(folder / "bench.db")
+        try:
+            five = await open_engine(load_config(write_passthrough_config(folder, PLUGIN_COUNT)), store)
+            empty_path = folder / "empty.yaml"
+            empty_path.write_text("version: empty\nplugins: []\n")
+            empty = await open_engine(load_config(empty_path), store)
+
+            if profile:
+                from pyinstrument import Profiler
+
+                profiler = Profiler(interval=0.0001, async_mode="disabled")
+                profiler.start()
+                await measure(five, body_json, rings, warmup)
+                profiler.stop()
+                print(profiler.output_text(unicode=True, color=False, show_all=False))
+                return
+
+            print(
+                f"ringd engine bench: {rings} rings after {warmup} warm-up, "
+                f"body {len(body_json)} bytes JSON, Python {sys.version.split()[0]}, "
+                f"loop {type(asyncio.get_running_loop()).__module__}"
+            )
+            empty_samples = await measure(empty, body_json, rings, warmup)
+            five_samples = await measure(five, body_json, rings, warmup)
+            print(line("empty PRE_FLIGHT ring", empty_samples))
+            print(line(f"{PLUGIN_COUNT} passthrough plugins, total", five_samples))
+            mean_total, p50_total, _ = summary(five_samples)
+            mean_empty, p50_empty, _ = summary(empty_samples)
+            per_mean = (mean_total - mean_empty) / PLUGIN_COUNT
+            per_p50 = (p50_total - p50_empty) / PLUGIN_COUNT
+            print(
+                f"  {'per passthrough plugin':<34} mean {per_mean:8.2f} us   p50 {per_p50:8.2f} us"
+                f"   (ring minus empty ring, / {PLUGIN_COUNT}; aim <= 5 us)"
+            )
+            first = five.generation.slots["pass0"].loaded.instance
+            assert first is not None
+            print(f"  metrics on: pass0 counted {first.stats['invocations']} invocations")
+
+            await bench_default_config(store, body_json, rings, warmup)
+            await five.close(grace_s=1.0)
+            await empty.close(grace_s=1.0)
+        finally:
+            await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rings", type=int, default=20_000, help="timed rings per case (default 20000)")
+    parser.add_argument("--warmup", type=int, default=2_000, help="untimed rings first (default 2000)")
+    parser.add_argument("--smoke", action="store_true", help="a few hundred rings: seconds, for make test")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--profile", action="store_true", help="pyinstrument over the 5-plugin ring")
+    args = parser.parse_args()
+    rings, warmup = (300, 50) if args.smoke else (args.rings, args.warmup)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(rings, warmup, args.profile))
+    else:
+        asyncio.run(run(rings, warmup, args.profile))
+
+
+if __name__ == "__main__":
+    main()
