@@ -1,0 +1,161 @@
+"""The real grpcurl binary against a running server: reflection, an ExecuteRing call, health.
+
+No proto files are given to grpcurl: everything it knows comes from server reflection.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rpc_helpers import BIN, ROOT, entry, run
+
+GRPCURL = BIN / "grpcurl"
+
+
+async def grpcurl(*args: str) -> tuple[int, str, str]:
+    return await run(GRPCURL, "-max-time", "10", *args)
+
+
+async def test_list_shows_the_engine_admin_and_health_services(serve):
+    running = await serve([entry("tagger")])
+
+    code, out, err = await grpcurl("-plaintext", running.address, "list")
+
+    assert code == 0, err
+    services = out.split()
+    for name in ("ringd.v1.PluginEngineService", "ringd.v1.PluginAdminService", "grpc.health.v1.Health"):
+        assert name in services
+
+
+async def test_list_works_over_the_unix_socket(serve, workspace):
+    running = await serve([entry("tagger")])
+
+    code, out, err = await grpcurl("-plaintext", "-unix", str(workspace.root / "ringd.sock"), "list")
+
+    assert code == 0, err
+    assert "ringd.v1.PluginEngineService" in out.split()
+    assert running.unix_address.endswith("ringd.sock")
+
+
+async def test_describe_shows_the_engine_rpcs(serve):
+    running = await serve([entry("tagger")])
+
+    code, out, err = await grpcurl("-plaintext", running.address, "describe", "ringd.v1.PluginEngineService")
+
+    assert code == 0, err
+    assert "ringd.v1.PluginEngineService is a service" in out
+    assert (
+        "rpc ExecuteRing ( .ringd.v1.ExecuteRingRequest ) returns ( .ringd.v1.ExecuteRingResponse );" in out
+    )
+    assert (
+        "rpc ExecuteRings ( .ringd.v1.ExecuteRingsRequest ) returns ( .ringd.v1.ExecuteRingsResponse );"
+        in out
+    )
+
+    code, out, err = await grpcurl("-plaintext", running.address, "describe", "ringd.v1.PluginContext")
+    assert code == 0, err
+    assert ".google.protobuf.Struct body_struct = 1;" in out
+    assert "bytes body_json = 2;" in out
+
+
+async def test_execute_ring_with_a_struct_body(serve):
+    running = await serve(
+        [
+            entry("appender", config={"append_message": "be brief"}),
+            entry("router", config={"set_metadata": {"upstream": "eu"}}),
+        ]
+    )
+    request = {
+        "ring": "PLUGIN_HOOK_PRE_FLIGHT",
+        "context": {
+            "bodyStruct": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+            "metadata": {"tenant": "acme"},
+            "requestId": "req-1",
+        },
+    }
+
+    code, out, err = await grpcurl(
+        "-plaintext",
+        "-d",
+        json.dumps(request),
+        running.address,
+        "ringd.v1.PluginEngineService/ExecuteRing",
+    )
+
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["ring"] == "PLUGIN_HOOK_PRE_FLIGHT"
+    assert answer["action"] == "PLUGIN_ACTION_PASSTHROUGH"
+    # grpcurl prints the proto field names (body_struct), and reads either spelling.
+    assert answer["body_struct"] == {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "be brief"}],
+    }
+    assert answer["metadata"] == {"tenant": "acme", "upstream": "eu"}
+    assert [(r["plugin"], r["outcome"]) for r in answer["results"]] == [
+        ("appender", "PLUGIN_OUTCOME_OK"),
+        ("router", "PLUGIN_OUTCOME_OK"),
+    ]
+    assert answer["config_version"] == "v1"
+    assert answer["generation"] == "1"  # uint64 is a string in protobuf JSON
+
+
+async def test_execute_ring_with_a_bad_ring_reports_invalid_argument(serve):
+    running = await serve([entry("tagger")])
+
+    code, out, err = await grpcurl(
+        "-plaintext",
+        "-d",
+        '{"context": {"bodyStruct": {}}}',
+        running.address,
+        "ringd.v1.PluginEngineService/ExecuteRing",
+    )
+
+    assert code != 0
+    assert "Code: InvalidArgument" in err
+    assert "ring is PLUGIN_HOOK_UNSPECIFIED" in err
+    assert "Traceback" not in err + out
+
+
+async def test_health_check_is_serving(serve):
+    running = await serve([entry("tagger")])
+
+    code, out, err = await grpcurl("-plaintext", running.address, "grpc.health.v1.Health/Check")
+    assert code == 0, err
+    assert json.loads(out) == {"status": "SERVING"}
+
+    code, out, err = await grpcurl(
+        "-plaintext",
+        "-d",
+        '{"service": "ringd.v1.PluginEngineService"}',
+        running.address,
+        "grpc.health.v1.Health/Check",
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"status": "SERVING"}
+
+
+async def test_without_reflection_list_fails_and_calls_need_the_proto_files(serve):
+    running = await serve(
+        [entry("tagger", config={"set_metadata": {"seen": True}})], server={"reflection": False}
+    )
+
+    code, out, err = await grpcurl("-plaintext", running.address, "list")
+
+    assert code != 0
+    assert "does not support the reflection API" in err
+    assert "ringd.v1.PluginEngineService" not in out
+
+    code, out, err = await grpcurl(
+        "-plaintext",
+        "-import-path",
+        str(ROOT / "proto"),
+        "-proto",
+        "ringd/v1/engine_service.proto",
+        "-d",
+        '{"ring": "PLUGIN_HOOK_PRE_FLIGHT", "context": {"bodyStruct": {"model": "m"}}}',
+        running.address,
+        "ringd.v1.PluginEngineService/ExecuteRing",
+    )
+    assert code == 0, err
+    assert json.loads(out)["metadata"] == {"seen": True}
