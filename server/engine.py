@@ -197,10 +197,16 @@ class LoadedPlugin:
 
 @dataclass(slots=True)
 class PluginSlot:
-    """A loaded plugin's place in one generation: its ring, order and enabled flag."""
+    """A loaded plugin's place in one generation: its ring, order and enabled flag.
+
+    ``entry`` is this generation's config entry. It can differ from ``loaded.entry``
+    (the entry the instance was built from) in the fields that do not make a new
+    instance, such as ``priority`` and ``enabled``.
+    """
 
     loaded: LoadedPlugin
     enabled: bool
+    entry: PluginEntry
 
     @property
     def name(self) -> str:
@@ -407,12 +413,13 @@ class Engine:
             else:
                 loaded = await self._load(entry, fingerprint, config)
                 fresh.append(loaded)
-            slots.append(PluginSlot(loaded=loaded, enabled=entry.enabled))
+            slots.append(PluginSlot(loaded=loaded, enabled=entry.enabled, entry=entry))
         order = {id(slot): index for index, slot in enumerate(slots)}
         rings: dict[PluginHook, tuple[PluginSlot, ...]] = {}
         for hook in PluginHook:
             members = [slot for slot in slots if slot.loaded.hook is hook]
-            members.sort(key=lambda slot: (slot.loaded.entry.priority, order[id(slot)]))
+            # This config's priority: a carried-over instance keeps the entry it was built from.
+            members.sort(key=lambda slot: (slot.entry.priority, order[id(slot)]))
             rings[hook] = tuple(members)
         self._numbers += 1
         generation = Generation(

@@ -380,3 +380,20 @@ async def test_close_waits_for_rings_in_flight_then_unloads(with_tagged, make_en
     assert (await ring).results[0].outcome is Outcome.OK
     assert plugin.unload_count == 1
     assert plugin.active_at_unload == 0
+
+
+async def test_a_reload_that_only_changes_priorities_reorders_the_ring(with_tagged, make_engine):
+    ws = with_tagged
+    engine = await make_engine(
+        ws.config(config_text("v1", tagged("a", 0, priority=10), tagged("b", 0, priority=20)))
+    )
+    before = instances(engine)
+    outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
+    assert [r.plugin for r in outcome.results] == ["a", "b"]
+
+    await engine.reload(
+        ws.config(config_text("v2", tagged("a", 0, priority=30), tagged("b", 0, priority=20)))
+    )
+    outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
+    assert [r.plugin for r in outcome.results] == ["b", "a"]
+    assert instances(engine) == before, "a priority change keeps the instances (and their stats)"
