@@ -491,6 +491,8 @@ async def test_the_callers_cancellation_stops_the_ring(with_sleeper, make_engine
 # --------------------------------------------------------------------------- failures
 
 FAILING = """
+import asyncio
+
 from ringd.sdk import BasePlugin, PluginHook, PluginResponse
 
 
@@ -510,6 +512,24 @@ class RaisesCustom(BasePlugin):
 
     async def execute(self, ctx):
         raise QuotaBackendDown("quota backend down")
+
+
+class BackendTimesOut(BasePlugin):
+    name = "backend_times_out"
+    timeout_ms = 1000
+
+    async def execute(self, ctx):
+        # The plugin's own call times out: its error, not a ringd timeout.
+        await asyncio.wait_for(asyncio.sleep(1), 0.001)
+        return PluginResponse.passthrough()
+
+
+class RaisesCancelled(BasePlugin):
+    name = "raises_cancelled"
+
+    async def execute(self, ctx):
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError()
 
 
 class ReturnsNone(BasePlugin):
@@ -561,6 +581,8 @@ class FailsInInit(BasePlugin):
 RUNTIME_FAILURES = {
     "key_error": ("failing.py:RaisesKeyError", "KeyError: 'no_such_field'"),
     "custom_exception": ("failing.py:RaisesCustom", "QuotaBackendDown: quota backend down"),
+    "own_timeout_error": ("failing.py:BackendTimesOut", "TimeoutError"),
+    "raises_cancelled": ("failing.py:RaisesCancelled", "CancelledError raised by the plugin"),
     "returns_none": ("failing.py:ReturnsNone", "returned NoneType, expected PluginResponse"),
     "returns_string": ("failing.py:ReturnsString", "returned str, expected PluginResponse"),
     "invalid_response": ("failing.py:ModifiesWithoutBody", "PluginResponseError: MODIFY needs body"),
