@@ -27,6 +27,7 @@ from ringd.server.health import HealthServicer
 from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer
 from ringd.server.store import open_store
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
+from ringd.server.watchdog import StallWatchdog
 
 from ringd.v1 import admin_service_pb2, engine_service_pb2
 
@@ -62,6 +63,7 @@ class RingdServer:
         self._background: BackgroundQueue | None = None
         self._store: object | None = None
         self._stopping: asyncio.Event | None = None
+        self.watchdog: StallWatchdog | None = None
         self._stopped = False
 
     @property
@@ -82,6 +84,9 @@ class RingdServer:
         self.state.extra["store"] = store
         self.state.config.update({"config_version": self.config.version})
         await self.engine.start(self.config)
+        if settings.stall_threshold_ms > 0:
+            self.watchdog = StallWatchdog(self.engine, settings.stall_threshold_ms / 1000.0)
+            self.watchdog.start()
         self._background = BackgroundQueue(
             self.engine, size=settings.background_queue_size, workers=settings.background_workers
         )
@@ -164,6 +169,8 @@ class RingdServer:
         if self._background is not None:
             await self._background.drain(grace)
         await self.engine.close(grace)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         store = self._store
         close = getattr(store, "close", None)
         if close is not None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from types import CoroutineType
@@ -244,14 +247,18 @@ class _Resume:
     finished through this awaitable under the plugin's time budget.
     """
 
-    __slots__ = ("coro", "first")
+    __slots__ = ("coro", "engine", "first", "loaded")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], first: Any, engine: Engine, loaded: LoadedPlugin
+    ) -> None:
         self.coro = coro
         self.first = first
+        self.engine = engine
+        self.loaded = loaded
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro, pending = self.coro, self.first
+        coro, pending, engine, loaded = self.coro, self.first, self.engine, self.loaded
         self.first = None
         while True:
             try:
@@ -260,31 +267,78 @@ class _Resume:
                 coro.close()
                 raise
             except BaseException as exc:  # delegate what the task throws in (cancellation)
+                engine.running = loaded
                 try:
                     pending = coro.throw(exc)
                 except StopIteration as stop:
                     return stop.value
+                finally:
+                    engine.running = None
             else:
+                engine.running = loaded
                 try:
                     pending = coro.send(sent)
                 except StopIteration as stop:
                     return stop.value
+                finally:
+                    engine.running = None
 
 
 class _PluginTimeout(Exception):
     """The plugin ran past its time budget."""
 
 
-async def _finish(coro: Coroutine[Any, Any, Any], first: Any, budget_s: float) -> Any:
-    """Finish a plugin call that suspended after its first step, within ``budget_s``."""
+async def _within(budget_s: float, awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable`` for at most ``budget_s``; running out raises :class:`_PluginTimeout`."""
     timeout = asyncio.timeout(budget_s)
     try:
         async with timeout:
-            return await _Resume(coro, first)
+            return await awaitable
     except TimeoutError:
         if timeout.expired():
             raise _PluginTimeout from None
         raise
+
+
+class _LoopBridge:
+    """A service (the store) as seen from a plugin thread: its calls run on the server's loop.
+
+    Async clients (aiosqlite, redis.asyncio) belong to the loop that made them; a
+    plugin running on its own loop in a worker thread reaches them through this.
+    """
+
+    __slots__ = ("_loop", "_target")
+
+    def __init__(self, target: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._target = target
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._target, name)
+        if not callable(method):
+            return method
+        loop = self._loop
+
+        async def bridged(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if not isinstance(result, Coroutine):
+                return result
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(result, loop))
+
+        return bridged
+
+
+_THREAD_LOOPS = threading.local()
+
+
+def _execute_on_thread_loop(instance: BasePlugin, ctx: PluginContext) -> Any:
+    """Run ``instance.execute(ctx)`` on this worker thread's own event loop."""
+    loop = getattr(_THREAD_LOOPS, "loop", None)
+    if loop is None:
+        loop = asyncio.new_event_loop()
+        _THREAD_LOOPS.loop = loop
+    returned = instance.execute(ctx)
+    return loop.run_until_complete(returned) if isinstance(returned, Awaitable) else returned
 
 
 async def _as_coroutine(returned: Any) -> Any:
@@ -315,10 +369,18 @@ class Engine:
     """
 
     def __init__(
-        self, state: PluginState | None = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        state: PluginState | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        plugin_threads: int = 4,
     ) -> None:
         self.state = state if state is not None else PluginState()
         self._clock = clock
+        self.running: LoadedPlugin | None = None
+        """The plugin whose code is on the event loop right now (read by the stall watchdog)."""
+        self._plugin_threads = plugin_threads
+        self._executor: ThreadPoolExecutor | None = None
         self._current: Generation | None = None
         self._numbers = 0
         self._reload_lock = asyncio.Lock()
@@ -394,6 +456,9 @@ class Engine:
             await asyncio.gather(*self._unloads, return_exceptions=True)
         await self._unload([s.loaded for s in generation.slots.values() if s.loaded.instance])
         self._current = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     async def _build(
         self, config: RingdConfig, previous: Generation | None
@@ -542,12 +607,19 @@ class Engine:
             generation.leave()
 
     async def execute_rings(
-        self, hooks: Iterable[PluginHook], ctx: PluginContext, *, deadline: float | None = None
+        self,
+        hooks: Iterable[PluginHook],
+        ctx: PluginContext,
+        *,
+        deadline: float | None = None,
+        on_ring: Callable[[RingOutcome], None] | None = None,
     ) -> list[RingOutcome]:
         """Run several rings in order on one context and one generation.
 
         The context flows from each ring into the next (final body and metadata);
         the run stops after the first ring that ends in BLOCK or CACHE_HIT.
+        ``on_ring`` is called with each ring's outcome as the ring ends, while the
+        shared context still holds that ring's state.
         """
         generation = self.generation
         generation.inflight += 1
@@ -556,6 +628,8 @@ class Engine:
             for hook in hooks:
                 ring_outcome = await self._run(generation, hook, ctx, deadline)
                 outcomes.append(ring_outcome)
+                if on_ring is not None:
+                    on_ring(ring_outcome)
                 if ring_outcome.ended:
                     break
             return outcomes
@@ -600,15 +674,22 @@ class Engine:
                 failure, error = Outcome.TIMEOUT, "no time left before the caller's deadline"
             else:
                 try:
-                    coro = instance.execute(ctx)
-                    if type(coro) is not CoroutineType:
-                        coro = _as_coroutine(coro)
-                    try:
-                        first = coro.send(None)
-                    except StopIteration as stop:
-                        response = stop.value  # finished without suspending: no timer needed
+                    if loaded.entry.run_in_thread:
+                        response = await self._call_in_thread(instance, ctx, budget)
                     else:
-                        response = await _finish(coro, first, budget - (perf() - started))
+                        coro = instance.execute(ctx)
+                        if type(coro) is not CoroutineType:
+                            coro = _as_coroutine(coro)
+                        self.running = loaded
+                        try:
+                            first = coro.send(None)
+                        except StopIteration as stop:
+                            response = stop.value  # finished without suspending: no timer needed
+                        else:
+                            remaining = budget - (perf() - started)
+                            response = await _within(remaining, _Resume(coro, first, self, loaded))
+                        finally:
+                            self.running = None
                 except _PluginTimeout:
                     failure, error = Outcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
                 except asyncio.CancelledError:
@@ -679,6 +760,36 @@ class Engine:
             decision=decision,
             decided_by=decided_by,
         )
+
+    async def _call_in_thread(self, instance: BasePlugin, ctx: PluginContext, budget_s: float) -> Any:
+        """Run a ``run_in_thread`` plugin on a worker thread's own loop, within ``budget_s``.
+
+        The plugin works on a copy of the context, copied back when it answers in
+        time, so a plugin still running after its timeout cannot change the ring.
+        """
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._plugin_threads, thread_name_prefix="ringd-plugin")
+        extra = {key: _LoopBridge(value, loop) for key, value in self.state.extra.items()}
+        state = PluginState(
+            config=self.state.config, cache=self.state.cache, metrics=self.state.metrics, extra=extra
+        )
+        private = PluginContext(
+            body=copy.deepcopy(ctx.body),
+            metadata=copy.deepcopy(ctx.metadata),
+            session_id=ctx.session_id,
+            state=state,
+            response=copy.deepcopy(ctx.response),
+            request=copy.deepcopy(ctx.request),
+            request_id=ctx.request_id,
+            error=ctx.error,
+            stop_chain=ctx.stop_chain,
+        )
+        call = loop.run_in_executor(self._executor, _execute_on_thread_loop, instance, private)
+        response = await _within(budget_s, call)
+        ctx.body, ctx.metadata, ctx.response = private.body, private.metadata, private.response
+        ctx.error, ctx.stop_chain = private.error, private.stop_chain
+        return response
 
     def _unavailable(self, loaded: LoadedPlugin) -> tuple[PluginResult, PluginResponse | None]:
         """A plugin that failed to load or whose circuit is open: 503 if fail-closed, else bypassed.

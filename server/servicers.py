@@ -110,16 +110,21 @@ class EngineServicer:
             ctx, json_form = convert.context_from_proto(request.context, self._limits)
             background = hooks[-1] is PluginHook.BACKGROUND
             foreground = hooks[:-1] if background else hooks
+            response = engine_pb.ExecuteRingsResponse()
+
+            def encode(ring_outcome: RingOutcome) -> None:
+                # Encoded as each ring ends: the context is shared and flows on.
+                self._encode(ring_outcome, json_form, response.outcomes.add())
+
             with self._tracer.ring_span(
                 f"{ENGINE_SERVICE}/ExecuteRings", context.invocation_metadata()
             ) as span:
                 wall_ns, perf = now_pair()
-                outcomes = await self._engine.execute_rings(foreground, ctx, deadline=self._deadline(context))
+                outcomes = await self._engine.execute_rings(
+                    foreground, ctx, deadline=self._deadline(context), on_ring=encode
+                )
                 for ring_outcome in outcomes:
                     self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
-            response = engine_pb.ExecuteRingsResponse()
-            for ring_outcome in outcomes:
-                self._encode(ring_outcome, json_form, response.outcomes.add())
             if background and not (outcomes and outcomes[-1].ended):
                 self._background.submit(ctx)
                 self._acknowledge(response.outcomes.add(), self._engine.generation)
