@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from ringd.sdk import PluginHook
@@ -297,3 +300,50 @@ def test_an_empty_file_is_a_config_with_no_plugins() -> None:
     config = parse_config("")
     assert config.plugins == ()
     assert parse_config("plugins:\n").plugins == ()
+
+
+def run_check_config(path) -> subprocess.CompletedProcess[str]:
+    ringd = Path(sys.executable).with_name("ringd")
+    command = [str(ringd), "check-config", str(path)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_rejects_a_bad_file_before_constructing_anything(ws) -> None:
+    sentinel = ws.root / "constructed.txt"
+    ws.plugin(
+        "side_effect.py",
+        f"""
+        from pathlib import Path
+        from ringd.sdk import BasePlugin
+
+        class SideEffect(BasePlugin):
+            def __init__(self, config=None):
+                super().__init__(config)
+                Path({str(sentinel)!r}).write_text("constructed")
+        """,
+    )
+    good = "  - {name: side, entrypoint: side_effect.py:SideEffect}\n"
+    bad_path = ws.write_config(
+        "plugins:\n" + good + "  - {name: limiter, entrypoint: x.py:X, timeout_ms: -1}\n"
+    )
+    result = run_check_config(bad_path)
+    assert result.returncode == 2
+    assert str(bad_path) in result.stderr
+    assert "plugins[1] ('limiter') field 'timeout_ms'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not sentinel.exists()
+
+    good_path = ws.write_config("plugins:\n" + good, "good.yaml")
+    result = run_check_config(good_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok, 1 plugins" in result.stdout
+    assert sentinel.exists(), "check-config loads the plugins of a valid file"
+
+
+def test_check_config_names_a_plugin_that_fails_to_load(ws) -> None:
+    ws.plugin("broken.py", "from ringd.sdk import BasePlugin\nclass Broken(BasePlugin)\n")
+    path = ws.write_config("plugins:\n  - {name: broken_one, entrypoint: broken.py:Broken}\n")
+    result = run_check_config(path)
+    assert result.returncode == 1
+    assert "broken_one" in result.stderr
+    assert "syntax error" in result.stderr
