@@ -255,7 +255,8 @@ def main() -> int:
         print("  " + extra_lines[-1], flush=True)
     if wanted("workers"):
         pii_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, chat_body(16 * 1024, pii=True))
-        pii_load = {**load, "requests": max(100, n // 4)}
+        # Many connections, so SO_REUSEPORT's per-connection hashing spreads them evenly.
+        pii_load = {"requests": max(100, n // 4), "clients": 16, "streams": 4}
         runs = {}
         for workers in (1, 2):
             with process(ringd_cmd(work / "pii.yaml", "--workers", str(workers)), cwd=work, env=base_env) as address:

@@ -28,6 +28,7 @@ from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer,
 from ringd.server.store import open_store
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
 from ringd.server.watchdog import StallWatchdog
+from ringd.server.workers import notify_siblings
 
 from ringd.v1 import admin_service_pb2, engine_service_pb2
 
@@ -99,7 +100,7 @@ class RingdServer:
             max_concurrent_rings=settings.max_concurrent_rings,
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
         )
-        admin_servicer = AdminServicer(self.engine, self.reload, settings.admin_token)
+        admin_servicer = AdminServicer(self.engine, self._admin_reload, settings.admin_token)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -193,6 +194,12 @@ class RingdServer:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    async def _admin_reload(self) -> Generation:
+        """A reload asked over the admin RPC; under --workers the sibling workers follow."""
+        generation = await self.reload()
+        notify_siblings()
+        return generation
 
     async def _reload_logged(self) -> None:
         try:
