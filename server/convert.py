@@ -360,7 +360,7 @@ def plugin_info_to_proto(slot: PluginSlot, status: str, target: admin_pb.PluginI
         target.author = str(instance.author)
         target.description = str(instance.description)
     target.entrypoint = entry.entrypoint
-    target.priority = entry.priority
+    target.priority = slot.entry.priority
     target.enabled = slot.enabled
     target.status = STATUS_TO_PROTO[status]
     target.load_error = loaded.load_error or ""

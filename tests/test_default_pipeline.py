@@ -1,0 +1,76 @@
+"""The built-in default pipeline end to end over gRPC, through `make demo`'s own script."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ringd_demo", ROOT / "scripts" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_default_pipeline_runs_every_ring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default config keeps its store and audit log in the cwd
+    results = await _demo().run_demo(tmp_path)
+
+    ingress, pre_flight, routing = results["pii"]["outcomes"]
+    assert [o.ring for o in (ingress, pre_flight, routing)] == ["ingress", "pre_flight", "routing"]
+    assert ingress.metadata["tenant"] == "demo"
+    forwarded = pre_flight.body["messages"][-1]["content"]
+    assert "jane.doe@example.com" not in forwarded
+    assert "[EMAIL_1]" in forwarded
+    assert "[CREDIT_CARD_1]" in forwarded
+    assert pre_flight.metadata["pii_counts"] == {"email": 1, "credit_card": 1}
+    # POST_FLIGHT put the client's own data back into the answer.
+    answer = results["pii"]["answer"]["choices"][0]["message"]["content"]
+    assert "jane.doe@example.com" in answer
+
+    cached = results["cached"]
+    assert cached["outcomes"][-1].action == "cache_hit"
+    assert cached["outcomes"][-1].ring == "pre_flight"
+    assert cached["answer"] == results["pii"]["answer"]
+
+    routed = results["routed"]["outcomes"][-1]
+    assert routed.ring == "routing"
+    assert routed.body["model"] == "gpt-4o"
+    assert routed.metadata["route_upstream"] == "openai"
+
+    assert results["trial_statuses"] == [200, 200, 200, 429]
+
+    usage = results["usage"]
+    assert usage["usage:trial:gpt-4o-mini:requests"] == 3
+    assert usage["usage:demo:gpt-4o:requests"] == 1
+    assert usage["usage:demo:gpt-4o:cost_micro_usd"] > 0
+    audit = (tmp_path / "ringd-audit.jsonl").read_text().splitlines()
+    assert len(audit) == 5  # one line per request that reached BACKGROUND
+    assert "jane.doe@example.com" not in "".join(audit)
+
+
+def test_ringd_serve_without_config_lists_the_default_pipeline(tmp_path: Path) -> None:
+    ringd = Path(sys.executable).with_name("ringd")
+    proc = subprocess.Popen(
+        [str(ringd), "serve", "--listen", "127.0.0.1:0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(7)]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    banner = "".join(lines)
+    assert "config builtin-default-1" in banner
+    assert "listening on 127.0.0.1:" in banner
+    assert "pre_flight  response_cache, prompt_guard, pii_redactor, max_tokens_clamp" in banner
+    assert "background  usage_accounting, audit_log" in banner
