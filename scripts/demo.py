@@ -14,7 +14,6 @@ import json
 import sqlite3
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +71,8 @@ async def gateway_request(
         summary["status"], summary["answer"] = 200, last.cached_response
         return summary
     forwarded = last.body or body
-    print(
-        f"  -> upstream gets model {forwarded.get('model')!r}: {json.dumps(forwarded['messages'][-1]['content'])[:90]}"
-    )
+    prompt = json.dumps(forwarded["messages"][-1]["content"])[:90]
+    print(f"  -> upstream gets model {forwarded.get('model')!r}: {prompt}")
     answer = fake_upstream(forwarded)
     post = await client.execute_ring("post_flight", forwarded, metadata=last.metadata, response=answer)
     print(describe(post))
@@ -126,7 +124,8 @@ async def run_demo(workdir: Path) -> dict[str, Any]:
                         "role": "user",
                         "content": "Prove step by step that the algorithm terminates, explain the trade-off "
                         "between memory and speed, and optimize it. Why? How? What if n is huge?\n"
-                        "```python\ndef f(n):\n    return f(n - 1) if n else 0\n```\n```python\nprint(f(3))\n```",
+                        "```python\ndef f(n):\n    return f(n - 1) if n else 0\n```\n"
+                        "```python\nprint(f(3))\n```",
                     }
                 ],
             }
@@ -144,11 +143,8 @@ async def run_demo(workdir: Path) -> dict[str, Any]:
                 )
                 statuses.append(summary["status"])
             results["trial_statuses"] = statuses
-        deadline = time.monotonic() + 5
-        while server.background.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
     finally:
-        await server.stop(5)
+        await server.stop(5)  # drains the background queue: usage is counted before we read it
     totals = usage_totals(workdir / "ringd.db")
     results["usage"] = totals
     print("\nusage totals in the store (BACKGROUND usage_accounting):")

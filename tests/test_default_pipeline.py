@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _demo() -> ModuleType:
     spec = importlib.util.spec_from_file_location("ringd_demo", ROOT / "scripts" / "demo.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
