@@ -54,8 +54,9 @@ bench-engine: $(STAMP) ## In-process cost of a ring (microseconds)
 bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server
 	$(BIN)/python bench/grpc_bench.py
 
-bench-smoke: $(STAMP) ## The benchmarks in a seconds-long smoke mode
+bench-smoke: $(STAMP) ## The benchmarks in a seconds-long smoke mode (so they cannot rot)
 	$(BIN)/python bench/engine_bench.py --smoke
+	$(BIN)/python bench/grpc_bench.py --smoke
 
 demo: $(STAMP) ## Start a server and send requests through all five rings
 	$(BIN)/python scripts/demo.py

@@ -37,10 +37,36 @@ PYTHON = sys.executable
 RINGD = [PYTHON, "-m", "ringd.server.cli"]
 ENGINE = "/ringd.v1.PluginEngineService/"
 
-_WORDS = (
-    "please summarise the quarterly report and list the three main risks for the board "
-    "with a short explanation of each and a recommendation on what to do next "
-).split()
+_WORDS = [
+    "please",
+    "summarise",
+    "the",
+    "quarterly",
+    "report",
+    "and",
+    "list",
+    "the",
+    "three",
+    "main",
+    "risks",
+    "for",
+    "the",
+    "board",
+    "with",
+    "a",
+    "short",
+    "explanation",
+    "of",
+    "each",
+    "and",
+    "a",
+    "recommendation",
+    "on",
+    "what",
+    "to",
+    "do",
+    "next",
+]
 _PII = (
     "Contact jane.doe@example.com or +44 20 7946 0958, card 4111 1111 1111 1111, "
     "IBAN GB82 WEST 1234 5698 7654 32, server 192.168.10.24, key sk-abcdefghijklmnopqrstuvwx. "
@@ -50,7 +76,12 @@ _PII = (
 def chat_body(size: int, *, pii: bool = False) -> dict[str, object]:
     """An OpenAI-style chat request of about ``size`` bytes of JSON."""
     messages = [{"role": "system", "content": "You are a helpful assistant for an enterprise team."}]
-    body: dict[str, object] = {"model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 512, "messages": messages}
+    body: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "temperature": 0.2,
+        "max_tokens": 512,
+        "messages": messages,
+    }
     turn = 0
     while len(json.dumps(body)) < size:
         words = " ".join(_WORDS[(turn + i) % len(_WORDS)] for i in range(60))
@@ -101,7 +132,13 @@ class BenchError(RuntimeError):
 def process(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start a server that prints `listening on ADDR`; yield ADDR; stop it."""
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         address = None
@@ -147,13 +184,17 @@ def h2load(address: str, method: str, payload: bytes, *, requests: int, clients:
             raise BenchError(f"h2load failed ({out.returncode}): {out.stderr[-1000:]}")
         # A gRPC error on a unary call is a trailers-only reply: grpc-status in the
         # response headers, which -v prints. A success carries it in trailers only.
-        bad = [line for line in out.stdout.splitlines() if "] grpc-status:" in line and not line.endswith(" 0")]
+        bad = [
+            line for line in out.stdout.splitlines() if "] grpc-status:" in line and not line.endswith(" 0")
+        ]
         answered = sum(1 for line in out.stdout.splitlines() if "] :status: 200" in line)
         summary = next(line for line in out.stdout.splitlines() if line.startswith("requests:"))
         succeeded = int(summary.split(" succeeded")[0].rsplit(" ", 1)[-1])
         if bad or answered != requests or succeeded != requests:
             sample = "; ".join(bad[:3])
-            raise BenchError(f"{method}: {succeeded}/{requests} succeeded, {len(bad)} non-OK gRPC statuses {sample}")
+            raise BenchError(
+                f"{method}: {succeeded}/{requests} succeeded, {len(bad)} non-OK gRPC statuses {sample}"
+            )
         finished = next(line for line in out.stdout.splitlines() if line.startswith("finished in"))
         rps = float(finished.split(",")[1].split()[0])
         latencies = sorted(int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line)
@@ -178,11 +219,23 @@ class Row:
 
 
 def ringd_cmd(config: Path, *extra: str) -> list[str]:
-    return [*RINGD, "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING", *extra]
+    return [
+        *RINGD,
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="a few hundred requests per case")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=4)
@@ -190,7 +243,10 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated case letters to run (a,b,c,d,e,rings,workers)")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
-        print("h2load not found: install Debian's nghttp2-client (apt-get install nghttp2-client)", file=sys.stderr)
+        print(
+            "h2load not found: install Debian's nghttp2-client (apt-get install nghttp2-client)",
+            file=sys.stderr,
+        )
         return 0 if os.environ.get("CI") != "true" else 1
     n = 300 if args.smoke else args.requests
     load = {"requests": n, "clients": args.clients, "streams": args.streams}
@@ -207,20 +263,30 @@ def main() -> int:
     rows: list[Row] = []
     extra_lines: list[str] = []
 
-    def compare(case: str, payload: bytes, method: str, cmd: list[str], target: float | None, env=None) -> Row:
+    def compare(
+        case: str, payload: bytes, method: str, cmd: list[str], target: float | None, env=None
+    ) -> Row:
         with process([PYTHON, str(HERE / "echo_server.py")], cwd=work, env=base_env) as echo_address:
             echo = h2load(echo_address, method, payload, **load)
         with process(cmd, cwd=work, env=env or base_env) as address:
             ringd = h2load(address, method, payload, **load)
         row = Row(case, echo, ringd, target)
         rows.append(row)
-        print(f"  {case}: echo {echo.rps:,.0f}/s, ringd {ringd.rps:,.0f}/s, ratio {row.ratio:.2f}", flush=True)
+        print(
+            f"  {case}: echo {echo.rps:,.0f}/s, ringd {ringd.rps:,.0f}/s, ratio {row.ratio:.2f}", flush=True
+        )
         return row
 
     passthrough = work / "passthrough.yaml"
     json_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body)
     if wanted("a"):
-        compare("a. PRE_FLIGHT, 5 passthrough, 2 KB body_json", json_request, "ExecuteRing", ringd_cmd(passthrough), 0.85)
+        compare(
+            "a. PRE_FLIGHT, 5 passthrough, 2 KB body_json",
+            json_request,
+            "ExecuteRing",
+            ringd_cmd(passthrough),
+            0.85,
+        )
     if wanted("b"):
         struct_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body, struct_form=True)
         compare("b. same, body as Struct", struct_request, "ExecuteRing", ringd_cmd(passthrough), 0.6)
@@ -234,13 +300,26 @@ def main() -> int:
                 "OTEL_TRACES_SAMPLER": "always_on",
                 "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
             }
-            compare("c. case a, tracing on, all sampled, batch OTLP export", json_request, "ExecuteRing", ringd_cmd(passthrough), 0.7, env)
+            compare(
+                "c. case a, tracing on, all sampled, batch OTLP export",
+                json_request,
+                "ExecuteRing",
+                ringd_cmd(passthrough),
+                0.7,
+                env,
+            )
     if wanted("d"):
         bg_request = ring_request(pb.PLUGIN_HOOK_BACKGROUND, body)
         compare("d. BACKGROUND acknowledgement", bg_request, "ExecuteRing", ringd_cmd(passthrough), 0.9)
     if wanted("e"):
         default_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body)
-        compare("e. default config PRE_FLIGHT (built-in plugins)", default_request, "ExecuteRing", [*RINGD, "serve", "--listen", "127.0.0.1:0", "--log-level", "WARNING"], None)
+        compare(
+            "e. default config PRE_FLIGHT (built-in plugins)",
+            default_request,
+            "ExecuteRing",
+            [*RINGD, "serve", "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+            None,
+        )
     if wanted("rings"):
         hooks = [pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT, pb.PLUGIN_HOOK_ROUTING]
         with process(ringd_cmd(passthrough), cwd=work, env=base_env) as address:
@@ -259,7 +338,9 @@ def main() -> int:
         pii_load = {"requests": max(100, n // 4), "clients": 16, "streams": 4}
         runs = {}
         for workers in (1, 2):
-            with process(ringd_cmd(work / "pii.yaml", "--workers", str(workers)), cwd=work, env=base_env) as address:
+            with process(
+                ringd_cmd(work / "pii.yaml", "--workers", str(workers)), cwd=work, env=base_env
+            ) as address:
                 runs[workers] = h2load(address, "ExecuteRing", pii_request, **pii_load)
         ratio = runs[2].rps / runs[1].rps
         extra_lines.append(

@@ -13,7 +13,7 @@ class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.spans = 0
 
-    async def Export(self, request, context):  # noqa: N802 - gRPC method name
+    async def Export(self, request, context):
         for resource in request.resource_spans:
             for scope in resource.scope_spans:
                 self.spans += len(scope.spans)
