@@ -78,9 +78,7 @@ class PluginResponse:
                 self.status_code = 403
         elif action is PluginAction.MODIFY:
             if not isinstance(self.body, dict):
-                raise PluginResponseError(
-                    f"MODIFY needs body to be a dict, got {type(self.body).__name__}"
-                )
+                raise PluginResponseError(f"MODIFY needs body to be a dict, got {type(self.body).__name__}")
         elif action is PluginAction.CACHE_HIT and not isinstance(self.response, dict):
             raise PluginResponseError(
                 f"CACHE_HIT needs response to be a dict, got {type(self.response).__name__}"
@@ -111,9 +109,7 @@ class PluginResponse:
 
         A ``status_code`` below 400 (or above 599) becomes 403 with a warning.
         """
-        return cls(
-            PluginAction.BLOCK, status_code=status_code, error_type=error_type, message=message
-        )
+        return cls(PluginAction.BLOCK, status_code=status_code, error_type=error_type, message=message)
 
     @classmethod
     def cache_hit(cls, response: dict[str, Any] | None = None, message: str | None = None) -> PluginResponse:
