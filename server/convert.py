@@ -185,8 +185,25 @@ def context_from_proto(
 
 # ---------------------------------------------------------------- SDK -> proto
 
+STRUCT_DEPTH_LIMIT = 32
+"""How deep a Struct-form value of an answer may nest (objects and arrays alike, the
+metadata map counting as the first level, as on the way in). Protobuf decoders refuse
+messages nested deeper than 100 levels, which a Struct reaches at about 33 JSON levels:
+deeper, the caller could not decode the answer at all."""
 
-def _set_value(target: struct_pb2.Value, value: Any, where: str) -> None:
+
+def _text(value: Any, where: str) -> str:
+    """A text field of the answer: must be a str; lone surrogates are escaped (the wire is UTF-8)."""
+    if not isinstance(value, str):
+        raise EncodeError(f"{where} is a {type(value).__name__}, expected a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
+def _set_value(target: struct_pb2.Value, value: Any, where: str, depth: int) -> None:
     if value is None:
         target.null_value = struct_pb2.NULL_VALUE
     elif isinstance(value, bool):
@@ -202,23 +219,33 @@ def _set_value(target: struct_pb2.Value, value: Any, where: str) -> None:
         except ValueError:
             raise EncodeError(f"{where} is a string that is not valid Unicode") from None
     elif isinstance(value, dict):
-        _fill_struct(target.struct_value, value, where)
+        _fill_struct(target.struct_value, value, where, depth + 1)
     elif isinstance(value, list | tuple):
+        if depth + 1 > STRUCT_DEPTH_LIMIT:
+            raise EncodeError(
+                f"{where} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)"
+            )
         values = target.list_value.values
         target.list_value.SetInParent()
         for index, item in enumerate(value):
-            _set_value(values.add(), item, f"{where}[{index}]")
+            _set_value(values.add(), item, f"{where}[{index}]", depth + 1)
     else:
         raise EncodeError(f"{where} is a {type(value).__name__}, which JSON cannot carry")
 
 
-def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: str) -> None:
+def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: str, depth: int) -> None:
+    if depth > STRUCT_DEPTH_LIMIT:
+        raise EncodeError(f"{where} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)")
     target.SetInParent()
     fields = target.fields
     for key, item in data.items():
         if not isinstance(key, str):
             raise EncodeError(f"{where} has a key {key!r} that is not a string")
-        _set_value(fields[key], item, f"{where}[{key!r}]")
+        try:
+            field = fields[key]
+        except ValueError:
+            raise EncodeError(f"{where} has a key {key!r} that is not valid Unicode") from None
+        _set_value(field, item, f"{where}[{key!r}]", depth)
 
 
 def _to_json(data: Any, where: str) -> bytes:
@@ -231,48 +258,80 @@ def _to_json(data: Any, where: str) -> bytes:
 
 def _set_object(message: Any, prefix: str, data: dict[str, Any], json_form: bool, where: str) -> None:
     """Set the ``<prefix>_json`` or ``<prefix>_struct`` member of a oneof."""
+    if not isinstance(data, dict):
+        raise EncodeError(f"{where} is a {type(data).__name__}, expected an object")
     if json_form:
         setattr(message, f"{prefix}_json", _to_json(data, where))
     else:
-        if not isinstance(data, dict):
-            raise EncodeError(f"{where} is a {type(data).__name__}, expected an object")
-        try:
-            _fill_struct(getattr(message, f"{prefix}_struct"), data, where)
-        except RecursionError:
-            raise EncodeError(f"{where} is nested too deeply (or refers to itself)") from None
+        _fill_struct(getattr(message, f"{prefix}_struct"), data, where, 1)
+
+
+def _action_to_proto(action: Any, where: str) -> pb.PluginAction.ValueType:
+    number = ACTION_TO_PROTO.get(action)
+    if number is None:
+        raise EncodeError(f"{where} is {action!r}, not a PluginAction")
+    return number
 
 
 def plugin_response_to_proto(response: PluginResponse, target: pb.PluginResponse, json_form: bool) -> None:
-    """Fill ``target`` from an SDK response."""
-    target.action = ACTION_TO_PROTO[response.action]
+    """Fill ``target`` from an SDK response.
+
+    Raises:
+        EncodeError: a field holds what the contract does not allow (a plugin changed
+            the response after building it); the message names the field.
+    """
+    target.action = _action_to_proto(response.action, "decision.action")
     if response.body is not None:
         _set_object(target, "body", response.body, json_form, "decision.body")
     if response.response is not None:
         _set_object(target, "response", response.response, json_form, "decision.response")
-    if response.status_code is not None:
-        target.status_code = response.status_code
+    status_code: Any = response.status_code
+    if status_code is not None:
+        if not isinstance(status_code, int) or isinstance(status_code, bool) or not 0 <= status_code < 1000:
+            raise EncodeError(f"decision.status_code is {status_code!r}, not an HTTP status")
+        target.status_code = status_code
     if response.error_type:
-        target.error_type = response.error_type
+        target.error_type = _text(response.error_type, "decision.error_type")
     if response.message:
-        target.message = response.message
+        target.message = _text(response.message, "decision.message")
 
 
-def _result_to_proto(result: PluginResult, target: pb.PluginResult) -> None:
-    target.plugin = result.plugin
-    target.version = result.version
+def _result_to_proto(result: PluginResult, target: pb.PluginResult, *, strict: bool = True) -> None:
+    """Fill one plugin's result; ``strict=False`` leaves out a bad action or message instead."""
     target.outcome = OUTCOME_TO_PROTO[result.outcome]
-    if result.action is not None:
-        target.action = ACTION_TO_PROTO[result.action]
     if result.latency_ms:
         nanos = int(result.latency_ms * 1e6)
         if nanos < 1_000_000_000:
             target.latency.nanos = nanos
         else:
             target.latency.seconds, target.latency.nanos = divmod(nanos, 1_000_000_000)
+    try:
+        target.plugin = result.plugin
+        target.version = result.version
+        if result.action is not None:
+            target.action = ACTION_TO_PROTO[result.action]
+        if result.error:
+            target.error = result.error
+        if result.message:
+            target.message = result.message
+    except (KeyError, TypeError, ValueError):  # a field the wire refuses: find it, name it
+        _checked_result_text(result, target, strict)
+
+
+def _checked_result_text(result: PluginResult, target: pb.PluginResult, strict: bool) -> None:
+    where = f"results[{result.plugin!r}]"
+    target.plugin = _text(result.plugin, f"{where}.plugin")
+    target.version = _text(result.version, f"{where}.version")
+    if result.action is not None:
+        action = ACTION_TO_PROTO.get(result.action)
+        if action is not None:
+            target.action = action
+        elif strict:
+            raise EncodeError(f"{where}.action is {result.action!r}, not a PluginAction")
     if result.error:
-        target.error = result.error
-    if result.message:
-        target.message = result.message
+        target.error = _text(result.error, f"{where}.error")
+    if result.message and (strict or isinstance(result.message, str)):
+        target.message = _text(result.message, f"{where}.message")
 
 
 def ring_outcome_to_proto(
@@ -284,8 +343,12 @@ def ring_outcome_to_proto(
         EncodeError: the final context holds something the wire cannot carry.
     """
     ctx = ring_outcome.context
+    if not isinstance(ctx.body, dict):
+        raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
+    if not isinstance(ctx.metadata, dict):
+        raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
     target.ring = HOOK_TO_PROTO[ring_outcome.hook]
-    target.action = ACTION_TO_PROTO[ring_outcome.action]
+    target.action = _action_to_proto(ring_outcome.action, "the action a plugin returned")
     target.config_version = ring_outcome.config_version
     target.generation = ring_outcome.generation
     for result in ring_outcome.results:
@@ -302,9 +365,9 @@ def ring_outcome_to_proto(
         target.decided_by = decided_by or ""
         if decision.action is PluginAction.BLOCK:
             block = target.block
-            block.status_code = decision.status_code or 403
-            block.error_type = decision.error_type or ""
-            block.message = decision.message or ""
+            block.status_code = target.decision.status_code or 403
+            block.error_type = target.decision.error_type
+            block.message = target.decision.message
         elif decision.action is PluginAction.CACHE_HIT and decision.response is not None:
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
     _set_object(target, "body", ctx.body, json_form, "body")
@@ -314,7 +377,11 @@ def ring_outcome_to_proto(
     for key, value in ctx.metadata.items():
         if not isinstance(key, str):
             raise EncodeError(f"metadata has a key {key!r} that is not a string")
-        _set_value(metadata[key], value, f"metadata[{key!r}]")
+        try:
+            field = metadata[key]
+        except ValueError:
+            raise EncodeError(f"metadata has a key {key!r} that is not valid Unicode") from None
+        _set_value(field, value, f"metadata[{key!r}]", 1)
 
 
 def unencodable_outcome_to_proto(
@@ -327,7 +394,7 @@ def unencodable_outcome_to_proto(
     target.config_version = ring_outcome.config_version
     target.generation = ring_outcome.generation
     for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add())
+        _result_to_proto(result, target.results.add(), strict=False)
     message = f"a plugin left a value the wire cannot carry: {problem}"
     target.block.status_code = 500
     target.block.error_type = "plugin_error"

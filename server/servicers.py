@@ -114,7 +114,10 @@ class EngineServicer:
 
             def encode(ring_outcome: RingOutcome) -> None:
                 # Encoded as each ring ends: the context is shared and flows on.
-                self._encode(ring_outcome, json_form, response.outcomes.add())
+                if not self._encode(ring_outcome, json_form, response.outcomes.add()):
+                    # Answered as a 500 block: the run stops here, as after any block
+                    # (the engine checks `ended` after this call), and no background ring.
+                    ring_outcome.action = PluginAction.BLOCK
 
             with self._tracer.ring_span(
                 f"{ENGINE_SERVICE}/ExecuteRings", context.invocation_metadata()
@@ -148,11 +151,14 @@ class EngineServicer:
         response.generation = generation.number
 
     @staticmethod
-    def _encode(ring_outcome: RingOutcome, json_form: bool, response: engine_pb.ExecuteRingResponse) -> None:
+    def _encode(ring_outcome: RingOutcome, json_form: bool, response: engine_pb.ExecuteRingResponse) -> bool:
+        """Encode the outcome; False when it could not be, and a 500 block answers instead."""
         try:
             convert.ring_outcome_to_proto(ring_outcome, json_form, response)
         except convert.EncodeError as problem:
             convert.unencodable_outcome_to_proto(ring_outcome, problem, response)
+            return False
+        return True
 
 
 class AdminServicer(admin_grpc.PluginAdminServiceServicer):
