@@ -139,6 +139,11 @@ class ConfigReader:
         return dict(value)
 
 
+def key_part(value: str) -> str:
+    """``value`` safe as one ``:``-separated part of a store key (``%`` and ``:`` escaped)."""
+    return value.replace("%", "%25").replace(":", "%3A")
+
+
 def require_store(ctx: PluginContext, plugin: str) -> Store:
     """The store in ``ctx.state.extra["store"]``.
 

@@ -21,7 +21,8 @@ Kinds, in precedence order (when two matches overlap, the earlier kind wins):
     parentheses, or digit groups separated by spaces, dots or dashes. Dates and
     bare digit runs are not phone numbers.
 
-All patterns are compiled once, at import. Detection is ASCII-only: digits are
+All patterns are compiled once, at import. Apart from email addresses (which may
+be internationalised, ``jürgen@müller.de``), detection is ASCII-only: digits are
 0-9, and letters outside ASCII never belong to a finding.
 """
 
@@ -150,16 +151,14 @@ def _assignment_ok(value: str) -> bool:
 #   (cards, phones, IPv4), capital-capital-digit-digit (IBAN), two colons close
 #   together (IPv6).
 #
-# All patterns are ASCII-only (``re.ASCII``): ``\d`` is 0-9 and ``\w`` an ASCII
-# word character.
+# The patterns are ASCII-only (``re.ASCII``: ``\d`` is 0-9 and ``\w`` an ASCII word
+# character), except the email domain, which allows internationalised names.
 
 _A = re.ASCII
 
-_PEM = re.compile(
-    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
-    r"(?:[^\x00]*?-----END[A-Z0-9 ]*PRIVATE KEY-----|[A-Za-z0-9+/=\s]*)",
-    _A,
-)
+_PEM_HEAD = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----", _A)
+_PEM_TAIL = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY-----", _A)
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=\s]*", _A)  # a block without its END line
 _TAIL_BOUNDARY = r"(?![\w-])"
 # (literal anchor, pattern matched at the anchor); the anchor must not follow [\w-].
 _TOKENS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -217,10 +216,11 @@ _CLASS_MAP = str.maketrans(
         for code in range(128)
     }
 )
-_DIGIT_CLUSTER = re.compile("1[12]*")
+_DIGIT_CLUSTER = re.compile("1(?:2*1){3}[12]*")  # runs with 4+ digits; fewer cannot match
 _SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
 _IBAN_START = re.compile("3311")
 _IPV6_HINT = re.compile("4[013]{0,4}4")
+_IPV6_WINDOW = 256
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _TOKEN_BEFORE = _WORD | {"-"}
 
@@ -238,22 +238,32 @@ def _after(text: str, index: int, forbidden: frozenset[str]) -> bool:
 
 
 class _Spans:
-    """Accepted findings, sorted and non-overlapping; earlier additions win overlaps."""
+    """Accepted findings, never overlapping; earlier additions win overlaps.
 
-    __slots__ = ("found", "starts")
+    A byte per character marks what is taken, so checking and marking a span
+    costs its length whatever the number of findings (a 1 MB text can hold
+    tens of thousands).
+    """
 
-    def __init__(self) -> None:
-        self.starts: list[int] = []
+    __slots__ = ("found", "taken")
+
+    def __init__(self, size: int) -> None:
+        self.taken = bytearray(size)
         self.found: list[Finding] = []
 
     def add(self, kind: str, start: int, end: int, text: str) -> None:
-        index = bisect_right(self.starts, start)
-        if index and self.found[index - 1].end > start:
+        if end <= start or self.taken.find(1, start, end) != -1:
             return
-        if index < len(self.found) and self.found[index].start < end:
-            return
-        self.starts.insert(index, start)
-        self.found.insert(index, Finding(kind, start, end, text[start:end]))
+        self.taken[start:end] = b"\x01" * (end - start)
+        self.found.append(Finding(kind, start, end, text[start:end]))
+
+    def in_order(self) -> list[Finding]:
+        """The findings ordered by position."""
+        return sorted(self.found, key=_start)
+
+
+def _start(finding: Finding) -> int:
+    return finding.start
 
 
 class Detector:
@@ -281,13 +291,13 @@ class Detector:
             return []
         # One character per character: non-ASCII ones become "?", so offsets still agree.
         plain = text if text.isascii() else text.encode("ascii", "replace").decode("ascii")
-        spans = _Spans()
+        spans = _Spans(len(text))
         if "secret" in wanted:
             _secrets(text, plain, spans)
         if "email" in wanted and "@" in plain:
             _emails(text, plain, spans)
         if wanted.isdisjoint(("credit_card", "iban", "ip_address", "phone")):
-            return spans.found
+            return spans.in_order()
         classes = plain.translate(_CLASS_MAP)
         clusters = _digit_clusters(classes) if not wanted.isdisjoint(_DIGIT_KINDS) else []
         if "credit_card" in wanted:
@@ -316,7 +326,7 @@ class Detector:
                     for match in _PHONE.finditer(plain, start, end):
                         if _phone_ok(match.group()):
                             spans.add("phone", match.start(), match.end(), text)
-        return spans.found
+        return spans.in_order()
 
     def find_all(self, texts: Sequence[str]) -> list[list[Finding]]:
         """The findings of each of ``texts``, like :meth:`find` on each, in one pass.
@@ -386,8 +396,6 @@ def _digit_clusters(classes: str) -> list[tuple[int, int, int]]:
         start, end = run.span()
         end = classes.rfind("1", start, end) + 1
         digits = classes.count("1", start, end)
-        if digits < 4:
-            continue
         first = start
         while start > 0 and first - start < 2 and classes[start - 1] == "2":
             start -= 1
@@ -396,28 +404,58 @@ def _digit_clusters(classes: str) -> list[tuple[int, int, int]]:
 
 
 def _secrets(text: str, plain: str, spans: _Spans) -> None:
-    for index in _occurrences(plain, "-----BEGIN"):
-        match = _PEM.match(plain, index)
-        if match:
-            spans.add("secret", index, match.end(), text)
+    # Each loop resumes after the text its last match covered, even a rejected one:
+    # a value can be long and hold more anchors, and rescanning it per anchor would
+    # make adversarial input quadratic.
+    _private_keys(text, plain, spans)
     for anchor, pattern in _TOKENS:
+        resume = 0
         for index in _occurrences(plain, anchor):
-            if _after(plain, index, _TOKEN_BEFORE):
+            if index >= resume and _after(plain, index, _TOKEN_BEFORE):
                 match = pattern.match(plain, index)
                 if match:
                     spans.add("secret", index, match.end(), text)
+                    resume = match.end()
     lowered = plain.lower()  # ASCII: same length, same offsets
+    resume = 0
     for index in _occurrences(lowered, "bearer"):
-        if _after(plain, index, _WORD):
+        if index >= resume and _after(plain, index, _WORD):
             match = _BEARER.match(plain, index)
             if match:
                 spans.add("secret", match.start(1), match.end(1), text)
+                resume = match.end()
     for name in _ASSIGNMENT_NAMES:
+        resume = 0
         for index in _occurrences(lowered, name):
-            if _after(plain, index, _WORD):
+            if index >= resume and _after(plain, index, _WORD):
                 match = _ASSIGNMENT.match(plain, index)
-                if match and _assignment_ok(match.group(1)):
-                    spans.add("secret", match.start(1), match.end(1), text)
+                if match:
+                    resume = match.end()
+                    if _assignment_ok(match.group(1)):
+                        spans.add("secret", match.start(1), match.end(1), text)
+
+
+def _private_keys(text: str, plain: str, spans: _Spans) -> None:
+    """PEM private key blocks: to their END line, or over the base64 that follows."""
+    resume = 0
+    end_line = -2  # where the next "-----END" is (-1: there is none), found once per stretch
+    for index in _occurrences(plain, "-----BEGIN"):
+        if index < resume:
+            continue
+        head = _PEM_HEAD.match(plain, index)
+        if head is None:
+            continue
+        if end_line != -1 and end_line < head.end():
+            end_line = plain.find("-----END", head.end())
+        end = -1
+        if end_line != -1 and plain.find(_SEPARATOR, head.end(), end_line) == -1:
+            tail = _PEM_TAIL.match(plain, end_line)
+            end = tail.end() if tail else -1
+        if end == -1:
+            body = _PEM_BODY.match(plain, head.end())
+            end = body.end() if body else head.end()
+        spans.add("secret", index, end, text)
+        resume = end
 
 
 def _local_char(char: str) -> bool:
@@ -448,12 +486,15 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
         colon = hint.start()
         if colon < searched_to:
             continue
-        # An address is at most 39 characters and has at most 4 before its first colon.
-        window_end = min(size, colon + 48)
+        # An address is at most 39 characters and has at most 4 before its first colon,
+        # so a window that finds none also rules out addresses starting up to 44
+        # characters before its end.
+        window_end = min(size, colon + _IPV6_WINDOW)
         match = _IPV6.search(plain, max(0, colon - 5), window_end)
-        searched_to = colon + 1
         if match is None:
+            searched_to = window_end - 44
             continue
+        searched_to = colon + 1
         end = match.end()
         searched_to = max(searched_to, end)
         if end < size and (plain[end] in _WORD or plain[end] == ":"):

@@ -10,7 +10,8 @@ counts are given back, so refused requests do not use up the window.
 
 The caller is metadata ``tenant`` (``scope: tenant``) or metadata
 ``api_key_id`` (``scope: api_key``), as ``api_key_auth`` writes them; requests
-without one share the bucket ``_anonymous``.
+without one share the bucket ``_anonymous``. In store keys, ``%`` and ``:`` in
+the caller are percent-encoded.
 
 Store keys (integers with a TTL of ``window_s``):
     ``rate_limiter:<scope>:<caller>:<window index>:requests``
@@ -40,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from ringd.plugins._common import ConfigReader, estimate_prompt_tokens, require_store
+from ringd.plugins._common import ConfigReader, estimate_prompt_tokens, key_part, require_store
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
 _ANONYMOUS = "_anonymous"
@@ -95,7 +96,7 @@ class RateLimiter(BasePlugin):
         now = self._clock()
         window = math.floor(now / self.window_s)
         reset_s = (window + 1) * self.window_s - now
-        prefix = f"rate_limiter:{self.scope}:{caller.replace(':', '%3A')}:{window}"
+        prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
 
         requests = tokens = 0
         cost = 0

@@ -43,6 +43,7 @@ from ringd.plugins._common import (
     estimate_prompt_tokens,
     glob_match,
     iter_response_texts,
+    key_part,
     require_store,
     tokens_for_chars,
 )
@@ -62,11 +63,6 @@ class Price:
         return round(
             prompt_tokens * self.prompt_per_1k * 1000 + completion_tokens * self.completion_per_1k * 1000
         )
-
-
-def key_part(value: str) -> str:
-    """``value`` safe as one ``:``-separated part of a store key."""
-    return value.replace("%", "%25").replace(":", "%3A")
 
 
 class UsageAccounting(BasePlugin):

@@ -220,6 +220,26 @@ async def test_huge_body(make_ctx, chat) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "-----BEGIN RSA PRIVATE KEY-----" * 32_000,
+        "password=" * 110_000,
+        "1 " * 500_000,
+        ":" * 1_000_000,
+        "a@" * 500_000,
+        "x@" + "a." * 500_000,
+        "eyJaaaaaaaaaa." * 70_000,
+    ],
+    ids=["pem-heads", "assignments", "digits", "colons", "ats", "labels", "jwt-ish"],
+)
+def test_adversarial_megabyte_stays_linear(text: str) -> None:
+    started = time.perf_counter()
+    Detector().find(text)
+    # Linear scans take well under a second; a quadratic one would take hours.
+    assert time.perf_counter() - started < 5.0
+
+
+@pytest.mark.parametrize(
     ("config", "key"),
     [
         ({"mode": "redact"}, "mode"),
