@@ -179,14 +179,20 @@ class RingdServer:
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
 
-    async def serve_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT (then drain and stop); SIGHUP reloads the config."""
+    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT (then drain and stop); SIGHUP reloads the config.
+
+        ``on_ready`` runs once the signal handlers are in place, so whoever it tells
+        the server is up may signal it at once.
+        """
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         self._stopping = stopping
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged()))
+        if on_ready is not None:
+            on_ready()
         try:
             await stopping.wait()
             _log.info("shutting down: draining for up to %.1f s", self.settings.grace_s)

@@ -171,8 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
             admin_listen=args.admin_listen,
             tracing_from_env=True,
         )
-        _announce(server)
-        await server.serve_forever()
+        await server.serve_forever(on_ready=lambda: _announce(server))
 
     _install_event_loop()
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -210,26 +210,81 @@ def _call_metadata(admin_token: str | None) -> tuple[tuple[str, str | bytes], ..
     return tuple(pairs)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One RPC as both clients make it: which stub method, with what, and how to read the reply."""
+
+    service: str  # "engine" or "admin"
+    method: str
+    request: Any
+    metadata: tuple[tuple[str, str | bytes], ...]
+    timeout: float | None
+    parse: Callable[[Any], Any]
+
+
 class _Base:
+    """What the two clients share: building each call, and reading each reply."""
+
     def __init__(self, admin_token: str | None, timeout: float | None) -> None:
         self._admin_token = admin_token
         self._timeout = timeout
 
-    def _ring_request(
-        self, ring: str | int, body: Mapping[str, Any] | None, kwargs: dict[str, Any]
-    ) -> engine_pb.ExecuteRingRequest:
-        return engine_pb.ExecuteRingRequest(ring=ring_number(ring), context=build_context(body, **kwargs))
-
-    def _rings_request(
-        self, rings: Sequence[str | int], body: Mapping[str, Any] | None, kwargs: dict[str, Any]
-    ) -> engine_pb.ExecuteRingsRequest:
-        return engine_pb.ExecuteRingsRequest(
-            rings=[ring_number(r) for r in rings], context=build_context(body, **kwargs)
+    def _execute_ring(
+        self, ring: str | int, body: Mapping[str, Any] | None, timeout: float | None, context: dict[str, Any]
+    ) -> _Call:
+        request = engine_pb.ExecuteRingRequest(ring=ring_number(ring), context=build_context(body, **context))
+        return _Call(
+            "engine",
+            "ExecuteRing",
+            request,
+            _call_metadata(None),
+            timeout or self._timeout,
+            parse_ring_response,
         )
+
+    def _execute_rings(
+        self,
+        rings: Sequence[str | int],
+        body: Mapping[str, Any] | None,
+        timeout: float | None,
+        context: dict[str, Any],
+    ) -> _Call:
+        request = engine_pb.ExecuteRingsRequest(
+            rings=[ring_number(r) for r in rings], context=build_context(body, **context)
+        )
+        return _Call(
+            "engine",
+            "ExecuteRings",
+            request,
+            _call_metadata(None),
+            timeout or self._timeout,
+            lambda reply: [parse_ring_response(outcome) for outcome in reply.outcomes],
+        )
+
+    def _admin(self, method: str, request: Any, parse: Callable[[Any], Any]) -> _Call:
+        return _Call("admin", method, request, _call_metadata(self._admin_token), self._timeout, parse)
+
+    def _list_plugins(self, ring: str | None) -> _Call:
+        request = admin_pb.ListPluginsRequest(ring=ring_number(ring or 0))
+        return self._admin("ListPlugins", request, lambda reply: [_plugin_info(i) for i in reply.plugins])
+
+    def _reload(self) -> _Call:
+        return self._admin(
+            "ReloadConfig",
+            admin_pb.ReloadConfigRequest(),
+            lambda reply: {"config_version": reply.config_version, "generation": reply.generation},
+        )
+
+    def _set_plugin_enabled(self, name: str, enabled: bool) -> _Call:
+        request = admin_pb.SetPluginEnabledRequest(name=name, enabled=enabled)
+        return self._admin("SetPluginEnabled", request, lambda reply: _plugin_info(reply.plugin))
 
 
 class AsyncClient(_Base):
-    """asyncio client (grpc.aio). Use ``async with AsyncClient(target) as client``."""
+    """asyncio client (grpc.aio). Use ``async with AsyncClient(target) as client``.
+
+    ``timeout`` is the default deadline of each call in seconds.
+    """
 
     def __init__(
         self,
@@ -244,8 +299,10 @@ class AsyncClient(_Base):
             self._channel = grpc.aio.secure_channel(target, credentials)
         else:
             self._channel = grpc.aio.insecure_channel(target)
-        self._engine = engine_grpc.PluginEngineServiceStub(self._channel)
-        self._admin = admin_grpc.PluginAdminServiceStub(self._channel)
+        self._stubs = {
+            "engine": engine_grpc.PluginEngineServiceStub(self._channel),
+            "admin": admin_grpc.PluginAdminServiceStub(self._channel),
+        }
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -256,6 +313,10 @@ class AsyncClient(_Base):
     async def close(self) -> None:
         await self._channel.close()
 
+    async def _run(self, call: _Call) -> Any:
+        method = getattr(self._stubs[call.service], call.method)
+        return call.parse(await method(call.request, timeout=call.timeout, metadata=call.metadata))
+
     async def execute_ring(
         self,
         ring: str | int,
@@ -265,11 +326,8 @@ class AsyncClient(_Base):
         **context: Any,
     ) -> RingResult:
         """Run one ring; ``context`` takes ``metadata``, ``response``, ``headers``, ``request_id``, ...."""
-        request = self._ring_request(ring, body, context)
-        reply = await self._engine.ExecuteRing(
-            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
-        )
-        return parse_ring_response(reply)
+        result: RingResult = await self._run(self._execute_ring(ring, body, timeout, context))
+        return result
 
     async def execute_rings(
         self,
@@ -280,38 +338,27 @@ class AsyncClient(_Base):
         **context: Any,
     ) -> list[RingResult]:
         """Run several rings in one call, stopping at the first block or cache hit."""
-        request = self._rings_request(rings, body, context)
-        reply = await self._engine.ExecuteRings(
-            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
-        )
-        return [parse_ring_response(outcome) for outcome in reply.outcomes]
+        results: list[RingResult] = await self._run(self._execute_rings(rings, body, timeout, context))
+        return results
 
     async def list_plugins(self, ring: str | None = None) -> list[dict[str, Any]]:
-        request = admin_pb.ListPluginsRequest(ring=ring_number(ring or 0))
-        reply = await self._admin.ListPlugins(
-            request, timeout=self._timeout, metadata=_call_metadata(self._admin_token)
-        )
-        return [_plugin_info(info) for info in reply.plugins]
+        """The plugins of each ring (or of ``ring``) with status, version and stats."""
+        plugins: list[dict[str, Any]] = await self._run(self._list_plugins(ring))
+        return plugins
 
     async def reload(self) -> dict[str, Any]:
-        reply = await self._admin.ReloadConfig(
-            admin_pb.ReloadConfigRequest(),
-            timeout=self._timeout,
-            metadata=_call_metadata(self._admin_token),
-        )
-        return {"config_version": reply.config_version, "generation": reply.generation}
+        """Reload the server's config; returns the new config version and generation."""
+        answer: dict[str, Any] = await self._run(self._reload())
+        return answer
 
     async def set_plugin_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
-        reply = await self._admin.SetPluginEnabled(
-            admin_pb.SetPluginEnabledRequest(name=name, enabled=enabled),
-            timeout=self._timeout,
-            metadata=_call_metadata(self._admin_token),
-        )
-        return _plugin_info(reply.plugin)
+        """Enable or disable one plugin until the next reload; returns its info."""
+        info: dict[str, Any] = await self._run(self._set_plugin_enabled(name, enabled))
+        return info
 
 
 class Client(_Base):
-    """Blocking client. Use ``with Client(target) as client``."""
+    """Blocking client. Use ``with Client(target) as client``; the same calls as :class:`AsyncClient`."""
 
     def __init__(
         self,
@@ -326,22 +373,25 @@ class Client(_Base):
             self._channel = grpc.secure_channel(target, credentials)
         else:
             self._channel = grpc.insecure_channel(target)
-        self._engine = engine_grpc.PluginEngineServiceStub(self._channel)
-        self._admin = admin_grpc.PluginAdminServiceStub(self._channel)
+        self._stubs = {
+            "engine": engine_grpc.PluginEngineServiceStub(self._channel),
+            "admin": admin_grpc.PluginAdminServiceStub(self._channel),
+        }
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
     def close(self) -> None:
         self._channel.close()
+
+    def _run(self, call: _Call) -> Any:
+        method = getattr(self._stubs[call.service], call.method)
+        return call.parse(method(call.request, timeout=call.timeout, metadata=call.metadata))
 
     def execute_ring(
         self,
@@ -352,11 +402,8 @@ class Client(_Base):
         **context: Any,
     ) -> RingResult:
         """Run one ring; ``context`` takes ``metadata``, ``response``, ``headers``, ``request_id``, ...."""
-        request = self._ring_request(ring, body, context)
-        reply = self._engine.ExecuteRing(
-            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
-        )
-        return parse_ring_response(reply)
+        result: RingResult = self._run(self._execute_ring(ring, body, timeout, context))
+        return result
 
     def execute_rings(
         self,
@@ -367,41 +414,23 @@ class Client(_Base):
         **context: Any,
     ) -> list[RingResult]:
         """Run several rings in one call, stopping at the first block or cache hit."""
-        request = self._rings_request(rings, body, context)
-        reply = self._engine.ExecuteRings(
-            request, timeout=timeout or self._timeout, metadata=_call_metadata(None)
-        )
-        return [parse_ring_response(outcome) for outcome in reply.outcomes]
+        results: list[RingResult] = self._run(self._execute_rings(rings, body, timeout, context))
+        return results
 
     def list_plugins(self, ring: str | None = None) -> list[dict[str, Any]]:
-        request = admin_pb.ListPluginsRequest(ring=ring_number(ring or 0))
-        reply = self._admin.ListPlugins(
-            request, timeout=self._timeout, metadata=_call_metadata(self._admin_token)
-        )
-        return [_plugin_info(info) for info in reply.plugins]
+        """The plugins of each ring (or of ``ring``) with status, version and stats."""
+        plugins: list[dict[str, Any]] = self._run(self._list_plugins(ring))
+        return plugins
 
     def reload(self) -> dict[str, Any]:
-        reply = self._admin.ReloadConfig(
-            admin_pb.ReloadConfigRequest(),
-            timeout=self._timeout,
-            metadata=_call_metadata(self._admin_token),
-        )
-        return {"config_version": reply.config_version, "generation": reply.generation}
+        """Reload the server's config; returns the new config version and generation."""
+        answer: dict[str, Any] = self._run(self._reload())
+        return answer
 
     def set_plugin_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
-        reply = self._admin.SetPluginEnabled(
-            admin_pb.SetPluginEnabledRequest(name=name, enabled=enabled),
-            timeout=self._timeout,
-            metadata=_call_metadata(self._admin_token),
-        )
-        return _plugin_info(reply.plugin)
+        """Enable or disable one plugin until the next reload; returns its info."""
+        info: dict[str, Any] = self._run(self._set_plugin_enabled(name, enabled))
+        return info
 
 
-__all__ = [
-    "AsyncClient",
-    "Client",
-    "PluginResultInfo",
-    "RingResult",
-    "build_context",
-    "parse_ring_response",
-]
+__all__ = ["AsyncClient", "Client", "PluginResultInfo", "RingResult", "build_context", "parse_ring_response"]
