@@ -714,7 +714,7 @@ class Engine:
                 error = f"returned {type(response).__name__}, expected PluginResponse"
             if failure is not None:
                 result, decision = self._failed_call(
-                    loaded, failure, error, latency_ms, started, cut_by_deadline
+                    loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
                 )
                 results.append(result)
                 if decision is not None:
@@ -820,12 +820,14 @@ class Engine:
         latency_ms: float,
         started: float,
         cut_by_deadline: bool,
+        called: bool,
     ) -> tuple[PluginResult, PluginResponse | None]:
         """Count a failed call and turn it into its result: a block if fail-closed, else bypassed."""
         metrics = loaded.metrics
-        metrics.errors += 1
-        if failure is Outcome.TIMEOUT:
-            metrics.timeouts += 1
+        if called:  # a plugin that was left no time to run has not failed
+            metrics.errors += 1
+            if failure is Outcome.TIMEOUT:
+                metrics.timeouts += 1
         # Running out of the caller's deadline is not the plugin's failure: it does
         # not feed the breaker.
         if not (failure is Outcome.TIMEOUT and cut_by_deadline):

@@ -453,7 +453,9 @@ async def test_a_passed_deadline_fails_without_calling_the_plugin(with_sleeper, 
     assert outcome.decision is not None
     assert outcome.decision.status_code == 504
     stats = instance(engine, "slow").stats
-    assert (stats["invocations"], stats["timeouts"]) == (0, 1)
+    # The caller's deadline had passed before the plugin's turn: it was not called,
+    # so the miss is not counted against the plugin.
+    assert (stats["invocations"], stats["timeouts"], stats["errors"]) == (0, 0, 0)
 
 
 async def test_a_timeout_under_fail_open_is_bypassed(with_sleeper, make_engine):
