@@ -7,7 +7,10 @@ that read as absent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 from ringd.sdk import StoreError
+
+_log = logging.getLogger("ringd.store")
 
 if TYPE_CHECKING:  # store_redis imports this module's helpers, so import it lazily at run time
     from ringd.server.store_redis import RedisStore
@@ -68,9 +73,13 @@ class SqliteStore:
     being killed.
     """
 
+    PURGE_EVERY_S = 60.0
+    """How often keys past their TTL are deleted (they read as absent before that)."""
+
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
+        self._purger: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> SqliteStore:
@@ -88,11 +97,33 @@ class SqliteStore:
         await conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         await conn.execute("PRAGMA busy_timeout=30000")
         await conn.execute(_SCHEMA)
-        await conn.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),))
-        return cls(conn, target)
+        store = cls(conn, target)
+        await store.purge_expired()
+        store._purger = asyncio.create_task(store._purge_periodically(), name="ringd-store-purge")
+        return store
+
+    async def purge_expired(self) -> int:
+        """Delete the keys whose TTL has passed (per-window counters pile up otherwise)."""
+        cursor = await self._conn.execute(
+            "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),)
+        )
+        return cursor.rowcount
+
+    async def _purge_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.PURGE_EVERY_S)
+            try:
+                await self.purge_expired()
+            except Exception as exc:  # a failed purge only delays the clean-up: log and retry later
+                _log.warning("SQLite store %s: purging expired keys failed: %s", self.path, exc)
 
     async def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Stop the purge and close the connection (idempotent)."""
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
         await self._conn.close()
 
     async def get_state(self, key: str, default: Any = None) -> Any:

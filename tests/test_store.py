@@ -194,3 +194,26 @@ async def test_a_second_process_sees_committed_writes(store: SqliteStore) -> Non
         rows = dict(conn.execute("SELECT key, value FROM kv").fetchall())
     assert rows["shared"] == '{"from":"ringd"}'
     assert int(rows["count"]) == 3
+
+
+async def test_expired_keys_are_purged_from_the_file(store: SqliteStore) -> None:
+    await store.incr("window:1", 1, ttl_s=0.05)
+    await store.set_state("session", {"a": 1}, ttl_s=0.05)
+    await store.set_state("kept", 1)
+    await asyncio.sleep(0.1)
+    assert await store.purge_expired() == 2
+    with sqlite3.connect(store.path) as db:
+        keys = [row[0] for row in db.execute("SELECT key FROM kv")]
+    assert keys == ["kept"]
+
+
+async def test_the_purge_runs_by_itself(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SqliteStore, "PURGE_EVERY_S", 0.05)
+    opened = await SqliteStore.open(tmp_path / "ringd.db")
+    try:
+        await opened.set_state("short", 1, ttl_s=0.01)
+        await asyncio.sleep(0.3)
+        with sqlite3.connect(opened.path) as db:
+            assert db.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
+    finally:
+        await opened.close()
