@@ -174,6 +174,14 @@ def _str(errors: _Errors, where: str, value: Any) -> str | None:
     return value
 
 
+def _secret(errors: _Errors, where: str, value: Any) -> str | None:
+    """Like :func:`_str`, but a rejected value is never echoed: it may be the secret itself."""
+    if not isinstance(value, str) or not value.strip():
+        errors.add(where, f"must be a non-empty string, got {_type_name(value)} (value not shown)")
+        return None
+    return value
+
+
 def _str_list(errors: _Errors, where: str, value: Any) -> tuple[str, ...] | None:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
@@ -298,7 +306,7 @@ def _server(errors: _Errors, raw: Any) -> ServerSettings:
         elif key == "reflection":
             values[key] = _bool(errors, where, value)
         elif key == "admin_token":
-            values[key] = None if value is None else _str(errors, where, value)
+            values[key] = None if value is None else _secret(errors, where, value)
         elif key == "tls":
             values[key] = _tls(errors, value)
     clean = {k: v for k, v in values.items() if v is not None or k == "admin_token"}
@@ -326,6 +334,17 @@ def _tls(errors: _Errors, raw: Any) -> TlsSettings | None:
     return TlsSettings(cert_file=cert, key_file=key, client_ca_file=ca)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's snippet of the line: it may hold a secret."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is not None:
+            return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        return problem
+    return type(exc).__name__
+
+
 def parse_config(text: str, *, path: Path | None = None, source: str | None = None) -> RingdConfig:
     """Parse and validate the YAML ``text`` of a config file.
 
@@ -337,7 +356,7 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid config {label}: not valid YAML: {exc}") from None
+        raise ConfigError(f"invalid config {label}: not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
