@@ -28,7 +28,7 @@ from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer,
 from ringd.server.store import open_store
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
 from ringd.server.watchdog import StallWatchdog
-from ringd.server.workers import notify_siblings
+from ringd.server.workers import WORKER_ENV, notify_siblings
 
 from ringd.v1 import admin_service_pb2, engine_service_pb2
 
@@ -78,7 +78,17 @@ class RingdServer:
         return self._background
 
     async def start(self) -> None:
-        """Open the store, load the plugins, bind every address and start serving."""
+        """Open the store, load the plugins, bind every address and start serving.
+
+        A failure (a taken port, an unreachable store) undoes what was started and raises.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         store = await open_store(self.config.store, base_dir=self.config.base_dir)
         self._store = store
@@ -104,7 +114,8 @@ class RingdServer:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 1),
+            # Only `--workers` shares a port; otherwise a second server on a taken port must fail.
+            ("grpc.so_reuseport", 1 if os.environ.get(WORKER_ENV) else 0),
         ]
         main = grpc.aio.server(options=options)
         main.add_generic_rpc_handlers((engine_servicer.handler(),))

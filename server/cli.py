@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from ringd.sdk import StoreError
 from ringd.server.config import (
     DEFAULT_LISTEN,
     ConfigError,
@@ -176,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     _install_event_loop()
     try:
         asyncio.run(main())
-    except OSError as exc:
+    except (OSError, StoreError, RuntimeError) as exc:  # a port in use, an unreachable store
         print(f"ringd: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
