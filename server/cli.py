@@ -147,12 +147,19 @@ def _run_client(call: Callable[[Any], Any], target: str, token: str | None) -> i
     return 0
 
 
+_CALLER_HEADER_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ringd.server.app import build_server
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # OpenTelemetry warns, quoting it, about every malformed traceparent/tracestate a caller
+    # sends: any caller could flood the log with text of its choosing. The header is ignored.
+    for name in _CALLER_HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as exc:
