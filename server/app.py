@@ -139,6 +139,14 @@ class RingdServer:
         self.addresses = [self._bind(main, address) for address in self.listen]
         if admin is not main:
             self.admin_addresses = [self._bind(admin, address) for address in self.admin_listen]
+        exposed = [a for a in (self.admin_addresses or self.addresses) if not _local_only(a)]
+        if settings.admin_token is None and exposed:
+            _log.warning(
+                "the admin service on %s has no admin_token: anyone who can reach it can reload "
+                "the config and disable plugins; set server.admin_token (or RINGD_ADMIN_TOKEN), "
+                "or serve it on its own address (server.admin_listen: unix:/path)",
+                ", ".join(exposed),
+            )
         for server in self._servers:
             await server.start()
         for service in ("", ENGINE_SERVICE, ADMIN_SERVICE):
@@ -228,6 +236,14 @@ class RingdServer:
             )
         except Exception as exc:  # a failed reload keeps the old generation; say why in the log
             _log.error("SIGHUP reload rejected: %s", exc)
+
+
+def _local_only(address: str) -> bool:
+    """True for a unix socket or a loopback address: not reachable from other machines."""
+    if address.startswith("unix:"):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in {"localhost", "::1"} or host.startswith("127.")
 
 
 def _server_credentials(cert_file: str, key_file: str, client_ca_file: str | None) -> grpc.ServerCredentials:
