@@ -109,6 +109,7 @@ class RingdServer:
             limits=Limits(settings.max_metadata_keys, settings.max_json_depth),
             max_concurrent_rings=settings.max_concurrent_rings,
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
+            max_message_bytes=settings.max_message_bytes,
         )
         admin_servicer = AdminServicer(self.engine, self._admin_reload, settings.admin_token)
         options = [

@@ -24,6 +24,10 @@ class OverloadedError(Exception):
     """Too many rings in flight; the caller should back off and retry."""
 
 
+class AnswerTooLargeError(Exception):
+    """The encoded answer is larger than the server may send (``max_message_bytes``)."""
+
+
 class AuthError(Exception):
     """Admin access refused; ``code`` is UNAUTHENTICATED or PERMISSION_DENIED."""
 
@@ -36,6 +40,7 @@ _TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (DecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (AnswerTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ReloadError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),

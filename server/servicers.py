@@ -41,6 +41,7 @@ class EngineServicer:
         limits: convert.Limits,
         max_concurrent_rings: int,
         deadline_margin_s: float,
+        max_message_bytes: int | None = None,
     ) -> None:
         self._engine = engine
         self._background = background
@@ -48,6 +49,7 @@ class EngineServicer:
         self._limits = limits
         self._max_inflight = max_concurrent_rings
         self._margin = deadline_margin_s
+        self._max_bytes = max_message_bytes
         self.inflight = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -90,7 +92,7 @@ class EngineServicer:
             else:
                 ring_outcome = await self._engine.execute_ring(hook, ctx, deadline=self._deadline(context))
                 self._encode(ring_outcome, json_form, response)
-            return response.SerializeToString()
+            return self._sized(response.SerializeToString())
         except Exception as exc:  # every failure is mapped to a status in one place
             await errors.abort(context, exc, "ringd.v1.ExecuteRingRequest")
         finally:
@@ -131,11 +133,21 @@ class EngineServicer:
             if background and not (outcomes and outcomes[-1].ended):
                 self._background.submit(ctx)
                 self._acknowledge(response.outcomes.add(), self._engine.generation)
-            return response.SerializeToString()
+            return self._sized(response.SerializeToString())
         except Exception as exc:  # every failure is mapped to a status in one place
             await errors.abort(context, exc, "ringd.v1.ExecuteRingsRequest")
         finally:
             self.inflight -= 1
+
+    def _sized(self, answer: bytes) -> bytes:
+        """The answer, if gRPC will send it: past max_message_bytes it would fail in gRPC core."""
+        if self._max_bytes is not None and len(answer) > self._max_bytes:
+            raise errors.AnswerTooLargeError(
+                f"the answer is {len(answer)} bytes, over server.max_message_bytes ({self._max_bytes}): "
+                "the plugins made the context larger (a MODIFY answer carries the body twice); "
+                "send a smaller request or raise the limit"
+            )
+        return answer
 
     def _overloaded(self) -> errors.OverloadedError:
         return errors.OverloadedError(
