@@ -273,18 +273,17 @@ def _action_to_proto(action: Any, where: str) -> pb.PluginAction.ValueType:
     return number
 
 
-def plugin_response_to_proto(response: PluginResponse, target: pb.PluginResponse, json_form: bool) -> None:
-    """Fill ``target`` from an SDK response.
+def decision_to_proto(response: PluginResponse, target: pb.PluginResponse) -> None:
+    """Fill a ring answer's ``decision`` from the deciding plugin's response.
+
+    Its body and response are not repeated here: the answer carries them once, as
+    ``body`` and ``cached_response``.
 
     Raises:
         EncodeError: a field holds what the contract does not allow (a plugin changed
             the response after building it); the message names the field.
     """
     target.action = _action_to_proto(response.action, "decision.action")
-    if response.body is not None:
-        _set_object(target, "body", response.body, json_form, "decision.body")
-    if response.response is not None:
-        _set_object(target, "response", response.response, json_form, "decision.response")
     status_code: Any = response.status_code
     if status_code is not None:
         if not isinstance(status_code, int) or isinstance(status_code, bool) or not 0 <= status_code < 1000:
@@ -361,7 +360,7 @@ def ring_outcome_to_proto(
         decision = PluginResponse.modify(body=ctx.body, message=modifier.message)
         decided_by = modifier.plugin
     if decision is not None:
-        plugin_response_to_proto(decision, target.decision, json_form)
+        decision_to_proto(decision, target.decision)
         target.decided_by = decided_by or ""
         if decision.action is PluginAction.BLOCK:
             block = target.block

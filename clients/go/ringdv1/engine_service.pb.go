@@ -93,7 +93,9 @@ type ExecuteRingResponse struct {
 	// MODIFY the last plugin that returned MODIFY, for BLOCK and CACHE_HIT the plugin
 	// that ended the ring. When a fail-closed failure or `stop_chain` ended the ring,
 	// it is the block the server made on that plugin's behalf. Absent when every
-	// plugin passed.
+	// plugin passed. Its `body` and `response` are left empty, so the answer carries
+	// each payload once: the body a MODIFY made is `body`, a CACHE_HIT's answer is
+	// `cached_response`.
 	Decision *PluginResponse `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
 	// The name of the plugin that gave `decision`. Empty when `decision` is absent.
 	DecidedBy string `protobuf:"bytes,4,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`

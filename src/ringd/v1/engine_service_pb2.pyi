@@ -132,7 +132,9 @@ class ExecuteRingResponse(_message.Message):
         MODIFY the last plugin that returned MODIFY, for BLOCK and CACHE_HIT the plugin
         that ended the ring. When a fail-closed failure or `stop_chain` ended the ring,
         it is the block the server made on that plugin's behalf. Absent when every
-        plugin passed.
+        plugin passed. Its `body` and `response` are left empty, so the answer carries
+        each payload once: the body a MODIFY made is `body`, a CACHE_HIT's answer is
+        `cached_response`.
         """
 
     @_builtins.property
