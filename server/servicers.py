@@ -144,7 +144,7 @@ class EngineServicer:
         if self._max_bytes is not None and len(answer) > self._max_bytes:
             raise errors.AnswerTooLargeError(
                 f"the answer is {len(answer)} bytes, over server.max_message_bytes ({self._max_bytes}): "
-                "the plugins made the context larger (a MODIFY answer carries the body twice); "
+                "the plugins made the context larger; "
                 "send a smaller request or raise the limit"
             )
         return answer
