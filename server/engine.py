@@ -349,7 +349,10 @@ async def _as_coroutine(returned: Any) -> Any:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # a plugin's exception whose __str__ raises: name its type only
+        text = "<str() failed>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -65,6 +65,13 @@ def _expiry(ttl_s: float | None) -> float | None:
     return time.time() + ttl_s
 
 
+def _prepare_file(path: Path) -> None:
+    """Create the database file's folder, and the file owner-only: plugins keep tenants'
+    data in it (usage, cached answers, key records)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+
+
 class SqliteStore:
     """The default store: one SQLite file in WAL mode, shared by worker processes.
 
@@ -88,7 +95,7 @@ class SqliteStore:
             raise StoreError(f"store synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         target = str(path)
         if target != ":memory:":
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_prepare_file, Path(target))
         try:
             conn = await aiosqlite.connect(target, isolation_level=None, timeout=30.0)
         except Exception as exc:  # any open failure is reported as the store's, naming the file
@@ -127,12 +134,14 @@ class SqliteStore:
         await self._conn.close()
 
     async def get_state(self, key: str, default: Any = None) -> Any:
-        async with self._conn.execute(
+        # execute_fetchall finishes the statement in one step: a statement left open
+        # between calls would hold SQLite's implicit transaction open, and other
+        # rings' acknowledged writes would join it uncommitted.
+        rows = await self._conn.execute_fetchall(
             "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
             (key, time.time()),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return default if row is None else json.loads(row[0])
+        )
+        return default if not rows else json.loads(next(iter(rows))[0])
 
     async def set_state(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         await self._conn.execute(
@@ -152,8 +161,8 @@ class SqliteStore:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise StoreError(f"incr amount must be an integer, got {amount!r}")
         params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
-        async with self._conn.execute(_INCR, params) as cursor:
-            row = await cursor.fetchone()
+        rows = await self._conn.execute_fetchall(_INCR, params)  # one step: see get_state
+        row = next(iter(rows), None)
         if row is None:
             raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
         return int(row[0])

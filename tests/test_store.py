@@ -217,3 +217,12 @@ async def test_the_purge_runs_by_itself(tmp_path, monkeypatch: pytest.MonkeyPatc
             assert db.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
     finally:
         await opened.close()
+
+
+async def test_the_database_file_is_readable_by_its_owner_only(tmp_path) -> None:
+    opened = await SqliteStore.open(tmp_path / "fresh" / "ringd.db")
+    try:
+        await opened.set_state("usage:acme", 1)
+        assert (tmp_path / "fresh" / "ringd.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        await opened.close()
