@@ -25,12 +25,11 @@ from ringd.server.convert import Limits
 from ringd.server.engine import Engine, Generation
 from ringd.server.health import HealthServicer
 from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer
-from ringd.server.store import open_store
+from ringd.server.store import SqliteStore, open_store
+from ringd.server.store_redis import RedisStore
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
 from ringd.server.watchdog import StallWatchdog
 from ringd.server.workers import WORKER_ENV, notify_siblings
-
-from ringd.v1 import admin_service_pb2, engine_service_pb2
 
 _log = logging.getLogger("ringd.server")
 
@@ -62,8 +61,7 @@ class RingdServer:
         self.health = HealthServicer()
         self._servers: list[grpc.aio.Server] = []
         self._background: BackgroundQueue | None = None
-        self._store: object | None = None
-        self._stopping: asyncio.Event | None = None
+        self._store: SqliteStore | RedisStore | None = None
         self.watchdog: StallWatchdog | None = None
         self._stopped = False
 
@@ -152,7 +150,6 @@ class RingdServer:
             await server.start()
         for service in ("", ENGINE_SERVICE, ADMIN_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        _ = (engine_service_pb2, admin_service_pb2)
 
     def _bind(self, server: grpc.aio.Server, address: str) -> str:
         tls = self.settings.tls
@@ -192,10 +189,8 @@ class RingdServer:
         await self.engine.close(grace)
         if self.watchdog is not None:
             self.watchdog.stop()
-        store = self._store
-        close = getattr(store, "close", None)
-        if close is not None:
-            await close()
+        if self._store is not None:
+            await self._store.close()
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
 
@@ -207,7 +202,6 @@ class RingdServer:
         """
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        self._stopping = stopping
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged()))
