@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 class PluginHook(Enum):
     """The five rings of a gateway request, in the order the gateway calls them."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C,
+    # not by Enum's Python-level hash of the name (they key hot-path lookup tables).
+    __hash__ = object.__hash__
+
     INGRESS = "ingress"
     """Ring 1: authentication, zero trust, rate limits."""
     PRE_FLIGHT = "pre_flight"

@@ -21,6 +21,10 @@ class PluginResponseError(ValueError):
 class PluginAction(Enum):
     """What a plugin tells the ring to do next."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C,
+    # not by Enum's Python-level hash of the name (they key hot-path lookup tables).
+    __hash__ = object.__hash__
+
     PASSTHROUGH = "passthrough"
     """Continue with the next plugin; the body is kept as it is (in-place edits included)."""
     MODIFY = "modify"

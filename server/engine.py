@@ -49,6 +49,10 @@ LOAD_TIMEOUT_S = 30.0
 class Outcome(Enum):
     """What happened to one plugin in a ring."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C,
+    # not by Enum's Python-level hash of the name (they key hot-path lookup tables).
+    __hash__ = object.__hash__
+
     OK = "ok"
     """Ran and returned a valid response."""
     ERROR = "error"
