@@ -64,6 +64,8 @@ class PluginResponse:
 
     def __post_init__(self) -> None:
         action: Any = self.action
+        if action is PluginAction.PASSTHROUGH:
+            return  # nothing to check: the common case, kept cheap
         if not isinstance(action, PluginAction):
             try:
                 action = PluginAction(action)

@@ -168,6 +168,8 @@ class LoadedPlugin:
         "instance",
         "load_error",
         "metrics",
+        "name",
+        "run_in_thread",
         "timeout_s",
         "version",
     )
@@ -182,6 +184,8 @@ class LoadedPlugin:
         cls: type[BasePlugin] | None,
     ) -> None:
         self.entry = entry
+        self.name = entry.name
+        self.run_in_thread = entry.run_in_thread
         self.hook = hook
         self.fingerprint = fingerprint
         self.instance = instance
@@ -196,10 +200,6 @@ class LoadedPlugin:
         self.version = str(cls.version) if cls is not None else ""
         policy = entry.fail_policy or DEFAULT_FAIL_POLICY[hook]
         self.fail_closed = policy is FailPolicy.CLOSED
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
 
 
 @dataclass(slots=True)
@@ -658,7 +658,7 @@ class Engine:
         for slot in generation.rings[hook]:
             loaded = slot.loaded
             if not slot.enabled:
-                results.append(PluginResult(loaded.entry.name, loaded.version, Outcome.SKIPPED))
+                results.append(PluginResult(loaded.name, loaded.version, Outcome.SKIPPED))
                 continue
             instance = loaded.instance
             breaker = loaded.breaker
@@ -666,7 +666,7 @@ class Engine:
                 result, decision = self._unavailable(loaded)
                 results.append(result)
                 if decision is not None:
-                    decided_by, action = loaded.entry.name, PluginAction.BLOCK
+                    decided_by, action = loaded.name, PluginAction.BLOCK
                     break
                 continue
             started = perf()
@@ -681,7 +681,7 @@ class Engine:
                 failure, error = Outcome.TIMEOUT, "no time left before the caller's deadline"
             else:
                 try:
-                    if loaded.entry.run_in_thread:
+                    if loaded.run_in_thread:
                         response = await self._call_in_thread(instance, ctx, budget)
                     else:
                         coro = instance.execute(ctx)
@@ -707,7 +707,7 @@ class Engine:
                 except BaseException as exc:  # any plugin failure becomes its typed outcome below
                     if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
                         _log.error(
-                            "plugin %r raised %s; treated as its error", loaded.entry.name, type(exc).__name__
+                            "plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__
                         )
                     failure, error = Outcome.ERROR, _describe(exc)
             latency_ms = (perf() - started) * 1000.0
@@ -725,7 +725,7 @@ class Engine:
                 )
                 results.append(result)
                 if decision is not None:
-                    decided_by, action = loaded.entry.name, PluginAction.BLOCK
+                    decided_by, action = loaded.name, PluginAction.BLOCK
                     break
                 continue
             if breaker.failures:
@@ -733,7 +733,7 @@ class Engine:
             kind = response.action
             results.append(
                 PluginResult(
-                    loaded.entry.name,
+                    loaded.name,
                     loaded.version,
                     Outcome.OK,
                     kind,
@@ -749,11 +749,11 @@ class Engine:
             elif kind is not PluginAction.PASSTHROUGH:
                 if kind is PluginAction.BLOCK:
                     metrics.blocks += 1
-                decision, decided_by, action = response, loaded.entry.name, kind
+                decision, decided_by, action = response, loaded.name, kind
                 break
             if ctx.stop_chain:
                 metrics.blocks += 1
-                name = loaded.entry.name
+                name = loaded.name
                 decision = PluginResponse.block(403, "stop_chain", ctx.error or f"stopped by plugin {name!r}")
                 decided_by, action = name, PluginAction.BLOCK
                 break
@@ -811,7 +811,7 @@ class Engine:
             error = (
                 f"circuit open after {loaded.breaker.failures} consecutive failures; retry in {retry:.1f} s"
             )
-        name = loaded.entry.name
+        name = loaded.name
         if loaded.fail_closed:
             status, error_type, phrase = _UNAVAILABLE
             block = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
@@ -839,7 +839,7 @@ class Engine:
         # not feed the breaker.
         if not (failure is Outcome.TIMEOUT and cut_by_deadline):
             loaded.breaker.record_failure(self._clock())
-        name = loaded.entry.name
+        name = loaded.name
         if loaded.fail_closed:
             status, error_type, phrase = _FAILURE_BLOCK[failure]
             block = PluginResponse.block(status, error_type, f"plugin {name!r} {phrase}")
