@@ -237,7 +237,11 @@ def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: str, de
     if depth > STRUCT_DEPTH_LIMIT:
         raise EncodeError(f"{where} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)")
     target.SetInParent()
-    fields = target.fields
+    _fill_fields(target.fields, data, where, depth)
+
+
+def _fill_fields(fields: Any, data: dict[str, Any], where: str, depth: int) -> None:
+    """Fill a ``map<string, Value>`` (a Struct's fields, or the answer's metadata)."""
     for key, item in data.items():
         if not isinstance(key, str):
             raise EncodeError(f"{where} has a key {key!r} that is not a string")
@@ -372,15 +376,7 @@ def ring_outcome_to_proto(
     _set_object(target, "body", ctx.body, json_form, "body")
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
-    metadata = target.metadata
-    for key, value in ctx.metadata.items():
-        if not isinstance(key, str):
-            raise EncodeError(f"metadata has a key {key!r} that is not a string")
-        try:
-            field = metadata[key]
-        except ValueError:
-            raise EncodeError(f"metadata has a key {key!r} that is not valid Unicode") from None
-        _set_value(field, value, f"metadata[{key!r}]", 1)
+    _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
 
 
 def unencodable_outcome_to_proto(

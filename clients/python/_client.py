@@ -228,6 +228,19 @@ class _Base:
     def __init__(self, admin_token: str | None, timeout: float | None) -> None:
         self._admin_token = admin_token
         self._timeout = timeout
+        self._stubs: dict[str, Any] = {}
+
+    def _connect(self, channels: Any, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
+        """Open a channel with ``channels`` (``grpc`` or ``grpc.aio``) and make the stubs on it."""
+        if credentials is not None:
+            channel = channels.secure_channel(target, credentials)
+        else:
+            channel = channels.insecure_channel(target)
+        self._stubs = {
+            "engine": engine_grpc.PluginEngineServiceStub(channel),
+            "admin": admin_grpc.PluginAdminServiceStub(channel),
+        }
+        return channel
 
     def _execute_ring(
         self, ring: str | int, body: Mapping[str, Any] | None, timeout: float | None, context: dict[str, Any]
@@ -295,14 +308,7 @@ class AsyncClient(_Base):
         timeout: float | None = 10.0,
     ) -> None:
         super().__init__(admin_token, timeout)
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials)
-        else:
-            self._channel = grpc.aio.insecure_channel(target)
-        self._stubs = {
-            "engine": engine_grpc.PluginEngineServiceStub(self._channel),
-            "admin": admin_grpc.PluginAdminServiceStub(self._channel),
-        }
+        self._channel = self._connect(grpc.aio, target, credentials)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -369,14 +375,7 @@ class Client(_Base):
         timeout: float | None = 10.0,
     ) -> None:
         super().__init__(admin_token, timeout)
-        if credentials is not None:
-            self._channel = grpc.secure_channel(target, credentials)
-        else:
-            self._channel = grpc.insecure_channel(target)
-        self._stubs = {
-            "engine": engine_grpc.PluginEngineServiceStub(self._channel),
-            "admin": admin_grpc.PluginAdminServiceStub(self._channel),
-        }
+        self._channel = self._connect(grpc, target, credentials)
 
     def __enter__(self) -> Client:
         return self
