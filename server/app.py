@@ -63,6 +63,7 @@ class RingdServer:
         self._background: BackgroundQueue | None = None
         self._store: SqliteStore | RedisStore | None = None
         self.watchdog: StallWatchdog | None = None
+        self._engine_servicer: EngineServicer | None = None
         self._stopped = False
 
     @property
@@ -100,7 +101,7 @@ class RingdServer:
             self.engine, size=settings.background_queue_size, workers=settings.background_workers
         )
         tracer = RingTracer(self._tracer_provider)
-        engine_servicer = EngineServicer(
+        self._engine_servicer = engine_servicer = EngineServicer(
             self.engine,
             self._background,
             tracer,
@@ -182,8 +183,15 @@ class RingdServer:
             return
         self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
+        deadline = asyncio.get_running_loop().time() + grace
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        servicer = self._engine_servicer
+        if servicer is not None:
+            # Refuse new rings with UNAVAILABLE (a clear "go elsewhere") while the
+            # connections are still up, and let the rings in flight finish.
+            await servicer.drain(grace)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        await asyncio.gather(*(server.stop(remaining) for server in self._servers))
         if self._background is not None:
             await self._background.drain(grace)
         await self.engine.close(grace)

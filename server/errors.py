@@ -28,6 +28,10 @@ class AnswerTooLargeError(Exception):
     """The encoded answer is larger than the server may send (``max_message_bytes``)."""
 
 
+class ShuttingDownError(Exception):
+    """The server is draining: the caller should retry on another replica."""
+
+
 class AuthError(Exception):
     """Admin access refused; ``code`` is UNAUTHENTICATED or PERMISSION_DENIED."""
 
@@ -40,6 +44,7 @@ _TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (DecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (AnswerTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ReloadError, grpc.StatusCode.FAILED_PRECONDITION),

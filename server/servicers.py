@@ -7,6 +7,8 @@ rather than failing inside gRPC's deserializer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +53,9 @@ class EngineServicer:
         self._margin = deadline_margin_s
         self._max_bytes = max_message_bytes
         self.inflight = 0
+        self.draining = False
+        """Set at shutdown: new rings are refused UNAVAILABLE while those in flight finish."""
+        self._idle = asyncio.Event()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler that registers this service (bytes in, bytes out)."""
@@ -69,8 +74,8 @@ class EngineServicer:
         return time.monotonic() + remaining - self._margin
 
     async def execute_ring(self, raw: bytes, context: Context) -> bytes:
-        if self.inflight >= self._max_inflight:
-            await errors.abort(context, self._overloaded(), "ExecuteRing")
+        if self.inflight >= self._max_inflight or self.draining:
+            await errors.abort(context, self._refusal(), "ExecuteRing")
         self.inflight += 1
         try:
             request = engine_pb.ExecuteRingRequest.FromString(raw)
@@ -96,11 +101,11 @@ class EngineServicer:
         except Exception as exc:  # every failure is mapped to a status in one place
             await errors.abort(context, exc, "ringd.v1.ExecuteRingRequest")
         finally:
-            self.inflight -= 1
+            self._leave()
 
     async def execute_rings(self, raw: bytes, context: Context) -> bytes:
-        if self.inflight >= self._max_inflight:
-            await errors.abort(context, self._overloaded(), "ExecuteRings")
+        if self.inflight >= self._max_inflight or self.draining:
+            await errors.abort(context, self._refusal(), "ExecuteRings")
         self.inflight += 1
         try:
             request = engine_pb.ExecuteRingsRequest.FromString(raw)
@@ -137,7 +142,7 @@ class EngineServicer:
         except Exception as exc:  # every failure is mapped to a status in one place
             await errors.abort(context, exc, "ringd.v1.ExecuteRingsRequest")
         finally:
-            self.inflight -= 1
+            self._leave()
 
     def _sized(self, answer: bytes) -> bytes:
         """The answer, if gRPC will send it: past max_message_bytes it would fail in gRPC core."""
@@ -149,10 +154,24 @@ class EngineServicer:
             )
         return answer
 
-    def _overloaded(self) -> errors.OverloadedError:
+    def _refusal(self) -> Exception:
+        if self.draining:
+            return errors.ShuttingDownError("ringd is shutting down; retry on another replica")
         return errors.OverloadedError(
             f"too many rings in flight (limit {self._max_inflight}); retry with backoff"
         )
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new rings (UNAVAILABLE) and wait up to ``timeout_s`` for those in flight."""
+        self.draining = True
+        if self.inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if self.draining and not self.inflight:
+            self._idle.set()
 
     @staticmethod
     def _acknowledge(response: engine_pb.ExecuteRingResponse, generation: Generation) -> None:
