@@ -203,9 +203,40 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _set_value(target: struct_pb2.Value, value: Any, where: str, depth: int) -> None:
-    if value is None:
-        target.null_value = struct_pb2.NULL_VALUE
+Where = str | tuple[Any, str | int]
+"""Where a value sits in the answer: a name, or (the parent's place, key or index).
+
+Built as tuples on the way down and rendered only for an error message, so the
+common path formats no strings.
+"""
+
+
+def _path(where: Where) -> str:
+    keys: list[str] = []
+    while isinstance(where, tuple):
+        where, key = where
+        keys.append(f"[{key!r}]" if isinstance(key, str) else f"[{key}]")
+    return where + "".join(reversed(keys))
+
+
+def _set_value(target: struct_pb2.Value, value: Any, where: Where, depth: int) -> None:
+    # Most likely types first; bool before int, as bool is an int.
+    if isinstance(value, str):
+        try:
+            target.string_value = value
+        except ValueError:
+            raise EncodeError(f"{_path(where)} is a string that is not valid Unicode") from None
+    elif isinstance(value, dict):
+        _fill_struct(target.struct_value, value, where, depth + 1)
+    elif isinstance(value, list | tuple):
+        if depth + 1 > STRUCT_DEPTH_LIMIT:
+            raise EncodeError(
+                f"{_path(where)} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)"
+            )
+        values = target.list_value.values
+        target.list_value.SetInParent()
+        for index, item in enumerate(value):
+            _set_value(values.add(), item, (where, index), depth + 1)
     elif isinstance(value, bool):
         target.bool_value = value
     elif isinstance(value, int | float):
@@ -213,43 +244,31 @@ def _set_value(target: struct_pb2.Value, value: Any, where: str, depth: int) -> 
             target.null_value = struct_pb2.NULL_VALUE  # as orjson does in the JSON form
         else:
             target.number_value = value
-    elif isinstance(value, str):
-        try:
-            target.string_value = value
-        except ValueError:
-            raise EncodeError(f"{where} is a string that is not valid Unicode") from None
-    elif isinstance(value, dict):
-        _fill_struct(target.struct_value, value, where, depth + 1)
-    elif isinstance(value, list | tuple):
-        if depth + 1 > STRUCT_DEPTH_LIMIT:
-            raise EncodeError(
-                f"{where} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)"
-            )
-        values = target.list_value.values
-        target.list_value.SetInParent()
-        for index, item in enumerate(value):
-            _set_value(values.add(), item, f"{where}[{index}]", depth + 1)
+    elif value is None:
+        target.null_value = struct_pb2.NULL_VALUE
     else:
-        raise EncodeError(f"{where} is a {type(value).__name__}, which JSON cannot carry")
+        raise EncodeError(f"{_path(where)} is a {type(value).__name__}, which JSON cannot carry")
 
 
-def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: str, depth: int) -> None:
+def _fill_struct(target: struct_pb2.Struct, data: dict[str, Any], where: Where, depth: int) -> None:
     if depth > STRUCT_DEPTH_LIMIT:
-        raise EncodeError(f"{where} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)")
+        raise EncodeError(
+            f"{_path(where)} is nested deeper than {STRUCT_DEPTH_LIMIT} levels (or refers to itself)"
+        )
     target.SetInParent()
     _fill_fields(target.fields, data, where, depth)
 
 
-def _fill_fields(fields: Any, data: dict[str, Any], where: str, depth: int) -> None:
+def _fill_fields(fields: Any, data: dict[str, Any], where: Where, depth: int) -> None:
     """Fill a ``map<string, Value>`` (a Struct's fields, or the answer's metadata)."""
     for key, item in data.items():
         if not isinstance(key, str):
-            raise EncodeError(f"{where} has a key {key!r} that is not a string")
+            raise EncodeError(f"{_path(where)} has a key {key!r} that is not a string")
         try:
             field = fields[key]
         except ValueError:
-            raise EncodeError(f"{where} has a key {key!r} that is not valid Unicode") from None
-        _set_value(field, item, f"{where}[{key!r}]", depth)
+            raise EncodeError(f"{_path(where)} has a key {key!r} that is not valid Unicode") from None
+        _set_value(field, item, (where, key), depth)
 
 
 def _to_json(data: Any, where: str) -> bytes:
