@@ -59,6 +59,22 @@ class Limits:
     max_json_depth: int = 64
 
 
+Where = str | tuple[Any, str | int]
+"""Where a value sits in the answer: a name, or (the parent's place, key or index).
+
+Built as tuples on the way down and rendered only for an error message, so the
+common path formats no strings.
+"""
+
+
+def _path(where: Where) -> str:
+    keys: list[str] = []
+    while isinstance(where, tuple):
+        where, key = where
+        keys.append(f"[{key!r}]" if isinstance(key, str) else f"[{key}]")
+    return where + "".join(reversed(keys))
+
+
 # ---------------------------------------------------------------- proto -> SDK
 
 
@@ -72,7 +88,7 @@ def hook_from_proto(number: int, field: str = "ring") -> PluginHook:
     return hook
 
 
-def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: str) -> Any:
+def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         return value.string_value
@@ -85,15 +101,17 @@ def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: str) ->
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
         if depth + 1 >= limit:  # the list is one level below the container holding it
-            raise RequestError(f"{where} is nested deeper than {limit} levels")
+            raise RequestError(f"{_path(where)} is nested deeper than {limit} levels")
         return [_value_to_py(item, depth + 1, limit, where) for item in value.list_value.values]
     return None
 
 
-def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: str) -> dict[str, Any]:
+def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Where) -> dict[str, Any]:
     if depth >= limit:
-        raise RequestError(f"{where} is nested deeper than {limit} levels")
-    return {key: _value_to_py(item, depth, limit, where) for key, item in struct.fields.items()}
+        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels")
+    fields = struct.fields
+    # Indexing the map is C; `.items()` goes through a Python-level ItemsView.
+    return {key: _value_to_py(fields[key], depth, limit, where) for key in fields}
 
 
 def _json_depth_ok(data: Any, limit: int) -> bool:
@@ -163,7 +181,7 @@ def context_from_proto(
             f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}"
         )
     metadata = {
-        key: _value_to_py(value, 0, depth, f"{field}.metadata[{key!r}]") for key, value in metadata_in.items()
+        key: _value_to_py(metadata_in[key], 0, depth, (f"{field}.metadata", key)) for key in metadata_in
     }
     ctx = PluginContext(
         body=body,
@@ -177,7 +195,7 @@ def context_from_proto(
         ctx.request = RequestInfo(
             method=request.method,
             path=request.path,
-            headers={name.lower(): value for name, value in request.headers.items()},
+            headers={name.lower(): request.headers[name] for name in request.headers},
             client_address=request.client_address,
         )
     return ctx, json_form
@@ -201,22 +219,6 @@ def _text(value: Any, where: str) -> str:
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode()
     return value
-
-
-Where = str | tuple[Any, str | int]
-"""Where a value sits in the answer: a name, or (the parent's place, key or index).
-
-Built as tuples on the way down and rendered only for an error message, so the
-common path formats no strings.
-"""
-
-
-def _path(where: Where) -> str:
-    keys: list[str] = []
-    while isinstance(where, tuple):
-        where, key = where
-        keys.append(f"[{key!r}]" if isinstance(key, str) else f"[{key}]")
-    return where + "".join(reversed(keys))
 
 
 def _set_value(target: struct_pb2.Value, value: Any, where: Where, depth: int) -> None:
