@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages the test suite uses (Debian): h2load, redis-server.
+# Installs the system packages the test suite uses (Debian): h2load, redis-server, openssl.
 set -euo pipefail
 need=()
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
