@@ -5,6 +5,10 @@ need=()
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v openssl >/dev/null || need+=(openssl)
+# Node and Go come with this machine kind; on a bare Debian these are the fallbacks
+# (Debian's Go is older than go.mod asks: Go then fetches the toolchain from the module proxy).
+command -v node >/dev/null || need+=(nodejs npm)
+command -v go >/dev/null || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
