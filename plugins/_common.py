@@ -213,11 +213,6 @@ def iter_message_texts(
             yield "user", text
 
 
-def message_text(body: Mapping[str, Any], roles: frozenset[str] | None = None) -> str:
-    """All texts of the request's messages joined with newlines (see iter_message_texts)."""
-    return "\n".join(text for _, text in iter_message_texts(body, roles))
-
-
 def _map_content(content: Any, role: str, fn: Callable[[str, str], str]) -> Any:
     """``content`` with ``fn(text, role)`` applied to each text, or ``content`` itself if unchanged."""
     if isinstance(content, str):
@@ -331,11 +326,6 @@ def map_response_texts(response: dict[str, Any] | None, fn: Callable[[str], str]
 def tokens_for_chars(chars: int) -> int:
     """Estimated tokens in ``chars`` characters: one per :data:`CHARS_PER_TOKEN`, rounded up."""
     return -(-chars // CHARS_PER_TOKEN)
-
-
-def estimate_tokens(text: str) -> int:
-    """Estimated tokens in ``text`` (see :func:`tokens_for_chars`)."""
-    return tokens_for_chars(len(text))
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:

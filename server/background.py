@@ -29,7 +29,6 @@ class BackgroundQueue:
         self._workers = [
             asyncio.create_task(self._work(), name=f"ringd-background-{i}") for i in range(workers)
         ]
-        self.completed = 0
 
     @property
     def pending(self) -> int:
@@ -55,7 +54,6 @@ class BackgroundQueue:
             except Exception:  # a background ring has no caller to tell: log it and go on
                 _log.exception("background ring failed (request_id=%s)", ctx.request_id)
             finally:
-                self.completed += 1
                 self._queue.task_done()
 
     async def drain(self, grace_s: float) -> bool:

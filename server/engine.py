@@ -217,7 +217,7 @@ class PluginSlot:
 
     @property
     def name(self) -> str:
-        return self.loaded.entry.name
+        return self.loaded.name
 
 
 @dataclass(slots=True)
@@ -271,21 +271,17 @@ class _Resume:
                 coro.close()
                 raise
             except BaseException as exc:  # delegate what the task throws in (cancellation)
-                engine.running = loaded
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                finally:
-                    engine.running = None
+                step: Callable[[Any], Any] = coro.throw
+                argument: Any = exc
             else:
-                engine.running = loaded
-                try:
-                    pending = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                finally:
-                    engine.running = None
+                step, argument = coro.send, sent
+            engine.running = loaded
+            try:
+                pending = step(argument)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                engine.running = None
 
 
 class _PluginTimeout(Exception):
@@ -713,9 +709,7 @@ class Engine:
             latency_ms = (perf() - started) * 1000.0
             metrics = loaded.metrics
             if budget > 0:
-                metrics.invocations += 1
-                metrics.total_latency_ms += latency_ms
-                metrics.recent_ms.append(latency_ms)
+                metrics.observe(latency_ms)
             if failure is None and not isinstance(response, PluginResponse):
                 failure = Outcome.ERROR
                 error = f"returned {type(response).__name__}, expected PluginResponse"

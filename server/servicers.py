@@ -210,6 +210,8 @@ class AdminServicer(admin_grpc.PluginAdminServiceServicer):
 
         Bytes in, bytes out, as the engine service does: a request that is not a valid
         message is answered INVALID_ARGUMENT here rather than by gRPC's deserializer.
+        Every method is wrapped alike: decode, check the token, run, encode, and map
+        any failure to its status in one place.
         """
         methods: dict[str, Any] = {
             "ListPlugins": (self.ListPlugins, admin_pb.ListPluginsRequest),
@@ -221,10 +223,11 @@ class AdminServicer(admin_grpc.PluginAdminServiceServicer):
             async def handle(raw: bytes, context: Context) -> bytes:
                 try:
                     request = message.FromString(raw)
-                except Exception as exc:  # a malformed request is mapped to a status in one place
+                    self._authorize(context)
+                    reply = await method(request, context)
+                    return bytes(reply.SerializeToString())
+                except Exception as exc:  # every failure is mapped to a status in one place
                     await errors.abort(context, exc, message.DESCRIPTOR.full_name)
-                reply = await method(request, context)
-                return bytes(reply.SerializeToString())
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
@@ -251,46 +254,32 @@ class AdminServicer(admin_grpc.PluginAdminServiceServicer):
     async def ListPlugins(
         self, request: admin_pb.ListPluginsRequest, context: Context
     ) -> admin_pb.ListPluginsResponse:
-        try:
-            self._authorize(context)
-            generation = self._engine.generation
-            wanted = convert.HOOK_FROM_PROTO.get(request.ring) if request.ring else None
-            if request.ring and wanted is None:
-                raise convert.RequestError(f"ring has unknown value {request.ring}")
-            response = admin_pb.ListPluginsResponse(
-                config_version=generation.version, generation=generation.number
-            )
-            for hook in PluginHook:
-                if wanted is not None and hook is not wanted:
-                    continue
-                for slot in generation.rings[hook]:
-                    convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugins.add())
-            return response
-        except Exception as exc:  # every failure is mapped to a status in one place
-            await errors.abort(context, exc, "ListPlugins")
+        generation = self._engine.generation
+        wanted = convert.HOOK_FROM_PROTO.get(request.ring) if request.ring else None
+        if request.ring and wanted is None:
+            raise convert.RequestError(f"ring has unknown value {request.ring}")
+        response = admin_pb.ListPluginsResponse(
+            config_version=generation.version, generation=generation.number
+        )
+        for hook in PluginHook:
+            if wanted is not None and hook is not wanted:
+                continue
+            for slot in generation.rings[hook]:
+                convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugins.add())
+        return response
 
     async def ReloadConfig(
         self, request: admin_pb.ReloadConfigRequest, context: Context
     ) -> admin_pb.ReloadConfigResponse:
-        try:
-            self._authorize(context)
-            generation = await self._reload()
-            return admin_pb.ReloadConfigResponse(
-                config_version=generation.version, generation=generation.number
-            )
-        except Exception as exc:  # every failure is mapped to a status in one place
-            await errors.abort(context, exc, "ReloadConfig")
+        generation = await self._reload()
+        return admin_pb.ReloadConfigResponse(config_version=generation.version, generation=generation.number)
 
     async def SetPluginEnabled(
         self, request: admin_pb.SetPluginEnabledRequest, context: Context
     ) -> admin_pb.SetPluginEnabledResponse:
-        try:
-            self._authorize(context)
-            if not request.name:
-                raise convert.RequestError("name is empty; name the plugin to enable or disable")
-            slot = self._engine.set_enabled(request.name, request.enabled)
-            response = admin_pb.SetPluginEnabledResponse()
-            convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugin)
-            return response
-        except Exception as exc:  # every failure is mapped to a status in one place
-            await errors.abort(context, exc, "SetPluginEnabled")
+        if not request.name:
+            raise convert.RequestError("name is empty; name the plugin to enable or disable")
+        slot = self._engine.set_enabled(request.name, request.enabled)
+        response = admin_pb.SetPluginEnabledResponse()
+        convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugin)
+        return response
