@@ -223,24 +223,35 @@ class _Call:
 
 
 class _Base:
-    """What the two clients share: building each call, and reading each reply."""
+    """What the two clients share: the channel, building each call, reading each reply.
 
-    def __init__(self, admin_token: str | None, timeout: float | None) -> None:
+    Args:
+        target: The server's address (``host:port`` or ``unix:/path``).
+        admin_token: Sent as ``authorization: Bearer <token>`` on admin calls.
+        credentials: TLS channel credentials; plaintext when None.
+        timeout: The default deadline of each call, in seconds.
+    """
+
+    _channels: Any = grpc  # the module that opens channels: grpc, or grpc.aio
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        admin_token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = 10.0,
+    ) -> None:
         self._admin_token = admin_token
         self._timeout = timeout
-        self._stubs: dict[str, Any] = {}
-
-    def _connect(self, channels: Any, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
-        """Open a channel with ``channels`` (``grpc`` or ``grpc.aio``) and make the stubs on it."""
         if credentials is not None:
-            channel = channels.secure_channel(target, credentials)
+            self._channel = self._channels.secure_channel(target, credentials)
         else:
-            channel = channels.insecure_channel(target)
-        self._stubs = {
-            "engine": engine_grpc.PluginEngineServiceStub(channel),
-            "admin": admin_grpc.PluginAdminServiceStub(channel),
+            self._channel = self._channels.insecure_channel(target)
+        self._stubs: dict[str, Any] = {
+            "engine": engine_grpc.PluginEngineServiceStub(self._channel),
+            "admin": admin_grpc.PluginAdminServiceStub(self._channel),
         }
-        return channel
 
     def _execute_ring(
         self, ring: str | int, body: Mapping[str, Any] | None, timeout: float | None, context: dict[str, Any]
@@ -299,16 +310,7 @@ class AsyncClient(_Base):
     ``timeout`` is the default deadline of each call in seconds.
     """
 
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        *,
-        admin_token: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        timeout: float | None = 10.0,
-    ) -> None:
-        super().__init__(admin_token, timeout)
-        self._channel = self._connect(grpc.aio, target, credentials)
+    _channels = grpc.aio
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -366,16 +368,7 @@ class AsyncClient(_Base):
 class Client(_Base):
     """Blocking client. Use ``with Client(target) as client``; the same calls as :class:`AsyncClient`."""
 
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        *,
-        admin_token: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        timeout: float | None = 10.0,
-    ) -> None:
-        super().__init__(admin_token, timeout)
-        self._channel = self._connect(grpc, target, credentials)
+    _channels = grpc
 
     def __enter__(self) -> Client:
         return self
