@@ -187,6 +187,21 @@ def content_texts(content: Any) -> Iterator[str]:
                 yield text
 
 
+def _selected_messages(
+    messages: Any, roles: frozenset[str] | None
+) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """``(index, message, role)`` of each message dict whose role is selected (all when None)."""
+    if not isinstance(messages, list):
+        return
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        role = role if isinstance(role, str) else ""
+        if roles is None or role in roles:
+            yield index, message, role
+
+
 def iter_message_texts(
     body: Mapping[str, Any], roles: frozenset[str] | None = None
 ) -> Iterator[tuple[str, str]]:
@@ -196,17 +211,9 @@ def iter_message_texts(
     legacy completions ``prompt`` (a string or list of strings, reported as role
     ``"user"``). ``roles`` keeps only messages with those roles (all when None).
     """
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            role = message.get("role")
-            role = role if isinstance(role, str) else ""
-            if roles is not None and role not in roles:
-                continue
-            for text in content_texts(message.get("content")):
-                yield role, text
+    for _, message, role in _selected_messages(body.get("messages"), roles):
+        for text in content_texts(message.get("content")):
+            yield role, text
     prompt = body.get("prompt")
     if roles is None or "user" in roles:
         for text in content_texts(prompt):
@@ -244,25 +251,18 @@ def map_message_texts(
     input is never mutated. Covers the same texts as :func:`iter_message_texts`.
     """
     new_body: dict[str, Any] | None = None
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        new_messages: list[Any] | None = None
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                continue
-            role = message.get("role")
-            role = role if isinstance(role, str) else ""
-            if roles is not None and role not in roles:
-                continue
-            content = message.get("content")
-            new_content = _map_content(content, role, fn)
-            if new_content is content or new_content == content:
-                continue
-            if new_messages is None:
-                new_messages = list(messages)
-            new_messages[index] = {**message, "content": new_content}
-        if new_messages is not None:
-            new_body = {**body, "messages": new_messages}
+    messages: Any = body.get("messages")
+    new_messages: list[Any] | None = None
+    for index, message, role in _selected_messages(messages, roles):
+        content = message.get("content")
+        new_content = _map_content(content, role, fn)
+        if new_content is content or new_content == content:
+            continue
+        if new_messages is None:
+            new_messages = list(messages)
+        new_messages[index] = {**message, "content": new_content}
+    if new_messages is not None:
+        new_body = {**body, "messages": new_messages}
     prompt = body.get("prompt")
     if roles is None or "user" in roles:
         new_prompt = _map_content(prompt, "user", fn)
