@@ -41,6 +41,16 @@ def run(command: str, address: str, tmp_path: Path) -> subprocess.CompletedProce
     )
 
 
+async def run_all(found: list[str], address: str, tmp_path: Path) -> list[str]:
+    """Run each command; each must succeed; return their outputs in order."""
+    outputs = []
+    for command in found:
+        result = await asyncio.to_thread(run, command, address, tmp_path)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        outputs.append(result.stdout)
+    return outputs
+
+
 @pytest.fixture
 async def default_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
@@ -52,12 +62,7 @@ async def default_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 async def test_the_grpcurl_commands(default_server: str, tmp_path: Path) -> None:
     found = commands(readme_block("With the server from `make run`"), "grpcurl")
     assert len(found) == 5
-    outputs = []
-    for command in found:
-        result = await asyncio.to_thread(run, command, default_server, tmp_path)
-        assert result.returncode == 0, f"{command}\n{result.stderr}"
-        outputs.append(result.stdout)
-    listed, described, ring, health, plugins = outputs
+    listed, described, ring, health, plugins = await run_all(found, default_server, tmp_path)
     assert "ringd.v1.PluginEngineService" in listed
     assert "rpc ExecuteRing" in described
     assert '"action": "PLUGIN_ACTION_MODIFY"' in ring
@@ -70,12 +75,7 @@ async def test_the_ringd_commands(default_server: str, tmp_path: Path) -> None:
     found = commands(readme_block("The same from the `ringd` command"), "ringd")
     assert len(found) == 5
     (tmp_path / "my-ringd.yaml").write_text("plugins: []\n")  # for `ringd check-config`
-    outputs = []
-    for command in found:
-        result = await asyncio.to_thread(run, command, default_server, tmp_path)
-        assert result.returncode == 0, f"{command}\n{result.stderr}"
-        outputs.append(result.stdout)
-    redacted, trial, plugins, reloaded, checked = outputs
+    redacted, trial, plugins, reloaded, checked = await run_all(found, default_server, tmp_path)
     assert "[EMAIL_1]" in redacted
     assert '"tenant": "trial"' in trial
     assert '"name": "api_key_auth"' in plugins

@@ -49,6 +49,13 @@ def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError(f"ringd {' '.join(args)} did not start")
 
 
+def serve_once(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`ringd serve ARGS` expected to exit by itself (a refused start)."""
+    return subprocess.run(
+        [RINGD, "serve", *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=30
+    )
+
+
 def stop(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=30)
@@ -64,14 +71,7 @@ def workdir(tmp_path: Path) -> Path:
 def test_a_second_server_on_a_taken_port_fails_clearly(workdir: Path) -> None:
     first, address = start(["--config", "ringd.yaml", "--listen", "127.0.0.1:0"], workdir)
     try:
-        second = subprocess.run(
-            [RINGD, "serve", "--config", "ringd.yaml", "--listen", address],
-            cwd=workdir,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = serve_once(["--config", "ringd.yaml", "--listen", address], workdir)
         assert second.returncode == 1
         assert f"cannot serve: Failed to bind to address {address}" in second.stderr
         assert "Traceback" not in second.stderr
@@ -111,13 +111,8 @@ def test_workers_share_one_port_and_reload_together(workdir: Path) -> None:
 
 
 def test_workers_refuse_a_unix_socket(workdir: Path) -> None:
-    result = subprocess.run(
-        [RINGD, "serve", "--config", "ringd.yaml", "--listen", f"unix:{workdir}/r.sock", "--workers", "2"],
-        cwd=workdir,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = serve_once(
+        ["--config", "ringd.yaml", "--listen", f"unix:{workdir}/r.sock", "--workers", "2"], workdir
     )
     assert result.returncode == 2
     assert "a unix socket cannot be shared" in result.stderr
