@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import struct_pb2
-from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, RequestInfo
+from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState, RequestInfo
 from ringd.server.engine import Outcome, PluginResult, PluginSlot, RingOutcome
 
 from ringd.v1 import admin_service_pb2 as admin_pb
@@ -152,9 +152,9 @@ def _json_kind(data: Any) -> str:
 
 
 def context_from_proto(
-    message: pb.PluginContext, limits: Limits, field: str = "context"
+    message: pb.PluginContext, limits: Limits, state: PluginState, field: str = "context"
 ) -> tuple[PluginContext, bool]:
-    """Decode a context; returns it and whether the caller used the raw-JSON form.
+    """Decode a context sharing ``state``; returns it and whether the caller used the raw-JSON form.
 
     Raises:
         RequestError: a field is malformed, too deep or too large; the message names it.
@@ -187,6 +187,7 @@ def context_from_proto(
         body=body,
         metadata=metadata,
         session_id=message.session_id,
+        state=state,
         response=response,
         request_id=message.request_id,
     )

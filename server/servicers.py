@@ -80,7 +80,7 @@ class EngineServicer:
         try:
             request = engine_pb.ExecuteRingRequest.FromString(raw)
             hook = convert.hook_from_proto(request.ring)
-            ctx, json_form = convert.context_from_proto(request.context, self._limits)
+            ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
             response = engine_pb.ExecuteRingResponse()
             if hook is PluginHook.BACKGROUND:
                 self._background.submit(ctx)
@@ -114,7 +114,7 @@ class EngineServicer:
             hooks = [convert.hook_from_proto(ring, f"rings[{i}]") for i, ring in enumerate(request.rings)]
             if PluginHook.BACKGROUND in hooks[:-1]:
                 raise convert.RequestError("rings: PLUGIN_HOOK_BACKGROUND may only be the last ring")
-            ctx, json_form = convert.context_from_proto(request.context, self._limits)
+            ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
             background = hooks[-1] is PluginHook.BACKGROUND
             foreground = hooks[:-1] if background else hooks
             response = engine_pb.ExecuteRingsResponse()
