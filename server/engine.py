@@ -615,14 +615,15 @@ class Engine:
         ctx: PluginContext,
         *,
         deadline: float | None = None,
-        on_ring: Callable[[RingOutcome], None] | None = None,
+        on_ring: Callable[[RingOutcome], bool] | None = None,
     ) -> list[RingOutcome]:
         """Run several rings in order on one context and one generation.
 
         The context flows from each ring into the next (final body and metadata);
         the run stops after the first ring that ends in BLOCK or CACHE_HIT.
         ``on_ring`` is called with each ring's outcome as the ring ends, while the
-        shared context still holds that ring's state.
+        shared context still holds that ring's state; returning False stops the run
+        after that ring too.
         """
         generation = self.generation
         generation.inflight += 1
@@ -631,9 +632,8 @@ class Engine:
             for hook in hooks:
                 ring_outcome = await self._run(generation, hook, ctx, deadline)
                 outcomes.append(ring_outcome)
-                if on_ring is not None:
-                    on_ring(ring_outcome)
-                if ring_outcome.ended:
+                go_on = on_ring(ring_outcome) if on_ring is not None else True
+                if ring_outcome.ended or not go_on:
                     break
             return outcomes
         finally:

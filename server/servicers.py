@@ -26,6 +26,10 @@ from ringd.v1 import admin_service_pb2_grpc as admin_grpc
 from ringd.v1 import engine_service_pb2 as engine_pb
 
 ENGINE_SERVICE = "ringd.v1.PluginEngineService"
+_ENDING_ACTIONS = (
+    convert.ACTION_TO_PROTO[PluginAction.BLOCK],
+    convert.ACTION_TO_PROTO[PluginAction.CACHE_HIT],
+)
 ADMIN_SERVICE = "ringd.v1.PluginAdminService"
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -119,12 +123,10 @@ class EngineServicer:
             foreground = hooks[:-1] if background else hooks
             response = engine_pb.ExecuteRingsResponse()
 
-            def encode(ring_outcome: RingOutcome) -> None:
-                # Encoded as each ring ends: the context is shared and flows on.
-                if not self._encode(ring_outcome, json_form, response.outcomes.add()):
-                    # Answered as a 500 block: the run stops here, as after any block
-                    # (the engine checks `ended` after this call), and no background ring.
-                    ring_outcome.action = PluginAction.BLOCK
+            def encode(ring_outcome: RingOutcome) -> bool:
+                # Encoded as each ring ends: the context is shared and flows on. A ring
+                # that could not be encoded is answered as a 500 block, and the run stops.
+                return self._encode(ring_outcome, json_form, response.outcomes.add())
 
             with self._tracer.ring_span(
                 f"{ENGINE_SERVICE}/ExecuteRings", context.invocation_metadata()
@@ -135,7 +137,8 @@ class EngineServicer:
                 )
                 for ring_outcome in outcomes:
                     self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
-            if background and not (outcomes and outcomes[-1].ended):
+            answered = response.outcomes
+            if background and not (answered and answered[-1].action in _ENDING_ACTIONS):
                 self._background.submit(ctx)
                 self._acknowledge(response.outcomes.add(), self._engine.generation)
             return self._sized(response.SerializeToString())
