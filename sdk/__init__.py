@@ -16,13 +16,14 @@ It is the LLMProxy Plugin SDK made exact, so an LLMProxy plugin written against
 The SDK has no gRPC or protobuf in it: plugins see plain Python types only.
 """
 
-from ringd.sdk._context import PluginContext, PluginState, RequestInfo
+from ringd.sdk._context import Headers, PluginContext, PluginState, RequestInfo, UpstreamResponse
 from ringd.sdk._plugin import BasePlugin, PluginHook
 from ringd.sdk._response import PluginAction, PluginResponse, PluginResponseError
 from ringd.sdk._store import Store, StoreError
 
 __all__ = [
     "BasePlugin",
+    "Headers",
     "PluginAction",
     "PluginContext",
     "PluginHook",
@@ -32,4 +33,5 @@ __all__ = [
     "RequestInfo",
     "Store",
     "StoreError",
+    "UpstreamResponse",
 ]

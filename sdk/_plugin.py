@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +32,18 @@ class PluginHook(Enum):
     """Ring 5: usage accounting, logs, telemetry; runs after the client has its answer."""
 
 
+class _PluginLogger:
+    """``BasePlugin.logger``: set by ``__init__``, and made on first use for a subclass
+    whose ``__init__`` skipped ``super().__init__()``. A plugin may assign its own."""
+
+    def __get__(self, instance: BasePlugin | None, owner: type[BasePlugin]) -> logging.Logger:
+        name = owner.name if instance is None else instance.name
+        logger = logging.getLogger(f"plugin.{name}")
+        if instance is not None:
+            instance.__dict__["logger"] = logger
+        return logger
+
+
 class BasePlugin:
     """Subclass this to write a plugin.
 
@@ -51,17 +64,30 @@ class BasePlugin:
     have finished.
     """
 
-    name: ClassVar[str] = "base_plugin"
-    hook: ClassVar[PluginHook] = PluginHook.PRE_FLIGHT
-    version: ClassVar[str] = "0.0.0"
-    author: ClassVar[str] = ""
+    # LLMProxy's defaults, so a plugin that leaves one out behaves as it does there.
+    name: ClassVar[str] = "unnamed_plugin"
+    hook: ClassVar[PluginHook] = PluginHook.BACKGROUND
+    version: ClassVar[str] = "0.0.1"
+    author: ClassVar[str] = "unknown"
     description: ClassVar[str] = ""
-    timeout_ms: ClassVar[int] = 10
+    timeout_ms: ClassVar[int] = 50
+
+    logger = _PluginLogger()
+    """``logging.getLogger(f"plugin.{name}")``, as in LLMProxy (most of its plugins log from ``on_load``)."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
-        """Keep ``config`` (the entry's ``config`` mapping; never None) as ``self.config``."""
+        """Keep ``config`` (the entry's ``config`` mapping; never None) as ``self.config``.
+
+        Also sets ``self.logger``. A subclass that overrides ``__init__`` calls
+        ``super().__init__(config)`` first, as in LLMProxy.
+        """
         self.config: dict[str, Any] = dict(config) if config else {}
+        self.__dict__["logger"] = logging.getLogger(f"plugin.{self.name}")
         self._metrics = PluginMetrics()
+
+    def __repr__(self) -> str:
+        hook = getattr(self.hook, "value", self.hook)
+        return f"<Plugin {self.name} v{self.version} hook={hook}>"
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Handle one request in this plugin's ring.
@@ -78,6 +104,7 @@ class BasePlugin:
               ring; the gateway answers the client with that error.
             * ``PluginResponse.cache_hit(response=...)``: end the ring; the gateway
               answers with ``response`` and does not call the upstream.
+            * ``None``: a passthrough, as in LLMProxy.
 
         Setting ``ctx.stop_chain = True`` (LLMProxy style) ends the ring as a
         block carrying ``ctx.error``.
@@ -85,7 +112,8 @@ class BasePlugin:
         Time budget: ``timeout_ms`` (the config entry's value if set), cut to
         the time left before the gateway's deadline. A call that runs past it is
         cancelled and counts as a timeout. Raising, timing out or returning
-        anything but a ``PluginResponse`` is a failure: under
+        anything but a ``PluginResponse`` or ``None``, or a response the ring
+        cannot serve (CACHE_HIT without a response dict), is a failure: under
         ``fail_policy: closed`` the ring blocks (500, 504, or 503 while the
         circuit breaker is open), under ``open`` the plugin is skipped.
 
@@ -102,6 +130,9 @@ class BasePlugin:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Live metrics: invocations, errors, blocks, timeouts, latencies (total, avg, p50/p95/p99)."""
-        metrics = getattr(self, "_metrics", None)
-        return (metrics if metrics is not None else PluginMetrics()).snapshot()
+        """Live metrics: LLMProxy's keys (name, version, invocations, errors, blocks,
+        avg_latency_ms) plus timeouts, bypasses, stalls, total_latency_ms and
+        p50/p95/p99 latencies over the most recent 2,048 calls of this process."""
+        metrics = self.__dict__.get("_metrics")
+        snapshot = (metrics if metrics is not None else PluginMetrics()).snapshot()
+        return {"name": self.name, "version": self.version, **snapshot}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 _log = logging.getLogger("ringd.sdk")
@@ -13,17 +13,19 @@ _log = logging.getLogger("ringd.sdk")
 class PluginResponseError(ValueError):
     """A :class:`PluginResponse` broke a validation rule.
 
-    Raised at construction time. When a plugin's ``execute`` raises it, the
-    engine counts it as that plugin's error, like any other exception.
+    Raised at construction for an unknown action, and by :meth:`PluginResponse.validate`
+    (which the engine calls when the ring runs) for a response it cannot serve. When a
+    plugin's ``execute`` raises it, the engine counts it as that plugin's error.
     """
 
 
-class PluginAction(Enum):
-    """What a plugin tells the ring to do next."""
+class PluginAction(StrEnum):
+    """What a plugin tells the ring to do next.
 
-    # Members are singletons compared by identity: hash them by identity too, in C,
-    # not by Enum's Python-level hash of the name (they key hot-path lookup tables).
-    __hash__ = object.__hash__
+    A string enum, as in LLMProxy: every member *is* its value, so
+    ``resp.action == "block"``, ``resp.action in {"block"}``, lookups by the string
+    and ``f"{resp.action}"`` behave as with plain strings (and hash in C).
+    """
 
     PASSTHROUGH = "passthrough"
     """Continue with the next plugin; the body is kept as it is (in-place edits included)."""
@@ -35,56 +37,71 @@ class PluginAction(Enum):
     """Stop the ring; the gateway answers the client with ``response`` and skips the upstream."""
 
 
+_ACTIONS: dict[object, PluginAction] = {action.value: action for action in PluginAction}
+
+
 @dataclass(slots=True)
 class PluginResponse:
     """A plugin's verdict. Build it with a factory rather than by hand.
 
-    Validation rules (checked on construction):
-        * ``action`` must be a :class:`PluginAction` (or one of its string values),
-          otherwise :class:`PluginResponseError`.
-        * BLOCK needs ``status_code >= 400``; a lower code becomes 403 with a warning.
-        * MODIFY needs a ``body`` dict and CACHE_HIT a ``response`` dict, otherwise
-          :class:`PluginResponseError`.
+    The fields, their order and their defaults are LLMProxy's, so
+    ``PluginResponse()`` is a passthrough and ``PluginResponse("block", 429)``
+    a block. Construction is as lenient as LLMProxy's:
+
+    * ``action`` must be a :class:`PluginAction` or one of its string values,
+      otherwise :class:`PluginResponseError` (``Invalid PluginResponse action
+      'x'. Must be one of: ...``). A string is stored as its member.
+    * BLOCK with no ``status_code``, or one outside 400-599, becomes 403 with a
+      warning.
+    * MODIFY without a ``body`` keeps ``ctx.body`` (in-place edits included).
+    * What cannot be served, such as CACHE_HIT without a ``response`` dict, is
+      accepted here and is that plugin's error when the ring runs (see
+      :meth:`validate`).
 
     Attributes:
         action: What the ring does next.
-        body: The new request body (MODIFY).
-        response: The answer to send the client instead of calling upstream (CACHE_HIT).
-        status_code: The HTTP status the gateway answers with (BLOCK).
+        status_code: The HTTP status the gateway answers with (BLOCK); 200 otherwise.
         error_type: A short machine-readable reason such as ``"rate_limited"`` (BLOCK).
         message: A human-readable explanation; for BLOCK it reaches the client.
+        body: The new request body (MODIFY); ``None`` keeps ``ctx.body``.
+        response: The answer to send the client instead of calling upstream (CACHE_HIT).
     """
 
-    action: PluginAction
-    body: dict[str, Any] | None = None
-    response: dict[str, Any] | None = None
-    status_code: int | None = None
+    action: PluginAction = PluginAction.PASSTHROUGH
+    status_code: int = 200
     error_type: str | None = None
     message: str | None = None
+    body: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         action: Any = self.action
         if action is PluginAction.PASSTHROUGH:
             return  # nothing to check: the common case, kept cheap
-        if not isinstance(action, PluginAction):
-            try:
-                action = PluginAction(action)
-            except ValueError:
-                valid = ", ".join(a.value for a in PluginAction)
-                raise PluginResponseError(
-                    f"invalid action {self.action!r}: expected one of {valid}"
-                ) from None
-            self.action = action
-        if action is PluginAction.BLOCK:
-            code = self.status_code
-            if not isinstance(code, int) or isinstance(code, bool):
-                raise PluginResponseError(f"BLOCK needs an integer status_code, got {code!r}")
-            if code < 400 or code > 599:
-                _log.warning("BLOCK status_code %s is not an HTTP error; using 403", code)
+        member = _ACTIONS.get(action) if isinstance(action, str) else None
+        if member is None:
+            valid = ", ".join(a.value for a in PluginAction)
+            raise PluginResponseError(f"Invalid PluginResponse action '{action}'. Must be one of: {valid}")
+        self.action = member
+        if member is PluginAction.BLOCK:
+            code: Any = self.status_code
+            if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 599:
+                _log.warning("PluginResponse BLOCK with status_code=%r is not an HTTP error; using 403", code)
                 self.status_code = 403
-        elif action is PluginAction.MODIFY:
-            if not isinstance(self.body, dict):
-                raise PluginResponseError(f"MODIFY needs body to be a dict, got {type(self.body).__name__}")
+
+    def validate(self) -> None:
+        """Check that the ring can serve this response; the engine calls it as the ring runs.
+
+        Raises:
+            PluginResponseError: MODIFY with a ``body`` that is not a dict, or
+                CACHE_HIT without a ``response`` dict.
+        """
+        action = self.action
+        if action is PluginAction.MODIFY:
+            if self.body is not None and not isinstance(self.body, dict):
+                raise PluginResponseError(
+                    f"MODIFY needs body to be a dict or None, got {type(self.body).__name__}"
+                )
         elif action is PluginAction.CACHE_HIT and not isinstance(self.response, dict):
             raise PluginResponseError(
                 f"CACHE_HIT needs response to be a dict, got {type(self.response).__name__}"
@@ -97,23 +114,19 @@ class PluginResponse:
 
     @classmethod
     def modify(cls, body: dict[str, Any] | None = None, message: str | None = None) -> PluginResponse:
-        """Replace the request body with ``body`` and continue the ring.
-
-        Raises:
-            PluginResponseError: ``body`` is not a dict.
-        """
+        """Replace the request body with ``body`` (``None`` keeps it) and continue the ring."""
         return cls(PluginAction.MODIFY, body=body, message=message)
 
     @classmethod
     def block(
         cls,
         status_code: int = 403,
-        error_type: str = "blocked",
-        message: str = "",
+        error_type: str = "plugin_block",
+        message: str = "Blocked by plugin",
     ) -> PluginResponse:
         """Stop the ring; the gateway answers the client with ``status_code``.
 
-        A ``status_code`` below 400 (or above 599) becomes 403 with a warning.
+        A ``status_code`` outside 400-599 becomes 403 with a warning.
         """
         return cls(PluginAction.BLOCK, status_code=status_code, error_type=error_type, message=message)
 
@@ -121,7 +134,6 @@ class PluginResponse:
     def cache_hit(cls, response: dict[str, Any] | None = None, message: str | None = None) -> PluginResponse:
         """Stop the ring and answer the client with ``response``, skipping the upstream call.
 
-        Raises:
-            PluginResponseError: ``response`` is not a dict.
+        A missing or non-dict ``response`` is this plugin's error when the ring runs.
         """
         return cls(PluginAction.CACHE_HIT, response=response, message=message)

@@ -186,7 +186,7 @@ def context_from_proto(
     ctx = PluginContext(
         body=body,
         metadata=metadata,
-        session_id=message.session_id,
+        session_id=message.session_id or "default",
         state=state,
         response=response,
         request_id=message.request_id,
@@ -311,7 +311,7 @@ def decision_to_proto(response: PluginResponse, target: pb.PluginResponse) -> No
     """
     target.action = _action_to_proto(response.action, "decision.action")
     status_code: Any = response.status_code
-    if status_code is not None:
+    if response.action is PluginAction.BLOCK:  # the status of a block; other actions answer 200
         if not isinstance(status_code, int) or isinstance(status_code, bool) or not 0 <= status_code < 1000:
             raise EncodeError(f"decision.status_code is {status_code!r}, not an HTTP status")
         target.status_code = status_code

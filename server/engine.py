@@ -28,6 +28,7 @@ from ringd.sdk import (
     PluginContext,
     PluginHook,
     PluginResponse,
+    PluginResponseError,
     PluginState,
 )
 from ringd.sdk._metrics import PluginMetrics
@@ -348,6 +349,20 @@ async def _as_coroutine(returned: Any) -> Any:
     return returned
 
 
+def _check_response(response: Any) -> tuple[Outcome | None, str, Any]:
+    """What a plugin returned, as ``(failure, error, response)``: None is a passthrough
+    (LLMProxy), anything but a servable :class:`PluginResponse` is the plugin's error."""
+    if response is None:
+        return None, "", _PASSTHROUGH
+    if not isinstance(response, PluginResponse):
+        return Outcome.ERROR, f"returned {type(response).__name__}, expected PluginResponse", None
+    try:
+        response.validate()
+    except PluginResponseError as exc:  # a response the ring cannot serve: this plugin's error
+        return Outcome.ERROR, f"PluginResponseError: {exc}", None
+    return None, "", response
+
+
 def _describe(exc: BaseException) -> str:
     try:
         text = str(exc)
@@ -361,6 +376,7 @@ _FAILURE_BLOCK = {
     Outcome.TIMEOUT: (504, "plugin_timeout", "timed out"),
 }
 _UNAVAILABLE = (503, "plugin_unavailable", "is unavailable")
+_PASSTHROUGH = PluginResponse()
 
 
 class Engine:
@@ -710,9 +726,12 @@ class Engine:
             metrics = loaded.metrics
             if budget > 0:
                 metrics.observe(latency_ms)
-            if failure is None and not isinstance(response, PluginResponse):
-                failure = Outcome.ERROR
-                error = f"returned {type(response).__name__}, expected PluginResponse"
+            if failure is None and (
+                type(response) is not PluginResponse or response.action is not PluginAction.PASSTHROUGH
+            ):
+                # Off the common path (a passthrough): None, a subclass, garbage, or an
+                # action whose payload the ring must check before serving it.
+                failure, error, response = _check_response(response)
             if failure is not None:
                 result, decision = self._failed_call(
                     loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
@@ -738,7 +757,8 @@ class Engine:
                 )
             )
             if kind is PluginAction.MODIFY:
-                ctx.body = response.body
+                if response.body is not None:  # MODIFY without a body keeps ctx.body (LLMProxy)
+                    ctx.body = response.body
                 action = PluginAction.MODIFY
             elif kind is not PluginAction.PASSTHROUGH:
                 if kind is PluginAction.BLOCK:

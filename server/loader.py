@@ -9,15 +9,22 @@ LLMProxy's module names ``core.plugin_sdk`` and ``core.plugin_engine`` resolve t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ringd.sdk
-from ringd.sdk import BasePlugin
+from ringd.sdk import BasePlugin, PluginContext, PluginResponse
+
+FUNCTION_TIMEOUT_MS = 500
+"""A legacy function plugin's time budget when its entry sets none (LLMProxy's default)."""
 
 _CORE_ALIASES = ("core.plugin_sdk", "core.plugin_engine")
 
@@ -112,7 +119,38 @@ def load_plugin_class(entrypoint: str, base_dir: Path) -> type[BasePlugin]:
             raise PluginLoadError(f"importing {target!r} raised {type(exc).__name__}: {exc}") from exc
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise PluginLoadError(f"{target} has no class {class_name!r}")
-    if not isinstance(cls, type) or not issubclass(cls, BasePlugin):
-        raise PluginLoadError(f"{target}:{class_name} is not a subclass of ringd.sdk.BasePlugin")
-    return cls
+        raise PluginLoadError(f"{target} has no class or function {class_name!r}")
+    if isinstance(cls, type) and issubclass(cls, BasePlugin):
+        return cls
+    if inspect.isfunction(cls):
+        return function_plugin(cls)
+    raise PluginLoadError(f"{target}:{class_name} is not a BasePlugin subclass or a function")
+
+
+def function_plugin(function: Callable[[PluginContext], Any]) -> type[BasePlugin]:
+    """Wrap an LLMProxy legacy function plugin (``def fn(ctx)`` or ``async def fn(ctx)``) as a class.
+
+    It returns ``None`` (passthrough) or a :class:`PluginResponse`, and may end the
+    ring LLMProxy's way with ``ctx.stop_chain``. A plain ``def`` runs on a worker
+    thread, as LLMProxy runs it, so it cannot block the event loop. Its entry must
+    name the ``hook``; its time budget is :data:`FUNCTION_TIMEOUT_MS` unless the
+    entry sets ``timeout_ms``.
+    """
+    is_async = inspect.iscoroutinefunction(function)
+
+    class FunctionPlugin(BasePlugin):
+        name = function.__name__
+        hook = None  # type: ignore[assignment]  # the entry must say which ring
+        version = "0.0.0"
+        description = (function.__doc__ or "").strip().split("\n", 1)[0]
+        timeout_ms = FUNCTION_TIMEOUT_MS
+
+        async def execute(self, ctx: PluginContext) -> PluginResponse:
+            if is_async:
+                returned = await function(ctx)
+            else:
+                returned = await asyncio.to_thread(function, ctx)
+            return returned  # type: ignore[no-any-return]  # None or a response: the engine checks
+
+    FunctionPlugin.__qualname__ = FunctionPlugin.__name__ = f"FunctionPlugin[{function.__qualname__}]"
+    return FunctionPlugin

@@ -192,11 +192,12 @@ def test_a_config_that_fails_constructs_no_plugin(ws) -> None:
         "side_effect.py",
         f"""
         from pathlib import Path
-        from ringd.sdk import BasePlugin
+        from ringd.sdk import PluginHook, BasePlugin
 
         Path({str(sentinel)!r} + ".imported").write_text("imported")
 
         class SideEffect(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             def __init__(self, config=None):
                 super().__init__(config)
                 Path({str(sentinel)!r}).write_text("constructed")
@@ -219,9 +220,10 @@ async def test_an_engine_reload_with_a_config_that_fails_keeps_serving(ws, make_
     ws.plugin(
         "tag.py",
         """
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
         class Tag(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             async def execute(self, ctx):
                 ctx.metadata["tag"] = self.config["tag"]
                 return PluginResponse.passthrough()
@@ -314,9 +316,10 @@ def test_check_config_rejects_a_bad_file_before_constructing_anything(ws) -> Non
         "side_effect.py",
         f"""
         from pathlib import Path
-        from ringd.sdk import BasePlugin
+        from ringd.sdk import PluginHook, BasePlugin
 
         class SideEffect(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             def __init__(self, config=None):
                 super().__init__(config)
                 Path({str(sentinel)!r}).write_text("constructed")

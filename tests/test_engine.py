@@ -300,10 +300,11 @@ async def test_engine_injects_the_shared_state_with_the_store(ws, make_engine, s
     ws.plugin(
         "counter.py",
         """
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import BasePlugin, PluginHook, PluginResponse
 
         class Counter(BasePlugin):
             name = "counter"
+            hook = PluginHook.PRE_FLIGHT
 
             async def execute(self, ctx):
                 count = await ctx.state.extra["store"].incr("requests")
@@ -503,6 +504,7 @@ class QuotaBackendDown(Exception):
 
 
 class RaisesKeyError(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "raises_key_error"
 
     async def execute(self, ctx):
@@ -510,6 +512,7 @@ class RaisesKeyError(BasePlugin):
 
 
 class RaisesCustom(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "raises_custom"
 
     async def execute(self, ctx):
@@ -517,6 +520,7 @@ class RaisesCustom(BasePlugin):
 
 
 class BackendTimesOut(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "backend_times_out"
     timeout_ms = 1000
 
@@ -527,6 +531,7 @@ class BackendTimesOut(BasePlugin):
 
 
 class RaisesCancelled(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "raises_cancelled"
 
     async def execute(self, ctx):
@@ -535,6 +540,7 @@ class RaisesCancelled(BasePlugin):
 
 
 class ReturnsNone(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "returns_none"
 
     async def execute(self, ctx):
@@ -542,6 +548,7 @@ class ReturnsNone(BasePlugin):
 
 
 class ReturnsString(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "returns_string"
 
     async def execute(self, ctx):
@@ -549,13 +556,24 @@ class ReturnsString(BasePlugin):
 
 
 class ModifiesWithoutBody(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "modifies_without_body"
 
     async def execute(self, ctx):
+        ctx.body["seen"] = True
         return PluginResponse.modify()
 
 
+class CacheHitWithoutResponse(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
+    name = "cache_hit_without_response"
+
+    async def execute(self, ctx):
+        return PluginResponse.cache_hit()
+
+
 class FailsOnLoad(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "fails_on_load"
 
     async def on_load(self):
@@ -563,16 +581,19 @@ class FailsOnLoad(BasePlugin):
 
 
 class NoTimeout(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "no_timeout"
     timeout_ms = None
 
 
 class ZeroTimeout(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "zero_timeout"
     timeout_ms = 0
 
 
 class FailsInInit(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     name = "fails_in_init"
 
     def __init__(self, config=None):
@@ -585,9 +606,11 @@ RUNTIME_FAILURES = {
     "custom_exception": ("failing.py:RaisesCustom", "QuotaBackendDown: quota backend down"),
     "own_timeout_error": ("failing.py:BackendTimesOut", "TimeoutError"),
     "raises_cancelled": ("failing.py:RaisesCancelled", "CancelledError raised by the plugin"),
-    "returns_none": ("failing.py:ReturnsNone", "returned NoneType, expected PluginResponse"),
     "returns_string": ("failing.py:ReturnsString", "returned str, expected PluginResponse"),
-    "invalid_response": ("failing.py:ModifiesWithoutBody", "PluginResponseError: MODIFY needs body"),
+    "invalid_response": (
+        "failing.py:CacheHitWithoutResponse",
+        "PluginResponseError: CACHE_HIT needs response",
+    ),
 }
 
 LOAD_FAILURES = {
@@ -595,10 +618,13 @@ LOAD_FAILURES = {
     "init_raises": ("failing.py:FailsInInit", "construction raised ValueError: bad setting"),
     "syntax_error": ("broken.py:Anything", "syntax error in"),
     "import_raises": ("explodes.py:Anything", "raised ZeroDivisionError"),
-    "missing_class": ("failing.py:NoSuchClass", "has no class 'NoSuchClass'"),
+    "missing_class": ("failing.py:NoSuchClass", "has no class or function 'NoSuchClass'"),
     "missing_file": ("not_there.py:Plugin", "cannot read plugin file"),
     "missing_module": ("no_such_pkg.plugins:Plugin", "cannot import module 'no_such_pkg.plugins'"),
-    "not_a_plugin": ("failing.py:QuotaBackendDown", "is not a subclass of ringd.sdk.BasePlugin"),
+    "not_a_plugin": (
+        "failing.py:QuotaBackendDown",
+        "is not a BasePlugin subclass or a function",
+    ),
     "class_timeout_none": ("failing.py:NoTimeout", "class attribute timeout_ms is None"),
     "class_timeout_zero": ("failing.py:ZeroTimeout", "class attribute timeout_ms is 0"),
 }
@@ -789,7 +815,7 @@ async def test_fail_policy_closed_on_a_post_flight_plugin_blocks(with_failing, m
     engine = await make_engine(
         with_failing.config(
             ring_config(
-                "{name: bad, entrypoint: 'failing.py:ReturnsNone', hook: post_flight, fail_policy: closed}"
+                "{name: bad, entrypoint: 'failing.py:ReturnsString', hook: post_flight, fail_policy: closed}"
             )
         )
     )
@@ -974,10 +1000,11 @@ async def test_stats_are_live_and_have_percentiles(with_sleeper, make_engine):
 PACER = """
 import asyncio
 
-from ringd.sdk import BasePlugin, PluginResponse
+from ringd.sdk import BasePlugin, PluginHook, PluginResponse
 
 
 class Pacer(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     timeout_ms = 500
 
     def __init__(self, config=None):

@@ -237,9 +237,10 @@ async def test_a_rejected_reload_unloads_what_it_built_aside(ws, make_engine):
     ws.plugin(
         "recorder.py",
         f"""
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
         class Recorder(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             name = "recorder"
 
             def _log(self, what):
@@ -277,9 +278,10 @@ async def test_stats_survive_for_unchanged_plugins_and_restart_for_changed_ones(
     ws.plugin(
         "edited.py",
         """
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
         class Edited(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             name = "edited"
             version = "1.0.0"
 
@@ -357,9 +359,10 @@ async def test_a_plugin_that_failed_to_load_is_retried_on_reload(ws, make_engine
     ws.plugin(
         "late.py",
         """
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
         class Late(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             async def execute(self, ctx):
                 return PluginResponse.passthrough()
         """,

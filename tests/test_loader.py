@@ -107,9 +107,10 @@ async def test_relative_file_entrypoints_resolve_against_the_config_folder(
     ws.plugin(
         "deploy/plugins/hello.py",
         """
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
         class Hello(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             async def execute(self, ctx):
                 ctx.metadata["hello"] = "from deploy/plugins"
                 return PluginResponse.passthrough()
@@ -130,9 +131,10 @@ async def test_absolute_file_entrypoint(ws, make_engine):
     path = ws.plugin(
         "abs/plug.py",
         """
-        from ringd.sdk import BasePlugin, PluginResponse
+        from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
         class Plug(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             async def execute(self, ctx):
                 ctx.metadata["abs"] = True
                 return PluginResponse.passthrough()
@@ -183,9 +185,10 @@ async def test_two_files_with_the_same_class_name_do_not_clash(ws, make_engine):
         ws.plugin(
             f"{folder}/plugin.py",
             f"""
-            from ringd.sdk import BasePlugin, PluginResponse
+            from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
             class Plugin(BasePlugin):
+                hook = PluginHook.PRE_FLIGHT
                 async def execute(self, ctx):
                     ctx.metadata.setdefault("ran", []).append({folder!r})
                     return PluginResponse.passthrough()
@@ -244,9 +247,9 @@ async def test_a_class_hook_that_is_not_a_plugin_hook_fails_the_load(ws, make_en
 def test_load_plugin_class_errors_name_the_culprit(ws):
     ws.plugin("mod.py", "from ringd.sdk import BasePlugin\nclass NotAPlugin:\n    pass\nVALUE = 3\n")
     cases = {
-        "mod.py:Missing": "has no class 'Missing'",
-        "mod.py:NotAPlugin": "NotAPlugin is not a subclass of ringd.sdk.BasePlugin",
-        "mod.py:VALUE": "VALUE is not a subclass",
+        "mod.py:Missing": "has no class or function 'Missing'",
+        "mod.py:NotAPlugin": "NotAPlugin is not a BasePlugin subclass or a function",
+        "mod.py:VALUE": "VALUE is not a BasePlugin subclass",
         "gone.py:X": "cannot read plugin file",
         "no.such.module:X": "cannot import module 'no.such.module'",
     }
@@ -262,12 +265,13 @@ def test_an_unchanged_file_is_not_executed_again(ws):
         "once.py",
         f"""
         from pathlib import Path
-        from ringd.sdk import BasePlugin
+        from ringd.sdk import PluginHook, BasePlugin
 
         marker = Path({str(counter)!r})
         marker.write_text(marker.read_text() + "x" if marker.exists() else "x")
 
         class Once(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
             pass
         """,
     )
@@ -278,9 +282,15 @@ def test_an_unchanged_file_is_not_executed_again(ws):
 
 
 def test_an_edited_file_is_loaded_fresh(ws):
-    ws.plugin("ver.py", "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '1'\n")
+    ws.plugin(
+        "ver.py",
+        "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '1'\n",
+    )
     first = load_plugin_class("ver.py:V", ws.root)
-    ws.plugin("ver.py", "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '2'\n")
+    ws.plugin(
+        "ver.py",
+        "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '2'\n",
+    )
     second = load_plugin_class("ver.py:V", ws.root)
     assert (first.version, second.version) == ("1", "2")
 

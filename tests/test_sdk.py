@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -18,10 +19,13 @@ from ringd.sdk import (
 )
 
 
-@pytest.mark.parametrize("action", ["delete", "PASS", "", None, 3])
-def test_invalid_action_raises(action: object) -> None:
-    with pytest.raises(PluginResponseError, match="invalid action"):
+@pytest.mark.parametrize("action", ["banana", "delete", "PASS", "", None, 3])
+def test_invalid_action_raises_with_llmproxy_message(action: object) -> None:
+    with pytest.raises(PluginResponseError) as raised:
         PluginResponse(action)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        f"Invalid PluginResponse action '{action}'. Must be one of: passthrough, modify, block, cache_hit"
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,10 +74,18 @@ def test_block_by_hand_below_400_is_corrected_too(caplog: pytest.LogCaptureFixtu
     assert caplog.records
 
 
-@pytest.mark.parametrize("body", [None, "text", ["a"]])
-def test_modify_without_a_body_dict_raises(body: object) -> None:
+@pytest.mark.parametrize("body", ["text", ["a"]])
+def test_modify_with_a_body_that_is_not_a_dict_is_caught_when_served(body: object) -> None:
+    response = PluginResponse.modify(body=body)  # type: ignore[arg-type]
     with pytest.raises(PluginResponseError, match="MODIFY"):
-        PluginResponse.modify(body=body)  # type: ignore[arg-type]
+        response.validate()
+
+
+def test_modify_without_a_body_is_valid_and_keeps_the_body() -> None:
+    response = PluginResponse(action="modify")  # type: ignore[arg-type]
+    assert response.action is PluginAction.MODIFY
+    assert response.body is None
+    response.validate()
 
 
 def test_modify_keeps_body_and_message() -> None:
@@ -84,9 +96,11 @@ def test_modify_keeps_body_and_message() -> None:
 
 
 @pytest.mark.parametrize("answer", [None, "cached text", 42])
-def test_cache_hit_without_a_response_dict_raises(answer: object) -> None:
+def test_cache_hit_without_a_response_dict_is_accepted_then_caught_when_served(answer: object) -> None:
+    response = PluginResponse.cache_hit(response=answer)  # type: ignore[arg-type]
+    assert response.action is PluginAction.CACHE_HIT
     with pytest.raises(PluginResponseError, match="CACHE_HIT"):
-        PluginResponse.cache_hit(response=answer)  # type: ignore[arg-type]
+        response.validate()
 
 
 def test_cache_hit_keeps_the_response() -> None:
@@ -98,7 +112,7 @@ def test_cache_hit_keeps_the_response() -> None:
 def test_passthrough_carries_no_payload() -> None:
     response = PluginResponse.passthrough()
     assert response.action is PluginAction.PASSTHROUGH
-    assert (response.body, response.response, response.status_code) == (None, None, None)
+    assert (response.body, response.response, response.status_code) == (None, None, 200)
 
 
 def test_plugin_response_error_is_a_value_error() -> None:
@@ -110,7 +124,7 @@ def test_context_and_state_construct_with_defaults() -> None:
     ctx = PluginContext()
     assert ctx.body == {}
     assert ctx.metadata == {}
-    assert ctx.session_id == ""
+    assert ctx.session_id == "default"
     assert isinstance(ctx.state, PluginState)
     assert ctx.response is None
     assert ctx.request == RequestInfo()
@@ -118,7 +132,7 @@ def test_context_and_state_construct_with_defaults() -> None:
     assert ctx.error is None
     assert ctx.stop_chain is False
     state = PluginState()
-    assert (state.config, state.cache, state.metrics, state.extra) == ({}, {}, {}, {})
+    assert (state.cache, state.metrics, state.config, state.extra) == (None, None, {}, {})
 
 
 def test_defaults_are_not_shared_between_instances() -> None:
@@ -217,3 +231,66 @@ def test_public_surface_is_declared() -> None:
     for name in ringd.sdk.__all__:
         assert hasattr(ringd.sdk, name), name
     assert {"BasePlugin", "PluginResponse", "PluginContext", "PluginState"} <= set(ringd.sdk.__all__)
+
+
+# ----------------------------------------------------------------- LLMProxy parity
+
+
+def test_fields_take_llmproxy_positions() -> None:
+    state = PluginState(None, None, {"region": "eu"}, {"store": "s"})
+    assert (state.config, state.extra) == ({"region": "eu"}, {"store": "s"})
+    request = RequestInfo("POST", "/v1/chat/completions")
+    ctx = PluginContext(request, {"model": "m"}, {"id": "r"}, {"k": 1}, "s-1", "err", True, state)
+    assert (ctx.request, ctx.body, ctx.metadata, ctx.session_id) == (request, {"model": "m"}, {"k": 1}, "s-1")
+    assert (ctx.error, ctx.stop_chain, ctx.state) == ("err", True, state)
+    assert ctx.response == {"id": "r"}
+    response = PluginResponse("block", 429, "rate_limited", "slow down")
+    assert (response.status_code, response.error_type, response.message) == (429, "rate_limited", "slow down")
+
+
+def test_plugin_action_is_a_string() -> None:
+    block = PluginResponse.block().action
+    assert isinstance(block, str)
+    assert block == "block"
+    assert f"{block}" == "block"
+    assert str(block) == "block"
+    assert {"block": 1}[block] == 1
+    assert block in {"block", "cache_hit"}
+    assert json.dumps({"action": block}) == '{"action": "block"}'
+
+
+def test_base_plugin_defaults_logger_stats_and_repr() -> None:
+    class Bare(BasePlugin):
+        pass
+
+    class NoSuper(BasePlugin):
+        name = "no_super"
+
+        def __init__(self, config: dict | None = None) -> None:
+            self.config = config or {}
+
+    bare = Bare()
+    assert (Bare.name, Bare.hook, Bare.version, Bare.author, Bare.timeout_ms) == (
+        "unnamed_plugin",
+        PluginHook.BACKGROUND,
+        "0.0.1",
+        "unknown",
+        50,
+    )
+    assert bare.logger is logging.getLogger("plugin.unnamed_plugin")
+    assert NoSuper().logger is logging.getLogger("plugin.no_super")
+    stats = bare.stats
+    assert {"name", "version", "invocations", "errors", "blocks", "avg_latency_ms"} <= stats.keys()
+    assert (stats["name"], stats["version"], stats["invocations"]) == ("unnamed_plugin", "0.0.1", 0)
+    assert repr(bare) == "<Plugin unnamed_plugin v0.0.1 hook=background>"
+
+
+def test_request_reads_like_starlette() -> None:
+    request = RequestInfo(headers={"Authorization": "Bearer k"}, client_address="[2001:db8::1]:443")
+    assert request.headers.get("authorization") == request.headers["AUTHORIZATION"] == "Bearer k"
+    assert "Authorization" in request.headers
+    assert request.client is not None
+    assert (request.client.host, request.client.port) == ("2001:db8::1", 443)
+    assert RequestInfo(client_address="10.0.0.1").client == ("10.0.0.1", 0)
+    assert RequestInfo().client is None
+    assert RequestInfo(path="/v1/models").url.path == "/v1/models"

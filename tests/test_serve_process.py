@@ -25,9 +25,10 @@ plugins:
 
 PLUGIN = """
 import os
-from ringd.sdk import BasePlugin, PluginResponse
+from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
 class WhoAmI(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
     async def execute(self, ctx):
         ctx.metadata["pid"] = os.getpid()
         ctx.metadata["label"] = self.config.get("label", "first")

@@ -82,7 +82,6 @@ def _garbage_bad_message() -> Any:
 
 
 GARBAGE: dict[str, Callable[[], Any]] = {
-    "none": lambda: None,
     "string": lambda: "passthrough",
     "dict": lambda: {"action": "passthrough"},
     "int": lambda: 200,
