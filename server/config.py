@@ -46,15 +46,22 @@ DEFAULT_FAIL_POLICY: dict[PluginHook, FailPolicy] = {
 
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
-    """Circuit breaker of one plugin: opens after ``failure_threshold`` consecutive failures.
+    """Circuit breaker of one plugin (see :mod:`ringd.server.breaker`).
 
-    ``failure_threshold: 0`` turns the breaker off. While open, the plugin counts as
-    failed (503 under fail_policy closed) until ``cooldown_s`` has passed; then the
-    next call is tried, and closes the breaker on success or reopens it on failure.
+    It opens when, over the last ``window_s``, at least ``minimum_calls`` calls were
+    made and a share of at least ``failure_rate`` failed. Open, the plugin counts as
+    failed (503 under fail_policy closed) for a cooldown of ``cooldown_s``, doubled
+    after each failed probe up to ``max_cooldown_s``; then ``half_open_calls`` probe
+    calls go through and close it when they all succeed. ``enabled: false`` turns it off.
     """
 
-    failure_threshold: int = 5
-    cooldown_s: float = 30.0
+    enabled: bool = True
+    failure_rate: float = 0.5
+    minimum_calls: int = 20
+    window_s: float = 2.0
+    cooldown_s: float = 0.25
+    max_cooldown_s: float = 1.5
+    half_open_calls: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +212,44 @@ def _breaker(errors: _Errors, where: str, raw: Any) -> BreakerSettings:
     if not isinstance(raw, dict):
         errors.add(where, f"must be a mapping, got {_type_name(raw)}")
         return BreakerSettings()
-    unknown = set(raw) - {"failure_threshold", "cooldown_s"}
-    for key in sorted(unknown):
-        errors.add(f"{where}.{key}", "unknown field")
-    threshold = _int(errors, f"{where}.failure_threshold", raw.get("failure_threshold", 5))
-    cooldown = _float(errors, f"{where}.cooldown_s", raw.get("cooldown_s", 30.0))
+    defaults = BreakerSettings()
+    known = set(BreakerSettings.__dataclass_fields__)
+    for key in sorted(set(raw) - known):
+        if key == "failure_threshold":
+            errors.add(
+                f"{where}.{key}",
+                "replaced by failure_rate and minimum_calls (the breaker trips on a failure rate);"
+                " 'enabled: false' turns it off",
+            )
+        else:
+            errors.add(f"{where}.{key}", "unknown field")
+    enabled = _bool(errors, f"{where}.enabled", raw.get("enabled", True))
+    rate = _float(errors, f"{where}.failure_rate", raw.get("failure_rate", defaults.failure_rate))
+    if rate is not None and not 0 < rate <= 1:
+        errors.add(f"{where}.failure_rate", f"must be in (0, 1], got {rate!r}")
+        rate = None
+    minimum = _int(errors, f"{where}.minimum_calls", raw.get("minimum_calls", defaults.minimum_calls))
+    probes = _int(
+        errors, f"{where}.half_open_calls", raw.get("half_open_calls", defaults.half_open_calls), minimum=1
+    )
+    window = _float(errors, f"{where}.window_s", raw.get("window_s", defaults.window_s))
+    if window == 0:
+        errors.add(f"{where}.window_s", "must be more than 0, got 0")
+        window = None
+    cooldown = _float(errors, f"{where}.cooldown_s", raw.get("cooldown_s", defaults.cooldown_s))
+    ceiling = _float(errors, f"{where}.max_cooldown_s", raw.get("max_cooldown_s", defaults.max_cooldown_s))
+    cooldown = defaults.cooldown_s if cooldown is None else cooldown
+    ceiling = max(cooldown, defaults.max_cooldown_s) if ceiling is None else ceiling
+    if ceiling < cooldown:
+        errors.add(f"{where}.max_cooldown_s", f"is {ceiling!r}, below cooldown_s {cooldown!r}")
     return BreakerSettings(
-        failure_threshold=threshold if threshold is not None else 5,
-        cooldown_s=cooldown if cooldown is not None else 30.0,
+        enabled=enabled is not False,
+        failure_rate=defaults.failure_rate if rate is None else rate,
+        minimum_calls=defaults.minimum_calls if minimum is None else minimum,
+        window_s=defaults.window_s if window is None else window,
+        cooldown_s=cooldown,
+        max_cooldown_s=max(ceiling, cooldown),
+        half_open_calls=defaults.half_open_calls if probes is None else probes,
     )
 
 

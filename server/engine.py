@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -32,9 +33,9 @@ from ringd.sdk import (
     PluginState,
 )
 from ringd.sdk._metrics import PluginMetrics
+from ringd.server.breaker import CLOSED, CircuitBreaker
 from ringd.server.config import (
     DEFAULT_FAIL_POLICY,
-    BreakerSettings,
     FailPolicy,
     PluginEntry,
     RingdConfig,
@@ -119,40 +120,6 @@ class RingOutcome:
         return self.action is PluginAction.BLOCK or self.action is PluginAction.CACHE_HIT
 
 
-class CircuitBreaker:
-    """Consecutive-failure breaker of one plugin (see :class:`BreakerSettings`)."""
-
-    __slots__ = ("cooldown_s", "failures", "opened_at", "threshold")
-
-    def __init__(self, settings: BreakerSettings) -> None:
-        self.threshold = settings.failure_threshold
-        self.cooldown_s = settings.cooldown_s
-        self.failures = 0
-        self.opened_at: float | None = None
-
-    def allows(self, now: float) -> bool:
-        """False while open; after the cooldown the next calls are tried (half-open)."""
-        return self.opened_at is None or now - self.opened_at >= self.cooldown_s
-
-    def is_open(self, now: float) -> bool:
-        """True while calls are refused."""
-        return not self.allows(now)
-
-    def retry_in(self, now: float) -> float:
-        """Seconds until the breaker lets a call through again."""
-        return 0.0 if self.opened_at is None else max(0.0, self.cooldown_s - (now - self.opened_at))
-
-    def record_success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-
-    def record_failure(self, now: float) -> None:
-        self.failures += 1
-        half_open = self.opened_at is not None
-        if self.threshold and (half_open or self.failures >= self.threshold):
-            self.opened_at = now
-
-
 class LoadedPlugin:
     """A plugin instance with what outlives a generation: metrics, breaker, load error.
 
@@ -195,7 +162,7 @@ class LoadedPlugin:
         if instance is not None:
             # Live stats: the plugin reads the metrics the engine writes.
             instance._metrics = self.metrics
-        self.breaker = CircuitBreaker(entry.circuit_breaker)
+        self.breaker = CircuitBreaker(entry.circuit_breaker, self.metrics)
         timeout_ms = entry.timeout_ms or (cls.timeout_ms if cls is not None else 10)
         self.timeout_s = timeout_ms / 1000.0
         self.version = str(cls.version) if cls is not None else ""
@@ -601,7 +568,7 @@ class Engine:
             return "failed"
         if not slot.enabled:
             return "disabled"
-        if slot.loaded.breaker.is_open(self._clock()):
+        if slot.loaded.breaker.is_open(time.perf_counter()):
             return "circuit_open"
         return "active"
 
@@ -674,7 +641,7 @@ class Engine:
                 continue
             instance = loaded.instance
             breaker = loaded.breaker
-            if instance is None or (breaker.opened_at is not None and not breaker.allows(self._clock())):
+            if instance is None or (breaker.state is not CLOSED and not breaker.admit(perf())):
                 result, decision = self._unavailable(loaded)
                 results.append(result)
                 if decision is not None:
@@ -741,8 +708,8 @@ class Engine:
                     decided_by, action = loaded.name, PluginAction.BLOCK
                     break
                 continue
-            if breaker.failures:
-                breaker.record_success()
+            if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
+                breaker.on_success(started)
             kind = response.action
             results.append(
                 PluginResult(
@@ -821,10 +788,7 @@ class Engine:
         if loaded.instance is None:
             error = f"failed to load: {loaded.load_error}"
         else:
-            retry = loaded.breaker.retry_in(self._clock())
-            error = (
-                f"circuit open after {loaded.breaker.failures} consecutive failures; retry in {retry:.1f} s"
-            )
+            error = loaded.breaker.describe(time.perf_counter())
         name = loaded.name
         if loaded.fail_closed:
             status, error_type, phrase = _UNAVAILABLE
@@ -852,7 +816,7 @@ class Engine:
         # Running out of the caller's deadline is not the plugin's failure: it does
         # not feed the breaker.
         if not (failure is Outcome.TIMEOUT and cut_by_deadline):
-            loaded.breaker.record_failure(self._clock())
+            loaded.breaker.on_failure(time.perf_counter())
         name = loaded.name
         if loaded.fail_closed:
             status, error_type, phrase = _FAILURE_BLOCK[failure]
@@ -871,6 +835,6 @@ def entry_key(entry: PluginEntry) -> dict[str, Any]:
         "config": entry.config,
         "timeout_ms": entry.timeout_ms,
         "fail_policy": entry.fail_policy.value if entry.fail_policy else None,
-        "breaker": [entry.circuit_breaker.failure_threshold, entry.circuit_breaker.cooldown_s],
+        "breaker": dataclasses.astuple(entry.circuit_breaker),
         "run_in_thread": entry.run_in_thread,
     }

@@ -95,9 +95,24 @@ GOOD_ENTRY = "  - {name: good, entrypoint: plugins/good.py:Good}\n"
             id="unknown-field",
         ),
         pytest.param(
-            "{name: pii, entrypoint: p.py:P, circuit_breaker: {failure_threshold: many}}",
-            ["plugins[1] ('pii')", "circuit_breaker", "failure_threshold", "'many'"],
-            id="breaker-threshold-string",
+            "{name: pii, entrypoint: p.py:P, circuit_breaker: {failure_rate: many}}",
+            ["plugins[1] ('pii')", "circuit_breaker", "failure_rate", "'many'"],
+            id="breaker-rate-string",
+        ),
+        pytest.param(
+            "{name: pii, entrypoint: p.py:P, circuit_breaker: {failure_rate: 1.5}}",
+            ["plugins[1] ('pii')", "circuit_breaker", "failure_rate", "(0, 1]", "1.5"],
+            id="breaker-rate-above-one",
+        ),
+        pytest.param(
+            "{name: pii, entrypoint: p.py:P, circuit_breaker: {failure_threshold: 5}}",
+            ["plugins[1] ('pii')", "circuit_breaker", "failure_threshold", "replaced by failure_rate"],
+            id="breaker-legacy-threshold",
+        ),
+        pytest.param(
+            "{name: pii, entrypoint: p.py:P, circuit_breaker: {cooldown_s: 2, max_cooldown_s: 1}}",
+            ["plugins[1] ('pii')", "circuit_breaker", "max_cooldown_s", "below cooldown_s"],
+            id="breaker-ceiling-below-cooldown",
         ),
         pytest.param(
             "{name: pii, entrypoint: p.py:P, circuit_breaker: {cooldown_s: -1}}",
@@ -263,7 +278,7 @@ def test_a_full_entry_parses_to_its_values(tmp_path) -> None:
             timeout_ms: 25
             fail_policy: OPEN
             config: {threshold: 0.8, words: [a, b]}
-            circuit_breaker: {failure_threshold: 3, cooldown_s: 0.5}
+            circuit_breaker: {failure_rate: 0.25, minimum_calls: 8, cooldown_s: 0.5}
           - name: minimal
             entrypoint: my_pkg.plugins:Minimal
         """
@@ -281,7 +296,7 @@ def test_a_full_entry_parses_to_its_values(tmp_path) -> None:
     assert (guard.priority, guard.enabled, guard.timeout_ms) == (5, False, 25)
     assert guard.fail_policy is FailPolicy.OPEN
     assert guard.config == {"threshold": 0.8, "words": ["a", "b"]}
-    assert guard.circuit_breaker == BreakerSettings(failure_threshold=3, cooldown_s=0.5)
+    assert guard.circuit_breaker == BreakerSettings(failure_rate=0.25, minimum_calls=8, cooldown_s=0.5)
     # Defaults: hook and fail policy come from the class and the ring when not set.
     assert minimal.hook is None
     assert (minimal.priority, minimal.enabled, minimal.timeout_ms) == (100, True, None)

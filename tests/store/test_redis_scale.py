@@ -186,13 +186,13 @@ def test_redis_restart_fails_calls_per_fail_policy_then_recovers_without_restart
             entrypoint: global_limit.py:GlobalLimit
             hook: ingress
             fail_policy: closed
-            circuit_breaker: {{failure_threshold: 0}}
+            circuit_breaker: {{enabled: false}}
             config: {{label: closed}}
           - name: counter_open
             entrypoint: global_limit.py:GlobalLimit
             hook: pre_flight
             fail_policy: open
-            circuit_breaker: {{failure_threshold: 0}}
+            circuit_breaker: {{enabled: false}}
             config: {{label: open}}
         """,
         1,
