@@ -18,12 +18,9 @@ from pathlib import Path
 
 import ringd.sdk
 from ringd.sdk import BasePlugin
+from ringd.server.exceptions import PluginLoadError
 
 _CORE_ALIASES = ("core.plugin_sdk", "core.plugin_engine")
-
-
-class PluginLoadError(Exception):
-    """A plugin could not be imported, found or constructed; the message says why."""
 
 
 def install_core_aliases() -> None:
