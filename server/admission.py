@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
+import grpc
 from ringd.server.exceptions import AuthError, OverloadedError, PermissionDeniedError, ShuttingDownError
 
-Metadata = Iterable[tuple[str, str | bytes]] | None
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Gate(Protocol):
     """Admits a call (raising a :class:`RingdError` to refuse it) and sees it leave."""
 
-    def admit(self, metadata: Metadata) -> None: ...
+    def admit(self, context: Context) -> None: ...
 
     def leave(self) -> None: ...
 
@@ -38,7 +38,7 @@ class RingAdmission:
         """Set at shutdown: new rings are refused UNAVAILABLE while those in flight finish."""
         self._idle = asyncio.Event()
 
-    def admit(self, metadata: Metadata) -> None:
+    def admit(self, context: Context) -> None:
         """Count a call in, or refuse it.
 
         Raises:
@@ -70,7 +70,7 @@ class TokenGate:
     def __init__(self, token: str | None) -> None:
         self._token = token.encode() if token else None
 
-    def admit(self, metadata: Metadata) -> None:
+    def admit(self, context: Context) -> None:
         """Let the call in, or refuse it.
 
         Raises:
@@ -80,7 +80,7 @@ class TokenGate:
         if self._token is None:
             return
         presented = None
-        for key, value in metadata or ():
+        for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 presented = value if isinstance(value, str) else value.decode("latin-1")
         if presented is None:

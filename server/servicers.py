@@ -68,7 +68,7 @@ def _handle(
 
     async def handle(raw: bytes, context: Context) -> bytes:
         try:
-            gate.admit(context.invocation_metadata())
+            gate.admit(context)
         except Exception as exc:  # a refusal is mapped to its status in one place
             await errors.abort(context, exc, what)
         try:
