@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ringd.sdk import PluginContext, PluginHook, PluginState
-from ringd.server.config import ConfigError, RingdConfig, default_config, load_config
-from ringd.server.engine import Engine, Outcome
+from ringd.server.config import RingdConfig, default_config, load_config
+from ringd.server.engine import Engine, PluginOutcome
+from ringd.server.exceptions import ConfigError
 from ringd.server.store import SqliteStore
 
 PASSTHROUGH_PLUGIN = """
@@ -47,7 +48,7 @@ class Passthrough(BasePlugin):
 """
 
 PLUGIN_COUNT = 5
-_CLEAN = (Outcome.OK, Outcome.SKIPPED)
+_CLEAN = (PluginOutcome.OK, PluginOutcome.SKIPPED)
 
 
 def chat_body_json() -> str:

@@ -17,6 +17,7 @@ The SDK has no gRPC or protobuf in it: plugins see plain Python types only.
 """
 
 from ringd.sdk._context import Headers, PluginContext, PluginState, RequestInfo, UpstreamResponse
+from ringd.sdk._metrics import PluginMetrics
 from ringd.sdk._plugin import BasePlugin, PluginHook
 from ringd.sdk._response import PluginAction, PluginResponse, PluginResponseError
 from ringd.sdk._store import Store, StoreError
@@ -27,6 +28,7 @@ __all__ = [
     "PluginAction",
     "PluginContext",
     "PluginHook",
+    "PluginMetrics",
     "PluginResponse",
     "PluginResponseError",
     "PluginState",

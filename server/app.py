@@ -19,17 +19,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from ringd.sdk import PluginState
+from ringd.server.admission import RingAdmission, TokenGate
 from ringd.server.background import BackgroundQueue
 from ringd.server.config import RingdConfig, ServerSettings
 from ringd.server.convert import Limits
 from ringd.server.engine import Engine, Generation
 from ringd.server.health import HealthServicer
-from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer
+from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer, rpc_handler
 from ringd.server.store import SqliteStore, open_store
 from ringd.server.store_redis import RedisStore
 from ringd.server.telemetry import RingTracer, tracer_provider_from_env
 from ringd.server.watchdog import StallWatchdog
-from ringd.server.workers import WORKER_ENV, notify_siblings
+from ringd.server.workers import notify_siblings
 
 _log = logging.getLogger("ringd.server")
 
@@ -47,8 +48,10 @@ class RingdServer:
         listen: Sequence[str] | None = None,
         admin_listen: Sequence[str] | None = None,
         tracer_provider: TracerProvider | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        self._reuse_port = reuse_port
         self._config_loader = config_loader
         settings = config.server
         self.listen = tuple(listen) if listen else settings.listen
@@ -63,7 +66,7 @@ class RingdServer:
         self._background: BackgroundQueue | None = None
         self._store: SqliteStore | RedisStore | None = None
         self.watchdog: StallWatchdog | None = None
-        self._engine_servicer: EngineServicer | None = None
+        self._admission: RingAdmission | None = None
         self._stopped = False
 
     @property
@@ -101,39 +104,44 @@ class RingdServer:
             self.engine, size=settings.background_queue_size, workers=settings.background_workers
         )
         tracer = RingTracer(self._tracer_provider)
-        self._engine_servicer = engine_servicer = EngineServicer(
+        engine_servicer = EngineServicer(
             self.engine,
             self._background,
             tracer,
             limits=Limits(settings.max_metadata_keys, settings.max_json_depth),
-            max_concurrent_rings=settings.max_concurrent_rings,
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
-            max_message_bytes=settings.max_message_bytes,
         )
-        admin_servicer = AdminServicer(self.engine, self._admin_reload, settings.admin_token)
+        self._admission = RingAdmission(settings.max_concurrent_rings)
+        admin_servicer = AdminServicer(self.engine, self._admin_reload)
+        max_bytes = settings.max_message_bytes
         options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
             # Only `--workers` shares a port; otherwise a second server on a taken port must fail.
-            ("grpc.so_reuseport", 1 if os.environ.get(WORKER_ENV) else 0),
+            ("grpc.so_reuseport", 1 if self._reuse_port else 0),
         ]
         main = grpc.aio.server(options=options)
-        main.add_generic_rpc_handlers((engine_servicer.handler(),))
+        main.add_generic_rpc_handlers(
+            (rpc_handler(ENGINE_SERVICE, engine_servicer, self._admission, max_answer_bytes=max_bytes),)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
-        services = [ENGINE_SERVICE, HEALTH_SERVICE]
+        services = [ENGINE_SERVICE.full_name, HEALTH_SERVICE]
         admin = main
         if self.admin_listen:
             admin = grpc.aio.server(options=options)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, admin)
             self._servers.append(admin)
-        admin.add_generic_rpc_handlers((admin_servicer.handler(),))
+        admin_gate = TokenGate(settings.admin_token)
+        admin.add_generic_rpc_handlers(
+            (rpc_handler(ADMIN_SERVICE, admin_servicer, admin_gate, max_answer_bytes=max_bytes),)
+        )
         if admin is main:
-            services.append(ADMIN_SERVICE)
+            services.append(ADMIN_SERVICE.full_name)
         if settings.reflection:
             reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], main)
             if admin is not main:
                 reflection.enable_server_reflection(
-                    [ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], admin
+                    [ADMIN_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME], admin
                 )
         self._servers.insert(0, main)
         self.addresses = [self._bind(main, address) for address in self.listen]
@@ -149,7 +157,7 @@ class RingdServer:
             )
         for server in self._servers:
             await server.start()
-        for service in ("", ENGINE_SERVICE, ADMIN_SERVICE):
+        for service in ("", ENGINE_SERVICE.full_name, ADMIN_SERVICE.full_name):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def _bind(self, server: grpc.aio.Server, address: str) -> str:
@@ -185,11 +193,10 @@ class RingdServer:
         grace = self.settings.grace_s if grace_s is None else grace_s
         deadline = asyncio.get_running_loop().time() + grace
         await self.health.enter_graceful_shutdown()
-        servicer = self._engine_servicer
-        if servicer is not None:
+        if self._admission is not None:
             # Refuse new rings with UNAVAILABLE (a clear "go elsewhere") while the
             # connections are still up, and let the rings in flight finish.
-            await servicer.drain(grace)
+            await self._admission.drain(grace)
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         await asyncio.gather(*(server.stop(remaining) for server in self._servers))
         if self._background is not None:
@@ -266,8 +273,13 @@ async def build_server(
     admin_listen: Sequence[str] | None = None,
     tracer_provider: TracerProvider | None = None,
     tracing_from_env: bool = False,
+    reuse_port: bool = False,
 ) -> RingdServer:
-    """Build and start a server; its bound addresses are in ``server.addresses``."""
+    """Build and start a server; its bound addresses are in ``server.addresses``.
+
+    ``reuse_port`` lets several processes bind the same port (``ringd serve --workers``);
+    otherwise binding a port another server holds fails.
+    """
     provider = tracer_provider
     if provider is None and tracing_from_env:
         provider = tracer_provider_from_env()
@@ -277,6 +289,7 @@ async def build_server(
         listen=listen,
         admin_listen=admin_listen,
         tracer_provider=provider,
+        reuse_port=reuse_port,
     )
     await server.start()
     return server

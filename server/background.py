@@ -12,12 +12,10 @@ import logging
 
 from ringd.sdk import PluginContext, PluginHook
 from ringd.server.engine import Engine
+from ringd.server.exceptions import QueueFullError
+from ringd.server.results import RingOutcome
 
 _log = logging.getLogger("ringd.background")
-
-
-class QueueFullError(Exception):
-    """The background queue is full."""
 
 
 class BackgroundQueue:
@@ -35,16 +33,21 @@ class BackgroundQueue:
         """Rings waiting or running."""
         return self._queue.qsize()
 
-    def submit(self, ctx: PluginContext) -> None:
-        """Queue a BACKGROUND ring for ``ctx``.
+    def submit(self, ctx: PluginContext) -> RingOutcome:
+        """Queue a BACKGROUND ring for ``ctx``; returns the engine's ``queued`` outcome.
+
+        Encode the outcome before the next ``await``: from then on a worker may run
+        the ring and change ``ctx``.
 
         Raises:
             QueueFullError: the queue is at its bound.
         """
+        queued = self._engine.queued(ctx)
         try:
             self._queue.put_nowait(ctx)
         except asyncio.QueueFull:
             raise QueueFullError(f"background queue is full ({self._queue.maxsize} rings waiting)") from None
+        return queued
 
     async def _work(self) -> None:
         while True:

@@ -20,11 +20,11 @@ import grpc
 from ringd.sdk import StoreError
 from ringd.server.config import (
     DEFAULT_LISTEN,
-    ConfigError,
     RingdConfig,
     default_config,
     load_config,
 )
+from ringd.server.exceptions import ConfigError
 
 from ringd import __version__
 
@@ -152,6 +152,7 @@ _CALLER_HEADER_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propa
 
 def _serve(args: argparse.Namespace) -> int:
     from ringd.server.app import build_server
+    from ringd.server.workers import WORKER_ENV
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -178,6 +179,8 @@ def _serve(args: argparse.Namespace) -> int:
             listen=args.listen,
             admin_listen=args.admin_listen,
             tracing_from_env=True,
+            # A worker of `--workers` shares its port with its siblings.
+            reuse_port=bool(os.environ.get(WORKER_ENV)),
         )
         await server.serve_forever(on_ready=lambda: _announce(server))
 

@@ -17,13 +17,10 @@ from typing import Any, TypeVar
 
 import yaml
 from ringd.sdk import PluginHook
+from ringd.server.exceptions import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 _E = TypeVar("_E", bound=Enum)
-
-
-class ConfigError(ValueError):
-    """The config file is invalid; the message names the file, entry and field."""
 
 
 class FailPolicy(Enum):

@@ -1,6 +1,12 @@
-"""Conversions between the ringd.v1 messages and SDK types, both directions, in one place.
+"""Conversions between the ringd.v1 messages and SDK/engine types, both directions, in one place.
 
 Nothing else in ringd touches protobuf types but the servicers, which call these.
+Conversions translate and decide nothing: a ring's verdict is the engine's
+(:class:`ringd.server.results.RingOutcome`), encoded here field for field.
+
+Over 400 lines on purpose: STYLE asks for the conversions of one contract in one
+module, both directions, so the mapping tables and the two payload forms (Struct and
+raw JSON) are read side by side.
 """
 
 from __future__ import annotations
@@ -12,21 +18,23 @@ from typing import Any
 import orjson
 from google.protobuf import struct_pb2
 from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState, RequestInfo
-from ringd.server.engine import Outcome, PluginResult, PluginSlot, RingOutcome
+from ringd.server.exceptions import EncodeError, RequestError
+from ringd.server.generations import PluginSlot
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import plugin_pb2 as pb
 
-HOOK_FROM_PROTO: dict[int, PluginHook] = {
+RING_FROM_PROTO: dict[int, PluginHook] = {
     pb.PLUGIN_HOOK_INGRESS: PluginHook.INGRESS,
     pb.PLUGIN_HOOK_PRE_FLIGHT: PluginHook.PRE_FLIGHT,
     pb.PLUGIN_HOOK_ROUTING: PluginHook.ROUTING,
     pb.PLUGIN_HOOK_POST_FLIGHT: PluginHook.POST_FLIGHT,
     pb.PLUGIN_HOOK_BACKGROUND: PluginHook.BACKGROUND,
 }
-HOOK_TO_PROTO: dict[PluginHook, pb.PluginHook.ValueType] = {
-    hook: pb.PluginHook.ValueType(number) for number, hook in HOOK_FROM_PROTO.items()
+RING_TO_PROTO: dict[PluginHook, pb.PluginHook.ValueType] = {
+    ring: pb.PluginHook.ValueType(number) for number, ring in RING_FROM_PROTO.items()
 }
 ACTION_TO_PROTO: dict[PluginAction, pb.PluginAction.ValueType] = {
     PluginAction.PASSTHROUGH: pb.PLUGIN_ACTION_PASSTHROUGH,
@@ -34,21 +42,13 @@ ACTION_TO_PROTO: dict[PluginAction, pb.PluginAction.ValueType] = {
     PluginAction.BLOCK: pb.PLUGIN_ACTION_BLOCK,
     PluginAction.CACHE_HIT: pb.PLUGIN_ACTION_CACHE_HIT,
 }
-OUTCOME_TO_PROTO: dict[Outcome, pb.PluginOutcome.ValueType] = {
-    Outcome.OK: pb.PLUGIN_OUTCOME_OK,
-    Outcome.ERROR: pb.PLUGIN_OUTCOME_ERROR,
-    Outcome.TIMEOUT: pb.PLUGIN_OUTCOME_TIMEOUT,
-    Outcome.BYPASSED: pb.PLUGIN_OUTCOME_BYPASSED,
-    Outcome.SKIPPED: pb.PLUGIN_OUTCOME_SKIPPED,
+OUTCOME_TO_PROTO: dict[PluginOutcome, pb.PluginOutcome.ValueType] = {
+    PluginOutcome.OK: pb.PLUGIN_OUTCOME_OK,
+    PluginOutcome.ERROR: pb.PLUGIN_OUTCOME_ERROR,
+    PluginOutcome.TIMEOUT: pb.PLUGIN_OUTCOME_TIMEOUT,
+    PluginOutcome.BYPASSED: pb.PLUGIN_OUTCOME_BYPASSED,
+    PluginOutcome.SKIPPED: pb.PLUGIN_OUTCOME_SKIPPED,
 }
-
-
-class RequestError(ValueError):
-    """The request is malformed; the message names the field (INVALID_ARGUMENT)."""
-
-
-class EncodeError(ValueError):
-    """The ring left something in the context that the wire cannot carry; names where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +78,14 @@ def _path(where: Where) -> str:
 # ---------------------------------------------------------------- proto -> SDK
 
 
-def hook_from_proto(number: int, field: str = "ring") -> PluginHook:
-    """The SDK hook of a ring enum value; UNSPECIFIED and unknown values are rejected."""
-    hook = HOOK_FROM_PROTO.get(number)
-    if hook is None:
+def ring_from_proto(number: int, field: str = "ring") -> PluginHook:
+    """The SDK ring of a ring enum value; UNSPECIFIED and unknown values are rejected."""
+    ring = RING_FROM_PROTO.get(number)
+    if ring is None:
         if number == pb.PLUGIN_HOOK_UNSPECIFIED:
-            raise RequestError(f"{field} is PLUGIN_HOOK_UNSPECIFIED; name the ring to run")
-        raise RequestError(f"{field} has unknown value {number}")
-    return hook
+            raise RequestError(f"{field} is PLUGIN_HOOK_UNSPECIFIED; name the ring to run", field=field)
+        raise RequestError(f"{field} has unknown value {number}", field=field)
+    return ring
 
 
 def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) -> Any:
@@ -101,14 +101,14 @@ def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) 
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
         if depth + 1 >= limit:  # the list is one level below the container holding it
-            raise RequestError(f"{_path(where)} is nested deeper than {limit} levels")
+            raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
         return [_value_to_py(item, depth + 1, limit, where) for item in value.list_value.values]
     return None
 
 
 def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Where) -> dict[str, Any]:
     if depth >= limit:
-        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels")
+        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
     fields = struct.fields
     # Indexing the map is C; `.items()` goes through a Python-level ItemsView.
     return {key: _value_to_py(fields[key], depth, limit, where) for key in fields}
@@ -130,12 +130,12 @@ def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(f"{where} is not valid UTF-8 JSON: {exc}") from None
+        raise RequestError(f"{where} is not valid UTF-8 JSON: {exc}", field=where) from None
     if not isinstance(data, dict):
-        raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}")
+        raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}", field=where)
     # Counting brackets is cheap; walk the tree only when it could be too deep.
     if raw.count(b"{") + raw.count(b"[") > limit and not _json_depth_ok(data, limit):
-        raise RequestError(f"{where} is nested deeper than {limit} levels")
+        raise RequestError(f"{where} is nested deeper than {limit} levels", field=where)
     return data
 
 
@@ -178,7 +178,8 @@ def context_from_proto(
     metadata_in = message.metadata
     if len(metadata_in) > limits.max_metadata_keys:
         raise RequestError(
-            f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}"
+            f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}",
+            field=f"{field}.metadata",
         )
     metadata = {
         key: _value_to_py(metadata_in[key], 0, depth, (f"{field}.metadata", key)) for key in metadata_in
@@ -365,29 +366,27 @@ def ring_outcome_to_proto(
     """Fill ``target`` with a ring's outcome, bodies in the caller's form.
 
     Raises:
-        EncodeError: the final context holds something the wire cannot carry.
+        EncodeError: the final context holds something the wire cannot carry; the
+            engine's :meth:`RingOutcome.unencodable` is the answer then.
     """
+    withheld = ring_outcome.context_withheld
     ctx = ring_outcome.context
-    if not isinstance(ctx.body, dict):
-        raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
-    if not isinstance(ctx.metadata, dict):
-        raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
-    target.ring = HOOK_TO_PROTO[ring_outcome.hook]
+    if not withheld:
+        if not isinstance(ctx.body, dict):
+            raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
+        if not isinstance(ctx.metadata, dict):
+            raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
+    target.ring = RING_TO_PROTO[ring_outcome.ring]
     target.action = _action_to_proto(ring_outcome.action, "the action a plugin returned")
     target.config_version = ring_outcome.config_version
     target.generation = ring_outcome.generation
+    target.queued = ring_outcome.queued
     for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add())
-    decision, decided_by = ring_outcome.decision, ring_outcome.decided_by
-    if decision is None and ring_outcome.action is PluginAction.MODIFY:
-        # The engine leaves MODIFY undecided (it does not end the ring), but the contract
-        # names the last plugin that returned MODIFY; its body is the context's body.
-        modifier = next(r for r in reversed(ring_outcome.results) if r.action is PluginAction.MODIFY)
-        decision = PluginResponse.modify(body=ctx.body, message=modifier.message)
-        decided_by = modifier.plugin
+        _result_to_proto(result, target.results.add(), strict=not withheld)
+    decision = ring_outcome.decision
     if decision is not None:
         decision_to_proto(decision, target.decision)
-        target.decided_by = decided_by or ""
+        target.decided_by = ring_outcome.decided_by or ""
         if decision.action is PluginAction.BLOCK:
             block = target.block
             block.status_code = target.decision.status_code or 403
@@ -395,33 +394,12 @@ def ring_outcome_to_proto(
             block.message = target.decision.message
         elif decision.action is PluginAction.CACHE_HIT and decision.response is not None:
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
+    if withheld:
+        return
     _set_object(target, "body", ctx.body, json_form, "body")
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
-
-
-def unencodable_outcome_to_proto(
-    ring_outcome: RingOutcome, problem: EncodeError, target: engine_pb.ExecuteRingResponse
-) -> None:
-    """The answer when plugins left the context unencodable: a 500 block naming the problem."""
-    target.Clear()
-    target.ring = HOOK_TO_PROTO[ring_outcome.hook]
-    target.action = pb.PLUGIN_ACTION_BLOCK
-    target.config_version = ring_outcome.config_version
-    target.generation = ring_outcome.generation
-    for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add(), strict=False)
-    message = f"a plugin left a value the wire cannot carry: {problem}"
-    target.block.status_code = 500
-    target.block.error_type = "plugin_error"
-    target.block.message = message
-    target.decision.action = pb.PLUGIN_ACTION_BLOCK
-    target.decision.status_code = 500
-    target.decision.error_type = "plugin_error"
-    target.decision.message = message
-    ran = [r.plugin for r in ring_outcome.results if r.outcome is not Outcome.SKIPPED]
-    target.decided_by = ran[-1] if ran else ""
 
 
 STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {
@@ -438,7 +416,7 @@ def plugin_info_to_proto(slot: PluginSlot, status: str, target: admin_pb.PluginI
     entry = loaded.entry
     instance = loaded.instance
     target.name = entry.name
-    target.ring = HOOK_TO_PROTO[loaded.hook]
+    target.ring = RING_TO_PROTO[loaded.ring]
     target.version = loaded.version
     if instance is not None:
         target.author = str(instance.author)

@@ -22,15 +22,12 @@ from typing import Any
 
 import ringd.sdk
 from ringd.sdk import BasePlugin, PluginContext, PluginResponse
+from ringd.server.exceptions import PluginLoadError
 
 FUNCTION_TIMEOUT_MS = 500
 """A legacy function plugin's time budget when its entry sets none (LLMProxy's default)."""
 
 _CORE_ALIASES = ("core.plugin_sdk", "core.plugin_engine")
-
-
-class PluginLoadError(Exception):
-    """A plugin could not be imported, found or constructed; the message says why."""
 
 
 def install_core_aliases() -> None:

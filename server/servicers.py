@@ -1,41 +1,95 @@
-"""Thin gRPC adapters: decode into SDK types, await the engine, encode the outcome.
+"""Thin gRPC adapters: decode into SDK types, await the engine, encode its outcome.
 
-One servicer class per service. Both services read and write raw bytes so a
+One servicer class per service, each a subclass of its generated base class, and
+both registered the same way by :func:`rpc_handler`: bytes in, bytes out, so a
 malformed request is answered INVALID_ARGUMENT by :mod:`ringd.server.errors`
-rather than failing inside gRPC's deserializer.
+rather than failing inside gRPC's deserializer; admission
+(:mod:`ringd.server.admission`) runs before the request is decoded; any failure is
+mapped to its status in one place. The servicers decide nothing: the verdict of a
+ring is the engine's :class:`RingOutcome`, translated by :mod:`ringd.server.convert`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from ringd.sdk import PluginAction, PluginHook
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from ringd.sdk import PluginContext, PluginHook
 from ringd.server import convert, errors
+from ringd.server.admission import Gate
 from ringd.server.background import BackgroundQueue
-from ringd.server.engine import Engine, Generation, RingOutcome
+from ringd.server.engine import Engine, Generation
+from ringd.server.exceptions import AnswerTooLargeError, EncodeError, RequestError
+from ringd.server.results import RingOutcome
 from ringd.server.telemetry import RingTracer, now_pair
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import admin_service_pb2_grpc as admin_grpc
 from ringd.v1 import engine_service_pb2 as engine_pb
+from ringd.v1 import engine_service_pb2_grpc as engine_grpc
 
-ENGINE_SERVICE = "ringd.v1.PluginEngineService"
-_ENDING_ACTIONS = (
-    convert.ACTION_TO_PROTO[PluginAction.BLOCK],
-    convert.ACTION_TO_PROTO[PluginAction.CACHE_HIT],
-)
-ADMIN_SERVICE = "ringd.v1.PluginAdminService"
+ENGINE_SERVICE = engine_pb.DESCRIPTOR.services_by_name["PluginEngineService"]
+ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PluginAdminService"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class EngineServicer:
+def rpc_handler(
+    service: ServiceDescriptor, servicer: object, gate: Gate, *, max_answer_bytes: int | None
+) -> grpc.GenericRpcHandler:
+    """Register ``servicer``'s methods for ``service``: admit, decode, run, encode, map errors.
+
+    Every RPC of the service is served by the servicer's method of the same name,
+    which takes the decoded request message and returns the response message.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        call = getattr(servicer, method.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _handle(call, request_type, gate, max_answer_bytes)
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _handle(
+    call: Callable[[Any, Context], Awaitable[Any]],
+    request_type: Any,
+    gate: Gate,
+    max_answer_bytes: int | None,
+) -> Callable[[bytes, Context], Awaitable[bytes]]:
+    what = request_type.DESCRIPTOR.full_name
+    decode = request_type.FromString
+
+    async def handle(raw: bytes, context: Context) -> bytes:
+        try:
+            gate.admit(context)
+        except Exception as exc:  # a refusal is mapped to its status in one place
+            await errors.abort(context, exc, what)
+        try:
+            reply = await call(decode(raw), context)
+            answer: bytes = reply.SerializeToString()
+            if max_answer_bytes is not None and len(answer) > max_answer_bytes:
+                # Past max_message_bytes gRPC core would fail the call with no useful message.
+                raise AnswerTooLargeError(
+                    f"the answer is {len(answer)} bytes, over server.max_message_bytes ({max_answer_bytes}): "
+                    "the plugins made the context larger; send a smaller request or raise the limit"
+                )
+            return answer
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, what)
+        finally:
+            gate.leave()
+
+    return handle
+
+
+class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     """``ringd.v1.PluginEngineService``: ExecuteRing and ExecuteRings."""
 
     def __init__(
@@ -45,31 +99,13 @@ class EngineServicer:
         tracer: RingTracer,
         *,
         limits: convert.Limits,
-        max_concurrent_rings: int,
         deadline_margin_s: float,
-        max_message_bytes: int | None = None,
     ) -> None:
         self._engine = engine
         self._background = background
         self._tracer = tracer
         self._limits = limits
-        self._max_inflight = max_concurrent_rings
         self._margin = deadline_margin_s
-        self._max_bytes = max_message_bytes
-        self.inflight = 0
-        self.draining = False
-        """Set at shutdown: new rings are refused UNAVAILABLE while those in flight finish."""
-        self._idle = asyncio.Event()
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler that registers this service (bytes in, bytes out)."""
-        return grpc.method_handlers_generic_handler(
-            ENGINE_SERVICE,
-            {
-                "ExecuteRing": grpc.unary_unary_rpc_method_handler(self.execute_ring),
-                "ExecuteRings": grpc.unary_unary_rpc_method_handler(self.execute_rings),
-            },
-        )
 
     def _deadline(self, context: Context) -> float | None:
         remaining = context.time_remaining()
@@ -77,197 +113,96 @@ class EngineServicer:
             return None
         return time.monotonic() + remaining - self._margin
 
-    async def execute_ring(self, raw: bytes, context: Context) -> bytes:
-        if self.inflight >= self._max_inflight or self.draining:
-            await errors.abort(context, self._refusal(), "ExecuteRing")
-        self.inflight += 1
-        try:
-            request = engine_pb.ExecuteRingRequest.FromString(raw)
-            hook = convert.hook_from_proto(request.ring)
-            ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
-            response = engine_pb.ExecuteRingResponse()
-            if hook is PluginHook.BACKGROUND:
-                self._background.submit(ctx)
-                self._acknowledge(response, self._engine.generation)
-            elif self._tracer.enabled:
-                deadline = self._deadline(context)
-                with self._tracer.ring_span(
-                    f"{ENGINE_SERVICE}/ExecuteRing", context.invocation_metadata()
-                ) as span:
-                    wall_ns, perf = now_pair()
-                    ring_outcome = await self._engine.execute_ring(hook, ctx, deadline=deadline)
-                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
-                self._encode(ring_outcome, json_form, response)
-            else:
-                ring_outcome = await self._engine.execute_ring(hook, ctx, deadline=self._deadline(context))
-                self._encode(ring_outcome, json_form, response)
-            return self._sized(response.SerializeToString())
-        except Exception as exc:  # every failure is mapped to a status in one place
-            await errors.abort(context, exc, "ringd.v1.ExecuteRingRequest")
-        finally:
-            self._leave()
+    def _context(self, message: Any) -> tuple[PluginContext, bool]:
+        return convert.context_from_proto(message, self._limits, self._engine.state)
 
-    async def execute_rings(self, raw: bytes, context: Context) -> bytes:
-        if self.inflight >= self._max_inflight or self.draining:
-            await errors.abort(context, self._refusal(), "ExecuteRings")
-        self.inflight += 1
-        try:
-            request = engine_pb.ExecuteRingsRequest.FromString(raw)
-            if not request.rings:
-                raise convert.RequestError("rings is empty; name at least one ring to run")
-            hooks = [convert.hook_from_proto(ring, f"rings[{i}]") for i, ring in enumerate(request.rings)]
-            if PluginHook.BACKGROUND in hooks[:-1]:
-                raise convert.RequestError("rings: PLUGIN_HOOK_BACKGROUND may only be the last ring")
-            ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
-            background = hooks[-1] is PluginHook.BACKGROUND
-            foreground = hooks[:-1] if background else hooks
-            response = engine_pb.ExecuteRingsResponse()
-
-            def encode(ring_outcome: RingOutcome) -> bool:
-                # Encoded as each ring ends: the context is shared and flows on. A ring
-                # that could not be encoded is answered as a 500 block, and the run stops.
-                return self._encode(ring_outcome, json_form, response.outcomes.add())
-
+    async def ExecuteRing(
+        self, request: engine_pb.ExecuteRingRequest, context: Context
+    ) -> engine_pb.ExecuteRingResponse:
+        ring = convert.ring_from_proto(request.ring)
+        ctx, json_form = self._context(request.context)
+        response = engine_pb.ExecuteRingResponse()
+        if ring is PluginHook.BACKGROUND:
+            _encode(self._background.submit(ctx), json_form, response)
+        elif self._tracer.enabled:
+            deadline = self._deadline(context)
             with self._tracer.ring_span(
-                f"{ENGINE_SERVICE}/ExecuteRings", context.invocation_metadata()
+                f"{ENGINE_SERVICE.full_name}/ExecuteRing", context.invocation_metadata()
             ) as span:
                 wall_ns, perf = now_pair()
-                outcomes = await self._engine.execute_rings(
-                    foreground, ctx, deadline=self._deadline(context), on_ring=encode
-                )
-                for ring_outcome in outcomes:
-                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
-            answered = response.outcomes
-            if background and not (answered and answered[-1].action in _ENDING_ACTIONS):
-                self._background.submit(ctx)
-                self._acknowledge(response.outcomes.add(), self._engine.generation)
-            return self._sized(response.SerializeToString())
-        except Exception as exc:  # every failure is mapped to a status in one place
-            await errors.abort(context, exc, "ringd.v1.ExecuteRingsRequest")
-        finally:
-            self._leave()
+                ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
+                self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
+            _encode(ring_outcome, json_form, response)
+        else:
+            ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=self._deadline(context))
+            _encode(ring_outcome, json_form, response)
+        return response
 
-    def _sized(self, answer: bytes) -> bytes:
-        """The answer, if gRPC will send it: past max_message_bytes it would fail in gRPC core."""
-        if self._max_bytes is not None and len(answer) > self._max_bytes:
-            raise errors.AnswerTooLargeError(
-                f"the answer is {len(answer)} bytes, over server.max_message_bytes ({self._max_bytes}): "
-                "the plugins made the context larger; "
-                "send a smaller request or raise the limit"
+    async def ExecuteRings(
+        self, request: engine_pb.ExecuteRingsRequest, context: Context
+    ) -> engine_pb.ExecuteRingsResponse:
+        if not request.rings:
+            raise RequestError("rings is empty; name at least one ring to run", field="rings")
+        rings = [convert.ring_from_proto(ring, f"rings[{i}]") for i, ring in enumerate(request.rings)]
+        if PluginHook.BACKGROUND in rings[:-1]:
+            raise RequestError(
+                "rings: PLUGIN_HOOK_BACKGROUND may only be the last ring",
+                field=f"rings[{rings.index(PluginHook.BACKGROUND)}]",
             )
-        return answer
+        ctx, json_form = self._context(request.context)
+        background = rings[-1] is PluginHook.BACKGROUND
+        response = engine_pb.ExecuteRingsResponse()
+        last: RingOutcome | None = None
+        with self._tracer.ring_span(
+            f"{ENGINE_SERVICE.full_name}/ExecuteRings", context.invocation_metadata()
+        ) as span:
+            wall_ns, perf = now_pair()
+            foreground = rings[:-1] if background else rings
+            run = self._engine.run_rings(foreground, ctx, deadline=self._deadline(context))
+            async with contextlib.aclosing(run):
+                async for ring_outcome in run:
+                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
+                    # Encoded as each ring ends: the context is shared and flows on.
+                    last = _encode(ring_outcome, json_form, response.outcomes.add())
+                    if last.ended:  # the engine's own stop, or its block for an unencodable ring
+                        break
+        if background and not (last is not None and last.ended):
+            _encode(self._background.submit(ctx), json_form, response.outcomes.add())
+        return response
 
-    def _refusal(self) -> Exception:
-        if self.draining:
-            return errors.ShuttingDownError("ringd is shutting down; retry on another replica")
-        return errors.OverloadedError(
-            f"too many rings in flight (limit {self._max_inflight}); retry with backoff"
-        )
 
-    async def drain(self, timeout_s: float) -> None:
-        """Refuse new rings (UNAVAILABLE) and wait up to ``timeout_s`` for those in flight."""
-        self.draining = True
-        if self.inflight:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout_s)
-
-    def _leave(self) -> None:
-        self.inflight -= 1
-        if self.draining and not self.inflight:
-            self._idle.set()
-
-    @staticmethod
-    def _acknowledge(response: engine_pb.ExecuteRingResponse, generation: Generation) -> None:
-        response.ring = convert.HOOK_TO_PROTO[PluginHook.BACKGROUND]
-        response.action = convert.ACTION_TO_PROTO[PluginAction.PASSTHROUGH]
-        response.queued = True
-        response.config_version = generation.version
-        response.generation = generation.number
-
-    @staticmethod
-    def _encode(ring_outcome: RingOutcome, json_form: bool, response: engine_pb.ExecuteRingResponse) -> bool:
-        """Encode the outcome; False when it could not be, and a 500 block answers instead."""
-        try:
-            convert.ring_outcome_to_proto(ring_outcome, json_form, response)
-        except convert.EncodeError as problem:
-            convert.unencodable_outcome_to_proto(ring_outcome, problem, response)
-            return False
-        return True
+def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:
+    """Encode ``ring_outcome``; returns the outcome answered (the engine's block if unencodable)."""
+    try:
+        convert.ring_outcome_to_proto(ring_outcome, json_form, target)
+    except EncodeError as problem:
+        ring_outcome = ring_outcome.unencodable(str(problem))
+        target.Clear()
+        convert.ring_outcome_to_proto(ring_outcome, json_form, target)
+    return ring_outcome
 
 
 class AdminServicer(admin_grpc.PluginAdminServiceServicer):
-    """``ringd.v1.PluginAdminService``: list, reload, enable/disable; bearer token if configured."""
+    """``ringd.v1.PluginAdminService``: list, reload, enable/disable."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        reload: Callable[[], Awaitable[Generation]],
-        admin_token: str | None,
-    ) -> None:
+    def __init__(self, engine: Engine, reload: Callable[[], Awaitable[Generation]]) -> None:
         self._engine = engine
         self._reload = reload
-        self._token = admin_token.encode() if admin_token else None
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler that registers this service.
-
-        Bytes in, bytes out, as the engine service does: a request that is not a valid
-        message is answered INVALID_ARGUMENT here rather than by gRPC's deserializer.
-        Every method is wrapped alike: decode, check the token, run, encode, and map
-        any failure to its status in one place.
-        """
-        methods: dict[str, Any] = {
-            "ListPlugins": (self.ListPlugins, admin_pb.ListPluginsRequest),
-            "ReloadConfig": (self.ReloadConfig, admin_pb.ReloadConfigRequest),
-            "SetPluginEnabled": (self.SetPluginEnabled, admin_pb.SetPluginEnabledRequest),
-        }
-
-        def decoding(method: Callable[[Any, Context], Awaitable[Any]], message: Any) -> Any:
-            async def handle(raw: bytes, context: Context) -> bytes:
-                try:
-                    request = message.FromString(raw)
-                    self._authorize(context)
-                    reply = await method(request, context)
-                    return bytes(reply.SerializeToString())
-                except Exception as exc:  # every failure is mapped to a status in one place
-                    await errors.abort(context, exc, message.DESCRIPTOR.full_name)
-
-            return grpc.unary_unary_rpc_method_handler(handle)
-
-        return grpc.method_handlers_generic_handler(
-            ADMIN_SERVICE, {name: decoding(method, message) for name, (method, message) in methods.items()}
-        )
-
-    def _authorize(self, context: Context) -> None:
-        if self._token is None:
-            return
-        presented = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                presented = value if isinstance(value, str) else value.decode("latin-1")
-        if presented is None:
-            raise errors.AuthError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "admin calls need 'authorization: Bearer <token>' metadata",
-            )
-        scheme, _, token = presented.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
-            raise errors.AuthError(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
 
     async def ListPlugins(
         self, request: admin_pb.ListPluginsRequest, context: Context
     ) -> admin_pb.ListPluginsResponse:
         generation = self._engine.generation
-        wanted = convert.HOOK_FROM_PROTO.get(request.ring) if request.ring else None
+        wanted = convert.RING_FROM_PROTO.get(request.ring) if request.ring else None
         if request.ring and wanted is None:
-            raise convert.RequestError(f"ring has unknown value {request.ring}")
+            raise RequestError(f"ring has unknown value {request.ring}", field="ring")
         response = admin_pb.ListPluginsResponse(
             config_version=generation.version, generation=generation.number
         )
-        for hook in PluginHook:
-            if wanted is not None and hook is not wanted:
+        for ring in PluginHook:
+            if wanted is not None and ring is not wanted:
                 continue
-            for slot in generation.rings[hook]:
+            for slot in generation.rings[ring]:
                 convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugins.add())
         return response
 
@@ -281,7 +216,7 @@ class AdminServicer(admin_grpc.PluginAdminServiceServicer):
         self, request: admin_pb.SetPluginEnabledRequest, context: Context
     ) -> admin_pb.SetPluginEnabledResponse:
         if not request.name:
-            raise convert.RequestError("name is empty; name the plugin to enable or disable")
+            raise RequestError("name is empty; name the plugin to enable or disable", field="name")
         slot = self._engine.set_enabled(request.name, request.enabled)
         response = admin_pb.SetPluginEnabledResponse()
         convert.plugin_info_to_proto(slot, self._engine.status(slot), response.plugin)

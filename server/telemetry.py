@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from ringd.server.engine import Outcome, RingOutcome
+from ringd.server.results import PluginOutcome, RingOutcome
 
 _log = logging.getLogger("ringd.telemetry")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -112,7 +112,7 @@ class RingTracer:
         """Annotate the ring's span and add a child span per plugin that ran."""
         if span is None or not span.is_recording() or self._tracer is None:
             return
-        ring = ring_outcome.hook.value
+        ring = ring_outcome.ring.value
         span.set_attribute("ringd.ring", ring)
         span.set_attribute("ringd.action", ring_outcome.action.value)
         span.set_attribute("ringd.config_version", ring_outcome.config_version)
@@ -120,7 +120,7 @@ class RingTracer:
             span.set_attribute("ringd.decided_by", ring_outcome.decided_by)
         parent = trace.set_span_in_context(span)
         for result in ring_outcome.results:
-            if result.outcome is Outcome.SKIPPED:
+            if result.outcome is PluginOutcome.SKIPPED:
                 continue
             start = started_ns + int((result.started - started_perf) * 1e9)
             child = self._tracer.start_span(

@@ -69,7 +69,7 @@ class StallWatchdog:
                             "make it async or set run_in_thread: true",
                             lag * 1000,
                             culprit_name,
-                            culprit.hook.value,
+                            culprit.ring.value,
                         )
                     else:
                         culprit_name = ""

@@ -18,9 +18,9 @@ from ringd.server.config import (
 )
 
 
-def bad_config(ws, text: str) -> str:
+def bad_config(workspace, text: str) -> str:
     """Write ``text`` as the config file, load it, and return the ConfigError's message."""
-    path = ws.write_config(text)
+    path = workspace.write_yaml(text)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
@@ -132,8 +132,8 @@ GOOD_ENTRY = "  - {name: good, entrypoint: plugins/good.py:Good}\n"
         pytest.param("just-a-string", ["plugins[1]", "mapping", "str"], id="entry-not-a-mapping"),
     ],
 )
-def test_bad_entry_names_file_entry_and_field(ws, entry: str, expected: list[str]) -> None:
-    message = bad_config(ws, f"plugins:\n{GOOD_ENTRY}  - {entry}\n")
+def test_bad_entry_names_file_entry_and_field(workspace, entry: str, expected: list[str]) -> None:
+    message = bad_config(workspace, f"plugins:\n{GOOD_ENTRY}  - {entry}\n")
     for part in expected:
         assert part in message, f"{part!r} not in {message!r}"
     assert "plugins[0]" not in message, "the good entry is not blamed"
@@ -148,38 +148,38 @@ def test_bad_entry_names_file_entry_and_field(ws, entry: str, expected: list[str
         pytest.param("plugins: 0\n", ["field 'plugins'", "list"], id="zero"),
     ],
 )
-def test_plugins_must_be_a_list(ws, text: str, expected: list[str]) -> None:
-    message = bad_config(ws, text)
+def test_plugins_must_be_a_list(workspace, text: str, expected: list[str]) -> None:
+    message = bad_config(workspace, text)
     for part in expected:
         assert part in message
 
 
-def test_unknown_top_level_field(ws) -> None:
-    message = bad_config(ws, "plugin:\n" + GOOD_ENTRY)
+def test_unknown_top_level_field(workspace) -> None:
+    message = bad_config(workspace, "plugin:\n" + GOOD_ENTRY)
     assert "field 'plugin'" in message
     assert "unknown" in message
 
 
-def test_bad_server_field(ws) -> None:
-    message = bad_config(ws, "server:\n  grace_s: soon\n  listen_on: x\n")
+def test_bad_server_field(workspace) -> None:
+    message = bad_config(workspace, "server:\n  grace_s: soon\n  listen_on: x\n")
     assert "server field 'grace_s'" in message
     assert "server field 'listen_on'" in message
 
 
-def test_invalid_yaml_names_the_file_and_the_line(ws) -> None:
-    message = bad_config(ws, "plugins:\n  - {name: a, entrypoint: a.py:A\n  - name: b\n")
+def test_invalid_yaml_names_the_file_and_the_line(workspace) -> None:
+    message = bad_config(workspace, "plugins:\n  - {name: a, entrypoint: a.py:A\n  - name: b\n")
     assert "not valid YAML" in message
     assert "line" in message
 
 
-def test_top_level_must_be_a_mapping(ws) -> None:
-    message = bad_config(ws, "- name: a\n  entrypoint: a.py:A\n")
+def test_top_level_must_be_a_mapping(workspace) -> None:
+    message = bad_config(workspace, "- name: a\n  entrypoint: a.py:A\n")
     assert "top level must be a mapping" in message
 
 
-def test_every_problem_is_reported_in_one_error(ws) -> None:
+def test_every_problem_is_reported_in_one_error(workspace) -> None:
     message = bad_config(
-        ws,
+        workspace,
         """\
         plugins:
           - {name: a, entrypoint: a.py:A, hook: nowhere}
@@ -200,10 +200,10 @@ def test_unreadable_file(tmp_path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-def test_a_config_that_fails_constructs_no_plugin(ws) -> None:
+def test_a_config_that_fails_constructs_no_plugin(workspace) -> None:
     # Validation is a pure parse: nothing is imported or constructed before it passes.
-    sentinel = ws.root / "constructed.txt"
-    ws.plugin(
+    sentinel = workspace.root / "constructed.txt"
+    workspace.plugin(
         "side_effect.py",
         f"""
         from pathlib import Path
@@ -218,7 +218,7 @@ def test_a_config_that_fails_constructs_no_plugin(ws) -> None:
                 Path({str(sentinel)!r}).write_text("constructed")
         """,
     )
-    path = ws.write_config(
+    path = workspace.write_yaml(
         "plugins:\n"
         "  - {name: side, entrypoint: side_effect.py:SideEffect}\n"
         "  - {name: bad, entrypoint: x.py:X, enabled: 'yes'}\n"
@@ -229,10 +229,10 @@ def test_a_config_that_fails_constructs_no_plugin(ws) -> None:
     assert not sentinel.with_name("constructed.txt.imported").exists()
 
 
-async def test_an_engine_reload_with_a_config_that_fails_keeps_serving(ws, make_engine) -> None:
+async def test_an_engine_reload_with_a_config_that_fails_keeps_serving(workspace, make_engine) -> None:
     from ringd.sdk import PluginContext
 
-    ws.plugin(
+    workspace.plugin(
         "tag.py",
         """
         from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -244,12 +244,12 @@ async def test_an_engine_reload_with_a_config_that_fails_keeps_serving(ws, make_
                 return PluginResponse.passthrough()
         """,
     )
-    path = ws.write_config(
+    path = workspace.write_yaml(
         "version: v1\nplugins:\n  - {name: t, entrypoint: tag.py:Tag, config: {tag: one}}\n"
     )
     engine = await make_engine(load_config(path))
     before = engine.generation
-    ws.write_config(
+    workspace.write_yaml(
         "version: v2\nplugins:\n"
         "  - {name: t, entrypoint: tag.py:Tag, config: {tag: two}}\n"
         "  - {name: u, entrypoint: tag.py:Tag, priority: first}\n"
@@ -325,9 +325,9 @@ def run_check_config(path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
 
 
-def test_check_config_rejects_a_bad_file_before_constructing_anything(ws) -> None:
-    sentinel = ws.root / "constructed.txt"
-    ws.plugin(
+def test_check_config_rejects_a_bad_file_before_constructing_anything(workspace) -> None:
+    sentinel = workspace.root / "constructed.txt"
+    workspace.plugin(
         "side_effect.py",
         f"""
         from pathlib import Path
@@ -341,7 +341,7 @@ def test_check_config_rejects_a_bad_file_before_constructing_anything(ws) -> Non
         """,
     )
     good = "  - {name: side, entrypoint: side_effect.py:SideEffect}\n"
-    bad_path = ws.write_config(
+    bad_path = workspace.write_yaml(
         "plugins:\n" + good + "  - {name: limiter, entrypoint: x.py:X, timeout_ms: -1}\n"
     )
     result = run_check_config(bad_path)
@@ -351,16 +351,16 @@ def test_check_config_rejects_a_bad_file_before_constructing_anything(ws) -> Non
     assert "Traceback" not in result.stderr
     assert not sentinel.exists()
 
-    good_path = ws.write_config("plugins:\n" + good, "good.yaml")
+    good_path = workspace.write_yaml("plugins:\n" + good, "good.yaml")
     result = run_check_config(good_path)
     assert result.returncode == 0, result.stderr
     assert "ok, 1 plugins" in result.stdout
     assert sentinel.exists(), "check-config loads the plugins of a valid file"
 
 
-def test_check_config_names_a_plugin_that_fails_to_load(ws) -> None:
-    ws.plugin("broken.py", "from ringd.sdk import BasePlugin\nclass Broken(BasePlugin)\n")
-    path = ws.write_config("plugins:\n  - {name: broken_one, entrypoint: broken.py:Broken}\n")
+def test_check_config_names_a_plugin_that_fails_to_load(workspace) -> None:
+    workspace.plugin("broken.py", "from ringd.sdk import BasePlugin\nclass Broken(BasePlugin)\n")
+    path = workspace.write_yaml("plugins:\n  - {name: broken_one, entrypoint: broken.py:Broken}\n")
     result = run_check_config(path)
     assert result.returncode == 1
     assert "broken_one" in result.stderr

@@ -10,8 +10,9 @@ import pytest
 import ringd.sdk
 from ringd.sdk import PluginAction, PluginContext, PluginHook
 from ringd.server.config import load_config
-from ringd.server.engine import Outcome
-from ringd.server.loader import PluginLoadError, install_core_aliases, load_plugin_class
+from ringd.server.engine import PluginOutcome
+from ringd.server.exceptions import PluginLoadError
+from ringd.server.loader import install_core_aliases, load_plugin_class
 
 # Written the way LLMProxy's docs write a marketplace plugin: `core.*` imports, the
 # metadata convention, the store through PluginState, a modify response.
@@ -49,10 +50,10 @@ class TokenBudget(BasePlugin):
 """
 
 
-async def test_an_llmproxy_plugin_file_loads_from_config_and_runs(ws, make_engine, store):
-    ws.plugin("marketplace/token_budget.py", LLMPROXY_PLUGIN)
+async def test_an_llmproxy_plugin_file_loads_from_config_and_runs(workspace, make_engine, store):
+    workspace.plugin("marketplace/token_budget.py", LLMPROXY_PLUGIN)
     engine = await make_engine(
-        ws.config(
+        workspace.config(
             "plugins:\n"
             "  - name: token_budget\n"
             "    entrypoint: marketplace/token_budget.py:TokenBudget\n"
@@ -63,13 +64,13 @@ async def test_an_llmproxy_plugin_file_loads_from_config_and_runs(ws, make_engin
     slot = engine.generation.slots["token_budget"]
     assert slot.loaded.load_error is None
     assert slot.loaded.instance.loaded is True
-    assert slot.loaded.hook is PluginHook.PRE_FLIGHT
+    assert slot.loaded.ring is PluginHook.PRE_FLIGHT
 
     ctx = PluginContext(body={"model": "m", "max_tokens": 4000}, session_id="s1")
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, ctx)
     assert outcome.action is PluginAction.MODIFY
     assert outcome.context.body == {"model": "m", "max_tokens": 256}
-    assert outcome.results[0].outcome is Outcome.OK
+    assert outcome.results[0].outcome is PluginOutcome.OK
     assert outcome.results[0].message == "max_tokens clamped"
     assert outcome.results[0].version == "1.0.0"
     assert outcome.context.metadata["_token_budget_requests"] == 1
@@ -102,9 +103,9 @@ def test_no_core_package_is_installed():
 
 
 async def test_relative_file_entrypoints_resolve_against_the_config_folder(
-    ws, make_engine, tmp_path, monkeypatch
+    workspace, make_engine, tmp_path, monkeypatch
 ):
-    ws.plugin(
+    workspace.plugin(
         "deploy/plugins/hello.py",
         """
         from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -116,7 +117,7 @@ async def test_relative_file_entrypoints_resolve_against_the_config_folder(
                 return PluginResponse.passthrough()
         """,
     )
-    config = ws.config(
+    config = workspace.config(
         "plugins:\n  - {name: hello, entrypoint: plugins/hello.py:Hello}\n", "deploy/ringd.yaml"
     )
     elsewhere = tmp_path / "elsewhere"
@@ -127,8 +128,8 @@ async def test_relative_file_entrypoints_resolve_against_the_config_folder(
     assert outcome.context.metadata["hello"] == "from deploy/plugins"
 
 
-async def test_absolute_file_entrypoint(ws, make_engine):
-    path = ws.plugin(
+async def test_absolute_file_entrypoint(workspace, make_engine):
+    path = workspace.plugin(
         "abs/plug.py",
         """
         from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -140,15 +141,15 @@ async def test_absolute_file_entrypoint(ws, make_engine):
                 return PluginResponse.passthrough()
         """,
     )
-    engine = await make_engine(ws.config(f"plugins:\n  - {{name: p, entrypoint: '{path}:Plug'}}\n"))
+    engine = await make_engine(workspace.config(f"plugins:\n  - {{name: p, entrypoint: '{path}:Plug'}}\n"))
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert outcome.context.metadata["abs"] is True
 
 
-async def test_module_entrypoint_from_an_installed_package(ws, make_engine, monkeypatch):
-    site = ws.root / "site"
-    ws.plugin("site/acme_plugins/__init__.py", "")
-    ws.plugin(
+async def test_module_entrypoint_from_an_installed_package(workspace, make_engine, monkeypatch):
+    site = workspace.root / "site"
+    workspace.plugin("site/acme_plugins/__init__.py", "")
+    workspace.plugin(
         "site/acme_plugins/routing.py",
         """
         from ringd.sdk import BasePlugin, PluginHook, PluginResponse
@@ -165,14 +166,14 @@ async def test_module_entrypoint_from_an_installed_package(ws, make_engine, monk
     monkeypatch.syspath_prepend(str(site))
     try:
         engine = await make_engine(
-            ws.config(
+            workspace.config(
                 "plugins:\n"
                 "  - {name: router, entrypoint: 'acme_plugins.routing:CheapRouter',"
                 " config: {model: mini}}\n"
             )
         )
         # The class says ROUTING and the entry does not override it.
-        assert engine.generation.slots["router"].loaded.hook is PluginHook.ROUTING
+        assert engine.generation.slots["router"].loaded.ring is PluginHook.ROUTING
         outcome = await engine.execute_ring(PluginHook.ROUTING, PluginContext())
         assert outcome.context.metadata["_route"] == "mini"
     finally:
@@ -180,9 +181,9 @@ async def test_module_entrypoint_from_an_installed_package(ws, make_engine, monk
         sys.modules.pop("acme_plugins", None)
 
 
-async def test_two_files_with_the_same_class_name_do_not_clash(ws, make_engine):
+async def test_two_files_with_the_same_class_name_do_not_clash(workspace, make_engine):
     for folder in ("one", "two"):
-        ws.plugin(
+        workspace.plugin(
             f"{folder}/plugin.py",
             f"""
             from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -195,7 +196,7 @@ async def test_two_files_with_the_same_class_name_do_not_clash(ws, make_engine):
             """,
         )
     engine = await make_engine(
-        ws.config(
+        workspace.config(
             "plugins:\n"
             "  - {name: a, entrypoint: one/plugin.py:Plugin}\n"
             "  - {name: b, entrypoint: two/plugin.py:Plugin}\n"
@@ -205,8 +206,8 @@ async def test_two_files_with_the_same_class_name_do_not_clash(ws, make_engine):
     assert outcome.context.metadata["ran"] == ["one", "two"]
 
 
-async def test_the_entry_hook_overrides_the_class_hook(ws, make_engine):
-    ws.plugin(
+async def test_the_entry_hook_overrides_the_class_hook(workspace, make_engine):
+    workspace.plugin(
         "audit.py",
         """
         from ringd.sdk import BasePlugin, PluginHook, PluginResponse
@@ -220,7 +221,7 @@ async def test_the_entry_hook_overrides_the_class_hook(ws, make_engine):
         """,
     )
     engine = await make_engine(
-        ws.config("plugins:\n  - {name: audit, entrypoint: audit.py:Audit, hook: background}\n")
+        workspace.config("plugins:\n  - {name: audit, entrypoint: audit.py:Audit, hook: background}\n")
     )
     pre = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     background = await engine.execute_ring(PluginHook.BACKGROUND, PluginContext())
@@ -228,8 +229,8 @@ async def test_the_entry_hook_overrides_the_class_hook(ws, make_engine):
     assert background.context.metadata["audited"] is True
 
 
-async def test_a_class_hook_that_is_not_a_plugin_hook_fails_the_load(ws, make_engine):
-    ws.plugin(
+async def test_a_class_hook_that_is_not_a_plugin_hook_fails_the_load(workspace, make_engine):
+    workspace.plugin(
         "stringly.py",
         """
         from ringd.sdk import BasePlugin
@@ -238,14 +239,16 @@ async def test_a_class_hook_that_is_not_a_plugin_hook_fails_the_load(ws, make_en
             hook = "pre_flight"
         """,
     )
-    engine = await make_engine(ws.config("plugins:\n  - {name: s, entrypoint: stringly.py:Stringly}\n"))
+    engine = await make_engine(
+        workspace.config("plugins:\n  - {name: s, entrypoint: stringly.py:Stringly}\n")
+    )
     error = engine.generation.slots["s"].loaded.load_error or ""
     assert "hook" in error
     assert "set 'hook' in the entry" in error
 
 
-def test_load_plugin_class_errors_name_the_culprit(ws):
-    ws.plugin("mod.py", "from ringd.sdk import BasePlugin\nclass NotAPlugin:\n    pass\nVALUE = 3\n")
+def test_load_plugin_class_errors_name_the_culprit(workspace):
+    workspace.plugin("mod.py", "from ringd.sdk import BasePlugin\nclass NotAPlugin:\n    pass\nVALUE = 3\n")
     cases = {
         "mod.py:Missing": "has no class or function 'Missing'",
         "mod.py:NotAPlugin": "NotAPlugin is not a BasePlugin subclass or a function",
@@ -255,13 +258,13 @@ def test_load_plugin_class_errors_name_the_culprit(ws):
     }
     for entrypoint, expected in cases.items():
         with pytest.raises(PluginLoadError) as caught:
-            load_plugin_class(entrypoint, ws.root)
+            load_plugin_class(entrypoint, workspace.root)
         assert expected in str(caught.value), entrypoint
 
 
-def test_an_unchanged_file_is_not_executed_again(ws):
-    counter = ws.root / "executions.txt"
-    ws.plugin(
+def test_an_unchanged_file_is_not_executed_again(workspace):
+    counter = workspace.root / "executions.txt"
+    workspace.plugin(
         "once.py",
         f"""
         from pathlib import Path
@@ -275,28 +278,24 @@ def test_an_unchanged_file_is_not_executed_again(ws):
             pass
         """,
     )
-    first = load_plugin_class("once.py:Once", ws.root)
-    second = load_plugin_class("once.py:Once", ws.root)
+    first = load_plugin_class("once.py:Once", workspace.root)
+    second = load_plugin_class("once.py:Once", workspace.root)
     assert first is second
     assert counter.read_text() == "x"
 
 
-def test_an_edited_file_is_loaded_fresh(ws):
-    ws.plugin(
-        "ver.py",
-        "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '1'\n",
-    )
-    first = load_plugin_class("ver.py:V", ws.root)
-    ws.plugin(
-        "ver.py",
-        "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '2'\n",
-    )
-    second = load_plugin_class("ver.py:V", ws.root)
+def test_an_edited_file_is_loaded_fresh(workspace):
+    workspace.plugin("ver.py", "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '1'\n")
+    first = load_plugin_class("ver.py:V", workspace.root)
+    workspace.plugin("ver.py", "from ringd.sdk import BasePlugin\nclass V(BasePlugin):\n    version = '2'\n")
+    second = load_plugin_class("ver.py:V", workspace.root)
     assert (first.version, second.version) == ("1", "2")
 
 
-def test_load_config_then_loader_agree_on_the_base_folder(ws):
-    ws.plugin("conf/p/x.py", "from ringd.sdk import BasePlugin\nclass X(BasePlugin):\n    pass\n")
-    config = load_config(ws.write_config("plugins:\n  - {name: x, entrypoint: p/x.py:X}\n", "conf/r.yaml"))
+def test_load_config_then_loader_agree_on_the_base_folder(workspace):
+    workspace.plugin("conf/p/x.py", "from ringd.sdk import BasePlugin\nclass X(BasePlugin):\n    pass\n")
+    config = load_config(
+        workspace.write_yaml("plugins:\n  - {name: x, entrypoint: p/x.py:X}\n", "conf/r.yaml")
+    )
     cls = load_plugin_class(config.plugins[0].entrypoint, config.base_dir)
     assert cls.__name__ == "X"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from rpc_helpers import entry, ring_request
+from support.rpc import ring_request
+from support.workspace import entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import plugin_pb2 as pb

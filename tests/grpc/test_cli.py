@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from rpc_helpers import BIN, entry, run
+from support.rpc import BIN, run
+from support.workspace import entry
 
 RINGD = BIN / "ringd"
 TOKEN = "cli-admin-token"

@@ -12,7 +12,8 @@ import time
 
 import grpc
 import pytest
-from rpc_helpers import context, entry, metadata_of, payload, ring_request, wait_for
+from support.rpc import context, metadata_of, payload, ring_request, wait_for
+from support.workspace import entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import engine_service_pb2 as engine_pb
@@ -347,3 +348,43 @@ async def test_a_full_background_queue_answers_resource_exhausted(serve):
     assert all(o.queued for o in outcomes[:-1])
     answer = await stub.ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
     assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
+
+
+@pytest.mark.parametrize("form", ["json", "struct"])
+async def test_a_queued_background_answer_carries_the_requests_body_response_and_metadata(serve, form):
+    running = await serve([entry("usage", "background", config={"set_metadata": {"late": True}})])
+    upstream = {"id": "chatcmpl-1", "usage": {"total_tokens": 7}}
+    answer = await running.engine().ExecuteRing(
+        ring_request(
+            pb.PLUGIN_HOOK_BACKGROUND, CHAT, form=form, response=upstream, metadata={"tenant": "acme"}
+        ),
+        timeout=5,
+    )
+
+    assert answer.queued is True
+    assert payload(answer, "body") == (form, CHAT)
+    assert payload(answer, "response") == (form, upstream)
+    assert metadata_of(answer) == {"tenant": "acme"}, "the request's metadata, not the ring's"
+
+
+async def test_a_queued_background_answer_of_execute_rings_carries_the_context_the_ring_got(serve):
+    running = await serve(
+        [
+            entry("router", "routing", config={"set_metadata": {"route": "mini"}}),
+            entry("usage", "background"),
+        ]
+    )
+    request = engine_pb.ExecuteRingsRequest(
+        rings=[pb.PLUGIN_HOOK_ROUTING, pb.PLUGIN_HOOK_BACKGROUND],
+        context=context(CHAT, response={"usage": 7}),
+    )
+    answer = await running.engine().ExecuteRings(request, timeout=5)
+
+    routed, queued = answer.outcomes
+    assert not routed.queued
+    assert queued.queued is True
+    assert queued.ring == pb.PLUGIN_HOOK_BACKGROUND
+    assert list(queued.results) == []
+    assert payload(queued, "body") == ("json", CHAT)
+    assert payload(queued, "response") == ("json", {"usage": 7})
+    assert metadata_of(queued) == {"route": "mini"}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-from rpc_helpers import BIN, ROOT, entry, run
+from support.rpc import BIN, ROOT, run
+from support.workspace import entry
 
 GRPCURL = BIN / "grpcurl"
 

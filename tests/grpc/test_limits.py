@@ -12,7 +12,8 @@ import time
 
 import grpc
 import pytest
-from rpc_helpers import context, entry, metadata_of, payload, ring_request
+from support.rpc import context, metadata_of, payload, ring_request
+from support.workspace import entry
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import plugin_pb2 as pb

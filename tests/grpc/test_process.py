@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rpc_helpers import BIN, Workspace, context, entry, ring_request
+from support.rpc import BIN, context, ring_request
+from support.workspace import Workspace, entry
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import engine_service_pb2_grpc as engine_grpc

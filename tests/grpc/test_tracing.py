@@ -12,7 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from ringd.client import AsyncClient
-from rpc_helpers import entry, ring_request
+from support.rpc import ring_request
+from support.workspace import entry
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import plugin_pb2 as pb

@@ -1,9 +1,8 @@
-"""Fixtures for the built-in plugin tests: a real SQLite store and context builders."""
+"""Fixtures for the built-in plugin tests: context builders on the real ``store`` of tests/support."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,14 +10,6 @@ from ringd.sdk import PluginContext, PluginState, RequestInfo
 from ringd.server.store import SqliteStore
 
 ContextFactory = Callable[..., PluginContext]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """A real SQLite store in the test's temporary folder, closed after the test."""
-    opened = await SqliteStore.open(tmp_path / "plugins-store" / "ringd.db")
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

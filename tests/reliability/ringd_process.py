@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rpc_helpers import BIN
+from support.rpc import BIN
 
 LISTENING = re.compile(r"^listening on (\S+:\d+)$")
 

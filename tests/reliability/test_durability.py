@@ -14,7 +14,8 @@ from pathlib import Path
 
 import grpc
 from ringd_process import RingdProcess, health_check
-from rpc_helpers import Workspace, context, entry, metadata_of
+from support.rpc import context, metadata_of
+from support.workspace import Workspace, entry
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import engine_service_pb2_grpc as engine_grpc

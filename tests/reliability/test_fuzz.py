@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ringd_process import RingdProcess, health_check
-from rpc_helpers import Workspace, entry
+from support.workspace import Workspace, entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import admin_service_pb2_grpc as admin_grpc

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rpc_helpers import context, entry, metadata_of, ring_request
+from support.rpc import context, metadata_of, ring_request
+from support.workspace import entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import engine_service_pb2 as engine_pb

@@ -10,8 +10,10 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ringd.server.app import build_server
-from ringd.server.config import ConfigError, load_config, parse_config
-from rpc_helpers import context, entry, ring_request
+from ringd.server.config import load_config, parse_config
+from ringd.server.exceptions import ConfigError
+from support.rpc import context, ring_request
+from support.workspace import entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import engine_service_pb2 as engine_pb

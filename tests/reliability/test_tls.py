@@ -18,7 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from rpc_helpers import entry, ring_request
+from support.rpc import ring_request
+from support.workspace import entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import admin_service_pb2_grpc as admin_grpc

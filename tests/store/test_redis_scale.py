@@ -26,7 +26,7 @@ from ringd.sdk import StoreError
 from ringd.server.store_redis import RedisStore
 
 if TYPE_CHECKING:  # fixtures' types; pytest provides the objects
-    from tests.store.conftest import RedisServer
+    from support.redis import RedisServer
 
 RINGD = Path(sys.executable).with_name("ringd")
 

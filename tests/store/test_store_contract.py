@@ -17,7 +17,7 @@ from ringd.server.store import SqliteStore, open_store
 from ringd.server.store_redis import RedisStore
 
 if TYPE_CHECKING:  # fixtures' types; pytest provides the objects
-    from tests.store.conftest import Backend, Opened
+    from support.fixtures import Backend, Opened
 
 # Short TTLs keep the suite fast; the sleeps leave a wide margin past them.
 TTL_S = 0.15

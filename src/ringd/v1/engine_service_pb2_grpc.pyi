@@ -57,12 +57,18 @@ class PluginEngineServiceStub:
     never carry a Python traceback):
 
     * INVALID_ARGUMENT: a bad request; the message names the field, for example
-      `ring`, `rings[1]` or `context.body_json`.
+      `ring`, `rings[1]` or `context.body_json`, and a `google.rpc.BadRequest`
+      detail carries it as a field violation.
     * RESOURCE_EXHAUSTED: the request is too large, too many rings run at once, or
-      the background queue is full.
+      the background queue is full. The last two carry a `google.rpc.RetryInfo`
+      detail: retry after its delay.
     * DEADLINE_EXCEEDED: the caller's deadline passed before the ring finished.
-    * UNAVAILABLE: the server is shutting down.
+    * UNAVAILABLE: the server is shutting down; a `google.rpc.RetryInfo` detail
+      (delay 0) says to retry at once on another replica.
     * INTERNAL: an unexpected server fault; the details are only in the server log.
+
+    Details travel as a `google.rpc.Status` in the `grpc-status-details-bin`
+    trailer, as every gRPC library's rich error API reads them.
 
     A plugin's failure is not a gRPC error: it is reported in the answer, as a
     BLOCK or a bypass, with status OK.
@@ -115,12 +121,18 @@ class PluginEngineServiceAsyncStub(PluginEngineServiceStub):
     never carry a Python traceback):
 
     * INVALID_ARGUMENT: a bad request; the message names the field, for example
-      `ring`, `rings[1]` or `context.body_json`.
+      `ring`, `rings[1]` or `context.body_json`, and a `google.rpc.BadRequest`
+      detail carries it as a field violation.
     * RESOURCE_EXHAUSTED: the request is too large, too many rings run at once, or
-      the background queue is full.
+      the background queue is full. The last two carry a `google.rpc.RetryInfo`
+      detail: retry after its delay.
     * DEADLINE_EXCEEDED: the caller's deadline passed before the ring finished.
-    * UNAVAILABLE: the server is shutting down.
+    * UNAVAILABLE: the server is shutting down; a `google.rpc.RetryInfo` detail
+      (delay 0) says to retry at once on another replica.
     * INTERNAL: an unexpected server fault; the details are only in the server log.
+
+    Details travel as a `google.rpc.Status` in the `grpc-status-details-bin`
+    trailer, as every gRPC library's rich error API reads them.
 
     A plugin's failure is not a gRPC error: it is reported in the answer, as a
     BLOCK or a bypass, with status OK.
@@ -169,12 +181,18 @@ class PluginEngineServiceServicer(metaclass=_abc_1.ABCMeta):
     never carry a Python traceback):
 
     * INVALID_ARGUMENT: a bad request; the message names the field, for example
-      `ring`, `rings[1]` or `context.body_json`.
+      `ring`, `rings[1]` or `context.body_json`, and a `google.rpc.BadRequest`
+      detail carries it as a field violation.
     * RESOURCE_EXHAUSTED: the request is too large, too many rings run at once, or
-      the background queue is full.
+      the background queue is full. The last two carry a `google.rpc.RetryInfo`
+      detail: retry after its delay.
     * DEADLINE_EXCEEDED: the caller's deadline passed before the ring finished.
-    * UNAVAILABLE: the server is shutting down.
+    * UNAVAILABLE: the server is shutting down; a `google.rpc.RetryInfo` detail
+      (delay 0) says to retry at once on another replica.
     * INTERNAL: an unexpected server fault; the details are only in the server log.
+
+    Details travel as a `google.rpc.Status` in the `grpc-status-details-bin`
+    trailer, as every gRPC library's rich error API reads them.
 
     A plugin's failure is not a gRPC error: it is reported in the answer, as a
     BLOCK or a bypass, with status OK.

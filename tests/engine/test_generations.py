@@ -8,7 +8,7 @@ import time
 
 import pytest
 from ringd.sdk import PluginAction, PluginContext, PluginHook
-from ringd.server.engine import Outcome, ReloadError
+from ringd.server.engine import PluginOutcome, ReloadError
 
 # A plugin that records, in the ring's metadata, the generation its config says it
 # belongs to, and keeps what a test needs to check draining: how many calls are in
@@ -75,13 +75,13 @@ def instances(engine):
 
 
 @pytest.fixture
-def with_tagged(ws):
-    ws.plugin("tagged.py", TAGGED)
-    return ws
+def with_tagged(workspace):
+    workspace.plugin("tagged.py", TAGGED)
+    return workspace
 
 
-def generation_config(ws, gen: int):
-    return ws.config(
+def generation_config(workspace, gen: int):
+    return workspace.config(
         config_text(
             f"gen-{gen}",
             tagged("a", gen, 0.004),
@@ -134,7 +134,7 @@ async def test_hot_swap_under_200_concurrent_rings(with_tagged, make_engine):
     for outcome in outcomes:
         # None fails: every plugin ran and let the request through.
         assert outcome.action is PluginAction.PASSTHROUGH
-        assert [r.outcome for r in outcome.results] == [Outcome.OK] * 4
+        assert [r.outcome for r in outcome.results] == [PluginOutcome.OK] * 4
         # No ring sees two generations: all its plugins carry the ring's config version.
         gens = outcome.context.metadata["gens"]
         assert set(gens) == {"a", "b", "c", "steady"}
@@ -190,7 +190,7 @@ async def test_a_plugin_kept_across_two_reloads_is_unloaded_after_the_oldest_rin
     await asyncio.sleep(0.02)
     assert shared.unload_count == 0, "unloaded while a gen-1 ring was still running it"
     outcome = await ring
-    assert outcome.results[0].outcome is Outcome.OK
+    assert outcome.results[0].outcome is PluginOutcome.OK
     await asyncio.sleep(0.02)
     assert shared.unload_count == 1
     assert shared.active_at_unload == 0
@@ -199,12 +199,12 @@ async def test_a_plugin_kept_across_two_reloads_is_unloaded_after_the_oldest_rin
 async def test_a_reload_with_a_broken_plugin_is_rejected_and_the_old_generation_serves(
     with_tagged, make_engine
 ):
-    ws = with_tagged
-    engine = await make_engine(generation_config(ws, 1))
+    workspace = with_tagged
+    engine = await make_engine(generation_config(workspace, 1))
     before = engine.generation
     gen1 = instances(engine)
-    ws.plugin("broken.py", "from ringd.sdk import BasePlugin\nclass Broken(BasePlugin)\n    pass\n")
-    bad = ws.config(
+    workspace.plugin("broken.py", "from ringd.sdk import BasePlugin\nclass Broken(BasePlugin)\n    pass\n")
+    bad = workspace.config(
         config_text(
             "gen-2",
             tagged("a", 2),
@@ -227,14 +227,14 @@ async def test_a_reload_with_a_broken_plugin_is_rejected_and_the_old_generation_
     assert outcome.action is PluginAction.PASSTHROUGH
 
     # A later good reload still works.
-    await engine.reload(generation_config(ws, 2))
+    await engine.reload(generation_config(workspace, 2))
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert outcome.config_version == "gen-2"
 
 
-async def test_a_rejected_reload_unloads_what_it_built_aside(ws, make_engine):
-    events = ws.root / "events.log"
-    ws.plugin(
+async def test_a_rejected_reload_unloads_what_it_built_aside(workspace, make_engine):
+    events = workspace.root / "events.log"
+    workspace.plugin(
         "recorder.py",
         f"""
         from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -258,9 +258,9 @@ async def test_a_rejected_reload_unloads_what_it_built_aside(ws, make_engine):
         """,
     )
     engine = await make_engine(
-        ws.config(config_text("v1", "{name: r, entrypoint: recorder.py:Recorder, config: {tag: old}}"))
+        workspace.config(config_text("v1", "{name: r, entrypoint: recorder.py:Recorder, config: {tag: old}}"))
     )
-    bad = ws.config(
+    bad = workspace.config(
         config_text(
             "v2",
             "{name: r, entrypoint: recorder.py:Recorder, config: {tag: new}}",
@@ -274,8 +274,8 @@ async def test_a_rejected_reload_unloads_what_it_built_aside(ws, make_engine):
 
 
 async def test_stats_survive_for_unchanged_plugins_and_restart_for_changed_ones(with_tagged, make_engine):
-    ws = with_tagged
-    ws.plugin(
+    workspace = with_tagged
+    workspace.plugin(
         "edited.py",
         """
         from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -292,7 +292,7 @@ async def test_stats_survive_for_unchanged_plugins_and_restart_for_changed_ones(
     )
     edited = "{name: edited, entrypoint: edited.py:Edited}"
     engine = await make_engine(
-        ws.config(
+        workspace.config(
             config_text(
                 "v1",
                 tagged("keep", "k"),
@@ -307,15 +307,15 @@ async def test_stats_survive_for_unchanged_plugins_and_restart_for_changed_ones(
         await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert v1["keep"].stats["invocations"] == 5
 
-    ws.plugin(
+    workspace.plugin(
         "edited.py",
-        (ws.root / "edited.py")
+        (workspace.root / "edited.py")
         .read_text()
         .replace('"1.0.0"', '"1.1.0"')
         .replace('metadata["edited"] = 1', 'metadata["edited"] = 2'),
     )
     await engine.reload(
-        ws.config(
+        workspace.config(
             config_text(
                 "v2",
                 tagged("keep", "k", priority=1),  # order changes, the instance does not
@@ -346,9 +346,9 @@ async def test_stats_survive_for_unchanged_plugins_and_restart_for_changed_ones(
     assert v1["removed"].unload_count == 1
 
 
-async def test_a_plugin_that_failed_to_load_is_retried_on_reload(ws, make_engine):
-    ws.plugin("late.py", "from ringd.sdk import BasePlugin\nclass Late(BasePlugin)\n")
-    cfg = ws.write_config(config_text("v1", "{name: late, entrypoint: late.py:Late}"))
+async def test_a_plugin_that_failed_to_load_is_retried_on_reload(workspace, make_engine):
+    workspace.plugin("late.py", "from ringd.sdk import BasePlugin\nclass Late(BasePlugin)\n")
+    cfg = workspace.write_yaml(config_text("v1", "{name: late, entrypoint: late.py:Late}"))
     from ringd.server.config import load_config
 
     engine = await make_engine(load_config(cfg))
@@ -356,7 +356,7 @@ async def test_a_plugin_that_failed_to_load_is_retried_on_reload(ws, make_engine
     assert outcome.decision is not None
     assert outcome.decision.status_code == 503
 
-    ws.plugin(
+    workspace.plugin(
         "late.py",
         """
         from ringd.sdk import PluginHook, BasePlugin, PluginResponse
@@ -370,7 +370,7 @@ async def test_a_plugin_that_failed_to_load_is_retried_on_reload(ws, make_engine
     await engine.reload(load_config(cfg))
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert outcome.action is PluginAction.PASSTHROUGH
-    assert outcome.results[0].outcome is Outcome.OK
+    assert outcome.results[0].outcome is PluginOutcome.OK
 
 
 async def test_close_waits_for_rings_in_flight_then_unloads(with_tagged, make_engine):
@@ -380,22 +380,22 @@ async def test_close_waits_for_rings_in_flight_then_unloads(with_tagged, make_en
     await asyncio.sleep(0.01)
     await engine.close(grace_s=2.0)
     assert ring.done()
-    assert (await ring).results[0].outcome is Outcome.OK
+    assert (await ring).results[0].outcome is PluginOutcome.OK
     assert plugin.unload_count == 1
     assert plugin.active_at_unload == 0
 
 
 async def test_a_reload_that_only_changes_priorities_reorders_the_ring(with_tagged, make_engine):
-    ws = with_tagged
+    workspace = with_tagged
     engine = await make_engine(
-        ws.config(config_text("v1", tagged("a", 0, priority=10), tagged("b", 0, priority=20)))
+        workspace.config(config_text("v1", tagged("a", 0, priority=10), tagged("b", 0, priority=20)))
     )
     before = instances(engine)
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert [r.plugin for r in outcome.results] == ["a", "b"]
 
     await engine.reload(
-        ws.config(config_text("v2", tagged("a", 0, priority=30), tagged("b", 0, priority=20)))
+        workspace.config(config_text("v2", tagged("a", 0, priority=30), tagged("b", 0, priority=20)))
     )
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert [r.plugin for r in outcome.results] == ["b", "a"]
