@@ -108,7 +108,11 @@ class RingdServer:
             self.engine,
             self._background,
             tracer,
-            limits=Limits(settings.max_metadata_keys, settings.max_json_depth),
+            limits=Limits(
+                max_metadata_keys=settings.max_metadata_keys,
+                max_json_depth=settings.max_json_depth,
+                max_headers=settings.max_headers,
+            ),
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
         )
         self._admission = RingAdmission(settings.max_concurrent_rings)

@@ -95,6 +95,7 @@ class ServerSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rings: int = 1024
     max_metadata_keys: int = 1024
+    max_headers: int = 256
     max_json_depth: int = 64
     reflection: bool = True
     admin_token: str | None = None
@@ -333,7 +334,7 @@ def _server(errors: _Errors, raw: Any) -> ServerSettings:
             "max_concurrent_rings",
             "background_queue_size",
             "background_workers",
-        } or key in {"max_metadata_keys", "max_json_depth"}:
+        } or key in {"max_metadata_keys", "max_headers", "max_json_depth"}:
             values[key] = _int(errors, where, value, minimum=1)
         elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"}:
             values[key] = _float(errors, where, value)

@@ -12,6 +12,7 @@ raw JSON) are read side by side.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ class Limits:
 
     max_metadata_keys: int = 1024
     max_json_depth: int = 64
+    max_headers: int = 256
 
 
 Where = str | tuple[Any, str | int]
@@ -86,6 +88,37 @@ def ring_from_proto(number: int, field: str = "ring") -> PluginHook:
             raise RequestError(f"{field} is PLUGIN_HOOK_UNSPECIFIED; name the ring to run", field=field)
         raise RequestError(f"{field} has unknown value {number}", field=field)
     return ring
+
+
+_GATEWAY_ORDER = {ring: index for index, ring in enumerate(PluginHook)}
+
+
+def rings_from_proto(numbers: Sequence[int]) -> list[PluginHook]:
+    """The rings of an ExecuteRings request: at least one, each at most once, in gateway order.
+
+    The order (INGRESS, PRE_FLIGHT, ROUTING, POST_FLIGHT, BACKGROUND) also bounds the
+    list to five entries, so a caller cannot make one request run a ring many times.
+    """
+    if not numbers:
+        raise RequestError("rings is empty; name at least one ring to run", field="rings")
+    if len(numbers) > len(_GATEWAY_ORDER):
+        raise RequestError(
+            f"rings has {len(numbers)} entries; each ring may appear at most once"
+            f" ({len(_GATEWAY_ORDER)} at most)",
+            field="rings",
+        )
+    rings: list[PluginHook] = []
+    for index, number in enumerate(numbers):
+        ring = ring_from_proto(number, f"rings[{index}]")
+        if rings and _GATEWAY_ORDER[ring] <= _GATEWAY_ORDER[rings[-1]]:
+            order = ", ".join(member.name for member in PluginHook)
+            raise RequestError(
+                f"rings[{index}] is {ring.name} after {rings[-1].name};"
+                f" rings run once each, in gateway order ({order})",
+                field=f"rings[{index}]",
+            )
+        rings.append(ring)
+    return rings
 
 
 def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) -> Any:
@@ -194,6 +227,12 @@ def context_from_proto(
     )
     if message.HasField("request"):
         request = message.request
+        if len(request.headers) > limits.max_headers:
+            raise RequestError(
+                f"{field}.request.headers has {len(request.headers)} entries;"
+                f" the limit is {limits.max_headers}",
+                field=f"{field}.request.headers",
+            )
         ctx.request = RequestInfo(
             method=request.method,
             path=request.path,

@@ -253,7 +253,6 @@ class RingRunner:
         return result, block
 
 
-
 def _check_response(response: Any) -> tuple[PluginOutcome | None, str, Any]:
     """What a plugin returned, as ``(failure, error, response)``: None is a passthrough
     (LLMProxy), anything but a servable :class:`PluginResponse` is the plugin's error."""

@@ -141,14 +141,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     async def ExecuteRings(
         self, request: engine_pb.ExecuteRingsRequest, context: Context
     ) -> engine_pb.ExecuteRingsResponse:
-        if not request.rings:
-            raise RequestError("rings is empty; name at least one ring to run", field="rings")
-        rings = [convert.ring_from_proto(ring, f"rings[{i}]") for i, ring in enumerate(request.rings)]
-        if PluginHook.BACKGROUND in rings[:-1]:
-            raise RequestError(
-                "rings: PLUGIN_HOOK_BACKGROUND may only be the last ring",
-                field=f"rings[{rings.index(PluginHook.BACKGROUND)}]",
-            )
+        rings = convert.rings_from_proto(request.rings)
         ctx, json_form = self._context(request.context)
         background = rings[-1] is PluginHook.BACKGROUND
         response = engine_pb.ExecuteRingsResponse()

@@ -47,7 +47,9 @@ async def flaky_engine(workspace, make_engine, breaker=BREAKER, **entry):
     )
 
 
-async def test_breaker_opens_on_a_failure_rate_answers_503_then_probes_and_closes(workspace, make_engine, store):
+async def test_breaker_opens_on_a_failure_rate_answers_503_then_probes_and_closes(
+    workspace, make_engine, store
+):
     engine = await flaky_engine(workspace, make_engine)
     flaky = instance(engine, "flaky")
     assert [status(await ingress(engine)) for _ in range(2)] == [None, None]

@@ -121,7 +121,10 @@ RUNTIME_FAILURES = {
     "own_timeout_error": ("failing.py:BackendTimesOut", "TimeoutError"),
     "raises_cancelled": ("failing.py:RaisesCancelled", "CancelledError raised by the plugin"),
     "returns_string": ("failing.py:ReturnsString", "returned str, expected PluginResponse"),
-    "invalid_response": ("failing.py:CacheHitWithoutResponse", "PluginResponseError: CACHE_HIT needs response"),
+    "invalid_response": (
+        "failing.py:CacheHitWithoutResponse",
+        "PluginResponseError: CACHE_HIT needs response",
+    ),
 }
 
 LOAD_FAILURES = {

@@ -213,6 +213,42 @@ async def test_execute_rings_names_the_bad_entry(serve):
     assert "rings" in (empty.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("rings", "named", "words"),
+    [
+        ([pb.PLUGIN_HOOK_ROUTING] * 200_000, "rings", "200000 entries; each ring may appear at most once"),
+        ([pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_INGRESS], "rings[1]", "INGRESS after INGRESS"),
+        ([pb.PLUGIN_HOOK_ROUTING, pb.PLUGIN_HOOK_PRE_FLIGHT], "rings[1]", "PRE_FLIGHT after ROUTING"),
+        ([pb.PLUGIN_HOOK_BACKGROUND, pb.PLUGIN_HOOK_INGRESS], "rings[1]", "INGRESS after BACKGROUND"),
+    ],
+    ids=["200k-rings", "repeated", "out-of-order", "background-not-last"],
+)
+async def test_execute_rings_runs_each_ring_once_in_gateway_order(serve, rings, named, words):
+    running = await serve([entry("counter", "ingress", config={"trace": "ran"})])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await running.engine().ExecuteRings(
+            engine_pb.ExecuteRingsRequest(rings=rings, context=context(CHAT)), timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details() or ""
+    assert details.startswith(named)
+    assert words in details
+    # Nothing ran: the request was refused before any plugin saw it.
+    answer = await running.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_INGRESS, CHAT), timeout=5)
+    assert metadata_of(answer) == {"ran": ["ran"]}
+
+
+async def test_too_many_request_headers_are_refused_naming_the_limit(serve):
+    running = await serve([entry("tagger")], server={"max_headers": 8})
+    request = ring_request(PRE_FLIGHT, CHAT, headers={f"x-h{i}": "v" for i in range(9)})
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await running.engine().ExecuteRing(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "context.request.headers has 9 entries; the limit is 8"
+    fine = ring_request(PRE_FLIGHT, CHAT, headers={f"x-h{i}": "v" for i in range(8)})
+    assert (await running.engine().ExecuteRing(fine, timeout=5)).action == pb.PLUGIN_ACTION_PASSTHROUGH
+
+
 async def test_the_plugin_timeout_block_arrives_before_the_callers_deadline(serve):
     running = await serve([entry("slow", timeout_ms=5000, fail_policy="closed", config={"sleep_s": 1.0})])
     stub = running.engine()

@@ -14,7 +14,8 @@ import logging
 import textwrap
 
 import pytest
-from rpc_helpers import entry, metadata_of, payload, ring_request, wait_for
+from support.rpc import metadata_of, payload, ring_request, wait_for
+from support.workspace import entry
 
 from ringd.v1 import plugin_pb2 as pb
 

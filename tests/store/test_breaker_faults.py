@@ -76,9 +76,9 @@ def hold_sqlite_write_lock(path: Path, seconds: float) -> threading.Thread:
 
 
 async def test_a_short_store_stall_under_load_never_opens_the_breaker(
-    backend: Backend, ws, make_engine, request: pytest.FixtureRequest
+    backend: Backend, workspace, make_engine, request: pytest.FixtureRequest
 ) -> None:
-    engine = await make_engine(ws.config(CONFIG))
+    engine = await make_engine(workspace.config(CONFIG))
     stop = asyncio.Event()
     load = asyncio.create_task(drive(engine, stop))
     await asyncio.sleep(1.0)  # a busy window before the stall
@@ -103,7 +103,7 @@ async def test_a_short_store_stall_under_load_never_opens_the_breaker(
 
 
 async def test_a_redis_outage_opens_the_breaker_and_calls_succeed_soon_after_it_returns(
-    redis_server: RedisServer, ws, tmp_path: Path
+    redis_server: RedisServer, workspace, tmp_path: Path
 ) -> None:
     from ringd.sdk import PluginState
     from ringd.server.engine import Engine
@@ -111,7 +111,7 @@ async def test_a_redis_outage_opens_the_breaker_and_calls_succeed_soon_after_it_
 
     store = await RedisStore.open(redis_server.url)
     engine = Engine(PluginState(extra={"store": store}))
-    await engine.start(ws.config(CONFIG))
+    await engine.start(workspace.config(CONFIG))
     try:
         stop = asyncio.Event()
         load = asyncio.create_task(drive(engine, stop))
