@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from ringd.sdk import PluginAction, PluginHook
-from ringd.server import convert, errors
+from ringd.server import convert, errors, logs
 from ringd.server.background import BackgroundQueue
 from ringd.server.engine import Engine, Generation, RingOutcome
 from ringd.server.telemetry import RingTracer, now_pair
@@ -85,6 +85,7 @@ class EngineServicer:
             request = engine_pb.ExecuteRingRequest.FromString(raw)
             hook = convert.hook_from_proto(request.ring)
             ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
+            logs.bind_request(ctx.request_id, hook.value)  # issue 14: this call's log lines carry its id
             response = engine_pb.ExecuteRingResponse()
             if hook is PluginHook.BACKGROUND:
                 self._background.submit(ctx)
@@ -119,6 +120,7 @@ class EngineServicer:
             if PluginHook.BACKGROUND in hooks[:-1]:
                 raise convert.RequestError("rings: PLUGIN_HOOK_BACKGROUND may only be the last ring")
             ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
+            logs.bind_request(ctx.request_id, ",".join(h.value for h in hooks))  # issue 14
             background = hooks[-1] is PluginHook.BACKGROUND
             foreground = hooks[:-1] if background else hooks
             response = engine_pb.ExecuteRingsResponse()
