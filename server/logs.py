@@ -18,9 +18,8 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 _PLUGIN_LOGGER_PREFIX = "plugin."
 
@@ -32,9 +31,12 @@ class LogFormat(Enum):
     JSON = "json"
 
 
-@dataclass(frozen=True, slots=True)
-class LogContext:
-    """What a log line says about the request it belongs to; empty fields are left out."""
+class LogContext(NamedTuple):
+    """What a log line says about the request it belongs to; empty fields are left out.
+
+    A named tuple, not a dataclass: the servicer builds one per call, and a tuple is
+    the cheapest immutable record to build.
+    """
 
     request_id: str = ""
     ring: str = ""
@@ -48,7 +50,7 @@ _CURRENT: contextvars.ContextVar[LogContext | None] = contextvars.ContextVar(
 
 def bind_request(request_id: str, ring: str) -> None:
     """Tag the current task's log lines with a request id and ring (the servicer calls this)."""
-    _CURRENT.set(LogContext(request_id=request_id, ring=ring))
+    _CURRENT.set(LogContext(request_id, ring))
 
 
 def bind_plugin(plugin: str) -> contextvars.Token[LogContext | None]:
