@@ -275,6 +275,11 @@ def _check_config(path: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ringd`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "health":  # issue 14: the console script goes to health_cli directly
+        from ringd.server.health_cli import main as health_main
+
+        given = list(sys.argv[1:] if argv is None else argv)
+        return health_main(given[given.index("health") + 1 :])
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":

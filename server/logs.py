@@ -121,14 +121,6 @@ def _iso_utc(created: float) -> str:
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
-def parse_format(value: str, source: str) -> LogFormat:
-    """``text`` or ``json`` (any case); anything else is a ``ValueError`` naming ``source``."""
-    try:
-        return LogFormat(value.strip().lower())
-    except ValueError:
-        raise ValueError(f"{source}: unknown log format {value!r}; expected text or json") from None
-
-
 def configure(level: str, log_format: LogFormat, stream: TextIO | None = None) -> None:
     """Send the root logger's lines to ``stream`` (stderr) at ``level`` in ``log_format``."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
