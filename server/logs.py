@@ -22,6 +22,8 @@ from enum import Enum
 from typing import Any, NamedTuple, TextIO
 
 _PLUGIN_LOGGER_PREFIX = "plugin."
+MAX_REQUEST_ID = 128
+"""Characters of a request id written to a log line (the caller chooses its length)."""
 
 
 class LogFormat(Enum):
@@ -84,7 +86,7 @@ class JsonFormatter(logging.Formatter):
         bound = _CURRENT.get()
         if bound is not None:
             if bound.request_id:
-                line["request_id"] = bound.request_id
+                line["request_id"] = _clip(bound.request_id)
             if bound.ring:
                 line["ring"] = bound.ring
             if bound.plugin:
@@ -113,7 +115,15 @@ class TextFormatter(logging.Formatter):
         if bound is None or not bound.request_id:
             return text
         first, newline, rest = text.partition("\n")
-        return f"{first} [request_id={bound.request_id} ring={bound.ring}]{newline}{rest}"
+        # repr: the id is the caller's text, and a newline in it must not forge a log line.
+        return f"{first} [request_id={_clip(bound.request_id)!r} ring={bound.ring}]{newline}{rest}"
+
+
+def _clip(request_id: str) -> str:
+    """The caller chooses the id: at most ``MAX_REQUEST_ID`` characters of it reach a line."""
+    if len(request_id) <= MAX_REQUEST_ID:
+        return request_id
+    return request_id[:MAX_REQUEST_ID] + "..."
 
 
 def _iso_utc(created: float) -> str:

@@ -274,3 +274,22 @@ async def test_the_watchdog_logs_one_line_per_kind_of_stall_then_one_summary(cap
 def test_the_dashboard_file_is_where_the_readme_says() -> None:
     assert DASHBOARD.is_file()
     assert "deploy/grafana/ringd-dashboard.json" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_callers_request_id_cannot_forge_or_flood_log_lines():
+    from ringd.server import logs
+
+    record = logging.LogRecord("ringd.test", logging.WARNING, __file__, 1, "ring failed", None, None)
+    forged = "abc\n2026-01-01 00:00:00 CRITICAL ringd.admin: token leaked" + "x" * 500
+
+    async def in_a_call() -> tuple[str, str]:  # a task of its own, as each gRPC call is
+        logs.bind_request(forged, "pre_flight")
+        return logs.TextFormatter().format(record), JsonFormatter().format(record)
+
+    text, line = asyncio.run(in_a_call())
+    assert "\n" not in text  # the newline is escaped, not written
+    assert "request_id='abc\\n2026-01-01" in text
+    request_id = json.loads(line)["request_id"]
+    assert len(request_id) == logs.MAX_REQUEST_ID + 3
+    assert request_id.startswith(forged[:20])
+    assert logs.current() is None  # the call's binding stayed in its task
