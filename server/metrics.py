@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger("ringd.metrics")
 
 WORKER_ENV = "RINGD_WORKER_INDEX"  # the same name ringd.server.workers sets in each worker
+MERGED_ENV = "RINGD_METRICS_MERGED"
+"""Set by a supervisor that serves the workers' merged metrics on the configured port."""
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("active", "disabled", "circuit_open", "failed")
 _QUANTILES = (("0.5", "p50_latency_ms"), ("0.95", "p95_latency_ms"), ("0.99", "p99_latency_ms"))
@@ -249,11 +251,13 @@ class RingdCollector(Collector):
 
 
 def worker_address(address: str, worker_index: str | None) -> str:
-    """``host:port`` for this process: under ``--workers``, worker ``i`` takes ``port + i``."""
+    """``host:port`` for this process: under ``--workers``, worker ``i`` takes ``port + i``,
+    or ``port + 1 + i`` when the supervisor serves the merged view on ``port`` itself."""
     host, _, port = address.rpartition(":")
     if worker_index is None or not worker_index.isdigit() or int(port) == 0:
         return address
-    return f"{host}:{int(port) + int(worker_index)}"
+    offset = 1 if os.environ.get(MERGED_ENV) == "1" else 0
+    return f"{host}:{int(port) + offset + int(worker_index)}"
 
 
 class MetricsEndpoint:
@@ -323,3 +327,89 @@ async def serve_metrics(server: RingdServer, listen: str) -> MetricsEndpoint:
     address = await endpoint.start()
     _log.info("metrics on http://%s/metrics", address)
     return endpoint
+
+
+# ---------------------------------------------------------------------- --workers: one merged scrape
+
+
+class WorkersCollector(Collector):
+    """The supervisor's view: every worker's families fetched and merged at scrape time.
+
+    Each worker labels its samples ``worker``, so merging is putting the samples of a
+    family side by side under one HELP/TYPE. A worker that does not answer is left out
+    of that scrape and shows as ``ringd_worker_up{worker_address=...} 0``.
+    """
+
+    def __init__(self, addresses: list[str], timeout_s: float = 3.0) -> None:
+        self._addresses = addresses
+        self._timeout = timeout_s
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        up = GaugeMetricFamily(
+            "ringd_worker_up", "1 when the worker answered this scrape.", labels=["worker_address"]
+        )
+        merged: dict[str, Metric] = {}
+        for address in self._addresses:
+            try:
+                text = _fetch(address, self._timeout)
+            except OSError as exc:  # a worker restarting or stuck: report it down, serve the rest
+                _log.warning("metrics of worker %s not read: %s", address, exc)
+                up.add_metric([address], 0)
+                continue
+            up.add_metric([address], 1)
+            for family in text_string_to_metric_families(text):
+                into = merged.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type, family.unit)
+                )
+                into.samples.extend(family.samples)
+        yield up
+        yield from merged.values()
+
+
+def _fetch(address: str, timeout_s: float) -> str:
+    import urllib.request
+
+    host, _, port = address.rpartition(":")
+    if host in {"0.0.0.0", "[::]", "::", ""}:
+        host = "127.0.0.1"  # a wildcard bind is reached through loopback
+    url = f"http://{host}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        return str(reply.read().decode("utf-8"))
+
+
+class MergedEndpoint:
+    """``/metrics`` of every worker in one scrape, served from the supervisor on a thread.
+
+    The supervisor is a plain process without an event loop, so this uses
+    prometheus_client's threaded HTTP server; it reads nothing but the workers' own
+    endpoints, so no state is shared across threads.
+    """
+
+    def __init__(self, listen: str, worker_addresses: list[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(WorkersCollector(worker_addresses))
+        host, _, port = listen.rpartition(":")
+        from prometheus_client import start_http_server
+
+        self._http, self._thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        self.address = f"{host}:{self._http.server_port}"
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def serve_merged_for_workers(listen: str, workers: int) -> MergedEndpoint:
+    """For ``ringd.server.workers``' supervisor, before it starts the workers: serve the
+    merged metrics on ``listen`` and have worker ``i`` serve its own on ``port + 1 + i``.
+
+    Sets :data:`MERGED_ENV` in this process's environment, which the workers inherit.
+    """
+    host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        raise ValueError(f"--workers needs a fixed metrics port, not {listen!r}: worker i uses port + 1 + i")
+    os.environ[MERGED_ENV] = "1"
+    addresses = [f"{host}:{int(port) + 1 + index}" for index in range(workers)]
+    return MergedEndpoint(listen, addresses)

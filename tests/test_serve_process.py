@@ -16,6 +16,7 @@ from typing import IO
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ringd.client import Client
+from ringd.server.metrics import MergedEndpoint
 
 RINGD = str(Path(sys.executable).with_name("ringd"))
 
@@ -190,6 +191,26 @@ def test_workers_serve_metrics_on_consecutive_ports_and_log_json_lines(workdir: 
             calls[index] = found[("ringd_plugin_calls_total", key)]
             assert calls[index] >= 1, "each worker served some of the rings"
         assert sum(calls.values()) == rings
+
+        # The supervisor's merged view (ringd.server.metrics.MergedEndpoint): one scrape,
+        # every worker, each family once.
+        merged = MergedEndpoint("127.0.0.1:0", [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"])
+        try:
+            with urllib.request.urlopen(f"http://{merged.address}/metrics", timeout=10) as reply:
+                text = reply.read().decode()
+        finally:
+            merged.close()
+        assert text.count("# TYPE ringd_plugin_calls_total counter") == 1
+        found = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        for index in (0, 1):
+            key = frozenset({"worker": str(index), "plugin": "whoami", "ring": "pre_flight"}.items())
+            assert found[("ringd_plugin_calls_total", key)] == calls[index]
+            up = frozenset({"worker_address": f"127.0.0.1:{port + index}"}.items())
+            assert found[("ringd_worker_up", up)] == 1
     finally:
         assert stop(supervisor) == 0
 

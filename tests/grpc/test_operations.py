@@ -293,3 +293,28 @@ def test_a_callers_request_id_cannot_forge_or_flood_log_lines():
     assert len(request_id) == logs.MAX_REQUEST_ID + 3
     assert request_id.startswith(forged[:20])
     assert logs.current() is None  # the call's binding stayed in its task
+
+
+def test_worker_metrics_ports_and_a_merged_view_that_reports_a_silent_worker(monkeypatch):
+    from ringd.server import metrics
+
+    monkeypatch.delenv(metrics.MERGED_ENV, raising=False)
+    assert metrics.worker_address("0.0.0.0:9464", None) == "0.0.0.0:9464"
+    assert metrics.worker_address("0.0.0.0:9464", "2") == "0.0.0.0:9466"
+    monkeypatch.setenv(metrics.MERGED_ENV, "1")  # the supervisor serves 9464 itself
+    assert metrics.worker_address("0.0.0.0:9464", "2") == "0.0.0.0:9467"
+    with pytest.raises(ValueError, match="--workers needs a fixed metrics port"):
+        metrics.serve_merged_for_workers("127.0.0.1:0", 2)
+
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on once this block ends
+        sock.bind(("127.0.0.1", 0))
+        silent = f"127.0.0.1:{sock.getsockname()[1]}"
+    merged = metrics.MergedEndpoint("127.0.0.1:0", [silent])
+    try:
+        status, _, text = scrape(merged.address)
+    finally:
+        merged.close()
+    assert status == 200
+    assert value(samples(text), "ringd_worker_up", worker_address=silent) == 0
