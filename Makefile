@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: help venv run test test-py lint proto check-proto lint-proto bench bench-engine bench-smoke demo test-node test-go clean
+.PHONY: help venv run test test-py lint proto check-proto lint-proto bench bench-engine bench-smoke demo test-node test-go image clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ test-node: ## Node client and example gateway suite
 
 test-go: ## Go client and example gateway suite
 	scripts/test-go.sh
+
+IMAGE ?= ringd:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image: ## Build the container image (needs Docker; not possible on the CI machine): IMAGE=ringd:VERSION
+	@command -v docker >/dev/null || { echo "make image needs docker on PATH" >&2; exit 1; }
+	docker build -t $(IMAGE) .
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -25,6 +25,7 @@ from ringd.server.config import RingdConfig, ServerSettings
 from ringd.server.convert import Limits
 from ringd.server.engine import Engine, Generation
 from ringd.server.health import HealthServicer
+from ringd.server.metrics import MetricsEndpoint, serve_metrics
 from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer, rpc_handler
 from ringd.server.store import SqliteStore, open_store
 from ringd.server.store_redis import RedisStore
@@ -68,10 +69,16 @@ class RingdServer:
         self.watchdog: StallWatchdog | None = None
         self._admission: RingAdmission | None = None
         self._stopped = False
+        self.metrics: MetricsEndpoint | None = None  # issue 14: the Prometheus endpoint, if configured
 
     @property
     def settings(self) -> ServerSettings:
         return self.config.server
+
+    @property
+    def inflight_rings(self) -> int | None:
+        """Rings being served now (None before start)."""
+        return self._admission.inflight if self._admission is not None else None
 
     @property
     def background(self) -> BackgroundQueue:
@@ -161,6 +168,8 @@ class RingdServer:
             )
         for server in self._servers:
             await server.start()
+        if settings.metrics_listen:  # issue 14: scrape-time metrics, off unless configured
+            self.metrics = await serve_metrics(self, settings.metrics_listen)
         for service in ("", ENGINE_SERVICE.full_name, ADMIN_SERVICE.full_name):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -205,6 +214,8 @@ class RingdServer:
         await asyncio.gather(*(server.stop(remaining) for server in self._servers))
         if self._background is not None:
             await self._background.drain(grace)
+        if self.metrics is not None:  # issue 14: before the engine, which a scrape reads
+            await self.metrics.close()
         await self.engine.close(grace)
         if self.watchdog is not None:
             self.watchdog.stop()

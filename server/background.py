@@ -13,6 +13,7 @@ import logging
 from ringd.sdk import PluginContext, PluginHook
 from ringd.server.engine import Engine
 from ringd.server.exceptions import QueueFullError
+from ringd.server.logs import bind_request
 from ringd.server.results import RingOutcome
 
 _log = logging.getLogger("ringd.background")
@@ -52,6 +53,7 @@ class BackgroundQueue:
     async def _work(self) -> None:
         while True:
             ctx = await self._queue.get()
+            bind_request(ctx.request_id, PluginHook.BACKGROUND.value)  # issue 14: log lines name the request
             try:
                 await self._engine.execute_ring(PluginHook.BACKGROUND, ctx)
             except Exception:  # a background ring has no caller to tell: log it and go on

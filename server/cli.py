@@ -25,6 +25,7 @@ from ringd.server.config import (
     load_config,
 )
 from ringd.server.exceptions import ConfigError
+from ringd.server.logs import configure as configure_logs
 
 from ringd import __version__
 
@@ -74,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the listen port (default 1)")
     serve.add_argument("--log-level", default=os.environ.get("RINGD_LOG_LEVEL", "INFO"))
+    # --- issue 14 (operations): log format and metrics address --------------------------
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text (default) or json: one JSON object per line (server.log_format, $RINGD_LOG_FORMAT)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (server.metrics_listen, "
+        "$RINGD_METRICS_LISTEN; off unless set)",
+    )
+    # --- end issue 14 ------------------------------------------------------------------
 
     check = commands.add_parser("check-config", help="validate a config file and load its plugins, then exit")
     check.add_argument("path", type=Path)
@@ -94,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         _client_options(toggle)
 
     client_command("reload", "reload the server's config (hot swap)")
+
+    # issue 14: `ringd health` runs from ringd.server.entry without this module; listed for --help.
+    from ringd.server.health_cli import add_arguments as health_arguments
+
+    health_arguments(commands.add_parser("health", help="exit 0 if a server's grpc.health.v1 says SERVING"))
 
     ring = client_command("ring", "run one ring and print the outcome as JSON")
     ring.add_argument("ring", help="ingress, pre_flight, routing, post_flight or background")
@@ -154,18 +173,23 @@ def _serve(args: argparse.Namespace) -> int:
     from ringd.server.app import build_server
     from ringd.server.workers import WORKER_ENV
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # OpenTelemetry warns, quoting it, about every malformed traceparent/tracestate a caller
-    # sends: any caller could flood the log with text of its choosing. The header is ignored.
-    for name in _CALLER_HEADER_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # --- issue 14: flags become the environment, so --workers' children (which get the
+    # environment, not these flags) and the config parser see the same choice.
+    if args.log_format:
+        os.environ["RINGD_LOG_FORMAT"] = args.log_format
+    if args.metrics_listen:
+        os.environ["RINGD_METRICS_LISTEN"] = args.metrics_listen
     try:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as exc:
         print(f"ringd: {exc}", file=sys.stderr)
         return 2
+    configure_logs(args.log_level, config.server.log_format)
+    # --- end issue 14
+    # OpenTelemetry warns, quoting it, about every malformed traceparent/tracestate a caller
+    # sends: any caller could flood the log with text of its choosing. The header is ignored.
+    for name in _CALLER_HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     loader: Callable[[], RingdConfig] = (lambda: load_config(args.config)) if args.config else default_config
     if args.workers > 1:
         from ringd.server.workers import serve_workers
@@ -211,6 +235,8 @@ def _announce(server: Any) -> None:
     out = [f"ringd {__version__}: config {generation.version}, generation {generation.number}"]
     out.extend(f"listening on {address}" for address in server.addresses)
     out.extend(f"admin listening on {address}" for address in server.admin_addresses)
+    if server.metrics is not None:  # issue 14
+        out.append(f"metrics on http://{server.metrics.address}/metrics")
     for hook in PluginHook:
         names = []
         for slot in generation.rings[hook]:
@@ -252,6 +278,11 @@ def _check_config(path: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ringd`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "health":  # issue 14: the console script goes to health_cli directly
+        from ringd.server.health_cli import main as health_main
+
+        given = list(sys.argv[1:] if argv is None else argv)
+        return health_main(given[given.index("health") + 1 :])
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":

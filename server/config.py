@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from ringd.sdk import PluginHook
 from ringd.server.exceptions import ConfigError
+from ringd.server.logs import LogFormat
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 _E = TypeVar("_E", bound=Enum)
@@ -105,6 +106,10 @@ class ServerSettings:
     deadline_margin_ms: float = 5.0
     stall_threshold_ms: float = 100.0
     tls: TlsSettings | None = None
+    log_format: LogFormat = LogFormat.TEXT
+    """``text`` or ``json`` lines on stderr; ``RINGD_LOG_FORMAT`` overrides, ``--log-format`` wins."""
+    metrics_listen: str | None = None
+    """``host:port`` of the Prometheus endpoint; off when unset. ``RINGD_METRICS_LISTEN`` overrides."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +240,10 @@ def _breaker(errors: _Errors, where: str, raw: Any) -> BreakerSettings:
         errors.add(f"{where}.window_s", "must be more than 0, got 0")
         window = None
     cooldown = _float(errors, f"{where}.cooldown_s", raw.get("cooldown_s", defaults.cooldown_s))
-    ceiling = _float(errors, f"{where}.max_cooldown_s", raw.get("max_cooldown_s", defaults.max_cooldown_s))
     cooldown = defaults.cooldown_s if cooldown is None else cooldown
+    ceiling: float | None = max(cooldown, defaults.max_cooldown_s)  # unless set: never below cooldown_s
+    if "max_cooldown_s" in raw:
+        ceiling = _float(errors, f"{where}.max_cooldown_s", raw["max_cooldown_s"])
     ceiling = max(cooldown, defaults.max_cooldown_s) if ceiling is None else ceiling
     if ceiling < cooldown:
         errors.add(f"{where}.max_cooldown_s", f"is {ceiling!r}, below cooldown_s {cooldown!r}")
@@ -344,11 +351,32 @@ def _server(errors: _Errors, raw: Any) -> ServerSettings:
             values[key] = None if value is None else _secret(errors, where, value)
         elif key == "tls":
             values[key] = _tls(errors, value)
+        elif key == "log_format":
+            values[key] = _enum(errors, where, value, LogFormat)
+        elif key == "metrics_listen":
+            values[key] = None if value is None else _host_port(errors, where, value)
     clean = {k: v for k, v in values.items() if v is not None or k == "admin_token"}
     settings = ServerSettings(**{**{f: getattr(defaults, f) for f in known}, **clean})
     if settings.admin_token is None and os.environ.get("RINGD_ADMIN_TOKEN"):
         settings = replace(settings, admin_token=os.environ["RINGD_ADMIN_TOKEN"])
+    # Operations settings: the environment overrides the file, as RINGD_STORE does.
+    if os.environ.get("RINGD_LOG_FORMAT"):
+        log_format = _enum(errors, "RINGD_LOG_FORMAT", os.environ["RINGD_LOG_FORMAT"], LogFormat)
+        settings = replace(settings, log_format=log_format or settings.log_format)
+    if os.environ.get("RINGD_METRICS_LISTEN"):
+        metrics = _host_port(errors, "RINGD_METRICS_LISTEN", os.environ["RINGD_METRICS_LISTEN"])
+        settings = replace(settings, metrics_listen=metrics or settings.metrics_listen)
     return settings
+
+
+def _host_port(errors: _Errors, where: str, value: Any) -> str | None:
+    """A TCP ``host:port`` (port 0 picks a free one); unix sockets are not scraped."""
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if sep and host and port.isdigit() and int(port) <= 65535:
+            return value
+    errors.add(where, f"must be host:port (for example 0.0.0.0:9464), got {value!r}")
+    return None
 
 
 def _tls(errors: _Errors, raw: Any) -> TlsSettings | None:

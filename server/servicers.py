@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from ringd.sdk import PluginContext, PluginHook
-from ringd.server import convert, errors
+from ringd.server import convert, errors, logs
 from ringd.server.admission import Gate
 from ringd.server.background import BackgroundQueue
 from ringd.server.engine import Engine, Generation
@@ -121,6 +121,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     ) -> engine_pb.ExecuteRingResponse:
         ring = convert.ring_from_proto(request.ring)
         ctx, json_form = self._context(request.context)
+        logs.bind_request(ctx.request_id, ring.value)  # this call's log lines carry its id
         response = engine_pb.ExecuteRingResponse()
         if ring is PluginHook.BACKGROUND:
             _encode(self._background.submit(ctx), json_form, response)
@@ -143,6 +144,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     ) -> engine_pb.ExecuteRingsResponse:
         rings = convert.rings_from_proto(request.rings)
         ctx, json_form = self._context(request.context)
+        logs.bind_request(ctx.request_id, ",".join(ring.value for ring in rings))
         background = rings[-1] is PluginHook.BACKGROUND
         response = engine_pb.ExecuteRingsResponse()
         last: RingOutcome | None = None

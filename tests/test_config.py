@@ -365,3 +365,35 @@ def test_check_config_names_a_plugin_that_fails_to_load(workspace) -> None:
     assert result.returncode == 1
     assert "broken_one" in result.stderr
     assert "syntax error" in result.stderr
+
+
+# ------------------------------------------------------------------ operations settings (issue 14)
+
+
+def test_log_format_and_metrics_listen_come_from_the_file_and_the_environment_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RINGD_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("RINGD_METRICS_LISTEN", raising=False)
+    text = "server:\n  log_format: JSON\n  metrics_listen: 127.0.0.1:9464\n"
+    settings = parse_config(text).server
+    assert (settings.log_format.value, settings.metrics_listen) == ("json", "127.0.0.1:9464")
+    defaults = parse_config("").server
+    assert (defaults.log_format.value, defaults.metrics_listen) == ("text", None)  # metrics off unless set
+
+    monkeypatch.setenv("RINGD_LOG_FORMAT", "text")
+    monkeypatch.setenv("RINGD_METRICS_LISTEN", "0.0.0.0:9500")
+    settings = parse_config(text).server
+    assert (settings.log_format.value, settings.metrics_listen) == ("text", "0.0.0.0:9500")
+
+
+def test_bad_log_format_and_metrics_listen_are_named(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RINGD_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("RINGD_METRICS_LISTEN", raising=False)
+    message = bad_config(workspace, "server:\n  log_format: xml\n  metrics_listen: unix:/tmp/m.sock\n")
+    assert "server field 'log_format': unknown value 'xml'; expected one of text, json" in message
+    assert "server field 'metrics_listen': must be host:port" in message
+
+    monkeypatch.setenv("RINGD_LOG_FORMAT", "yaml")
+    message = bad_config(workspace, "version: v1\n")
+    assert "RINGD_LOG_FORMAT: unknown value 'yaml'" in message

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from ringd.client import Client
+from ringd.server.metrics import MergedEndpoint
 
 RINGD = str(Path(sys.executable).with_name("ringd"))
 
@@ -36,8 +42,10 @@ class WhoAmI(BasePlugin):
 """
 
 
-def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([RINGD, "serve", *args], cwd=cwd, stdout=subprocess.PIPE, text=True)
+def start(args: list[str], cwd: Path, stderr: IO[bytes] | None = None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [RINGD, "serve", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -117,3 +125,99 @@ def test_workers_refuse_a_unix_socket(workdir: Path) -> None:
     )
     assert result.returncode == 2
     assert "a unix socket cannot be shared" in result.stderr
+
+
+LOGGING_PLUGIN = """
+import logging
+import os
+from ringd.sdk import BasePlugin, PluginResponse
+
+_log = logging.getLogger("plugin.whoami")
+
+class WhoAmI(BasePlugin):
+    async def execute(self, ctx):
+        ctx.metadata["pid"] = os.getpid()
+        _log.warning("handling %s", ctx.request_id)
+        return PluginResponse.passthrough()
+"""
+
+
+def free_port_pair() -> int:
+    """A port P with P + 1 free too (the metrics ports of two workers)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def metric_samples(address: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_workers_serve_metrics_on_consecutive_ports_and_log_json_lines(workdir: Path) -> None:
+    (workdir / "whoami.py").write_text(LOGGING_PLUGIN)
+    port = free_port_pair()
+    args = ["--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2"]
+    args += ["--log-format", "json", "--metrics-listen", f"127.0.0.1:{port}"]
+    with (workdir / "stderr.log").open("wb") as log:
+        supervisor, address = start(args, workdir, stderr=log)
+    rings = 0
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            with Client(address) as client:  # a new connection each time: SO_REUSEPORT spreads them
+                rings += 1
+                pids.add(client.execute_ring("pre_flight", {}, request_id=f"call-{rings}").metadata["pid"])
+        assert len(pids) == 2
+
+        # One port per worker (port + worker index), every sample labelled with its worker.
+        calls = {}
+        for index in (0, 1):
+            found = metric_samples(f"127.0.0.1:{port + index}")
+            key = frozenset({"worker": str(index), "plugin": "whoami", "ring": "pre_flight"}.items())
+            calls[index] = found[("ringd_plugin_calls_total", key)]
+            assert calls[index] >= 1, "each worker served some of the rings"
+        assert sum(calls.values()) == rings
+
+        # The supervisor's merged view (ringd.server.metrics.MergedEndpoint): one scrape,
+        # every worker, each family once.
+        merged = MergedEndpoint("127.0.0.1:0", [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"])
+        try:
+            with urllib.request.urlopen(f"http://{merged.address}/metrics", timeout=10) as reply:
+                text = reply.read().decode()
+        finally:
+            merged.close()
+        assert text.count("# TYPE ringd_plugin_calls_total counter") == 1
+        found = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        for index in (0, 1):
+            key = frozenset({"worker": str(index), "plugin": "whoami", "ring": "pre_flight"}.items())
+            assert found[("ringd_plugin_calls_total", key)] == calls[index]
+            up = frozenset({"worker_address": f"127.0.0.1:{port + index}"}.items())
+            assert found[("ringd_worker_up", up)] == 1
+    finally:
+        assert stop(supervisor) == 0
+
+    lines = [json.loads(line) for line in (workdir / "stderr.log").read_text().splitlines() if line.strip()]
+    handled = [line for line in lines if line["logger"] == "plugin.whoami"]
+    assert len(handled) == rings
+    for line in handled:
+        assert line["message"] == f"handling {line['request_id']}"
+        assert (line["ring"], line["plugin"]) == ("pre_flight", "whoami")
