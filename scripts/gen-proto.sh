@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the committed stubs of the ringd.v1 contract (proto/ringd/v1/*.proto):
 #   Python messages, gRPC stubs and their .pyi  -> src/ringd/v1/      (import ringd.v1.*)
+#   a descriptor set with the proto comments    -> src/ringd/v1/descriptor_set.binpb
+#     (every file and its imports, --include_source_info: what server reflection
+#      serves, so `grpcurl describe` prints each field's documentation)
 #   Go messages and gRPC stubs                  -> clients/go/ringdv1/ (package ringdv1)
 #
 # Usage:
@@ -22,7 +25,7 @@ GO_MODULE=github.com/ringd/ringd/clients/go
 
 PY_OUT=src/ringd/v1
 GO_OUT=clients/go/ringdv1
-PY_GENERATED=('*_pb2.py' '*_pb2.pyi' '*_pb2_grpc.py' '*_pb2_grpc.pyi')
+PY_GENERATED=('*_pb2.py' '*_pb2.pyi' '*_pb2_grpc.py' '*_pb2_grpc.pyi' 'descriptor_set.binpb')
 GO_GENERATED=('*.pb.go')
 
 die() { echo "gen-proto: $*" >&2; exit 1; }
@@ -32,7 +35,7 @@ check=false
 case "${1:-}" in
   "") ;;
   --check) check=true ;;
-  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (usage: scripts/gen-proto.sh [--check])" ;;
 esac
 [ $# -le 1 ] || die "too many arguments (usage: scripts/gen-proto.sh [--check])"
@@ -71,6 +74,8 @@ protoc \
   --mypy_out="$gen/src" --mypy_opt=quiet \
   --mypy_grpc_out="$gen/src" --mypy_grpc_opt=quiet \
   "${protos[@]}"
+protoc --include_imports --include_source_info \
+  --descriptor_set_out="$gen/src/ringd/v1/descriptor_set.binpb" "${protos[@]}"
 
 # --- Go ----------------------------------------------------------------------
 # go_tool NAME PACKAGE VERSION EXPECTED_VERSION_LINE: installs PACKAGE@VERSION into
