@@ -238,7 +238,7 @@ class ReflectionServicer:
         )
 
     async def _info(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any][Any, Any]
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         async for request in requests:
             yield self.answer(request)
