@@ -100,8 +100,8 @@ export interface PluginResult {
   message: string;
 }
 
-/** A ring's answer (ringd.v1.ExecuteRingResponse). */
-export interface RingOutcome {
+/** What every ring answer (ringd.v1.ExecuteRingResponse) carries, whatever its action. */
+export interface RingOutcomeBase {
   ring: RingName;
   action: ActionName;
   /** True for block and cache_hit: the request stops here. */
@@ -127,6 +127,40 @@ export interface RingOutcome {
   /** BACKGROUND only: accepted onto ringd's queue, runs later. */
   queued: boolean;
 }
+
+/** The request goes on (with the outcome's body when the action is 'modify'). */
+export interface ContinueOutcome extends RingOutcomeBase {
+  action: 'passthrough' | 'modify';
+  ended: false;
+  block: null;
+  cachedResponse: null;
+  cachedResponseJson: null;
+}
+
+/** The request stops: answer the client with `block`. */
+export interface BlockOutcome extends RingOutcomeBase {
+  action: 'block';
+  ended: true;
+  block: BlockInfo;
+  cachedResponse: null;
+  cachedResponseJson: null;
+}
+
+/** The request stops: answer the client with `cachedResponse`; the upstream is not called. */
+export interface CacheHitOutcome extends RingOutcomeBase {
+  action: 'cache_hit';
+  ended: true;
+  block: null;
+  cachedResponse: JsonObject;
+  cachedResponseJson: Buffer;
+}
+
+/**
+ * A ring's answer (ringd.v1.ExecuteRingResponse), a union discriminated by `action`
+ * (or `ended`): after `if (outcome.action === 'block')` TypeScript knows `outcome.block`
+ * is set, after `=== 'cache_hit'` that `outcome.cachedResponse` is.
+ */
+export type RingOutcome = ContinueOutcome | BlockOutcome | CacheHitOutcome;
 
 export interface PluginStats {
   invocations: number;
