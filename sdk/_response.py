@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 _log = logging.getLogger("ringd.sdk")
+
+# RFC 9110 token characters: what an HTTP header name may be made of.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class PluginResponseError(ValueError):
@@ -53,6 +57,9 @@ class PluginResponse:
         status_code: The HTTP status the gateway answers with (BLOCK).
         error_type: A short machine-readable reason such as ``"rate_limited"`` (BLOCK).
         message: A human-readable explanation; for BLOCK it reaches the client.
+        headers: HTTP response headers for the gateway's answer (BLOCK only), for
+            example ``{"Retry-After": "30"}``; names are HTTP tokens, values strings
+            without CR or LF. None (the default) sets none.
     """
 
     action: PluginAction
@@ -61,10 +68,11 @@ class PluginResponse:
     status_code: int | None = None
     error_type: str | None = None
     message: str | None = None
+    headers: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         action: Any = self.action
-        if action is PluginAction.PASSTHROUGH:
+        if action is PluginAction.PASSTHROUGH and self.headers is None:
             return  # nothing to check: the common case, kept cheap
         if not isinstance(action, PluginAction):
             try:
@@ -75,6 +83,8 @@ class PluginResponse:
                     f"invalid action {self.action!r}: expected one of {valid}"
                 ) from None
             self.action = action
+        if self.headers is not None:
+            _check_headers(self.headers, action)
         if action is PluginAction.BLOCK:
             code = self.status_code
             if not isinstance(code, int) or isinstance(code, bool):
@@ -110,12 +120,24 @@ class PluginResponse:
         status_code: int = 403,
         error_type: str = "blocked",
         message: str = "",
+        headers: dict[str, str] | None = None,
     ) -> PluginResponse:
         """Stop the ring; the gateway answers the client with ``status_code``.
 
         A ``status_code`` below 400 (or above 599) becomes 403 with a warning.
+        ``headers`` go on the gateway's HTTP answer (e.g. ``{"Retry-After": "30"}``).
+
+        Raises:
+            PluginResponseError: a header name is not an HTTP token, or a value is
+                not a string or contains CR, LF or NUL.
         """
-        return cls(PluginAction.BLOCK, status_code=status_code, error_type=error_type, message=message)
+        return cls(
+            PluginAction.BLOCK,
+            status_code=status_code,
+            error_type=error_type,
+            message=message,
+            headers=headers,
+        )
 
     @classmethod
     def cache_hit(cls, response: dict[str, Any] | None = None, message: str | None = None) -> PluginResponse:
@@ -125,3 +147,18 @@ class PluginResponse:
             PluginResponseError: ``response`` is not a dict.
         """
         return cls(PluginAction.CACHE_HIT, response=response, message=message)
+
+
+def _check_headers(headers: Any, action: PluginAction) -> None:
+    """Response headers travel on a BLOCK only, as HTTP-safe names and values."""
+    if action is not PluginAction.BLOCK:
+        raise PluginResponseError(f"headers are for BLOCK responses only, not {action.value.upper()}")
+    if not isinstance(headers, dict):
+        raise PluginResponseError(f"headers must be a dict of strings, got {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise PluginResponseError(f"header name {name!r} is not an HTTP token")
+        if not isinstance(value, str):
+            raise PluginResponseError(f"header {name!r} has a {type(value).__name__} value, not a string")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise PluginResponseError(f"header {name!r} has CR, LF or NUL in its value")

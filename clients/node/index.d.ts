@@ -80,6 +80,8 @@ export interface BlockInfo {
   statusCode: number;
   errorType: string;
   message: string;
+  /** HTTP headers to set on the answer to the client, e.g. `{ 'Retry-After': '30' }` (may be empty). */
+  headers: Record<string, string>;
 }
 
 export interface Decision {

@@ -248,6 +248,7 @@ function blockInfo(block) {
     statusCode: block.statusCode || 0,
     errorType: block.errorType || '',
     message: block.message || '',
+    headers: { ...(block.headers || {}) },
   };
 }
 
