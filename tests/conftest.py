@@ -13,6 +13,9 @@ from ringd.server.config import RingdConfig, load_config
 from ringd.server.engine import Engine
 from ringd.server.store import SqliteStore
 
+# ringd.testing's fixtures (plugin_state, make_ctx, ring_harness), as a plugin author enables them.
+pytest_plugins = ["ringd.testing.pytest_plugin"]
+
 
 class Workspace:
     """A folder holding plugin files and a config file, as an operator would lay them out."""
