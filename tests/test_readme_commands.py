@@ -48,7 +48,9 @@ def run(command: str, address: str, tmp_path: Path) -> subprocess.CompletedProce
     if argv[0] == "cp":
         argv[1] = str(ROOT / argv[1])
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RINGD_TARGET": address}
-    return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 async def run_all(found: list[str], address: str, tmp_path: Path) -> list[str]:
@@ -72,7 +74,8 @@ async def default_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 async def test_the_grpcurl_commands(default_server: str, tmp_path: Path) -> None:
     found = commands(readme_block("With the server from `make run`"), "grpcurl")
     assert len(found) == 7
-    listed, described, method, block_info, ring, health, plugins = await run_all(found, default_server, tmp_path)
+    outputs = await run_all(found, default_server, tmp_path)
+    listed, described, method, block_info, ring, health, plugins = outputs
     assert "ringd.v1.PluginEngineService" in listed
     assert "rpc ExecuteRing" in described
     assert "// Runs one ring over a request's context" in method
@@ -111,7 +114,8 @@ async def test_the_ringd_commands(default_server: str, tmp_path: Path) -> None:
 
 async def test_adding_your_own_key_as_the_readme_says(default_server: str, tmp_path: Path) -> None:
     (digest_command,) = commands(readme_block("To add your own key"), "printf")
-    digest = subprocess.run(digest_command, shell=True, capture_output=True, text=True, check=True).stdout.split()[0]
+    hashed = subprocess.run(digest_command, shell=True, capture_output=True, text=True, check=True)
+    digest = hashed.stdout.split()[0]
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
     key = re.search(r"printf %s '([^']+)'", digest_command)
     assert key
