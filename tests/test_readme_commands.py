@@ -143,3 +143,30 @@ async def test_adding_your_own_key_as_the_readme_says(default_server: str, tmp_p
     assert own_key.action == "passthrough"
     assert own_key.metadata["tenant"] == "my-team"
     assert (other.action, other.status_code) == ("block", 401)
+
+
+def readme_python(first_line: str) -> str:
+    """The ```python block of the README whose first line is ``first_line``."""
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"no python block starting with {first_line!r}")
+
+
+def test_the_plugin_and_its_test_from_the_readme_pass(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "shout.py").write_text(readme_python("# plugins/shout.py"))
+    (plugins / "test_shout.py").write_text(readme_python("# plugins/test_shout.py"))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "plugins/"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
