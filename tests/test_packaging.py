@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+# Building and installing from PyPI takes a minute or more on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def run(*argv: str | Path, cwd: Path | None = None, timeout: float = 900) -> str:

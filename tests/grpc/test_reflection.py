@@ -180,6 +180,7 @@ def ghz() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run compiles ghz from the Go module proxy
 async def test_ghz_calls_a_method_found_through_reflection(serve, ghz):
     running = await serve([entry("tagger", config={"set_metadata": {"seen": True}})])
     request = {"ring": "PLUGIN_HOOK_PRE_FLIGHT", "context": {"body_struct": {"model": "m"}}}
