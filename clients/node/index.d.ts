@@ -26,7 +26,7 @@ export declare const Action: Readonly<{
   CACHE_HIT: 'cache_hit';
 }>;
 export declare const RINGS: readonly RingName[];
-/** proto/ in the ringd repository, relative to this package. */
+/** The contract's .proto files shipped inside this package (proto/ringd/v1/*.proto). */
 export declare const DEFAULT_PROTO_ROOT: string;
 /** gRPC status codes, to compare with a rejected call's `err.code`. */
 export declare const status: typeof grpcStatus;
@@ -208,7 +208,7 @@ export interface ReloadResult {
 export type HealthStatus = 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' | 'SERVICE_UNKNOWN';
 
 export interface RingdClientOptions {
-  /** Directory holding ringd/v1/*.proto (default: DEFAULT_PROTO_ROOT). */
+  /** Directory holding ringd/v1/*.proto (default: DEFAULT_PROTO_ROOT, the copy inside this package). */
   protoRoot?: string;
   /** Default: insecure (plaintext), for loopback or a unix socket. */
   credentials?: ChannelCredentials;
