@@ -23,6 +23,7 @@ COPY sdk ./sdk
 COPY server ./server
 COPY plugins ./plugins
 COPY clients/python ./clients/python
+COPY testing ./testing
 RUN /opt/ringd/bin/pip install . \
     && /opt/ringd/bin/python -m compileall -q /opt/ringd/lib
 

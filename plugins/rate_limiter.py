@@ -32,6 +32,9 @@ Metadata written:
         "tokens", "tokens_limit", "tokens_remaining"}``; limits not configured are
         null. A gateway can turn it into ``X-RateLimit-*`` headers.
     ``retry_after_s`` (int): when refused, whole seconds until the window ends.
+
+Response headers: a refusal (429) carries ``Retry-After`` (the same whole seconds) in
+the block's headers; the example gateways set it on their HTTP answer.
 """
 
 from __future__ import annotations
@@ -148,4 +151,5 @@ class RateLimiter(BasePlugin):
             message=(
                 f"rate limit exceeded for {self.scope} {caller!r}: {reason}; retry after {retry_after_s} s"
             ),
+            headers={"Retry-After": str(retry_after_s)},
         )

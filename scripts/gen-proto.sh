@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates the committed stubs of the ringd.v1 contract (proto/ringd/v1/*.proto):
 #   Python messages, gRPC stubs and their .pyi  -> src/ringd/v1/      (import ringd.v1.*)
+#   a descriptor set with the proto comments    -> src/ringd/v1/descriptor_set.binpb
+#     (every file and its imports, --include_source_info: what server reflection
+#      serves, so `grpcurl describe` prints each field's documentation)
 #   Go messages and gRPC stubs                  -> clients/go/ringdv1/ (package ringdv1)
+#   the .proto files, copied                    -> clients/node/proto/ringd/v1/
+#     (the npm package loads them from inside itself, so it installs alone)
 #
 # Usage:
 #   scripts/gen-proto.sh           regenerate in place (make proto)
@@ -22,8 +27,10 @@ GO_MODULE=github.com/ringd/ringd/clients/go
 
 PY_OUT=src/ringd/v1
 GO_OUT=clients/go/ringdv1
-PY_GENERATED=('*_pb2.py' '*_pb2.pyi' '*_pb2_grpc.py' '*_pb2_grpc.pyi')
+PY_GENERATED=('*_pb2.py' '*_pb2.pyi' '*_pb2_grpc.py' '*_pb2_grpc.pyi' 'descriptor_set.binpb')
 GO_GENERATED=('*.pb.go')
+NODE_OUT=clients/node/proto/ringd/v1
+NODE_GENERATED=('*.proto')
 
 die() { echo "gen-proto: $*" >&2; exit 1; }
 note() { echo "gen-proto: $*" >&2; }
@@ -32,7 +39,7 @@ check=false
 case "${1:-}" in
   "") ;;
   --check) check=true ;;
-  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (usage: scripts/gen-proto.sh [--check])" ;;
 esac
 [ $# -le 1 ] || die "too many arguments (usage: scripts/gen-proto.sh [--check])"
@@ -71,6 +78,12 @@ protoc \
   --mypy_out="$gen/src" --mypy_opt=quiet \
   --mypy_grpc_out="$gen/src" --mypy_grpc_opt=quiet \
   "${protos[@]}"
+protoc --include_imports --include_source_info \
+  --descriptor_set_out="$gen/src/ringd/v1/descriptor_set.binpb" "${protos[@]}"
+
+# --- Node ---------------------------------------------------------------------
+mkdir -p "$gen/$NODE_OUT"
+cp "${protos[@]}" "$gen/$NODE_OUT/"
 
 # --- Go ----------------------------------------------------------------------
 # go_tool NAME PACKAGE VERSION EXPECTED_VERSION_LINE: installs PACKAGE@VERSION into
@@ -135,11 +148,12 @@ remove_generated() {
   done
 }
 
-outputs=$PY_OUT
+outputs="$PY_OUT, $NODE_OUT"
 if $with_go; then outputs+=", $GO_OUT"; fi
 
 if $check; then
   copy_generated "$root" "$tmp/committed" "$PY_OUT" "${PY_GENERATED[@]}"
+  copy_generated "$root" "$tmp/committed" "$NODE_OUT" "${NODE_GENERATED[@]}"
   if $with_go; then
     copy_generated "$root" "$tmp/committed" "$GO_OUT" "${GO_GENERATED[@]}"
   fi
@@ -153,6 +167,9 @@ fi
 mkdir -p "$PY_OUT"
 remove_generated "$PY_OUT" "${PY_GENERATED[@]}"
 copy_generated "$gen" "$root" "$PY_OUT" "${PY_GENERATED[@]}"
+mkdir -p "$NODE_OUT"
+remove_generated "$NODE_OUT" "${NODE_GENERATED[@]}"
+copy_generated "$gen" "$root" "$NODE_OUT" "${NODE_GENERATED[@]}"
 if $with_go; then
   mkdir -p "$GO_OUT"
   remove_generated "$GO_OUT" "${GO_GENERATED[@]}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Node client and example gateway suite (`make test-node`): clients/node/test/*.test.js
-# under `node --test`, against a real `ringd serve` from the repository's .venv (or $RINGD_BIN).
+# The Node client and example gateway suite (`make test-node`): the typings under tsc, then
+# clients/node/test/*.test.js under `node --test` (the packed-tarball install included),
+# against a real `ringd serve` from the repository's .venv (or $RINGD_BIN).
 # Without node/npm it skips (exit 0), except under CI=true, where a missing toolchain fails.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,5 +33,9 @@ hidden=node_modules/.package-lock.json
 if [ ! -f "$hidden" ] || [ package.json -nt "$hidden" ] || [ package-lock.json -nt "$hidden" ]; then
   npm ci --no-audit --no-fund
 fi
-echo "node $(node --version): node --test clients/node/test"
+echo "node $(node --version): tsc on the typings, then node --test clients/node/test"
+# The typings must narrow on `action` (test/types/narrowing.ts fails to compile otherwise).
+node_modules/.bin/tsc -p test/types
+# test/packed.test.js packs the package and installs it in a new project outside the
+# repository (dependencies from the npm registry).
 exec node --test test/*.test.js

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 _log = logging.getLogger("ringd.sdk")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class PluginResponseError(ValueError):
@@ -65,6 +67,9 @@ class PluginResponse:
         message: A human-readable explanation; for BLOCK it reaches the client.
         body: The new request body (MODIFY); ``None`` keeps ``ctx.body``.
         response: The answer to send the client instead of calling upstream (CACHE_HIT).
+        headers: HTTP response headers for the gateway's answer (BLOCK only; ringd's
+            addition), for example ``{"Retry-After": "30"}``; names are HTTP tokens,
+            values strings without CR, LF or NUL. None (the default) sets none.
     """
 
     action: PluginAction = PluginAction.PASSTHROUGH
@@ -73,6 +78,7 @@ class PluginResponse:
     message: str | None = None
     body: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         action: Any = self.action
@@ -93,10 +99,13 @@ class PluginResponse:
         """Check that the ring can serve this response; the engine calls it as the ring runs.
 
         Raises:
-            PluginResponseError: MODIFY with a ``body`` that is not a dict, or
-                CACHE_HIT without a ``response`` dict.
+            PluginResponseError: MODIFY with a ``body`` that is not a dict, CACHE_HIT
+                without a ``response`` dict, or ``headers`` that are not HTTP-safe or
+                on anything but a BLOCK.
         """
         action = self.action
+        if self.headers is not None:
+            _check_headers(self.headers, action)
         if action is PluginAction.MODIFY:
             if self.body is not None and not isinstance(self.body, dict):
                 raise PluginResponseError(
@@ -123,12 +132,22 @@ class PluginResponse:
         status_code: int = 403,
         error_type: str = "plugin_block",
         message: str = "Blocked by plugin",
+        headers: dict[str, str] | None = None,
     ) -> PluginResponse:
         """Stop the ring; the gateway answers the client with ``status_code``.
 
-        A ``status_code`` outside 400-599 becomes 403 with a warning.
+        A ``status_code`` outside 400-599 becomes 403 with a warning. ``headers`` go on
+        the gateway's HTTP answer (e.g. ``{"Retry-After": "30"}``); names that are not
+        HTTP tokens, or values with CR, LF or NUL, are this plugin's error when the
+        ring runs.
         """
-        return cls(PluginAction.BLOCK, status_code=status_code, error_type=error_type, message=message)
+        return cls(
+            PluginAction.BLOCK,
+            status_code=status_code,
+            error_type=error_type,
+            message=message,
+            headers=headers,
+        )
 
     @classmethod
     def cache_hit(cls, response: dict[str, Any] | None = None, message: str | None = None) -> PluginResponse:
@@ -137,3 +156,18 @@ class PluginResponse:
         A missing or non-dict ``response`` is this plugin's error when the ring runs.
         """
         return cls(PluginAction.CACHE_HIT, response=response, message=message)
+
+
+def _check_headers(headers: Any, action: PluginAction) -> None:
+    """Response headers travel on a BLOCK only, as HTTP-safe names and values."""
+    if action is not PluginAction.BLOCK:
+        raise PluginResponseError(f"headers are for BLOCK responses only, not {action.value.upper()}")
+    if not isinstance(headers, dict):
+        raise PluginResponseError(f"headers must be a dict of strings, got {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise PluginResponseError(f"header name {name!r} is not an HTTP token")
+        if not isinstance(value, str):
+            raise PluginResponseError(f"header {name!r} has a {type(value).__name__} value, not a string")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise PluginResponseError(f"header {name!r} has CR, LF or NUL in its value")

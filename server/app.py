@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from ringd.sdk import PluginState
 from ringd.server.admission import RingAdmission, TokenGate
@@ -26,6 +25,7 @@ from ringd.server.convert import Limits
 from ringd.server.engine import Engine, Generation
 from ringd.server.health import HealthServicer
 from ringd.server.metrics import MetricsEndpoint, serve_metrics
+from ringd.server.reflection import default_index, enable_reflection
 from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer, rpc_handler
 from ringd.server.store import SqliteStore, open_store
 from ringd.server.store_redis import RedisStore
@@ -149,11 +149,10 @@ class RingdServer:
         if admin is main:
             services.append(ADMIN_SERVICE.full_name)
         if settings.reflection:
-            reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], main)
+            index = default_index()
+            enable_reflection(services, main, index)
             if admin is not main:
-                reflection.enable_server_reflection(
-                    [ADMIN_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME], admin
-                )
+                enable_reflection([ADMIN_SERVICE.full_name, HEALTH_SERVICE], admin, index)
         self._servers.insert(0, main)
         self.addresses = [self._bind(main, address) for address in self.listen]
         if admin is not main:

@@ -431,6 +431,11 @@ def ring_outcome_to_proto(
             block.status_code = target.decision.status_code or 403
             block.error_type = target.decision.error_type
             block.message = target.decision.message
+            if decision.headers:  # checked by PluginResponse; a plugin may have edited them since
+                try:
+                    block.headers.update(decision.headers)
+                except (TypeError, ValueError) as exc:
+                    raise EncodeError(f"decision.headers: {exc}") from None
         elif decision.action is PluginAction.CACHE_HIT and decision.response is not None:
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
     if withheld:

@@ -26,7 +26,7 @@ export declare const Action: Readonly<{
   CACHE_HIT: 'cache_hit';
 }>;
 export declare const RINGS: readonly RingName[];
-/** proto/ in the ringd repository, relative to this package. */
+/** The contract's .proto files shipped inside this package (proto/ringd/v1/*.proto). */
 export declare const DEFAULT_PROTO_ROOT: string;
 /** gRPC status codes, to compare with a rejected call's `err.code`. */
 export declare const status: typeof grpcStatus;
@@ -80,6 +80,8 @@ export interface BlockInfo {
   statusCode: number;
   errorType: string;
   message: string;
+  /** HTTP headers to set on the answer to the client, e.g. `{ 'Retry-After': '30' }` (may be empty). */
+  headers: Record<string, string>;
 }
 
 export interface Decision {
@@ -100,8 +102,8 @@ export interface PluginResult {
   message: string;
 }
 
-/** A ring's answer (ringd.v1.ExecuteRingResponse). */
-export interface RingOutcome {
+/** What every ring answer (ringd.v1.ExecuteRingResponse) carries, whatever its action. */
+export interface RingOutcomeBase {
   ring: RingName;
   action: ActionName;
   /** True for block and cache_hit: the request stops here. */
@@ -127,6 +129,40 @@ export interface RingOutcome {
   /** BACKGROUND only: accepted onto ringd's queue, runs later. */
   queued: boolean;
 }
+
+/** The request goes on (with the outcome's body when the action is 'modify'). */
+export interface ContinueOutcome extends RingOutcomeBase {
+  action: 'passthrough' | 'modify';
+  ended: false;
+  block: null;
+  cachedResponse: null;
+  cachedResponseJson: null;
+}
+
+/** The request stops: answer the client with `block`. */
+export interface BlockOutcome extends RingOutcomeBase {
+  action: 'block';
+  ended: true;
+  block: BlockInfo;
+  cachedResponse: null;
+  cachedResponseJson: null;
+}
+
+/** The request stops: answer the client with `cachedResponse`; the upstream is not called. */
+export interface CacheHitOutcome extends RingOutcomeBase {
+  action: 'cache_hit';
+  ended: true;
+  block: null;
+  cachedResponse: JsonObject;
+  cachedResponseJson: Buffer;
+}
+
+/**
+ * A ring's answer (ringd.v1.ExecuteRingResponse), a union discriminated by `action`
+ * (or `ended`): after `if (outcome.action === 'block')` TypeScript knows `outcome.block`
+ * is set, after `=== 'cache_hit'` that `outcome.cachedResponse` is.
+ */
+export type RingOutcome = ContinueOutcome | BlockOutcome | CacheHitOutcome;
 
 export interface PluginStats {
   invocations: number;
@@ -172,7 +208,7 @@ export interface ReloadResult {
 export type HealthStatus = 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' | 'SERVICE_UNKNOWN';
 
 export interface RingdClientOptions {
-  /** Directory holding ringd/v1/*.proto (default: DEFAULT_PROTO_ROOT). */
+  /** Directory holding ringd/v1/*.proto (default: DEFAULT_PROTO_ROOT, the copy inside this package). */
   protoRoot?: string;
   /** Default: insecure (plaintext), for loopback or a unix socket. */
   credentials?: ChannelCredentials;

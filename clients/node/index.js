@@ -1,6 +1,6 @@
 'use strict';
 /**
- * @ringd/client: a gateway's client for ringd (contract `ringd.v1`, see proto/).
+ * @ringd/client: a gateway's client for ringd (contract `ringd.v1`, shipped in ./proto).
  *
  * One promise-returning method per RPC. Bodies travel as raw JSON bytes
  * (`body_json`), so the answer comes back as JSON bytes too; outcomes carry both
@@ -18,8 +18,12 @@ const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-/** Where the contract lives in the ringd repository, relative to this package. */
-const DEFAULT_PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
+/**
+ * The contract's .proto files, shipped inside this package (proto/ringd/v1: copies that
+ * `make proto` writes from the repository's proto/ and drift-checks), so an installed
+ * package needs nothing from the ringd repository.
+ */
+const DEFAULT_PROTO_ROOT = path.join(__dirname, 'proto');
 const PROTO_FILES = ['ringd/v1/engine_service.proto', 'ringd/v1/admin_service.proto'];
 const LOADER_OPTIONS = { longs: Number, enums: String, defaults: true, oneofs: true };
 
@@ -238,6 +242,16 @@ function latencyMs(duration) {
   return Number(duration.seconds || 0) * 1000 + Number(duration.nanos || 0) / 1e6;
 }
 
+/** ringd.v1.BlockInfo as the client's BlockInfo. */
+function blockInfo(block) {
+  return {
+    statusCode: block.statusCode || 0,
+    errorType: block.errorType || '',
+    message: block.message || '',
+    headers: { ...(block.headers || {}) },
+  };
+}
+
 /** A typed RingOutcome from an ExecuteRingResponse. */
 function parseOutcome(message) {
   const action = lowerEnum(message.action, 'PLUGIN_ACTION_');
@@ -261,14 +275,8 @@ function parseOutcome(message) {
     response,
     responseJson,
     metadata: fromMap(message.metadata),
-    block:
-      action === Action.BLOCK && message.block
-        ? {
-            statusCode: message.block.statusCode,
-            errorType: message.block.errorType,
-            message: message.block.message,
-          }
-        : null,
+    // Set exactly when the action is block, as the typings promise (RingOutcome narrows on action).
+    block: action === Action.BLOCK ? blockInfo(message.block || {}) : null,
     cachedResponse,
     cachedResponseJson,
     decision,

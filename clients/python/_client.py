@@ -64,8 +64,8 @@ class RingResult:
 
     ``action`` is ``passthrough``, ``modify``, ``block`` or ``cache_hit``. Forward
     ``body`` upstream, carry ``metadata`` into the next ring's request, answer
-    ``status_code``/``error_type``/``message`` on a block and ``cached_response``
-    on a cache hit.
+    ``status_code``/``error_type``/``message`` with ``headers`` on a block and
+    ``cached_response`` on a cache hit.
     """
 
     ring: str
@@ -82,6 +82,8 @@ class RingResult:
     config_version: str = ""
     generation: int = 0
     queued: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    """HTTP headers to set on the answer to the client when the ring blocked (e.g. ``Retry-After``)."""
 
     @property
     def ended(self) -> bool:
@@ -183,6 +185,7 @@ def parse_ring_response(message: engine_pb.ExecuteRingResponse) -> RingResult:
         config_version=message.config_version,
         generation=message.generation,
         queued=message.queued,
+        headers=dict(message.block.headers),
     )
 
 

@@ -33,7 +33,7 @@ class Tenant(BasePlugin):
 
 
 class HeaderBlock(BasePlugin):
-    """INGRESS, block: `x-test-block: 429` blocks with that status."""
+    """INGRESS, block: `x-test-block: 429` blocks with that status (a 429 with `Retry-After: 7`)."""
 
     name = "header_block"
     version = "1.0.0"
@@ -41,7 +41,10 @@ class HeaderBlock(BasePlugin):
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         status = ctx.request.headers.get("x-test-block")
         if status:
-            return PluginResponse.block(int(status), "test_blocked", f"blocked with {status}")
+            headers = {"Retry-After": "7"} if status == "429" else None
+            return PluginResponse.block(
+                int(status), "test_blocked", f"blocked with {status}", headers=headers
+            )
         return PluginResponse.passthrough()
 
 

@@ -87,8 +87,9 @@ async def test_execute_ring_with_a_struct_body(serve):
     answer = json.loads(out)
     assert answer["ring"] == "PLUGIN_HOOK_PRE_FLIGHT"
     assert answer["action"] == "PLUGIN_ACTION_PASSTHROUGH"
-    # grpcurl prints the proto field names (body_struct), and reads either spelling.
-    assert answer["body_struct"] == {
+    # grpcurl prints protobuf JSON's lowerCamelCase names (the descriptors carry json_name),
+    # as against a Go or Java server, and reads either spelling.
+    assert answer["bodyStruct"] == {
         "model": "gpt-4o",
         "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "be brief"}],
     }
@@ -97,7 +98,7 @@ async def test_execute_ring_with_a_struct_body(serve):
         ("appender", "PLUGIN_OUTCOME_OK"),
         ("router", "PLUGIN_OUTCOME_OK"),
     ]
-    assert answer["config_version"] == "v1"
+    assert answer["configVersion"] == "v1"
     assert answer["generation"] == "1"  # uint64 is a string in protobuf JSON
 
 

@@ -67,7 +67,7 @@ async def test_a_bad_entry_of_execute_rings_is_named_by_index(serve):
         await running.engine().ExecuteRings(request, timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     bad_requests, _ = details(refused.value)
-    assert [v.field for v in bad_requests[0].field_violations] == ["rings[1]"]
+    assert [v.field for v in bad_requests[0].field_violations] == ["rings[2]"]
 
 
 async def test_a_full_background_queue_says_when_to_retry(serve):

@@ -1,48 +1,38 @@
-"""Fixtures for the built-in plugin tests: context builders on the real ``store`` of tests/support."""
+"""Fixtures for the built-in plugin tests: ringd.testing's store and contexts, chat builders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from ringd.sdk import PluginContext, PluginState, RequestInfo
-from ringd.server.store import SqliteStore
+from ringd.sdk import PluginContext, PluginState, Store
+from ringd.testing import make_context, plugin_state
 
 ContextFactory = Callable[..., PluginContext]
 
 
 @pytest.fixture
-def state(store: SqliteStore) -> PluginState:
-    """Shared state with the store injected, as the engine provides it."""
-    return PluginState(extra={"store": store})
+async def state(tmp_path: Path) -> AsyncIterator[PluginState]:
+    """Shared state on a real SQLite file store (``ringd.testing.plugin_state``), as the engine gives it."""
+    async with plugin_state(tmp_path / "plugins-store" / "ringd.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+def store(state: PluginState) -> Store:
+    """The store injected into every context, to seed or inspect state."""
+    store: Store = state.extra["store"]
+    return store
 
 
 @pytest.fixture
 def make_ctx(state: PluginState) -> ContextFactory:
-    """Build a PluginContext wired to the store; keywords are the context's fields."""
+    """``ringd.testing.make_context`` wired to the store; keywords are its keywords."""
 
-    def build(
-        body: dict[str, Any] | None = None,
-        *,
-        metadata: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        response: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> PluginContext:
-        return PluginContext(
-            body=body if body is not None else {},
-            metadata=metadata if metadata is not None else {},
-            state=state,
-            response=response,
-            request=RequestInfo(
-                method="POST",
-                path="/v1/chat/completions",
-                headers=headers or {},
-                client_address="203.0.113.9",
-            ),
-            **fields,
-        )
+    def build(body: dict[str, Any] | None = None, **fields: Any) -> PluginContext:
+        return make_context(body, state=state, client_address="203.0.113.9", **fields)
 
     return build
 

@@ -33,6 +33,7 @@ async def test_requests_per_window(make_ctx, chat, store) -> None:
     assert refused.error_type == "rate_limited"
     window_end = (T0 // 60 + 1) * 60
     assert ctx.metadata["retry_after_s"] == int(window_end - T0)
+    assert refused.headers == {"Retry-After": str(int(window_end - T0))}
     assert f"retry after {int(window_end - T0)} s" in (refused.message or "")
     assert ctx.metadata["_rate_limiter"]["requests_remaining"] == 0
     # The counter lives in the store under the window's index; refused requests gave theirs back.

@@ -303,6 +303,17 @@ func (o *Outcome) Ended() bool { return o.Blocked() || o.CacheHit() }
 // Blocked reports whether the gateway must answer GetBlock()'s status and error.
 func (o *Outcome) Blocked() bool { return o.GetAction() == Block }
 
+// SetBlockHeaders sets the block's HTTP headers (for example Retry-After on a 429) on
+// h, the gateway's answer to the client; it sets nothing unless the ring blocked.
+func (o *Outcome) SetBlockHeaders(h http.Header) {
+	if !o.Blocked() {
+		return
+	}
+	for name, value := range o.GetBlock().GetHeaders() {
+		h.Set(name, value)
+	}
+}
+
 // CacheHit reports whether the gateway must answer CachedResponseJSON() and not call upstream.
 func (o *Outcome) CacheHit() bool { return o.GetAction() == CacheHit }
 

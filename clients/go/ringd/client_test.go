@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"reflect"
 	"strings"
@@ -145,6 +146,14 @@ func TestBlock(t *testing.T) {
 	if !out.Blocked() || !out.Ended() || block.GetStatusCode() != 429 || block.GetErrorType() != "test_blocked" ||
 		block.GetMessage() != "blocked with 429" || out.GetDecidedBy() != "header_block" {
 		t.Fatalf("outcome = %v", out)
+	}
+	if got := block.GetHeaders(); len(got) != 1 || got["Retry-After"] != "7" {
+		t.Fatalf("block headers = %v, want Retry-After: 7", got)
+	}
+	answer := http.Header{}
+	out.SetBlockHeaders(answer)
+	if answer.Get("Retry-After") != "7" {
+		t.Fatalf("SetBlockHeaders set %v", answer)
 	}
 }
 

@@ -908,7 +908,13 @@ type BlockInfo struct {
 	ErrorType string `protobuf:"bytes,2,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
 	// A human-readable explanation meant for the client. It never contains a
 	// traceback. May be empty.
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// HTTP response headers the gateway sets on its answer to the client, for
+	// example {"Retry-After": "30"} on a 429 from the rate limiter. Keys are header
+	// names as the plugin wrote them (HTTP names are case-insensitive), each a valid
+	// HTTP token; values are single header values without CR or LF. Empty when the
+	// plugin set none; a fail-closed failure (500, 503, 504) sets none.
+	Headers       map[string]string `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -964,6 +970,13 @@ func (x *BlockInfo) GetMessage() string {
 	return ""
 }
 
+func (x *BlockInfo) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
 var File_ringd_v1_plugin_proto protoreflect.FileDescriptor
 
 const file_ringd_v1_plugin_proto_rawDesc = "" +
@@ -1017,13 +1030,17 @@ const file_ringd_v1_plugin_proto_rawDesc = "" +
 	"\aoutcome\x18\x04 \x01(\x0e2\x17.ringd.v1.PluginOutcomeR\aoutcome\x123\n" +
 	"\alatency\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12\x18\n" +
-	"\amessage\x18\a \x01(\tR\amessage\"e\n" +
+	"\amessage\x18\a \x01(\tR\amessage\"\xdd\x01\n" +
 	"\tBlockInfo\x12\x1f\n" +
 	"\vstatus_code\x18\x01 \x01(\x05R\n" +
 	"statusCode\x12\x1d\n" +
 	"\n" +
 	"error_type\x18\x02 \x01(\tR\terrorType\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*\xb0\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12:\n" +
+	"\aheaders\x18\x04 \x03(\v2 .ringd.v1.BlockInfo.HeadersEntryR\aheaders\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xb0\x01\n" +
 	"\n" +
 	"PluginHook\x12\x1b\n" +
 	"\x17PLUGIN_HOOK_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1070,7 +1087,7 @@ func file_ringd_v1_plugin_proto_rawDescGZIP() []byte {
 }
 
 var file_ringd_v1_plugin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_ringd_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_ringd_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_ringd_v1_plugin_proto_goTypes = []any{
 	(PluginHook)(0),             // 0: ringd.v1.PluginHook
 	(PluginAction)(0),           // 1: ringd.v1.PluginAction
@@ -1084,28 +1101,30 @@ var file_ringd_v1_plugin_proto_goTypes = []any{
 	(*BlockInfo)(nil),           // 9: ringd.v1.BlockInfo
 	nil,                         // 10: ringd.v1.RequestInfo.HeadersEntry
 	nil,                         // 11: ringd.v1.PluginContext.MetadataEntry
-	(*structpb.Struct)(nil),     // 12: google.protobuf.Struct
-	(*durationpb.Duration)(nil), // 13: google.protobuf.Duration
-	(*structpb.Value)(nil),      // 14: google.protobuf.Value
+	nil,                         // 12: ringd.v1.BlockInfo.HeadersEntry
+	(*structpb.Struct)(nil),     // 13: google.protobuf.Struct
+	(*durationpb.Duration)(nil), // 14: google.protobuf.Duration
+	(*structpb.Value)(nil),      // 15: google.protobuf.Value
 }
 var file_ringd_v1_plugin_proto_depIdxs = []int32{
 	10, // 0: ringd.v1.RequestInfo.headers:type_name -> ringd.v1.RequestInfo.HeadersEntry
-	12, // 1: ringd.v1.PluginContext.body_struct:type_name -> google.protobuf.Struct
+	13, // 1: ringd.v1.PluginContext.body_struct:type_name -> google.protobuf.Struct
 	11, // 2: ringd.v1.PluginContext.metadata:type_name -> ringd.v1.PluginContext.MetadataEntry
-	12, // 3: ringd.v1.PluginContext.response_struct:type_name -> google.protobuf.Struct
+	13, // 3: ringd.v1.PluginContext.response_struct:type_name -> google.protobuf.Struct
 	5,  // 4: ringd.v1.PluginContext.request:type_name -> ringd.v1.RequestInfo
 	1,  // 5: ringd.v1.PluginResponse.action:type_name -> ringd.v1.PluginAction
-	12, // 6: ringd.v1.PluginResponse.body_struct:type_name -> google.protobuf.Struct
-	12, // 7: ringd.v1.PluginResponse.response_struct:type_name -> google.protobuf.Struct
+	13, // 6: ringd.v1.PluginResponse.body_struct:type_name -> google.protobuf.Struct
+	13, // 7: ringd.v1.PluginResponse.response_struct:type_name -> google.protobuf.Struct
 	1,  // 8: ringd.v1.PluginResult.action:type_name -> ringd.v1.PluginAction
 	2,  // 9: ringd.v1.PluginResult.outcome:type_name -> ringd.v1.PluginOutcome
-	13, // 10: ringd.v1.PluginResult.latency:type_name -> google.protobuf.Duration
-	14, // 11: ringd.v1.PluginContext.MetadataEntry.value:type_name -> google.protobuf.Value
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 10: ringd.v1.PluginResult.latency:type_name -> google.protobuf.Duration
+	12, // 11: ringd.v1.BlockInfo.headers:type_name -> ringd.v1.BlockInfo.HeadersEntry
+	15, // 12: ringd.v1.PluginContext.MetadataEntry.value:type_name -> google.protobuf.Value
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ringd_v1_plugin_proto_init() }
@@ -1131,7 +1150,7 @@ func file_ringd_v1_plugin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ringd_v1_plugin_proto_rawDesc), len(file_ringd_v1_plugin_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -169,8 +169,8 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
     if (outcomes) {
       const last = outcomes[outcomes.length - 1];
       if (last.action === Action.BLOCK) {
-        const { statusCode, errorType, message } = last.block;
-        sendError(res, statusCode, errorType, message, answerHeaders);
+        const { statusCode, errorType, message, headers } = last.block;
+        sendError(res, statusCode, errorType, message, { ...headers, ...answerHeaders }); // e.g. Retry-After
         return;
       }
       if (last.action === Action.CACHE_HIT) {
@@ -208,7 +208,8 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
     try {
       const post = await client.executeRing(Ring.POST_FLIGHT, context, callOptions);
       if (post.action === Action.BLOCK) {
-        sendError(res, post.block.statusCode, post.block.errorType, post.block.message, answerHeaders);
+        const { statusCode, errorType, message, headers } = post.block;
+        sendError(res, statusCode, errorType, message, { ...headers, ...answerHeaders });
         return;
       }
       answer = post.action === Action.CACHE_HIT ? post.cachedResponseJson : post.responseJson || answer;

@@ -51,11 +51,16 @@ test('modify: the changed body comes back', async () => {
   assert.equal(outcome.body.messages[0].content, 'my [redacted] plan');
 });
 
-test('block: status, error type and message', async () => {
+test('block: status, error type, message and response headers', async () => {
   const outcome = await client.executeRing(Ring.INGRESS, { body: chat('hi'), ...headers({ 'x-test-block': '429' }) });
   assert.equal(outcome.action, Action.BLOCK);
   assert.equal(outcome.ended, true);
-  assert.deepEqual(outcome.block, { statusCode: 429, errorType: 'test_blocked', message: 'blocked with 429' });
+  assert.deepEqual(outcome.block, {
+    statusCode: 429,
+    errorType: 'test_blocked',
+    message: 'blocked with 429',
+    headers: { 'Retry-After': '7' },
+  });
   assert.equal(outcome.decidedBy, 'header_block');
 });
 

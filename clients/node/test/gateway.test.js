@@ -83,6 +83,8 @@ for (const code of [429, 403, 451]) {
     assert.equal(reply.status, code);
     assert.match(reply.headers['content-type'], /application\/json/);
     assert.deepEqual(reply.body, { error: { type: 'test_blocked', message: `blocked with ${code}` } });
+    // The block's headers reach the client: the test plugin sets Retry-After on a 429 only.
+    assert.equal(reply.headers['retry-after'], code === 429 ? '7' : undefined);
     assert.equal(upstream.count, 0);
   });
 }

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15ringd/v1/plugin.proto\x12\x08ringd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa8\x01\n\x0bRequestInfo\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x33\n\x07headers\x18\x03 \x03(\x0b\x32\".ringd.v1.RequestInfo.HeadersEntry\x12\x16\n\x0e\x63lient_address\x18\x04 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x03\n\rPluginContext\x12.\n\x0b\x62ody_struct\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x13\n\tbody_json\x18\x02 \x01(\x0cH\x00\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.ringd.v1.PluginContext.MetadataEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x32\n\x0fresponse_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\rresponse_json\x18\x06 \x01(\x0cH\x01\x12&\n\x07request\x18\x07 \x01(\x0b\x32\x15.ringd.v1.RequestInfo\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x42\x06\n\x04\x62odyB\n\n\x08response\"\x98\x02\n\x0ePluginResponse\x12&\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x16.ringd.v1.PluginAction\x12.\n\x0b\x62ody_struct\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x13\n\tbody_json\x18\x03 \x01(\x0cH\x00\x12\x32\n\x0fresponse_struct\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\rresponse_json\x18\x05 \x01(\x0cH\x01\x12\x13\n\x0bstatus_code\x18\x06 \x01(\x05\x12\x12\n\nerror_type\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\tB\x06\n\x04\x62odyB\n\n\x08response\"\xcd\x01\n\x0cPluginResult\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x16.ringd.v1.PluginAction\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.ringd.v1.PluginOutcome\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\"E\n\tBlockInfo\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*\xb0\x01\n\nPluginHook\x12\x1b\n\x17PLUGIN_HOOK_UNSPECIFIED\x10\x00\x12\x17\n\x13PLUGIN_HOOK_INGRESS\x10\x01\x12\x1a\n\x16PLUGIN_HOOK_PRE_FLIGHT\x10\x02\x12\x17\n\x13PLUGIN_HOOK_ROUTING\x10\x03\x12\x1b\n\x17PLUGIN_HOOK_POST_FLIGHT\x10\x04\x12\x1a\n\x16PLUGIN_HOOK_BACKGROUND\x10\x05*\x9c\x01\n\x0cPluginAction\x12\x1d\n\x19PLUGIN_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19PLUGIN_ACTION_PASSTHROUGH\x10\x01\x12\x18\n\x14PLUGIN_ACTION_MODIFY\x10\x02\x12\x17\n\x13PLUGIN_ACTION_BLOCK\x10\x03\x12\x1b\n\x17PLUGIN_ACTION_CACHE_HIT\x10\x04*\xb5\x01\n\rPluginOutcome\x12\x1e\n\x1aPLUGIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11PLUGIN_OUTCOME_OK\x10\x01\x12\x18\n\x14PLUGIN_OUTCOME_ERROR\x10\x02\x12\x1a\n\x16PLUGIN_OUTCOME_TIMEOUT\x10\x03\x12\x1b\n\x17PLUGIN_OUTCOME_BYPASSED\x10\x04\x12\x1a\n\x16PLUGIN_OUTCOME_SKIPPED\x10\x05*W\n\nFailPolicy\x12\x1b\n\x17\x46\x41IL_POLICY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41IL_POLICY_OPEN\x10\x01\x12\x16\n\x12\x46\x41IL_POLICY_CLOSED\x10\x02*\x9d\x01\n\x0cPluginStatus\x12\x1d\n\x19PLUGIN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14PLUGIN_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16PLUGIN_STATUS_DISABLED\x10\x02\x12\x18\n\x14PLUGIN_STATUS_FAILED\x10\x03\x12\x1e\n\x1aPLUGIN_STATUS_CIRCUIT_OPEN\x10\x04\x42\x33Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15ringd/v1/plugin.proto\x12\x08ringd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa8\x01\n\x0bRequestInfo\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x33\n\x07headers\x18\x03 \x03(\x0b\x32\".ringd.v1.RequestInfo.HeadersEntry\x12\x16\n\x0e\x63lient_address\x18\x04 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x03\n\rPluginContext\x12.\n\x0b\x62ody_struct\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x13\n\tbody_json\x18\x02 \x01(\x0cH\x00\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.ringd.v1.PluginContext.MetadataEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x32\n\x0fresponse_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\rresponse_json\x18\x06 \x01(\x0cH\x01\x12&\n\x07request\x18\x07 \x01(\x0b\x32\x15.ringd.v1.RequestInfo\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x42\x06\n\x04\x62odyB\n\n\x08response\"\x98\x02\n\x0ePluginResponse\x12&\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x16.ringd.v1.PluginAction\x12.\n\x0b\x62ody_struct\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x13\n\tbody_json\x18\x03 \x01(\x0cH\x00\x12\x32\n\x0fresponse_struct\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\rresponse_json\x18\x05 \x01(\x0cH\x01\x12\x13\n\x0bstatus_code\x18\x06 \x01(\x05\x12\x12\n\nerror_type\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\tB\x06\n\x04\x62odyB\n\n\x08response\"\xcd\x01\n\x0cPluginResult\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x16.ringd.v1.PluginAction\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.ringd.v1.PluginOutcome\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\"\xa8\x01\n\tBlockInfo\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x31\n\x07headers\x18\x04 \x03(\x0b\x32 .ringd.v1.BlockInfo.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb0\x01\n\nPluginHook\x12\x1b\n\x17PLUGIN_HOOK_UNSPECIFIED\x10\x00\x12\x17\n\x13PLUGIN_HOOK_INGRESS\x10\x01\x12\x1a\n\x16PLUGIN_HOOK_PRE_FLIGHT\x10\x02\x12\x17\n\x13PLUGIN_HOOK_ROUTING\x10\x03\x12\x1b\n\x17PLUGIN_HOOK_POST_FLIGHT\x10\x04\x12\x1a\n\x16PLUGIN_HOOK_BACKGROUND\x10\x05*\x9c\x01\n\x0cPluginAction\x12\x1d\n\x19PLUGIN_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19PLUGIN_ACTION_PASSTHROUGH\x10\x01\x12\x18\n\x14PLUGIN_ACTION_MODIFY\x10\x02\x12\x17\n\x13PLUGIN_ACTION_BLOCK\x10\x03\x12\x1b\n\x17PLUGIN_ACTION_CACHE_HIT\x10\x04*\xb5\x01\n\rPluginOutcome\x12\x1e\n\x1aPLUGIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11PLUGIN_OUTCOME_OK\x10\x01\x12\x18\n\x14PLUGIN_OUTCOME_ERROR\x10\x02\x12\x1a\n\x16PLUGIN_OUTCOME_TIMEOUT\x10\x03\x12\x1b\n\x17PLUGIN_OUTCOME_BYPASSED\x10\x04\x12\x1a\n\x16PLUGIN_OUTCOME_SKIPPED\x10\x05*W\n\nFailPolicy\x12\x1b\n\x17\x46\x41IL_POLICY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41IL_POLICY_OPEN\x10\x01\x12\x16\n\x12\x46\x41IL_POLICY_CLOSED\x10\x02*\x9d\x01\n\x0cPluginStatus\x12\x1d\n\x19PLUGIN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14PLUGIN_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16PLUGIN_STATUS_DISABLED\x10\x02\x12\x18\n\x14PLUGIN_STATUS_FAILED\x10\x03\x12\x1e\n\x1aPLUGIN_STATUS_CIRCUIT_OPEN\x10\x04\x42\x33Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,16 +38,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTINFO_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_PLUGINCONTEXT_METADATAENTRY']._loaded_options = None
   _globals['_PLUGINCONTEXT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PLUGINHOOK']._serialized_start=1225
-  _globals['_PLUGINHOOK']._serialized_end=1401
-  _globals['_PLUGINACTION']._serialized_start=1404
-  _globals['_PLUGINACTION']._serialized_end=1560
-  _globals['_PLUGINOUTCOME']._serialized_start=1563
-  _globals['_PLUGINOUTCOME']._serialized_end=1744
-  _globals['_FAILPOLICY']._serialized_start=1746
-  _globals['_FAILPOLICY']._serialized_end=1833
-  _globals['_PLUGINSTATUS']._serialized_start=1836
-  _globals['_PLUGINSTATUS']._serialized_end=1993
+  _globals['_BLOCKINFO_HEADERSENTRY']._loaded_options = None
+  _globals['_BLOCKINFO_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_PLUGINHOOK']._serialized_start=1325
+  _globals['_PLUGINHOOK']._serialized_end=1501
+  _globals['_PLUGINACTION']._serialized_start=1504
+  _globals['_PLUGINACTION']._serialized_end=1660
+  _globals['_PLUGINOUTCOME']._serialized_start=1663
+  _globals['_PLUGINOUTCOME']._serialized_end=1844
+  _globals['_FAILPOLICY']._serialized_start=1846
+  _globals['_FAILPOLICY']._serialized_end=1933
+  _globals['_PLUGINSTATUS']._serialized_start=1936
+  _globals['_PLUGINSTATUS']._serialized_end=2093
   _globals['_REQUESTINFO']._serialized_start=98
   _globals['_REQUESTINFO']._serialized_end=266
   _globals['_REQUESTINFO_HEADERSENTRY']._serialized_start=220
@@ -60,6 +62,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLUGINRESPONSE']._serialized_end=943
   _globals['_PLUGINRESULT']._serialized_start=946
   _globals['_PLUGINRESULT']._serialized_end=1151
-  _globals['_BLOCKINFO']._serialized_start=1153
-  _globals['_BLOCKINFO']._serialized_end=1222
+  _globals['_BLOCKINFO']._serialized_start=1154
+  _globals['_BLOCKINFO']._serialized_end=1322
+  _globals['_BLOCKINFO_HEADERSENTRY']._serialized_start=220
+  _globals['_BLOCKINFO_HEADERSENTRY']._serialized_end=266
 # @@protoc_insertion_point(module_scope)

@@ -575,9 +575,30 @@ class BlockInfo(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STATUS_CODE_FIELD_NUMBER: _builtins.int
     ERROR_TYPE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
     status_code: _builtins.int
     """The HTTP status code, 400 to 599. A plugin's BLOCK uses its own code; a
     fail-closed failure uses 500 (error), 504 (timeout) or 503 (failed load, open
@@ -591,16 +612,26 @@ class BlockInfo(_message.Message):
     """A human-readable explanation meant for the client. It never contains a
     traceback. May be empty.
     """
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """HTTP response headers the gateway sets on its answer to the client, for
+        example {"Retry-After": "30"} on a 429 from the rate limiter. Keys are header
+        names as the plugin wrote them (HTTP names are case-insensitive), each a valid
+        HTTP token; values are single header values without CR or LF. Empty when the
+        plugin set none; a fail-closed failure (500, 503, 504) sets none.
+        """
+
     def __init__(
         self,
         *,
         status_code: _builtins.int = ...,
         error_type: _builtins.str = ...,
         message: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_type", b"error_type", "message", b"message", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_type", b"error_type", "headers", b"headers", "message", b"message", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

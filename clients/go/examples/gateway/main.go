@@ -4,7 +4,8 @@
 //
 //  1. INGRESS, PRE_FLIGHT and ROUTING in one ExecuteRings call (it stops at the
 //     first BLOCK or CACHE_HIT and carries body and metadata from ring to ring
-//     itself). BLOCK -> its HTTP status with {"error": {"type", "message"}};
+//     itself). BLOCK -> its HTTP status and headers (Retry-After, ...) with
+//     {"error": {"type", "message"}};
 //     CACHE_HIT -> the cached answer, upstream not called (header X-Ringd-Cache: hit).
 //  2. The final body from ringd (a MODIFY included) goes to the upstream.
 //  3. POST_FLIGHT with the upstream answer as response_json and the metadata
@@ -176,6 +177,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) error {
 		last := outcomes[len(outcomes)-1]
 		switch {
 		case last.Blocked():
+			last.SetBlockHeaders(w.Header()) // e.g. Retry-After on a 429
 			block := last.GetBlock()
 			return &httpError{int(block.GetStatusCode()), block.GetErrorType(), block.GetMessage()}
 		case last.CacheHit():
@@ -218,6 +220,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		switch {
 		case post.Blocked():
+			post.SetBlockHeaders(w.Header())
 			block := post.GetBlock()
 			return &httpError{int(block.GetStatusCode()), block.GetErrorType(), block.GetMessage()}
 		case post.CacheHit():

@@ -201,6 +201,14 @@ func TestBlockAnswersItsStatus(t *testing.T) {
 		if ct := got.header.Get("Content-Type"); ct != "application/json" {
 			t.Fatalf("content type %q", ct)
 		}
+		// The block's headers reach the client: the test plugin sets Retry-After on a 429 only.
+		wantRetry := ""
+		if code == 429 {
+			wantRetry = "7"
+		}
+		if retry := got.header.Get("Retry-After"); retry != wantRetry {
+			t.Fatalf("HTTP %d: Retry-After %q, want %q", code, retry, wantRetry)
+		}
 	}
 	if n := upstream.Count(); n != 0 {
 		t.Fatalf("upstream called %d times", n)
