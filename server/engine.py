@@ -38,7 +38,7 @@ from ringd.server.config import (
     PluginEntry,
     RingdConfig,
 )
-from ringd.server.loader import PluginLoadError, entrypoint_fingerprint, load_plugin_class
+from ringd.server.loader import PluginLoadError, entry_fingerprint, load_entry_class
 
 _log = logging.getLogger("ringd.engine")
 
@@ -471,7 +471,7 @@ class Engine:
         slots: list[PluginSlot] = []
         for entry in config.plugins:
             fingerprint = json.dumps(
-                [entry_key(entry), entrypoint_fingerprint(entry.entrypoint, base_dir)],
+                [entry_key(entry), entry_fingerprint(entry, base_dir)],
                 sort_keys=True,
                 default=str,
             )
@@ -501,7 +501,7 @@ class Engine:
     async def _load(self, entry: PluginEntry, fingerprint: str, config: RingdConfig) -> LoadedPlugin:
         hook = entry.hook or PluginHook.PRE_FLIGHT
         try:
-            cls = load_plugin_class(entry.entrypoint, config.base_dir)
+            cls = load_entry_class(entry, config.base_dir)
         except PluginLoadError as exc:
             return self._failed(entry, hook, fingerprint, str(exc), None)
         class_timeout: Any = cls.timeout_ms

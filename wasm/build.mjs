@@ -1,0 +1,50 @@
+// Builds every src/*.ts into <outdir>/<name>.wasm with the AssemblyScript compiler.
+//   node build.mjs modules            rebuild the committed modules
+//   node build.mjs --check modules    build into a temporary folder and fail when any
+//                                     committed module differs (the drift check)
+import asc from "assemblyscript/asc";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const args = process.argv.slice(2);
+const check = args[0] === "--check";
+const committed = check ? args[1] : args[0];
+if (!committed) {
+  console.error("usage: node build.mjs [--check] OUTDIR");
+  process.exit(2);
+}
+const outdir = check ? mkdtempSync(join(tmpdir(), "ringd-wasm-")) : committed;
+const names = readdirSync("src").filter((f) => f.endsWith(".ts")).map((f) => f.slice(0, -3)).sort();
+
+let failed = false;
+for (const name of names) {
+  const { error, stderr } = await asc.main([
+    `src/${name}.ts`,
+    "--outFile", join(outdir, `${name}.wasm`),
+    "--optimize",
+    "--runtime", "incremental",
+    "--use", "abort=src/lib/protocol/trapOnAbort",
+  ]);
+  if (error) {
+    console.error(`${name}: ${error.message}\n${stderr.toString()}`);
+    failed = true;
+  }
+}
+if (check) {
+  for (const name of names) {
+    const built = join(outdir, `${name}.wasm`);
+    const mine = join(committed, `${name}.wasm`);
+    if (!existsSync(built)) continue;
+    if (!existsSync(mine)) {
+      console.error(`${mine} is missing: run \`make wasm\` and commit it`);
+      failed = true;
+    } else if (!readFileSync(built).equals(readFileSync(mine))) {
+      console.error(`${mine} differs from its source src/${name}.ts: run \`make wasm\` and commit it`);
+      failed = true;
+    }
+  }
+  rmSync(outdir, { recursive: true, force: true });
+}
+if (failed) process.exit(1);
+console.log(`${check ? "checked" : "built"} ${names.length} modules in ${committed}/`);
