@@ -1,0 +1,168 @@
+"""`type: wasm` entries below the wire: config validation, the guest's own hard limit, answers.
+
+The gRPC behaviour (rings, limits, reload, check-config) is in tests/grpc/test_wasm_plugins.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from ringd.sdk import PluginAction, PluginContext
+from ringd.server.config import ConfigError, PluginType
+from ringd.server.loader import entry_fingerprint, load_entry_class
+from ringd.server.wasm import WasmGuestError, WasmOutputError, parse_answer
+
+MODULES = Path(__file__).resolve().parents[1] / "wasm" / "modules"
+
+
+def test_a_wasm_entry_is_parsed_with_its_sandbox_settings(ws):
+    config = ws.config(
+        """
+        plugins:
+          - name: guard
+            type: wasm
+            hook: pre_flight
+            entrypoint: wasm/guard.wasm
+            timeout_ms: 50
+            config: {word: secret}
+            wasm:
+              memory_limit_mb: 16
+              pool_size: 3
+              wasi: true
+              allowed_hosts: [api.example.com]
+              allowed_paths: {data: /data}
+          - name: plain
+            type: wasm
+            entrypoint: plain.wasm
+        """
+    )
+    guard, plain = config.plugins
+    assert guard.type is PluginType.WASM
+    assert (guard.wasm.memory_limit_mb, guard.wasm.pool_size, guard.wasm.wasi) == (16, 3, True)
+    assert guard.wasm.allowed_hosts == ("api.example.com",)
+    assert guard.wasm.allowed_paths == ((str(ws.root / "data"), "/data"),)
+    # Nothing granted by default.
+    assert (plain.wasm.memory_limit_mb, plain.wasm.pool_size) == (64, 4)
+    assert (plain.wasm.wasi, plain.wasm.allowed_hosts, plain.wasm.allowed_paths) == (False, (), ())
+
+
+def test_bad_wasm_entries_are_refused_naming_entry_and_field(ws):
+    with pytest.raises(ConfigError) as caught:
+        ws.config(
+            """
+            plugins:
+              - {name: a, type: wasm, entrypoint: "plugins.guard:Guard"}
+              - {name: b, type: wasm, entrypoint: b.wasm, wasm: {pool_size: 0, memory_limit_mb: -1, x: 1}}
+              - {name: c, type: wasm, entrypoint: c.wasm, wasm: {allowed_paths: {data: /data}}}
+              - {name: d, type: wasm, entrypoint: d.wasm, run_in_thread: true}
+              - {name: e, entrypoint: "x.py:X", wasm: {pool_size: 2}}
+              - {name: f, entrypoint: f.wasm}
+              - {name: g, type: lua, entrypoint: g.lua}
+            """
+        )
+    message = str(caught.value)
+    assert "plugins[0] ('a') field 'entrypoint': a type: wasm entry names a module file" in message
+    assert "plugins[1] ('b') field 'wasm'.pool_size: must be an integer >= 1" in message
+    assert "plugins[1] ('b') field 'wasm'.memory_limit_mb: must be an integer >= 1" in message
+    assert "plugins[1] ('b') field 'wasm'.x: unknown field" in message
+    assert "plugins[2] ('c') field 'wasm'.allowed_paths: needs wasi: true" in message
+    assert "plugins[3] ('d') field 'run_in_thread': not for type: wasm" in message
+    assert "plugins[4] ('e') field 'wasm': only for type: wasm entries" in message
+    assert "plugins[5] ('f') field 'entrypoint'" in message
+    assert "a .wasm module needs 'type: wasm'" in message
+    assert "plugins[6] ('g') field 'type': unknown value 'lua'; expected one of python, wasm" in message
+
+
+def _install(ws, module: str, filename: str = "plugin.wasm") -> None:
+    shutil.copyfile(MODULES / f"{module}.wasm", ws.root / filename)
+
+
+async def test_the_guests_own_limit_stops_it_when_nobody_cancels(ws):
+    """Without the engine's timer, the module's Extism limit still stops the loop and frees the instance."""
+    _install(ws, "spin")
+    config = ws.config(
+        """
+        plugins:
+          - {name: spinner, type: wasm, entrypoint: plugin.wasm, timeout_ms: 200, wasm: {pool_size: 1}}
+        """
+    )
+    plugin = load_entry_class(config.plugins[0], config.base_dir)({})
+    await plugin.on_load()
+    try:
+        with pytest.raises(WasmGuestError, match=r"guest stopped at its time limit \(200 ms\)"):
+            await plugin.execute(PluginContext(body={"spin": True}))
+        answer = await plugin.execute(PluginContext(body={"spin": False}))  # the one instance was replaced
+        assert answer.action is PluginAction.PASSTHROUGH
+    finally:
+        await plugin.on_unload()
+
+
+async def test_many_concurrent_calls_share_the_pool(ws):
+    _install(ws, "keyword_guard")
+    config = ws.config(
+        """
+        plugins:
+          - {name: guard, type: wasm, entrypoint: plugin.wasm, timeout_ms: 5000, wasm: {pool_size: 3}}
+        """
+    )
+    plugin = load_entry_class(config.plugins[0], config.base_dir)({"word": "secret"})
+    await plugin.on_load()
+    try:
+        contents = [f"message {i} {'secret' if i % 2 else 'fine'}" for i in range(40)]
+        answers = await asyncio.gather(
+            *(plugin.execute(PluginContext(body={"messages": [{"content": c}]})) for c in contents)
+        )
+    finally:
+        await plugin.on_unload()
+    actions = [answer.action for answer in answers]
+    assert actions == [PluginAction.BLOCK if i % 2 else PluginAction.PASSTHROUGH for i in range(40)]
+
+
+def test_the_fingerprint_follows_the_module_file_and_the_sandbox(ws):
+    _install(ws, "passthrough")
+    text = "plugins:\n  - {name: p, type: wasm, entrypoint: plugin.wasm%s}\n"
+    entry = ws.config(text % "").plugins[0]
+    first = entry_fingerprint(entry, ws.root)
+    assert entry_fingerprint(entry, ws.root) == first
+    assert entry_fingerprint(ws.config(text % ", wasm: {memory_limit_mb: 8}").plugins[0], ws.root) != first
+    _install(ws, "keyword_guard")
+    assert entry_fingerprint(entry, ws.root) != first
+
+
+@pytest.mark.parametrize(
+    ("output", "action", "detail"),
+    [
+        (b"", PluginAction.PASSTHROUGH, None),
+        (b"{}", PluginAction.PASSTHROUGH, None),
+        (b'{"action":"ALLOW"}', PluginAction.PASSTHROUGH, None),  # LLMProxy's legacy names
+        (b'{"action":"modified","body":{"a":1}}', PluginAction.MODIFY, {"a": 1}),
+        (b'{"action":"block","status_code":429,"error_type":"slow_down"}', PluginAction.BLOCK, 429),
+    ],
+)
+def test_answers_are_read_as_llmproxy_reads_them(output, action, detail):
+    answer = parse_answer(output, "p")
+    assert answer.action is action
+    if action is PluginAction.MODIFY:
+        assert answer.body == detail
+    if action is PluginAction.BLOCK:
+        assert answer.status_code == detail
+        assert answer.message == "blocked by WASM plugin 'p'"
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        (b"not json", "invalid JSON"),
+        (b"[1, 2]", "a JSON list, expected an object"),
+        (b'{"action":"explode"}', "unknown action 'explode'"),
+        (b'{"action":"block","status_code":"403"}', "status_code '403', expected an integer"),
+        (b'{"action":"modify","body":[1]}', "invalid modify"),
+        (b'{"action":"cache_hit"}', "invalid cache_hit"),
+    ],
+)
+def test_invalid_answers_are_errors_that_say_what_is_wrong(output, problem):
+    with pytest.raises(WasmOutputError, match=problem):
+        parse_answer(output, "p")
