@@ -6,7 +6,9 @@ deadline, metrics, breaker, per-plugin results):
 * a PRE_FLIGHT ring of 5 passthrough plugins, loaded from a plugin file through a
   YAML config (the real loader path), total and per plugin;
 * an empty PRE_FLIGHT ring (no plugins), the bare cost of ``execute_ring``;
-* the built-in default config's PRE_FLIGHT ring, when the default config has one.
+* the built-in default config's PRE_FLIGHT ring, when the default config has one;
+* one ``type: wasm`` passthrough plugin (wasm/modules/passthrough.wasm, a worker
+  thread per call, the JSON protocol both ways) beside one Python passthrough.
 
 Each ring gets a fresh PluginContext with a ~2 KB OpenAI-style chat body, built
 outside the timed section. Times are per ring, in microseconds: mean and p50 (and
@@ -162,6 +164,35 @@ async def bench_default_config(store: SqliteStore, body_json: str, rings: int, w
     print(f"    plugins: {', '.join(slot.name for slot in ring)} (config {config.version})")
 
 
+WASM_PASSTHROUGH = Path(__file__).resolve().parents[1] / "wasm" / "modules" / "passthrough.wasm"
+
+
+async def bench_wasm(folder: Path, store: SqliteStore, body_json: str, rings: int, warmup: int) -> None:
+    """One WASM passthrough plugin's ring beside one Python passthrough's, and the empty ring."""
+    (folder / "passthrough.wasm").write_bytes(WASM_PASSTHROUGH.read_bytes())
+    cases = {
+        "1 Python passthrough plugin": "{name: py, entrypoint: passthrough.py:Passthrough, hook: pre_flight}",
+        "1 WASM passthrough plugin": (
+            "{name: wasm, type: wasm, entrypoint: passthrough.wasm, hook: pre_flight, timeout_ms: 1000}"
+        ),
+    }
+    empty_path = folder / "empty.yaml"
+    empty = await open_engine(load_config(empty_path), store)
+    try:
+        empty_p50 = summary(await measure(empty, body_json, rings, warmup))[1]
+    finally:
+        await empty.close(grace_s=1.0)
+    for label, entry in cases.items():
+        path = folder / "one.yaml"
+        path.write_text(f"version: one\nplugins:\n  - {entry}\n")
+        engine = await open_engine(load_config(path), store)
+        try:
+            samples = await measure(engine, body_json, rings, warmup)
+        finally:
+            await engine.close(grace_s=1.0)
+        print(line(label, samples) + f"   (p50 minus empty ring: {summary(samples)[1] - empty_p50:.2f} us)")
+
+
 async def run(rings: int, warmup: int, profile: bool) -> None:
     body_json = chat_body_json()
     with tempfile.TemporaryDirectory(prefix="ringd-bench-") as tmp:
@@ -204,6 +235,7 @@ async def run(rings: int, warmup: int, profile: bool) -> None:
             assert first is not None
             print(f"  metrics on: pass0 counted {first.stats['invocations']} invocations")
 
+            await bench_wasm(folder, store, body_json, rings, warmup)
             await bench_default_config(store, body_json, rings, warmup)
             await five.close(grace_s=1.0)
             await empty.close(grace_s=1.0)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import queue
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import extism
+import orjson
 from extism.extism import CompiledPlugin
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, PluginResponseError
 from ringd.server.config import PluginEntry
@@ -176,8 +176,8 @@ class WasmPlugin(BasePlugin):
             document["response"] = ctx.response
         # Encoded here, on the loop: the ring owns ctx, a worker thread never reads it.
         try:
-            payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError) as exc:
+            payload = orjson.dumps(document)
+        except TypeError as exc:  # orjson.JSONEncodeError: a value that is not JSON
             raise WasmOutputError(f"the context cannot be sent as JSON: {exc}") from None
         return await self._pool.call(payload)
 
@@ -302,8 +302,8 @@ def parse_answer(output: bytes, name: str) -> PluginResponse:
     if not output.strip():
         return PluginResponse.passthrough()
     try:
-        answer = json.loads(output)
-    except ValueError as exc:
+        answer = orjson.loads(output)
+    except orjson.JSONDecodeError as exc:
         raise WasmOutputError(f"{EXPORT} returned invalid JSON ({exc}): {bytes(output[:60])!r}") from None
     if not isinstance(answer, dict):
         raise WasmOutputError(f"{EXPORT} returned a JSON {type(answer).__name__}, expected an object")

@@ -37,10 +37,10 @@ if (check) {
     const mine = join(committed, `${name}.wasm`);
     if (!existsSync(built)) continue;
     if (!existsSync(mine)) {
-      console.error(`${mine} is missing: run \`make wasm\` and commit it`);
+      console.error(`wasm/${mine} is missing: run \`make wasm\` and commit it`);
       failed = true;
     } else if (!readFileSync(built).equals(readFileSync(mine))) {
-      console.error(`${mine} differs from its source src/${name}.ts: run \`make wasm\` and commit it`);
+      console.error(`wasm/${mine} differs from its source wasm/src/${name}.ts: run \`make wasm\` and commit it`);
       failed = true;
     }
   }
