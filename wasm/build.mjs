@@ -19,12 +19,15 @@ const names = readdirSync("src").filter((f) => f.endsWith(".ts")).map((f) => f.s
 
 let failed = false;
 for (const name of names) {
+  // A module with its own abort handler (a self-contained example) uses it; the others share lib/'s.
+  const own = readFileSync(`src/${name}.ts`, "utf8").includes("function trapOnAbort");
+  const abort = own ? `src/${name}/trapOnAbort` : "src/lib/protocol/trapOnAbort";
   const { error, stderr } = await asc.main([
     `src/${name}.ts`,
     "--outFile", join(outdir, `${name}.wasm`),
     "--optimize",
     "--runtime", "incremental",
-    "--use", "abort=src/lib/protocol/trapOnAbort",
+    "--use", `abort=${abort}`,
   ]);
   if (error) {
     console.error(`${name}: ${error.message}\n${stderr.toString()}`);

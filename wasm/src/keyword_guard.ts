@@ -1,11 +1,10 @@
-// Blocks a request whose messages mention a word from the entry's config
-// (`config: {word: "..."}`, default "forbidden"); lets the others through.
+// keyword_guard.ts: blocks a request whose messages mention the entry's `config.word`
+// (default "forbidden"); lets every other request through unchanged.
 import { Host } from "@extism/as-pdk";
 import { JSON } from "assemblyscript-json/assembly";
-import { answer } from "./lib/protocol";
 
+// The host calls `handle` with {"body", "metadata", "session_id", "config"} as input.
 export function handle(): i32 {
-  // Input: {"body": {...}, "metadata": {...}, "session_id": "...", "config": {...}}
   const input = <JSON.Obj>JSON.parse(Host.inputString());
   let word = "forbidden";
   const config = input.getObj("config");
@@ -21,13 +20,26 @@ export function handle(): i32 {
       if (!items[i].isObj) continue;
       const content = (<JSON.Obj>items[i]).getString("content");
       if (content != null && content.valueOf().toLowerCase().includes(word.toLowerCase())) {
-        // Output: {"action", "status_code", "error_type", "message"} for a block.
         const reason = new JSON.Str("message " + i.toString() + " mentions " + word);
-        answer('{"action":"block","status_code":403,"error_type":"keyword_blocked","message":' + reason.stringify() + "}");
+        answer(
+          '{"action":"block","status_code":403,"error_type":"keyword_blocked","message":' +
+            reason.stringify() + "}",
+        );
         return 0;
       }
     }
   }
   answer('{"action":"passthrough"}');
   return 0;
+}
+
+// The output: {"action", "body", "status_code", "error_type", "message"}, as UTF-8 JSON.
+function answer(json: string): void {
+  Host.output(Uint8Array.wrap(String.UTF8.encode(json)));
+}
+
+// The runtime's abort (failed assertion, bad index, no memory) must trap, not return:
+// build with `--use abort=keyword_guard/trapOnAbort`.
+function trapOnAbort(message: string | null, file: string | null, line: u32, column: u32): void {
+  unreachable();
 }
