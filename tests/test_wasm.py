@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from ringd.sdk import PluginAction, PluginContext
-from ringd.server.config import ConfigError, PluginType
+from ringd.server.config import ConfigError, PluginType, parse_config
 from ringd.server.loader import entry_fingerprint, load_entry_class
 from ringd.server.wasm import WasmGuestError, WasmOutputError, parse_answer
 
-MODULES = Path(__file__).resolve().parents[1] / "wasm" / "modules"
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ROOT / "wasm" / "modules"
 
 
 def test_a_wasm_entry_is_parsed_with_its_sandbox_settings(ws):
@@ -166,3 +167,18 @@ def test_answers_are_read_as_llmproxy_reads_them(output, action, detail):
 def test_invalid_answers_are_errors_that_say_what_is_wrong(output, problem):
     with pytest.raises(WasmOutputError, match=problem):
         parse_answer(output, "p")
+
+
+def test_the_readme_shows_the_built_example_and_a_valid_entry():
+    readme = (ROOT / "README.md").read_text()
+    source = (ROOT / "wasm" / "src" / "keyword_guard.ts").read_text().rstrip("\n")
+    assert f"```typescript\n{source}\n```" in readme
+    section = readme.split("### WASM plugins", 1)[1]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (entry,) = parse_config(yaml_block).plugins
+    assert (entry.type, entry.entrypoint, entry.config) == (
+        PluginType.WASM,
+        "wasm/keyword_guard.wasm",
+        {"word": "secret"},
+    )
+    assert (entry.wasm.memory_limit_mb, entry.wasm.pool_size, entry.wasm.wasi) == (64, 4, False)
