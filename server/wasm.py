@@ -274,7 +274,14 @@ class _Pool:
             claim.instance = None
             # A cancel may have landed after the guest returned: never reuse that instance.
             poisoned = poisoned or claim.cancelled
-        self.idle.put(self._fresh() if poisoned else instance)
+        if poisoned:
+            try:
+                instance = self._fresh()
+            except WasmModuleError:
+                # The module instantiated before, so the host is failing (out of memory?): keep the
+                # old instance rather than shrink the pool; if it misbehaves, its calls fail and count.
+                _log.exception("plugin %r: cannot replace a failed instance; reusing it", self.name)
+        self.idle.put(instance)
 
     def _explain(self, exc: extism.Error) -> str:
         memory_mb, timeout_ms = self.limits
