@@ -28,6 +28,7 @@ Python plugin. What is different lives here:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import logging
 import queue
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import extism
+import extism_sys
 import orjson
 from extism.extism import CompiledPlugin
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, PluginResponseError
@@ -214,6 +216,7 @@ class _Pool:
     """
 
     def __init__(self, module: WasmModule, name: str) -> None:
+        _pin_runtime()
         self.module = module
         self.name = name
         settings = module.entry.wasm
@@ -345,6 +348,19 @@ def parse_answer(output: bytes, name: str) -> PluginResponse:
         raise WasmOutputError(f"{EXPORT} returned an invalid {action}: {exc}") from None
     known = "passthrough, modify, block or cache_hit"
     raise WasmOutputError(f"{EXPORT} returned unknown action {answer.get('action')!r}; expected {known}")
+
+
+def _pin_runtime() -> None:
+    """Keep the Extism runtime library loaded until the process exits.
+
+    cffi unloads it (dlclose) when its handle is freed at interpreter teardown, and
+    its finalizer then joins the runtime's timer thread while the dynamic loader's
+    lock is held: a timer thread still starting needs that lock, and a short-lived
+    process (``ringd check-config``) was seen hanging there. With a second reference
+    the library is finalized by exit() itself, which calls finalizers without that lock.
+    dlopen of a loaded library only counts a reference, so calling this again is cheap.
+    """
+    ctypes.CDLL(str(Path(extism_sys.__file__).with_name("libextism_sys.so")))
 
 
 def _first_line(exc: BaseException) -> str:
