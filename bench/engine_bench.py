@@ -232,6 +232,9 @@ async def bench_wasm(
         await open_engine(load_config(runaway_path), store),
         await open_engine(load_config(path), store),
     )
+    quiet = await measure_for(python, body_json, seconds)
+    print(line("  the same, paced 1 per ms", quiet))
+    print(f"    {len(quiet)} rings over {seconds:.1f} s")
     stop = asyncio.Event()
     spinner = asyncio.create_task(spin_until(runaway, stop))
     try:
@@ -241,7 +244,7 @@ async def bench_wasm(
         timeouts = await spinner
         await runaway.close(grace_s=1.0)
         await python.close(grace_s=1.0)
-    print(line("  the same, a WASM runaway spinning", samples))
+    print(line("  the same, paced, a WASM runaway spinning", samples))
     print(
         f"    {len(samples)} rings over {seconds:.1f} s, one per ms; {timeouts} runaway calls stopped at 200 ms"
     )
