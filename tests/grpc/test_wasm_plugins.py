@@ -56,10 +56,10 @@ async def test_passthrough_modify_block_and_cache_hit(serve, workspace):
     install(workspace, "passthrough", "model_pin", "keyword_guard", "cache_answer")
     running = await serve(
         [
-            wasm_entry("noop", "passthrough", "ingress", timeout_ms=500),
-            wasm_entry("pin", "model_pin", priority=10, timeout_ms=500, config={"model": "small-model"}),
-            wasm_entry("guard", "keyword_guard", priority=20, timeout_ms=500, config={"word": "secret"}),
-            wasm_entry("cache", "cache_answer", "routing", timeout_ms=500),
+            wasm_entry("noop", "passthrough", "ingress", timeout_ms=2000),
+            wasm_entry("pin", "model_pin", priority=10, timeout_ms=2000, config={"model": "small-model"}),
+            wasm_entry("guard", "keyword_guard", priority=20, timeout_ms=2000, config={"word": "secret"}),
+            wasm_entry("cache", "cache_answer", "routing", timeout_ms=2000),
         ]
     )
     stub = running.engine()
@@ -108,9 +108,9 @@ async def test_runaway_guest_is_stopped_at_its_limit_while_other_rings_keep_serv
     running = await serve(
         [
             # One instance: the follow-up call below can only run if the runaway freed it.
-            wasm_entry("spinner", "spin", timeout_ms=3000, fail_policy="closed", wasm={"pool_size": 1}),
+            wasm_entry("spinner", "spin", timeout_ms=5000, fail_policy="closed", wasm={"pool_size": 1}),
             entry("python", "ingress", config={"message": "python served"}),
-            wasm_entry("noop", "passthrough", "ingress", priority=200, timeout_ms=3000),
+            wasm_entry("noop", "passthrough", "ingress", priority=200, timeout_ms=2000),
         ]
     )
     stub = running.engine()
@@ -121,7 +121,7 @@ async def test_runaway_guest_is_stopped_at_its_limit_while_other_rings_keep_serv
         *(stub.ExecuteRing(ring_request(INGRESS, CHAT), timeout=30) for _ in range(20))
     )
 
-    # Every other ring was served while the runaway was still inside its 3 s limit.
+    # Every other ring was served while the runaway was still inside its 5 s limit.
     assert not runaway.done()
     for answer in others:
         assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
@@ -131,7 +131,7 @@ async def test_runaway_guest_is_stopped_at_its_limit_while_other_rings_keep_serv
     assert stopped.action == pb.PLUGIN_ACTION_BLOCK
     assert (stopped.decision.status_code, stopped.decision.error_type) == (504, "plugin_timeout")
     assert stopped.results[0].outcome == pb.PLUGIN_OUTCOME_TIMEOUT
-    assert "timed out after 3000 ms" in stopped.results[0].error
+    assert "timed out after 5000 ms" in stopped.results[0].error
 
     # The guest was stopped, not abandoned: its only instance serves the next call.
     after = await stub.ExecuteRing(ring_request(PRE_FLIGHT, {"spin": False}), timeout=30)
@@ -143,7 +143,7 @@ async def test_runaway_guest_is_stopped_at_its_limit_while_other_rings_keep_serv
 
 async def test_concurrent_rings_run_on_separate_instances_of_the_pool(serve, workspace):
     install(workspace, "spin")
-    running = await serve([wasm_entry("spinner", "spin", timeout_ms=3000, wasm={"pool_size": 2})])
+    running = await serve([wasm_entry("spinner", "spin", timeout_ms=5000, wasm={"pool_size": 2})])
     stub = running.engine()
     runaway = asyncio.ensure_future(stub.ExecuteRing(ring_request(PRE_FLIGHT, {"spin": True}), timeout=30))
     await asyncio.sleep(0.3)
@@ -186,9 +186,9 @@ async def test_trap_is_the_plugins_failure_under_its_fail_policy(serve, workspac
     install(workspace, "trap")
     running = await serve(
         [
-            wasm_entry("open_trap", "trap", "ingress", timeout_ms=1000, fail_policy="open"),
+            wasm_entry("open_trap", "trap", "ingress", timeout_ms=2000, fail_policy="open"),
             entry("after", "ingress", priority=200, config={"message": "still ran"}),
-            wasm_entry("closed_trap", "trap", timeout_ms=1000, fail_policy="closed"),
+            wasm_entry("closed_trap", "trap", timeout_ms=2000, fail_policy="closed"),
         ]
     )
     stub = running.engine()
@@ -209,7 +209,7 @@ async def test_trap_is_the_plugins_failure_under_its_fail_policy(serve, workspac
 
 async def test_invalid_json_answer_is_the_plugins_error(serve, workspace):
     install(workspace, "bad_output")
-    running = await serve([wasm_entry("bad", "bad_output", timeout_ms=1000, fail_policy="closed")])
+    running = await serve([wasm_entry("bad", "bad_output", timeout_ms=2000, fail_policy="closed")])
 
     answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
 
@@ -223,8 +223,8 @@ async def test_reload_swaps_a_changed_module_and_keeps_an_unchanged_one(serve, w
     install(workspace, "passthrough", guard="passthrough")
     running = await serve(
         [
-            wasm_entry("guard", "guard", timeout_ms=1000, config={"word": "secret"}),
-            wasm_entry("noop", "passthrough", "ingress", timeout_ms=1000),
+            wasm_entry("guard", "guard", timeout_ms=2000, config={"word": "secret"}),
+            wasm_entry("noop", "passthrough", "ingress", timeout_ms=2000),
         ]
     )
     stub = running.engine()
