@@ -327,3 +327,28 @@ async def test_check_config_names_the_entry_and_field_of_each_bad_module(workspa
     assert "is not a WebAssembly module" in lines["'text'"]
     assert "exports no function 'handle'" in lines["'exportless'"]
     assert Path(workspace.root / "wasm" / "no_handle.wasm").name in lines["'exportless'"]
+
+
+async def test_a_failing_module_opens_its_circuit_like_any_plugin(serve, workspace):
+    install(workspace, "trap")
+    running = await serve(
+        [
+            wasm_entry(
+                "trap",
+                "trap",
+                timeout_ms=2000,
+                fail_policy="closed",
+                circuit_breaker={"failure_threshold": 2, "cooldown_s": 60},
+            )
+        ]
+    )
+    stub = running.engine()
+
+    codes = [
+        (await stub.ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)).decision.status_code
+        for _ in range(3)
+    ]
+
+    assert codes == [500, 500, 503]  # two traps, then the open circuit: not called at all
+    stats = (await listing(running))["trap"].stats
+    assert (stats.invocations, stats.errors) == (2, 2)
