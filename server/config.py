@@ -68,6 +68,8 @@ class PluginType(Enum):
 
 DEFAULT_WASM_MEMORY_MB = 64
 DEFAULT_WASM_POOL_SIZE = 4
+MAX_WASM_MEMORY_MB = 4096
+MAX_WASM_POOL_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,17 @@ def _wasm_settings(errors: _Errors, where: str, raw: Any, base_dir: Path | None)
     memory = _int(
         errors, f"{where}.memory_limit_mb", raw.get("memory_limit_mb", DEFAULT_WASM_MEMORY_MB), minimum=1
     )
+    if memory is not None and memory > MAX_WASM_MEMORY_MB:
+        errors.add(
+            f"{where}.memory_limit_mb", f"must be at most {MAX_WASM_MEMORY_MB} (wasm32's 4 GiB), got {memory}"
+        )
+        memory = None
     pool = _int(errors, f"{where}.pool_size", raw.get("pool_size", DEFAULT_WASM_POOL_SIZE), minimum=1)
+    if pool is not None and pool > MAX_WASM_POOL_SIZE:
+        errors.add(
+            f"{where}.pool_size", f"must be at most {MAX_WASM_POOL_SIZE} (one thread each), got {pool}"
+        )
+        pool = None
     wasi = _bool(errors, f"{where}.wasi", raw.get("wasi", False))
     hosts_raw = raw.get("allowed_hosts") or []
     hosts: tuple[str, ...] = ()

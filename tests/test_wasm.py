@@ -62,6 +62,7 @@ def test_bad_wasm_entries_are_refused_naming_entry_and_field(ws):
               - {name: e, entrypoint: "x.py:X", wasm: {pool_size: 2}}
               - {name: f, entrypoint: f.wasm}
               - {name: g, type: lua, entrypoint: g.lua}
+              - {name: h, type: wasm, entrypoint: h.wasm, wasm: {pool_size: 65, memory_limit_mb: 4097}}
             """
         )
     message = str(caught.value)
@@ -75,6 +76,8 @@ def test_bad_wasm_entries_are_refused_naming_entry_and_field(ws):
     assert "plugins[5] ('f') field 'entrypoint'" in message
     assert "a .wasm module needs 'type: wasm'" in message
     assert "plugins[6] ('g') field 'type': unknown value 'lua'; expected one of python, wasm" in message
+    assert "plugins[7] ('h') field 'wasm'.pool_size: must be at most 64 (one thread each), got 65" in message
+    assert "plugins[7] ('h') field 'wasm'.memory_limit_mb: must be at most 4096" in message
 
 
 def _install(ws, module: str, filename: str = "plugin.wasm") -> None:
