@@ -225,7 +225,7 @@ class _Pool:
             # No host functions at all (the default would be every @host_fn registered in the process).
             self.compiled = CompiledPlugin(module.manifest(), wasi=settings.wasi, functions=[])
         except extism.Error as exc:
-            raise WasmModuleError(f"{where}: {module.path} does not load: {_first_line(exc)}") from None
+            raise WasmModuleError(f"{where}: {module.path} does not load: {_load_problem(exc)}") from None
         first = self._fresh()
         if not first.plugin.function_exists(EXPORT):
             raise WasmModuleError(f"{where}: {module.path} exports no function {EXPORT!r}")
@@ -242,7 +242,7 @@ class _Pool:
         except extism.Error as exc:
             where = f"field 'entrypoint' ({self.module.entry.entrypoint!r})"
             raise WasmModuleError(
-                f"{where}: {self.module.path} does not instantiate: {_first_line(exc)}"
+                f"{where}: {self.module.path} does not instantiate: {_load_problem(exc)}"
             ) from None
         return _Instance(plugin=plugin, cancel=plugin.cancel_handle())
 
@@ -361,6 +361,14 @@ def _pin_runtime() -> None:
     dlopen of a loaded library only counts a reference, so calling this again is cheap.
     """
     ctypes.CDLL(str(Path(extism_sys.__file__).with_name("libextism_sys.so")))
+
+
+def _load_problem(exc: BaseException) -> str:
+    """The runtime's reason, with the fix when the module needs WASI it was not granted."""
+    text = _first_line(exc)
+    if "unknown import" in text and "wasi_snapshot_preview1" in text:
+        text += " (the module is built for WASI: grant it with wasm.wasi: true)"
+    return text
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,16 +19,17 @@ const names = readdirSync("src").filter((f) => f.endsWith(".ts")).map((f) => f.s
 
 let failed = false;
 for (const name of names) {
-  // A module with its own abort handler (a self-contained example) uses it; the others share lib/'s.
-  const own = readFileSync(`src/${name}.ts`, "utf8").includes("function trapOnAbort");
-  const abort = own ? `src/${name}/trapOnAbort` : "src/lib/protocol/trapOnAbort";
-  const { error, stderr } = await asc.main([
-    `src/${name}.ts`,
-    "--outFile", join(outdir, `${name}.wasm`),
-    "--optimize",
-    "--runtime", "incremental",
-    "--use", `abort=${abort}`,
-  ]);
+  const source = readFileSync(`src/${name}.ts`, "utf8");
+  const options = [`src/${name}.ts`, "--outFile", join(outdir, `${name}.wasm`), "--optimize", "--runtime", "incremental"];
+  if (source.startsWith("// build: wasi")) {
+    // WASI's shim (its own abort); Extism runs `_initialize`, not `_start`, before the first call.
+    options.push("--config", "node_modules/@assemblyscript/wasi-shim/asconfig.json", "--exportStart", "_initialize");
+  } else {
+    // A module with its own abort handler (a self-contained example) uses it; the others share lib/'s.
+    const own = source.includes("function trapOnAbort");
+    options.push("--use", `abort=${own ? `src/${name}/trapOnAbort` : "src/lib/protocol/trapOnAbort"}`);
+  }
+  const { error, stderr } = await asc.main(options);
   if (error) {
     console.error(`${name}: ${error.message}\n${stderr.toString()}`);
     failed = true;

@@ -352,3 +352,23 @@ async def test_a_failing_module_opens_its_circuit_like_any_plugin(serve, workspa
     assert codes == [500, 500, 503]  # two traps, then the open circuit: not called at all
     stats = (await listing(running))["trap"].stats
     assert (stats.invocations, stats.errors) == (2, 2)
+
+
+async def test_wasi_only_when_granted_and_never_the_environment(serve, workspace, monkeypatch):
+    monkeypatch.setenv("RINGD_TEST_SECRET", "do-not-leak")
+    install(workspace, "wasi_probe")
+    running = await serve(
+        [
+            wasm_entry("sealed", "wasi_probe", "ingress", timeout_ms=2000),
+            wasm_entry("granted", "wasi_probe", timeout_ms=2000, wasm={"wasi": True}),
+        ]
+    )
+
+    plugins = await listing(running)
+    assert plugins["sealed"].status == pb.PLUGIN_STATUS_FAILED
+    assert "unknown import" in plugins["sealed"].load_error
+    assert "grant it with wasm.wasi: true" in plugins["sealed"].load_error
+    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
+    assert answer.results[0].outcome == pb.PLUGIN_OUTCOME_OK
+    # WASI gives it a clock, not ringd's environment.
+    assert answer.results[0].message == "clock readable, 0 environment variables"
