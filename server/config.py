@@ -85,7 +85,7 @@ class WasmSettings:
     pool_size: int = DEFAULT_WASM_POOL_SIZE
     """Instances (and threads) of the module: how many rings can run this plugin at once."""
     wasi: bool = False
-    """Link WASI preview 1 (clock, random, stdout; files only under ``allowed_paths``)."""
+    """Link WASI preview 1 (clock, random; files only under ``allowed_paths``; never the environment)."""
     allowed_hosts: tuple[str, ...] = ()
     """Hosts the guest may reach with Extism's HTTP request function (``*`` wildcards)."""
     allowed_paths: tuple[tuple[str, str], ...] = ()
