@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from ringd.sdk import PluginAction, PluginContext
+from ringd.sdk import PluginAction, PluginContext, PluginHook
 from ringd.server.config import ConfigError, PluginType, parse_config
+from ringd.server.engine import Outcome
 from ringd.server.loader import entry_fingerprint, load_entry_class
 from ringd.server.wasm import WasmGuestError, WasmOutputError, parse_answer
 
@@ -185,3 +187,27 @@ def test_the_readme_shows_the_built_example_and_a_valid_entry():
         {"word": "secret"},
     )
     assert (entry.wasm.memory_limit_mb, entry.wasm.pool_size, entry.wasm.wasi) == (64, 4, False)
+
+
+async def test_a_call_the_engine_gives_up_on_is_stopped_at_once(ws, make_engine):
+    """Cut by the caller's deadline long before its own 10 s limit, the guest is cancelled then."""
+    _install(ws, "spin")
+    config = ws.config(
+        """
+        plugins:
+          - {name: spinner, type: wasm, entrypoint: plugin.wasm, timeout_ms: 10000, wasm: {pool_size: 1}}
+        """
+    )
+    engine = await make_engine(config)
+
+    cut = await engine.execute_ring(
+        PluginHook.PRE_FLIGHT, PluginContext(body={"spin": True}), deadline=time.monotonic() + 0.3
+    )
+    assert cut.results[0].outcome is Outcome.TIMEOUT
+
+    # The only instance is free again well within the 10 s the guest could still have run.
+    after = await engine.execute_ring(
+        PluginHook.PRE_FLIGHT, PluginContext(body={"spin": False}), deadline=time.monotonic() + 5.0
+    )
+    assert after.results[0].outcome is Outcome.OK
+    assert after.action is PluginAction.PASSTHROUGH
