@@ -41,7 +41,6 @@ from typing import Any, ClassVar
 import extism
 import extism_sys
 import orjson
-from extism.extism import CompiledPlugin
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, PluginResponseError
 from ringd.server.config import PluginEntry
 
@@ -208,7 +207,7 @@ class _Instance:
 
 
 class _Pool:
-    """``pool_size`` instances of one compiled module and as many threads to call them on.
+    """``pool_size`` instances of the module and as many threads to call them on.
 
     At most ``pool_size`` calls run at once (the executor's threads), and each
     returns its instance (or a fresh one) before its thread takes the next call,
@@ -220,14 +219,10 @@ class _Pool:
         self.module = module
         self.name = name
         settings = module.entry.wasm
-        where = f"field 'entrypoint' ({module.entry.entrypoint!r})"
-        try:
-            # No host functions at all (the default would be every @host_fn registered in the process).
-            self.compiled = CompiledPlugin(module.manifest(), wasi=settings.wasi, functions=[])
-        except extism.Error as exc:
-            raise WasmModuleError(f"{where}: {module.path} does not load: {_load_problem(exc)}") from None
+        self.manifest = module.manifest()
         first = self._fresh()
         if not first.plugin.function_exists(EXPORT):
+            where = f"field 'entrypoint' ({module.entry.entrypoint!r})"
             raise WasmModuleError(f"{where}: {module.path} exports no function {EXPORT!r}")
         self.idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
         self.idle.put(first)
@@ -237,12 +232,20 @@ class _Pool:
         self.limits = (settings.memory_limit_mb, (module.entry.timeout_ms or BasePlugin.timeout_ms))
 
     def _fresh(self) -> _Instance:
+        """A new instance with its own compiled module, so its own runtime engine.
+
+        Instances must not share one compiled module: when a call on one of them is
+        stopped (cancelled or timed out), the others of the same compiled module that
+        had not run yet trap ("interrupt") on every later call (extism-sys 1.41).
+        Compiling a small module takes about a millisecond.
+        """
         try:
-            plugin = extism.Plugin(self.compiled, functions=[])
+            # No host functions at all (the default would be every @host_fn registered in the process).
+            plugin = extism.Plugin(self.manifest, wasi=self.module.entry.wasm.wasi, functions=[])
         except extism.Error as exc:
             where = f"field 'entrypoint' ({self.module.entry.entrypoint!r})"
             raise WasmModuleError(
-                f"{where}: {self.module.path} does not instantiate: {_load_problem(exc)}"
+                f"{where}: {self.module.path} does not load: {_load_problem(exc)}"
             ) from None
         return _Instance(plugin=plugin, cancel=plugin.cancel_handle())
 

@@ -211,3 +211,26 @@ async def test_a_call_the_engine_gives_up_on_is_stopped_at_once(ws, make_engine)
     )
     assert after.results[0].outcome is Outcome.OK
     assert after.action is PluginAction.PASSTHROUGH
+
+
+async def test_a_stopped_call_does_not_break_the_other_instances(ws, make_engine):
+    """Instances that never ran must not inherit another instance's timeout (shared runtime state)."""
+    _install(ws, "spin")
+    config = ws.config(
+        """
+        plugins:
+          - {name: spinner, type: wasm, entrypoint: plugin.wasm, timeout_ms: 300, wasm: {pool_size: 3}}
+        """
+    )
+    engine = await make_engine(config)
+
+    stopped = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext(body={"spin": True}))
+    assert stopped.results[0].outcome is Outcome.TIMEOUT
+
+    later = [
+        await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext(body={"spin": False}))
+        for _ in range(6)
+    ]
+    assert [ring.results[0].outcome for ring in later] == [Outcome.OK] * 6, [
+        ring.results[0].error for ring in later
+    ]
