@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: help venv run test test-py lint proto check-proto lint-proto bench bench-engine bench-smoke demo test-node test-go image clean
+.PHONY: help venv run test test-py lint proto check-proto lint-proto wasm check-wasm bench bench-engine bench-smoke demo test-node test-go image clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ venv: $(STAMP) ## Build .venv and install ringd with its dev tools
 run: $(STAMP) ## Serve ringd (built-in default pipeline unless CONFIG=path) on 127.0.0.1:50051
 	$(BIN)/ringd serve $(if $(CONFIG),--config $(CONFIG),)
 
-test: $(STAMP) lint check-proto ## Everything CI runs: lint, proto drift check, pytest, Node and Go suites, bench smoke
+test: $(STAMP) lint check-proto check-wasm ## Everything CI runs: lint, proto and WASM drift checks, pytest, Node and Go suites, bench smoke
 	$(BIN)/pytest -q
 	$(MAKE) --no-print-directory test-node
 	$(MAKE) --no-print-directory test-go
@@ -47,6 +47,12 @@ proto: $(STAMP) ## Regenerate the committed stubs from proto/ (Python, .pyi, Go)
 
 check-proto: $(STAMP) ## Fail when `make proto` would change the committed stubs
 	scripts/gen-proto.sh --check
+
+wasm: ## Rebuild the WASM plugin modules (wasm/modules/*.wasm) from wasm/src/*.ts (AssemblyScript)
+	scripts/build-wasm.sh
+
+check-wasm: ## Fail when `make wasm` would change the committed WASM modules
+	scripts/build-wasm.sh --check
 
 bench-engine: $(STAMP) ## In-process cost of a ring (microseconds)
 	$(BIN)/python bench/engine_bench.py

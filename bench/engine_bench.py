@@ -6,7 +6,11 @@ deadline, metrics, breaker, per-plugin results):
 * a PRE_FLIGHT ring of 5 passthrough plugins, loaded from a plugin file through a
   YAML config (the real loader path), total and per plugin;
 * an empty PRE_FLIGHT ring (no plugins), the bare cost of ``execute_ring``;
-* the built-in default config's PRE_FLIGHT ring, when the default config has one.
+* the built-in default config's PRE_FLIGHT ring, when the default config has one;
+* one ``type: wasm`` passthrough plugin (wasm/modules/passthrough.wasm, a worker
+  thread per call, the JSON protocol both ways) beside one Python passthrough, and
+  the Python passthrough again while a runaway WASM plugin (wasm/modules/spin.wasm)
+  spins on another ring, again and again, until its 200 ms limit stops it.
 
 Each ring gets a fresh PluginContext with a ~2 KB OpenAI-style chat body, built
 outside the timed section. Times are per ring, in microseconds: mean and p50 (and
@@ -163,6 +167,90 @@ async def bench_default_config(store: SqliteStore, body_json: str, rings: int, w
     print(f"    plugins: {', '.join(slot.name for slot in ring)} (config {config.version})")
 
 
+WASM_MODULES = Path(__file__).resolve().parents[1] / "wasm" / "modules"
+
+
+async def spin_until(engine: Engine, stop: asyncio.Event) -> int:
+    """Run the runaway plugin's ring back to back until ``stop``; the number of timeouts."""
+    timeouts = 0
+    while not stop.is_set():
+        outcome = await engine.execute_ring(PluginHook.INGRESS, PluginContext(body={"spin": True}))
+        timeouts += sum(result.outcome is PluginOutcome.TIMEOUT for result in outcome.results)
+    return timeouts
+
+
+async def measure_for(engine: Engine, body_json: str, seconds: float) -> list[float]:
+    """Time PRE_FLIGHT rings one per millisecond for ``seconds``; microseconds each."""
+    samples: list[float] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        ctx = PluginContext(body=json.loads(body_json), request_id="r")
+        started = time.perf_counter_ns()
+        outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, ctx, deadline=time.monotonic() + 5.0)
+        samples.append((time.perf_counter_ns() - started) / 1000.0)
+        if any(result.outcome not in _CLEAN for result in outcome.results):
+            raise RuntimeError(f"a plugin failed, the figures would be wrong: {outcome.results}")
+        await asyncio.sleep(0.001)
+    return samples
+
+
+async def bench_wasm(
+    folder: Path, store: SqliteStore, body_json: str, rings: int, warmup: int, seconds: float
+) -> None:
+    """One WASM passthrough plugin's ring beside one Python passthrough's, and the empty ring."""
+    for module in ("passthrough", "spin"):
+        (folder / f"{module}.wasm").write_bytes((WASM_MODULES / f"{module}.wasm").read_bytes())
+    cases = {
+        "1 Python passthrough plugin": "{name: py, entrypoint: passthrough.py:Passthrough, hook: pre_flight}",
+        "1 WASM passthrough plugin": (
+            "{name: wasm, type: wasm, entrypoint: passthrough.wasm, hook: pre_flight, timeout_ms: 1000}"
+        ),
+    }
+    empty_path = folder / "empty.yaml"
+    empty = await open_engine(load_config(empty_path), store)
+    try:
+        empty_p50 = summary(await measure(empty, body_json, rings, warmup))[1]
+    finally:
+        await empty.close(grace_s=1.0)
+    for label, entry in cases.items():
+        path = folder / "one.yaml"
+        path.write_text(f"version: one\nplugins:\n  - {entry}\n")
+        engine = await open_engine(load_config(path), store)
+        try:
+            samples = await measure(engine, body_json, rings, warmup)
+        finally:
+            await engine.close(grace_s=1.0)
+        print(line(label, samples) + f"   (p50 minus empty ring: {summary(samples)[1] - empty_p50:.2f} us)")
+    runaway_path = folder / "runaway.yaml"
+    runaway_path.write_text(
+        "version: runaway\nplugins:\n  - {name: spin, type: wasm, entrypoint: spin.wasm, hook: ingress, "
+        "timeout_ms: 200, fail_policy: closed}\n"
+    )
+    path = folder / "one.yaml"
+    path.write_text(f"version: one\nplugins:\n  - {cases['1 Python passthrough plugin']}\n")
+    runaway, python = (
+        await open_engine(load_config(runaway_path), store),
+        await open_engine(load_config(path), store),
+    )
+    quiet = await measure_for(python, body_json, seconds)
+    print(line("  the same, paced 1 per ms", quiet))
+    print(f"    {len(quiet)} rings over {seconds:.1f} s")
+    stop = asyncio.Event()
+    spinner = asyncio.create_task(spin_until(runaway, stop))
+    try:
+        samples = await measure_for(python, body_json, seconds)
+    finally:
+        stop.set()
+        timeouts = await spinner
+        await runaway.close(grace_s=1.0)
+        await python.close(grace_s=1.0)
+    print(line("  the same, paced, a WASM runaway spinning", samples))
+    print(
+        f"    {len(samples)} rings over {seconds:.1f} s, one per ms; {timeouts} runaway calls stopped at 200 ms"
+    )
+
+
 async def run(rings: int, warmup: int, profile: bool) -> None:
     body_json = chat_body_json()
     with tempfile.TemporaryDirectory(prefix="ringd-bench-") as tmp:
@@ -205,6 +293,9 @@ async def run(rings: int, warmup: int, profile: bool) -> None:
             assert first is not None
             print(f"  metrics on: pass0 counted {first.stats['invocations']} invocations")
 
+            # Before the default config, whose 50 ms cache lookup can time out on a busy machine and
+            # end the run; the runaway below is stopped and its engine closed before that starts.
+            await bench_wasm(folder, store, body_json, rings, warmup, 0.5 if rings < 1000 else 3.0)
             await bench_default_config(store, body_json, rings, warmup)
             await five.close(grace_s=1.0)
             await empty.close(grace_s=1.0)

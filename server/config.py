@@ -62,12 +62,48 @@ class BreakerSettings:
     half_open_calls: int = 3
 
 
+class PluginType(Enum):
+    """What an entry's ``entrypoint`` names: Python code, or a WebAssembly module."""
+
+    PYTHON = "python"
+    """``package.module:Class`` or ``path/file.py:Class``, run in-process."""
+    WASM = "wasm"
+    """``path/module.wasm`` (relative to the config file), an Extism plug-in run sandboxed."""
+
+
+DEFAULT_WASM_MEMORY_MB = 64
+DEFAULT_WASM_POOL_SIZE = 4
+MAX_WASM_MEMORY_MB = 4096
+MAX_WASM_POOL_SIZE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class WasmSettings:
+    """The sandbox of one ``type: wasm`` entry (its ``wasm:`` mapping).
+
+    Nothing is granted by default: no WASI (so no files, clock, random or
+    environment), no network, no host functions.
+    """
+
+    memory_limit_mb: int = DEFAULT_WASM_MEMORY_MB
+    """Cap on the guest's linear memory, in MiB; a call that needs more fails (out of memory)."""
+    pool_size: int = DEFAULT_WASM_POOL_SIZE
+    """Instances (and threads) of the module: how many rings can run this plugin at once."""
+    wasi: bool = False
+    """Link WASI preview 1 (clock, random; files only under ``allowed_paths``; never the environment)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Hosts the guest may reach with Extism's HTTP request function (``*`` wildcards)."""
+    allowed_paths: tuple[tuple[str, str], ...] = ()
+    """(host folder, guest path) pairs the guest may open; needs ``wasi: true``."""
+
+
 @dataclass(frozen=True, slots=True)
 class PluginEntry:
     """One plugin entry of the config file (LLMProxy's manifest fields plus ringd's)."""
 
     name: str
     entrypoint: str
+    type: PluginType = PluginType.PYTHON
     hook: PluginHook | None = None
     priority: int = 100
     enabled: bool = True
@@ -76,6 +112,7 @@ class PluginEntry:
     config: dict[str, Any] = field(default_factory=dict)
     circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
     run_in_thread: bool = False
+    wasm: WasmSettings = field(default_factory=WasmSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +167,7 @@ class RingdConfig:
 
 _ENTRY_FIELDS = {
     "name", "hook", "entrypoint", "priority", "enabled", "timeout_ms", "fail_policy",
-    "config", "circuit_breaker", "run_in_thread",
+    "config", "circuit_breaker", "run_in_thread", "type", "wasm",
 }  # fmt: skip
 _TOP_FIELDS = {"version", "server", "store", "plugins"}
 
@@ -258,7 +295,84 @@ def _breaker(errors: _Errors, where: str, raw: Any) -> BreakerSettings:
     )
 
 
-def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> PluginEntry | None:
+def _wasm_settings(errors: _Errors, where: str, raw: Any, base_dir: Path | None) -> WasmSettings:
+    if raw is None:
+        return WasmSettings()
+    if not isinstance(raw, dict):
+        errors.add(where, f"must be a mapping, got {_type_name(raw)}")
+        return WasmSettings()
+    for key in sorted(set(raw) - set(WasmSettings.__dataclass_fields__)):
+        errors.add(f"{where}.{key}", "unknown field")
+    memory = _int(
+        errors, f"{where}.memory_limit_mb", raw.get("memory_limit_mb", DEFAULT_WASM_MEMORY_MB), minimum=1
+    )
+    if memory is not None and memory > MAX_WASM_MEMORY_MB:
+        errors.add(
+            f"{where}.memory_limit_mb", f"must be at most {MAX_WASM_MEMORY_MB} (wasm32's 4 GiB), got {memory}"
+        )
+        memory = None
+    pool = _int(errors, f"{where}.pool_size", raw.get("pool_size", DEFAULT_WASM_POOL_SIZE), minimum=1)
+    if pool is not None and pool > MAX_WASM_POOL_SIZE:
+        errors.add(
+            f"{where}.pool_size", f"must be at most {MAX_WASM_POOL_SIZE} (one thread each), got {pool}"
+        )
+        pool = None
+    wasi = _bool(errors, f"{where}.wasi", raw.get("wasi", False))
+    hosts_raw = raw.get("allowed_hosts") or []
+    hosts: tuple[str, ...] = ()
+    if not isinstance(hosts_raw, list) or not all(isinstance(h, str) and h for h in hosts_raw):
+        errors.add(f"{where}.allowed_hosts", f"must be a list of host names, got {hosts_raw!r}")
+    else:
+        hosts = tuple(hosts_raw)
+    paths_raw = raw.get("allowed_paths") or {}
+    paths: tuple[tuple[str, str], ...] = ()
+    if not isinstance(paths_raw, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in paths_raw.items()
+    ):
+        errors.add(f"{where}.allowed_paths", f"must map host folders to guest paths, got {paths_raw!r}")
+    else:
+        # Host folders are relative to the config file, like the module itself.
+        root = base_dir or Path.cwd()
+        paths = tuple((str((root / host).resolve()), guest) for host, guest in sorted(paths_raw.items()))
+    if paths and not wasi:
+        errors.add(f"{where}.allowed_paths", "needs wasi: true (files are reached through WASI)")
+    return WasmSettings(
+        memory_limit_mb=memory if memory is not None else DEFAULT_WASM_MEMORY_MB,
+        pool_size=pool if pool is not None else DEFAULT_WASM_POOL_SIZE,
+        wasi=bool(wasi),
+        allowed_hosts=hosts,
+        allowed_paths=paths,
+    )
+
+
+def _entrypoint(errors: _Errors, where: str, entrypoint: Any, kind: PluginType | None) -> str | None:
+    if kind is PluginType.WASM:
+        if not isinstance(entrypoint, str) or not entrypoint.strip().endswith(".wasm"):
+            errors.add(
+                f"{where} field 'entrypoint'",
+                f"a type: wasm entry names a module file 'path/to/module.wasm', got {entrypoint!r}",
+            )
+            return None
+        return entrypoint.strip()
+    if entrypoint is None:
+        errors.add(
+            f"{where} field 'entrypoint'",
+            "missing (expected 'package.module:Class' or 'path/file.py:Class')",
+        )
+        return None
+    if not isinstance(entrypoint, str) or ":" not in entrypoint or entrypoint.endswith(":"):
+        hint = "; a .wasm module needs 'type: wasm'" if str(entrypoint).endswith(".wasm") else ""
+        errors.add(
+            f"{where} field 'entrypoint'",
+            f"must look like 'package.module:Class' or 'path/file.py:Class', got {entrypoint!r}{hint}",
+        )
+        return None
+    return entrypoint
+
+
+def _plugin_entry(
+    errors: _Errors, index: int, raw: Any, seen: set[str], base_dir: Path | None
+) -> PluginEntry | None:
     where = f"plugins[{index}]"
     if not isinstance(raw, dict):
         errors.add(where, f"must be a mapping, got {_type_name(raw)}")
@@ -273,18 +387,17 @@ def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> Plug
         if checked_name in seen:
             errors.add(f"{where} field 'name'", f"duplicate plugin name {checked_name!r}")
         seen.add(checked_name)
-    entrypoint = raw.get("entrypoint")
-    if entrypoint is None:
-        errors.add(
-            f"{where} field 'entrypoint'",
-            "missing (expected 'package.module:Class' or 'path/file.py:Class')",
-        )
-    elif not isinstance(entrypoint, str) or ":" not in entrypoint or entrypoint.endswith(":"):
-        errors.add(
-            f"{where} field 'entrypoint'",
-            f"must look like 'package.module:Class' or 'path/file.py:Class', got {entrypoint!r}",
-        )
-        entrypoint = None
+    kind = _enum(errors, f"{where} field 'type'", raw.get("type", "python"), PluginType)
+    entrypoint = _entrypoint(errors, f"{where}", raw.get("entrypoint"), kind)
+    wasm = WasmSettings()
+    if kind is PluginType.WASM:
+        wasm = _wasm_settings(errors, f"{where} field 'wasm'", raw.get("wasm"), base_dir)
+        if raw.get("run_in_thread"):
+            errors.add(
+                f"{where} field 'run_in_thread'", "not for type: wasm (a WASM call always runs off the loop)"
+            )
+    elif raw.get("wasm") is not None:
+        errors.add(f"{where} field 'wasm'", "only for type: wasm entries")
     hook = (
         None if raw.get("hook") is None else _enum(errors, f"{where} field 'hook'", raw["hook"], PluginHook)
     )
@@ -305,11 +418,12 @@ def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> Plug
         plugin_config = {}
     breaker = _breaker(errors, f"{where} field 'circuit_breaker'", raw.get("circuit_breaker"))
     run_in_thread = _bool(errors, f"{where} field 'run_in_thread'", raw.get("run_in_thread", False))
-    if checked_name is None or entrypoint is None:
+    if checked_name is None or entrypoint is None or kind is None:
         return None
     return PluginEntry(
         name=checked_name,
         entrypoint=entrypoint,
+        type=kind,
         hook=hook,
         priority=priority if priority is not None else 100,
         enabled=enabled if enabled is not None else True,
@@ -318,6 +432,7 @@ def _plugin_entry(errors: _Errors, index: int, raw: Any, seen: set[str]) -> Plug
         config=plugin_config,
         circuit_breaker=breaker,
         run_in_thread=bool(run_in_thread),
+        wasm=wasm,
     )
 
 
@@ -439,7 +554,7 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
     else:
         seen: set[str] = set()
         for index, item in enumerate(plugins_raw):
-            entry = _plugin_entry(errors, index, item, seen)
+            entry = _plugin_entry(errors, index, item, seen, path.parent if path else None)
             if entry is not None:
                 entries.append(entry)
     declared = raw.get("version")

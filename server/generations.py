@@ -23,7 +23,7 @@ from ringd.sdk import BasePlugin, PluginHook, PluginMetrics
 from ringd.server.breaker import CircuitBreaker
 from ringd.server.config import DEFAULT_FAIL_POLICY, FailPolicy, PluginEntry, RingdConfig
 from ringd.server.exceptions import PluginLoadError, ReloadError, describe
-from ringd.server.loader import entrypoint_fingerprint, load_plugin_class
+from ringd.server.loader import entry_fingerprint, load_entry_class
 
 _log = logging.getLogger("ringd.engine")
 
@@ -220,7 +220,7 @@ class Generations:
         slots: list[PluginSlot] = []
         for entry in config.plugins:
             fingerprint = json.dumps(
-                [entry_key(entry), entrypoint_fingerprint(entry.entrypoint, base_dir)],
+                [entry_key(entry), entry_fingerprint(entry, base_dir)],
                 sort_keys=True,
                 default=str,
             )
@@ -251,7 +251,7 @@ class Generations:
 async def _load(entry: PluginEntry, fingerprint: str, config: RingdConfig) -> LoadedPlugin:
     ring = entry.hook or PluginHook.PRE_FLIGHT
     try:
-        cls = load_plugin_class(entry.entrypoint, config.base_dir)
+        cls = load_entry_class(entry, config.base_dir)
     except PluginLoadError as exc:
         return _failed(entry, ring, fingerprint, str(exc), None)
     class_timeout: Any = cls.timeout_ms

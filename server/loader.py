@@ -5,6 +5,10 @@ to the config file) is executed as a module named after its content hash, so a
 reload picks up an edited file and an unchanged file is not executed again.
 LLMProxy's module names ``core.plugin_sdk`` and ``core.plugin_engine`` resolve to
 ``ringd.sdk``, so LLMProxy plugin files load unchanged.
+
+A ``type: wasm`` entry names a ``path/module.wasm`` instead; :func:`load_entry_class`
+turns it into a plugin class of :mod:`ringd.server.wasm`, so the engine loads,
+runs and reloads it like any other plugin.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import ringd.sdk
 from ringd.sdk import BasePlugin, PluginContext, PluginResponse
+from ringd.server.config import PluginEntry, PluginType
 from ringd.server.exceptions import PluginLoadError
 
 FUNCTION_TIMEOUT_MS = 500
@@ -68,6 +73,38 @@ def entrypoint_fingerprint(entrypoint: str, base_dir: Path) -> str:
         return hashlib.sha256((base_dir / target).read_bytes()).hexdigest()
     except OSError:
         return "missing"
+
+
+def entry_fingerprint(entry: PluginEntry, base_dir: Path) -> str:
+    """A digest that changes when the code an entry names changes.
+
+    For a ``type: wasm`` entry: the module file's content and the entry's sandbox
+    settings, so an edited ``.wasm`` file (or a new memory limit) is a new plugin.
+    """
+    if entry.type is PluginType.PYTHON:
+        return entrypoint_fingerprint(entry.entrypoint, base_dir)
+    try:
+        content = hashlib.sha256((base_dir / entry.entrypoint).read_bytes()).hexdigest()
+    except OSError:
+        content = "missing"
+    return f"wasm:{content}:{entry.wasm!r}"
+
+
+def load_entry_class(entry: PluginEntry, base_dir: Path) -> type[BasePlugin]:
+    """The plugin class of a config entry: imported (Python) or built around its module (WASM).
+
+    Raises:
+        PluginLoadError: the code cannot be found or is not a plugin.
+    """
+    if entry.type is PluginType.PYTHON:
+        return load_plugin_class(entry.entrypoint, base_dir)
+    # Imported here: a config without WASM entries never loads the Extism runtime.
+    from ringd.server.wasm import WasmModuleError, wasm_plugin_class
+
+    try:
+        return wasm_plugin_class(entry, base_dir)
+    except WasmModuleError as exc:
+        raise PluginLoadError(str(exc)) from None
 
 
 def _import_file(path: Path) -> types.ModuleType:
