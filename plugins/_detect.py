@@ -28,6 +28,7 @@ be internationalised, ``jürgen@müller.de``), detection is ASCII-only: digits a
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from bisect import bisect_right
@@ -380,6 +381,108 @@ def substitute(text: str, findings: list[Finding], placeholder: Callable[[Findin
     return "".join(pieces)
 
 
+# --------------------------------------------------------------------------- big inputs
+#
+# A scanner runs on the event loop; a plugin's timeout only applies when the plugin
+# gives the loop back. Texts longer than a chunk are therefore scanned in windows,
+# with ``await asyncio.sleep(0)`` between them: other rings run meanwhile and the
+# engine's timeout cancels a scan that runs past its budget at the next window.
+
+SCAN_CHUNK_CHARS = 65_536
+"""How many characters a scanner handles between two yields to the event loop."""
+
+DEFAULT_MAX_SCAN_CHARS = 1_048_576
+"""The default of the scanners' ``max_scan_chars``: the text they scan per request, at most."""
+
+WINDOW_OVERLAP_CHARS = 16_384
+"""How far past its window a finding may run: a longer one (a token over 16 KiB) is cut."""
+
+_WINDOW_CONTEXT_CHARS = 256  # text before a window, for the patterns' look-behinds
+
+
+async def find_all_yielding(
+    detector: Detector, texts: Sequence[str], chunk_chars: int = SCAN_CHUNK_CHARS
+) -> list[list[Finding]]:
+    """:meth:`Detector.find_all`, yielding to the event loop after every ``chunk_chars`` scanned.
+
+    Short texts are scanned together; a text longer than ``chunk_chars`` is scanned
+    window by window (each window sees :data:`WINDOW_OVERLAP_CHARS` past its end,
+    so a finding that starts in it is found whole).
+    """
+    if sum(len(text) for text in texts) <= chunk_chars:
+        return detector.find_all(texts)
+    results: list[list[Finding]] = [[] for _ in texts]
+    batch: list[int] = []
+    batched = 0
+    for index, text in enumerate(texts):
+        if len(text) > chunk_chars:
+            results[index] = await _find_windowed(detector, text, chunk_chars)
+            continue
+        batch.append(index)
+        batched += len(text)
+        if batched >= chunk_chars:
+            for position, found in zip(batch, detector.find_all([texts[i] for i in batch]), strict=True):
+                results[position] = found
+            batch.clear()
+            batched = 0
+            await asyncio.sleep(0)
+    if batch:
+        for position, found in zip(batch, detector.find_all([texts[i] for i in batch]), strict=True):
+            results[position] = found
+    return results
+
+
+async def _find_windowed(detector: Detector, text: str, chunk_chars: int) -> list[Finding]:
+    findings: list[Finding] = []
+    size = len(text)
+    start = 0
+    while start < size:
+        stop = min(size, start + chunk_chars)
+        low = max(0, start - _WINDOW_CONTEXT_CHARS)
+        window = text[low : min(size, stop + WINDOW_OVERLAP_CHARS)]
+        next_start = stop
+        for finding in detector.find(window):
+            begin = finding.start + low
+            if begin < start:
+                continue  # the previous window's
+            if begin >= stop:
+                break  # the next window's (findings come in order)
+            end = finding.end + low
+            findings.append(Finding(finding.kind, begin, end, finding.value))
+            next_start = max(next_start, end)
+        start = next_start
+        await asyncio.sleep(0)
+    return findings
+
+
+def scan_prefix(texts: Sequence[str], max_chars: int) -> list[str]:
+    """``texts`` cut so that together they hold at most ``max_chars`` characters (the first ones)."""
+    kept: list[str] = []
+    left = max_chars
+    for text in texts:
+        kept.append(text[:left] if len(text) > left else text)
+        left = max(0, left - len(text))
+    return kept
+
+
+async def substitute_yielding(
+    text: str, findings: list[Finding], placeholder: Callable[[Finding], str], chunk: int = 4096
+) -> str:
+    """:func:`substitute`, yielding to the event loop after every ``chunk`` findings."""
+    if len(findings) <= chunk:
+        return substitute(text, findings, placeholder)
+    pieces: list[str] = []
+    position = 0
+    for index, finding in enumerate(findings, 1):
+        pieces.append(text[position : finding.start])
+        pieces.append(placeholder(finding))
+        position = finding.end
+        if index % chunk == 0:
+            await asyncio.sleep(0)
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
 _DIGIT_KINDS = ("credit_card", "ip_address", "phone")
 
 
@@ -505,6 +608,10 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
 
 PLACEHOLDER_PATTERN = re.compile(r"\[(" + "|".join(k.upper() for k in KINDS) + r")_(\d+)\]")
 """Matches the placeholders ``pii_redactor`` writes: ``[EMAIL_1]``, ``[CREDIT_CARD_2]``, ..."""
+
+
+PLACEHOLDERS = re.compile(r"\[(?:" + "|".join(k.upper() for k in KINDS) + r")_\d+\]")
+""":data:`PLACEHOLDER_PATTERN` without its groups, for ``findall``."""
 
 
 def placeholder_for(kind: str, number: int) -> str:

@@ -115,7 +115,9 @@ async def test_non_finite_value_is_rejected_naming_the_field(make_ctx, chat, val
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-async def test_non_finite_struct_number_over_the_wire_never_reaches_the_upstream(serve_default, value) -> None:
+async def test_non_finite_struct_number_over_the_wire_never_reaches_the_upstream(
+    serve_default, value
+) -> None:
     """A Struct body may carry NaN/inf; the answer must not hand the upstream ``max_tokens: null``."""
     import grpc
 
