@@ -146,3 +146,9 @@ async def serve_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Asyn
     yield start
     for server in started:
         await server.stop(2.0)
+
+
+@pytest.fixture
+def default_document() -> dict[str, Any]:
+    """A fresh copy of the built-in default config as a YAML document, to change and serve."""
+    return default_config_document()
