@@ -108,20 +108,23 @@ _PHONE_SEPARATOR = re.compile(r"[ .-]")
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 
 
+_PHONE_PUNCTUATION = str.maketrans("", "", " .-()+")  # a phone candidate is digits and these
+
+
 def _phone_ok(value: str) -> bool:
-    digits = sum(ch.isdigit() for ch in value)
+    digits = len(value.translate(_PHONE_PUNCTUATION))
     if not 7 <= digits <= 15:
         return False
     if value.startswith("+") or "(" in value:
         return True
     if _DATE.fullmatch(value):
         return False
-    separators = [ch for ch in value if ch in " .-"]
+    spaces, dots, dashes = value.count(" "), value.count("."), value.count("-")
     # A bare run of digits is an order number or an amount as often as a phone number.
-    if not separators:
+    if not spaces + dots + dashes:
         return False
     # ``3.14159265`` is a decimal, ``1 000 000`` an amount.
-    if separators == ["."]:
+    if dots == 1 and not spaces and not dashes:
         return False
     groups = _PHONE_SEPARATOR.split(value)
     return not (len(groups[0]) <= 3 and all(len(group) == 3 for group in groups[1:]))
