@@ -601,14 +601,14 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
     size = len(text)
     for at_match in _EMAIL_AT.finditer(text):
         at = at_match.start()
-        domain = _EMAIL_DOMAIN.match(text, at + 1)
-        if domain is None:
-            continue
         if reversed_text is None:
             reversed_text = text[::-1]
         local = _EMAIL_LOCAL_REVERSED.match(reversed_text, size - at)
         if local is None or local.end() - local.start() > 64:
             continue  # a local part longer than 64 characters: not an address
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is None:
+            continue
         start = at - (local.end() - local.start())
         while start < at and text[start] == ".":
             start += 1
