@@ -137,17 +137,20 @@ def _assignment_ok(value: str) -> bool:
 
 # --------------------------------------------------------------------------- patterns
 #
-# Running a dozen regexes over every text costs far more than the 1 ms a ring may
-# take, so nothing here scans a whole text with a regex. Candidates come from C-speed
-# string operations instead, and a regex only ``match``es at (or searches a few
-# characters around) each candidate:
+# Running a dozen general regexes over every text costs far more than the 1 ms a ring
+# may take, and Python code per candidate is what hostile text makes expensive. So
+# candidates come from C-level passes, and Python runs per candidate only where one
+# can match:
 #
-# * literal anchors found with ``str.find``: ``sk-``, ``AKIA``, ``-----BEGIN``,
-#   ``@``, and, in an ASCII lower-cased copy, ``bearer``, ``password``...;
+# * regexes that start with a literal (``sk-``, ``AKIA``, ``@``, and, in an ASCII
+#   lower-cased copy, ``bearer``, ``password``...), which the regex engine finds with
+#   its literal search, matching in C; ``-----BEGIN`` with ``str.find``;
 # * a character-class map of the text made by one ``str.translate`` (digits,
 #   separators, capitals, colons), searched for literal runs: digit clusters
 #   (cards, phones, IPv4), capital-capital-digit-digit (IBAN), two colons close
-#   together (IPv6).
+#   together (IPv6);
+# * no pattern has two ways to read the same text (the phone pattern needs a
+#   separator between digit groups), so none backtracks more than a few characters.
 #
 # The patterns are ASCII-only (``re.ASCII``: ``\d`` is 0-9 and ``\w`` an ASCII word
 # character), except the email domain, which allows internationalised names.
@@ -174,15 +177,6 @@ _TOKENS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("eyJ", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
     )
 )
-_BEARER = re.compile(r"(?i:bearer)\s+([A-Za-z0-9._~+/-]{16,}=*)", _A)
-# Credential assignments: ``password=...``, ``"api_key": "..."``; anchored at the name.
-_ASSIGNMENT_NAMES = ("api", "secret", "access", "auth", "password", "passwd", "pwd")
-_ASSIGNMENT = re.compile(
-    r"(?i:(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token"
-    r"|password|passwd|pwd)\b)[\"']?\s*[:=]\s*[\"']?([^\s\"',;\x00]{8,})",
-    _A,
-)
-_EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 # Unicode letters allowed (IDN domains); an ASCII TLD or a Unicode one, two letters or more.
 _EMAIL_DOMAIN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}\b")
 _CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", _A)
@@ -190,11 +184,6 @@ _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", _A)
 _IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])", _A)
-_PHONE = re.compile(
-    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,5}"
-    r"(?![\w-]|\.\d)",
-    _A,
-)
 
 # Digit groups with a separator between them: one way to read a run of digits, so no
 # backtracking over ways to split it (the grouping rules are checked by _phone_ok).
@@ -589,10 +578,6 @@ def _private_keys(text: str, plain: str, spans: _Spans) -> None:
             end = body.end() if body else head.end()
         spans.add("secret", index, end, text)
         resume = end
-
-
-def _local_char(char: str) -> bool:
-    return char in _EMAIL_LOCAL or (not char.isascii() and char.isalnum())
 
 
 def _emails(text: str, plain: str, spans: _Spans) -> None:
