@@ -11,6 +11,12 @@ deadline, metrics, breaker, per-plugin results):
   thread per call, the JSON protocol both ways) beside one Python passthrough, and
   the Python passthrough again while a runaway WASM plugin (wasm/modules/spin.wasm)
   spins on another ring, again and again, until its 200 ms limit stops it.
+* the text scanners (pii_redactor, prompt_guard) in MB/s on 1 MB of adversarial text
+  of several kinds (IPv6-like runs, emails everywhere, long digit runs, digit groups,
+  near-miss secrets and injection anchors, "@" runs, long local parts, a mix); aim
+  >= 20 MB/s each;
+* the latency (p50/p99/max) of small PRE_FLIGHT rings on the default pipeline while
+  a 4 MB hostile body is scanned by the same engine (the scanners yield to the loop).
 
 Each ring gets a fresh PluginContext with a ~2 KB OpenAI-style chat body, built
 outside the timed section. Times are per ring, in microseconds: mean and p50 (and
@@ -18,6 +24,7 @@ p99) over ``--rings`` rings after a warm-up. Aim: <= 5 us per passthrough plugin
 
     .venv/bin/python bench/engine_bench.py [--rings N] [--loop asyncio|uvloop] [--smoke]
     .venv/bin/python bench/engine_bench.py --profile   # pyinstrument over the 5-plugin ring
+    .venv/bin/python bench/engine_bench.py --scan-only # the scanner figures alone
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -32,6 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from ringd.plugins.pii_redactor import PiiRedactor
+from ringd.plugins.prompt_guard import PromptGuard
 from ringd.sdk import PluginContext, PluginHook, PluginState
 from ringd.server.config import RingdConfig, default_config, load_config
 from ringd.server.engine import Engine, PluginOutcome
@@ -251,6 +262,141 @@ async def bench_wasm(
     )
 
 
+# --------------------------------------------------------------------------- scanners
+
+
+def adversarial_corpora(size: int) -> dict[str, str]:
+    """Texts of ``size`` characters built to make a PII/injection scanner work hard."""
+    rnd = random.Random(7)
+    hexdigits = "0123456789abcdef"
+
+    def fill(make: Any) -> str:
+        parts: list[str] = []
+        total = 0
+        while total < size:
+            part = make()
+            parts.append(part)
+            total += len(part)
+        return "".join(parts)[:size]
+
+    def ipv6ish() -> str:
+        groups = (
+            "".join(rnd.choice(hexdigits) for _ in range(rnd.randint(0, 4)))
+            for _ in range(rnd.randint(2, 12))
+        )
+        return ":".join(groups) + rnd.choice([" ", "::", ":", "\n", "x"])
+
+    near_miss = [
+        "sk-abc ", "AKIA12 ", "Bearer x ", "password= ", "api_key: no ", "-----BEGIN x ", "ghp_1 ",
+        "eyJabc.eyJ ", "ignore the ", "you are ", "reveal your ", "<|im ", "new instructions ",
+        "pretend you ", "a@b ", "@@@ ", "DE89 ", "+1 (", "1.2.3.", "::", "GB82WEST ",
+    ]  # fmt: skip
+    corpora = {
+        "ipv6-like": fill(ipv6ish),
+        "emails": fill(lambda: f"user{rnd.randint(0, 99999)}.x@mail{rnd.randint(0, 99)}.example.com "),
+        "digit run": "".join(rnd.choice("0123456789") for _ in range(size)),
+        "digit groups": fill(
+            lambda: (
+                " ".join(str(rnd.randint(0, 9999)) for _ in range(6)) + rnd.choice([" - ", ". ", " (", ") +"])
+            )
+        ),
+        "near-miss": fill(lambda: rnd.choice(near_miss)),
+        "at-signs": "a" * 63 + "@" * (size - 63),
+        "long local parts": fill(lambda: "a" * 500 + "@"),
+    }
+    corpora["mix"] = fill(lambda: rnd.choice(list(corpora.values()))[: rnd.randint(50, 400)] + " ")
+    return corpora
+
+
+async def scanner_throughput(size: int, repeat: int) -> None:
+    """MB/s of pii_redactor and prompt_guard (as configured by default) per corpus."""
+    scanners = {
+        "pii_redactor": PiiRedactor({"mode": "mask", "restore": True, "pii_key": "00" * 32}),
+        "prompt_guard": PromptGuard({"action": "flag"}),
+    }
+    print(f"  scanners on {size / 1e6:.1f} MB of adversarial text (best of {repeat}; aim >= 20 MB/s):")
+    print(f"    {'corpus':<18}" + "".join(f"{name:>16}" for name in scanners))
+    worst = dict.fromkeys(scanners, float("inf"))
+    for corpus, text in adversarial_corpora(size).items():
+        row = []
+        for name, plugin in scanners.items():
+            best = float("inf")
+            for _ in range(repeat):
+                ctx = PluginContext(body={"messages": [{"role": "user", "content": text}]})
+                started = time.perf_counter()
+                await plugin.execute(ctx)
+                best = min(best, time.perf_counter() - started)
+            rate = len(text.encode()) / best / 1e6
+            worst[name] = min(worst[name], rate)
+            row.append(f"{rate:10.1f} MB/s")
+        print(f"    {corpus:<18}" + "".join(f"{cell:>16}" for cell in row))
+    print(f"    {'worst':<18}" + "".join(f"{worst[name]:10.1f} MB/s".rjust(16) for name in scanners))
+
+
+def hostile_body_text(size: int) -> str:
+    unit = (
+        "user.name+tag@mail.example.com fe80::1:2:3:4:5:6:7 ::ffff: a:b:c:: 4111111111111111222233334444 "
+        "sk-short AKIA12 Bearer x password= ignore the you are reveal your +1 (555) 123 45 67 89 "
+    )
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+async def others_during_big_scan(store: SqliteStore, big_chars: int, folder: Path) -> None:
+    """p50/p99 of small PRE_FLIGHT rings while one big hostile body is scanned on the same engine."""
+    config, why = load_default_config()
+    if config is None:
+        print(f"  others during a big scan: skipped ({why})")
+        return
+    from importlib import resources
+
+    document = yaml.safe_load(resources.files("ringd.server").joinpath("default_config.yaml").read_text())
+    for entry in document["plugins"]:
+        entry["timeout_ms"] = 120_000  # the whole body is scanned: the figure is the others' latency
+        if entry["name"] in {"prompt_guard", "pii_redactor"}:
+            entry["config"] = {**entry.get("config", {}), "max_scan_chars": 2 * big_chars}
+        if entry["name"] in {"pii_redactor", "response_sanitizer", "response_cache", "response_cache_store"}:
+            entry["config"] = {**entry.get("config", {}), "pii_key": "00" * 32}  # one key, no warning
+    path = folder / "scan.yaml"
+    path.write_text(yaml.safe_dump(document))
+    engine = await open_engine(load_config(path), store)
+    try:
+        hook = PluginHook.PRE_FLIGHT
+        small_body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+        big_ctx = PluginContext(
+            body={
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": hostile_body_text(big_chars)}],
+            },
+            request_id="big",
+        )
+        started = time.perf_counter()
+        big = asyncio.create_task(engine.execute_ring(hook, big_ctx, deadline=time.monotonic() + 600))
+        samples: list[float] = []
+
+        async def small(index: int, arrived: float) -> None:
+            ctx = PluginContext(body=json.loads(json.dumps(small_body)), request_id=f"small{index}")
+            await engine.execute_ring(hook, ctx, deadline=time.monotonic() + 600)
+            samples.append((time.perf_counter() - arrived) * 1000)  # waiting for the loop included
+
+        # A small request arrives every 2 ms while the big one is being scanned.
+        tasks: list[asyncio.Task[None]] = []
+        while not big.done():
+            tasks.append(asyncio.create_task(small(len(tasks), time.perf_counter())))
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+        outcome = await big
+        big_s = time.perf_counter() - started
+    finally:
+        await engine.close(grace_s=1.0)
+    ordered = sorted(samples) or [0.0]
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(
+        f"  others during a {big_chars / 1e6:.1f} MB hostile PRE_FLIGHT scan ({big_s:.2f} s, {outcome.action}): "
+        f"{len(samples)} small rings, p50 {statistics.median(ordered):.1f} ms, p99 {p99:.1f} ms, "
+        f"max {ordered[-1]:.1f} ms (aim: p99 < 50 ms)"
+    )
+
+
 async def run(rings: int, warmup: int, profile: bool) -> None:
     body_json = chat_body_json()
     with tempfile.TemporaryDirectory(prefix="ringd-bench-") as tmp:
@@ -299,6 +445,25 @@ async def run(rings: int, warmup: int, profile: bool) -> None:
             await bench_default_config(store, body_json, rings, warmup)
             await five.close(grace_s=1.0)
             await empty.close(grace_s=1.0)
+            await scan_benches(store, folder, smoke=rings < 1000)
+        finally:
+            await store.close()
+
+
+async def scan_benches(store: SqliteStore, folder: Path, *, smoke: bool) -> None:
+    if smoke:
+        await scanner_throughput(50_000, 1)
+        await others_during_big_scan(store, 200_000, folder)
+    else:
+        await scanner_throughput(1_000_000, 3)
+        await others_during_big_scan(store, 4_000_000, folder)
+
+
+async def run_scan_only(smoke: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="ringd-bench-") as tmp:
+        store = await SqliteStore.open(Path(tmp) / "bench.db")
+        try:
+            await scan_benches(store, Path(tmp), smoke=smoke)
         finally:
             await store.close()
 
@@ -312,8 +477,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few hundred rings: seconds, for make test")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--profile", action="store_true", help="pyinstrument over the 5-plugin ring")
+    parser.add_argument("--scan-only", action="store_true", help="only the scanner figures")
     args = parser.parse_args()
     rings, warmup = (300, 50) if args.smoke else (args.rings, args.warmup)
+    if args.scan_only:
+        asyncio.run(run_scan_only(args.smoke))
+        return
     if args.loop == "uvloop":
         import uvloop
 

@@ -28,19 +28,18 @@ be internationalised, ``jürgen@müller.de``), detection is ASCII-only: digits a
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KINDS: tuple[str, ...] = ("secret", "email", "credit_card", "iban", "ip_address", "phone")
 """Every detector kind, in precedence order."""
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One detected value in a text.
+class Finding(NamedTuple):
+    """One detected value in a text (a named tuple: a 1 MB text can hold tens of thousands).
 
     Attributes:
         kind: One of :data:`KINDS`.
@@ -58,7 +57,7 @@ class Finding:
     def identity(self) -> str:
         """The value normalised so that one email, card or phone written two ways is one value."""
         if self.kind in {"credit_card", "phone"}:
-            return "".join(ch for ch in self.value if ch.isdigit() or ch == "+")
+            return self.value.translate(_NOT_DIGIT_OR_PLUS)
         if self.kind == "iban":
             return self.value.replace(" ", "").upper()
         if self.kind in {"email", "ip_address"}:
@@ -66,22 +65,20 @@ class Finding:
         return self.value
 
 
+_NOT_DIGIT_OR_PLUS = str.maketrans("", "", " .-()/")
+
 # --------------------------------------------------------------------------- validators
+
+
+_DOUBLED = str.maketrans("0123456789", "0246813579")  # a digit doubled, minus 9 above 9
 
 
 def luhn_valid(digits: str) -> bool:
     """Whether a string of digits passes the Luhn checksum (and is not one repeated digit)."""
-    if len(set(digits)) < 2:
+    if not digits or digits.count(digits[0]) == len(digits):
         return False
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        digit = ord(char) - 48
-        if index % 2:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
+    kept, doubled = digits[-1::-2], digits[-2::-2].translate(_DOUBLED)
+    return (sum(map(int, kept)) + sum(map(int, doubled))) % 10 == 0
 
 
 def iban_valid(candidate: str) -> bool:
@@ -100,33 +97,34 @@ def _credit_card_ok(value: str) -> bool:
 
 
 def _ipv6_ok(value: str) -> bool:
-    if value.count(":") < 2 or not any(ch.isalnum() for ch in value):
+    # The forms of RFC 4291 (``::`` at most once; no embedded IPv4: the scan stops at dots),
+    # checked by one regex instead of ipaddress, which costs ~40 us per candidate.
+    if value.count("::") > 1 or value.strip(":") == "":
         return False
-    try:
-        ipaddress.IPv6Address(value)
-    except ValueError:
-        return False
-    return True
+    return _IPV6_FORMS.fullmatch(value) is not None
 
 
 _PHONE_SEPARATOR = re.compile(r"[ .-]")
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 
 
+_PHONE_PUNCTUATION = str.maketrans("", "", " .-()+")  # a phone candidate is digits and these
+
+
 def _phone_ok(value: str) -> bool:
-    digits = sum(ch.isdigit() for ch in value)
+    digits = len(value.translate(_PHONE_PUNCTUATION))
     if not 7 <= digits <= 15:
         return False
     if value.startswith("+") or "(" in value:
         return True
     if _DATE.fullmatch(value):
         return False
-    separators = [ch for ch in value if ch in " .-"]
+    spaces, dots, dashes = value.count(" "), value.count("."), value.count("-")
     # A bare run of digits is an order number or an amount as often as a phone number.
-    if not separators:
+    if not spaces + dots + dashes:
         return False
     # ``3.14159265`` is a decimal, ``1 000 000`` an amount.
-    if separators == ["."]:
+    if dots == 1 and not spaces and not dashes:
         return False
     groups = _PHONE_SEPARATOR.split(value)
     return not (len(groups[0]) <= 3 and all(len(group) == 3 for group in groups[1:]))
@@ -139,17 +137,20 @@ def _assignment_ok(value: str) -> bool:
 
 # --------------------------------------------------------------------------- patterns
 #
-# Running a dozen regexes over every text costs far more than the 1 ms a ring may
-# take, so nothing here scans a whole text with a regex. Candidates come from C-speed
-# string operations instead, and a regex only ``match``es at (or searches a few
-# characters around) each candidate:
+# Running a dozen general regexes over every text costs far more than the 1 ms a ring
+# may take, and Python code per candidate is what hostile text makes expensive. So
+# candidates come from C-level passes, and Python runs per candidate only where one
+# can match:
 #
-# * literal anchors found with ``str.find``: ``sk-``, ``AKIA``, ``-----BEGIN``,
-#   ``@``, and, in an ASCII lower-cased copy, ``bearer``, ``password``...;
+# * regexes that start with a literal (``sk-``, ``AKIA``, ``@``, and, in an ASCII
+#   lower-cased copy, ``bearer``, ``password``...), which the regex engine finds with
+#   its literal search, matching in C; ``-----BEGIN`` with ``str.find``;
 # * a character-class map of the text made by one ``str.translate`` (digits,
 #   separators, capitals, colons), searched for literal runs: digit clusters
 #   (cards, phones, IPv4), capital-capital-digit-digit (IBAN), two colons close
-#   together (IPv6).
+#   together (IPv6);
+# * no pattern has two ways to read the same text (the phone pattern needs a
+#   separator between digit groups), so none backtracks more than a few characters.
 #
 # The patterns are ASCII-only (``re.ASCII``: ``\d`` is 0-9 and ``\w`` an ASCII word
 # character), except the email domain, which allows internationalised names.
@@ -176,15 +177,6 @@ _TOKENS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("eyJ", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
     )
 )
-_BEARER = re.compile(r"(?i:bearer)\s+([A-Za-z0-9._~+/-]{16,}=*)", _A)
-# Credential assignments: ``password=...``, ``"api_key": "..."``; anchored at the name.
-_ASSIGNMENT_NAMES = ("api", "secret", "access", "auth", "password", "passwd", "pwd")
-_ASSIGNMENT = re.compile(
-    r"(?i:(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token"
-    r"|password|passwd|pwd)\b)[\"']?\s*[:=]\s*[\"']?([^\s\"',;\x00]{8,})",
-    _A,
-)
-_EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 # Unicode letters allowed (IDN domains); an ASCII TLD or a Unicode one, two letters or more.
 _EMAIL_DOMAIN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}\b")
 _CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", _A)
@@ -192,10 +184,53 @@ _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", _A)
 _IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])", _A)
-_PHONE = re.compile(
-    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,5}"
-    r"(?![\w-]|\.\d)",
-    _A,
+
+# Digit groups with a separator between them: one way to read a run of digits, so no
+# backtracking over ways to split it (the grouping rules are checked by _phone_ok).
+_PHONE_LINEAR = re.compile(
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d+(?:[ .-]\d\d+){0,5}(?![\w-]|\.\d)", _A
+)
+_HEX = "[0-9a-f]{1,4}"
+_IPV6_FORMS = re.compile(
+    "|".join(
+        (
+            rf"(?:{_HEX}:){{7}}{_HEX}",
+            rf"(?:{_HEX}:){{1,7}}:",
+            rf"(?:{_HEX}:){{1,6}}:{_HEX}",
+            rf"(?:{_HEX}:){{1,5}}(?::{_HEX}){{1,2}}",
+            rf"(?:{_HEX}:){{1,4}}(?::{_HEX}){{1,3}}",
+            rf"(?:{_HEX}:){{1,3}}(?::{_HEX}){{1,4}}",
+            rf"(?:{_HEX}:){{1,2}}(?::{_HEX}){{1,5}}",
+            rf"{_HEX}:(?::{_HEX}){{1,6}}",
+            rf":(?:(?::{_HEX}){{1,7}}|:)",
+        )
+    ),
+    _A | re.IGNORECASE,
+)
+# An "@" with a local-part character before it and a domain's first character after it:
+# the only places an address can be, found in C ("@@@@" or "a@ b" cost nothing in Python).
+_EMAIL_AT = re.compile(r"@(?<=[\w.%+-]@)(?=[^\W_])")
+# The local part read backwards from the "@" in the reversed text: 65 characters means too long.
+_EMAIL_LOCAL_REVERSED = re.compile(r"[\w.%+-]{1,65}")
+# Anchored token patterns with their literal anchor first, so the regex engine's literal
+# search finds candidates (as str.find does) and matching runs in C; the character
+# before a match is checked in Python, per match only.
+_TOKEN_SCANS = tuple(pattern for _, pattern in _TOKENS)
+_BEARER_LOWER = re.compile(r"bearer\s+([a-z0-9._~+/-]{16,}=*)", _A)  # on the lower-cased text
+_ASSIGNMENT_SCANS = tuple(
+    re.compile(
+        name_pattern + r"\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;\x00]{8,})",
+        _A,
+    )
+    for name_pattern in (
+        r"api[_-]?key",
+        r"secret(?:[_-]?key)?",
+        r"access[_-]?token",
+        r"auth[_-]?token",
+        r"password",
+        r"passwd",
+        r"pwd",
+    )
 )
 
 # The character-class map: digit "1", phone/card/IP separator "2", capital "3",
@@ -323,7 +358,7 @@ class Detector:
         if "phone" in wanted:
             for start, end, digits in clusters:
                 if digits >= 7:
-                    for match in _PHONE.finditer(plain, start, end):
+                    for match in _PHONE_LINEAR.finditer(plain, start, end):
                         if _phone_ok(match.group()):
                             spans.add("phone", match.start(), match.end(), text)
         return spans.in_order()
@@ -380,6 +415,108 @@ def substitute(text: str, findings: list[Finding], placeholder: Callable[[Findin
     return "".join(pieces)
 
 
+# --------------------------------------------------------------------------- big inputs
+#
+# A scanner runs on the event loop; a plugin's timeout only applies when the plugin
+# gives the loop back. Texts longer than a chunk are therefore scanned in windows,
+# with ``await asyncio.sleep(0)`` between them: other rings run meanwhile and the
+# engine's timeout cancels a scan that runs past its budget at the next window.
+
+SCAN_CHUNK_CHARS = 16_384
+"""How many characters a scanner handles between two yields to the event loop."""
+
+DEFAULT_MAX_SCAN_CHARS = 1_048_576
+"""The default of the scanners' ``max_scan_chars``: the text they scan per request, at most."""
+
+WINDOW_OVERLAP_CHARS = 4_096
+"""How far past its window a finding may run: a longer one (a token over 4 KiB) is cut."""
+
+_WINDOW_CONTEXT_CHARS = 256  # text before a window, for the patterns' look-behinds
+
+
+async def find_all_yielding(
+    detector: Detector, texts: Sequence[str], chunk_chars: int = SCAN_CHUNK_CHARS
+) -> list[list[Finding]]:
+    """:meth:`Detector.find_all`, yielding to the event loop after every ``chunk_chars`` scanned.
+
+    Short texts are scanned together; a text longer than ``chunk_chars`` is scanned
+    window by window (each window sees :data:`WINDOW_OVERLAP_CHARS` past its end,
+    so a finding that starts in it is found whole).
+    """
+    if sum(len(text) for text in texts) <= chunk_chars:
+        return detector.find_all(texts)
+    results: list[list[Finding]] = [[] for _ in texts]
+    batch: list[int] = []
+    batched = 0
+    for index, text in enumerate(texts):
+        if len(text) > chunk_chars:
+            results[index] = await _find_windowed(detector, text, chunk_chars)
+            continue
+        batch.append(index)
+        batched += len(text)
+        if batched >= chunk_chars:
+            for position, found in zip(batch, detector.find_all([texts[i] for i in batch]), strict=True):
+                results[position] = found
+            batch.clear()
+            batched = 0
+            await asyncio.sleep(0)
+    if batch:
+        for position, found in zip(batch, detector.find_all([texts[i] for i in batch]), strict=True):
+            results[position] = found
+    return results
+
+
+async def _find_windowed(detector: Detector, text: str, chunk_chars: int) -> list[Finding]:
+    findings: list[Finding] = []
+    size = len(text)
+    start = 0
+    while start < size:
+        stop = min(size, start + chunk_chars)
+        low = max(0, start - _WINDOW_CONTEXT_CHARS)
+        window = text[low : min(size, stop + WINDOW_OVERLAP_CHARS)]
+        next_start = stop
+        for finding in detector.find(window):
+            begin = finding.start + low
+            if begin < start:
+                continue  # the previous window's
+            if begin >= stop:
+                break  # the next window's (findings come in order)
+            end = finding.end + low
+            findings.append(Finding(finding.kind, begin, end, finding.value))
+            next_start = max(next_start, end)
+        start = next_start
+        await asyncio.sleep(0)
+    return findings
+
+
+def scan_prefix(texts: Sequence[str], max_chars: int) -> list[str]:
+    """``texts`` cut so that together they hold at most ``max_chars`` characters (the first ones)."""
+    kept: list[str] = []
+    left = max_chars
+    for text in texts:
+        kept.append(text[:left] if len(text) > left else text)
+        left = max(0, left - len(text))
+    return kept
+
+
+async def substitute_yielding(
+    text: str, findings: list[Finding], placeholder: Callable[[Finding], str], chunk: int = 1024
+) -> str:
+    """:func:`substitute`, yielding to the event loop after every ``chunk`` findings."""
+    if len(findings) <= chunk:
+        return substitute(text, findings, placeholder)
+    pieces: list[str] = []
+    position = 0
+    for index, finding in enumerate(findings, 1):
+        pieces.append(text[position : finding.start])
+        pieces.append(placeholder(finding))
+        position = finding.end
+        if index % chunk == 0:
+            await asyncio.sleep(0)
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
 _DIGIT_KINDS = ("credit_card", "ip_address", "phone")
 
 
@@ -404,35 +541,20 @@ def _digit_clusters(classes: str) -> list[tuple[int, int, int]]:
 
 
 def _secrets(text: str, plain: str, spans: _Spans) -> None:
-    # Each loop resumes after the text its last match covered, even a rejected one:
-    # a value can be long and hold more anchors, and rescanning it per anchor would
-    # make adversarial input quadratic.
     _private_keys(text, plain, spans)
-    for anchor, pattern in _TOKENS:
-        resume = 0
-        for index in _occurrences(plain, anchor):
-            if index >= resume and _after(plain, index, _TOKEN_BEFORE):
-                match = pattern.match(plain, index)
-                if match:
-                    spans.add("secret", index, match.end(), text)
-                    resume = match.end()
+    for pattern in _TOKEN_SCANS:
+        for match in pattern.finditer(plain):
+            if _after(plain, match.start(), _TOKEN_BEFORE):
+                spans.add("secret", match.start(), match.end(), text)
     lowered = plain.lower()  # ASCII: same length, same offsets
-    resume = 0
-    for index in _occurrences(lowered, "bearer"):
-        if index >= resume and _after(plain, index, _WORD):
-            match = _BEARER.match(plain, index)
-            if match:
+    if "bearer" in lowered:
+        for match in _BEARER_LOWER.finditer(lowered):
+            if _after(plain, match.start(), _WORD):
                 spans.add("secret", match.start(1), match.end(1), text)
-                resume = match.end()
-    for name in _ASSIGNMENT_NAMES:
-        resume = 0
-        for index in _occurrences(lowered, name):
-            if index >= resume and _after(plain, index, _WORD):
-                match = _ASSIGNMENT.match(plain, index)
-                if match:
-                    resume = match.end()
-                    if _assignment_ok(match.group(1)):
-                        spans.add("secret", match.start(1), match.end(1), text)
+    for pattern in _ASSIGNMENT_SCANS:
+        for match in pattern.finditer(lowered):
+            if _after(plain, match.start(), _WORD) and _assignment_ok(match.group(1)):
+                spans.add("secret", match.start(1), match.end(1), text)
 
 
 def _private_keys(text: str, plain: str, spans: _Spans) -> None:
@@ -458,25 +580,25 @@ def _private_keys(text: str, plain: str, spans: _Spans) -> None:
         resume = end
 
 
-def _local_char(char: str) -> bool:
-    return char in _EMAIL_LOCAL or (not char.isascii() and char.isalnum())
-
-
 def _emails(text: str, plain: str, spans: _Spans) -> None:
     # Internationalised addresses (jürgen@müller.de) are matched on the original text.
-    for at in _occurrences(plain, "@"):
-        start = at
-        while start > 0 and at - start < 64 and _local_char(text[start - 1]):
-            start -= 1
-        if start > 0 and _local_char(text[start - 1]):
+    reversed_text: str | None = None
+    size = len(text)
+    for at_match in _EMAIL_AT.finditer(text):
+        at = at_match.start()
+        if reversed_text is None:
+            reversed_text = text[::-1]
+        local = _EMAIL_LOCAL_REVERSED.match(reversed_text, size - at)
+        if local is None or local.end() - local.start() > 64:
             continue  # a local part longer than 64 characters: not an address
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is None:
+            continue
+        start = at - (local.end() - local.start())
         while start < at and text[start] == ".":
             start += 1
-        if start == at:
-            continue
-        match = _EMAIL_DOMAIN.match(text, at + 1)
-        if match:
-            spans.add("email", start, match.end(), text)
+        if start < at:
+            spans.add("email", start, domain.end(), text)
 
 
 def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
@@ -505,6 +627,10 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
 
 PLACEHOLDER_PATTERN = re.compile(r"\[(" + "|".join(k.upper() for k in KINDS) + r")_(\d+)\]")
 """Matches the placeholders ``pii_redactor`` writes: ``[EMAIL_1]``, ``[CREDIT_CARD_2]``, ..."""
+
+
+PLACEHOLDERS = re.compile(r"\[(?:" + "|".join(k.upper() for k in KINDS) + r")_\d+\]")
+""":data:`PLACEHOLDER_PATTERN` without its groups, for ``findall``."""
 
 
 def placeholder_for(kind: str, number: int) -> str:

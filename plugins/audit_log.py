@@ -1,6 +1,8 @@
 """BACKGROUND ``audit_log``: append one JSON line per request to a file.
 
-The file is opened for appending in ``on_load`` (created with mode 0600) and
+The file is opened for appending in ``on_load`` (created with mode 0600; an
+existing file open to other users is made 0600, or refused with an error naming
+it when its mode cannot be changed) and
 closed in ``on_unload``; each record is written with one ``write`` call in a
 worker thread (``asyncio.to_thread``), so the event loop never waits on the disk
 and lines from concurrent requests never interleave.
@@ -43,7 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import stat
 import threading
 import time
 from datetime import UTC, datetime
@@ -51,6 +55,8 @@ from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_message_texts, iter_response_texts
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+_log = logging.getLogger("plugin.audit_log")
 
 DEFAULT_METADATA_KEYS = (
     "tenant",
@@ -80,6 +86,27 @@ CREDENTIAL_HEADERS = frozenset(
         "x-amz-security-token",
     }
 )
+
+
+def _open_owner_only(path: str) -> int:
+    """Open ``path`` for appending, created 0600; an existing file readable by others made 0600.
+
+    Raises:
+        PermissionError: the file is open to other users and its mode cannot be changed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o077:
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError as exc:
+            os.close(fd)
+            raise PermissionError(
+                f"audit_log: the audit file {path!r} is open to other users (mode {mode:04o}) and "
+                f"ringd cannot make it owner-only ({exc.strerror}); run `chmod 600` on it as its owner"
+            ) from exc
+        _log.warning("audit_log: the audit file %s was mode %04o; made it 0600 (owner only)", path, mode)
+    return fd
 
 
 class AuditLog(BasePlugin):
@@ -119,7 +146,7 @@ class AuditLog(BasePlugin):
 
     async def on_load(self) -> None:
         """Open the file for appending (raises if it cannot be opened)."""
-        self._fd = await asyncio.to_thread(os.open, self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = await asyncio.to_thread(_open_owner_only, self.path)
 
     async def on_unload(self) -> None:
         """Close the file."""

@@ -2,8 +2,11 @@
 
 Lowers ``max_tokens`` and ``max_completion_tokens`` (whichever the request sets)
 to the ceiling for the request's model, and fills in a default when the request
-sets neither. Values that are not positive numbers are left for the upstream to
-reject. Answers MODIFY only when it changed something, PASSTHROUGH otherwise.
+sets neither. A non-finite value (``NaN`` or infinity, which a protobuf Struct can
+carry and JSON cannot: it would reach the upstream as ``null``, meaning no limit)
+is rejected with 400 ``invalid_max_tokens`` naming the field. Other values that
+are not positive numbers are left for the upstream to reject. Answers MODIFY only
+when it changed something, PASSTHROUGH otherwise.
 
 Config (at least one of ``max_tokens``, ``models``, ``default_max_tokens``):
     max_tokens (int | None, default None): the ceiling for models without an
@@ -78,12 +81,16 @@ class MaxTokensClamp(BasePlugin):
             if value is None:
                 continue
             present = True
+            if isinstance(value, float) and not math.isfinite(value):
+                return PluginResponse.block(
+                    status_code=400,
+                    error_type="invalid_max_tokens",
+                    message=f"{field} must be a finite number of tokens, got {value!r}",
+                )
             if ceiling is None or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             if value > ceiling:
-                # Metadata must stay JSON: an infinite request (possible in a Struct) as text.
-                requested = value if math.isfinite(value) else str(value)
-                changes[field] = {"requested": requested, "applied": ceiling}
+                changes[field] = {"requested": value, "applied": ceiling}
         if not present and self.default_max_tokens is not None:
             default = self.default_max_tokens
             if ceiling is not None:

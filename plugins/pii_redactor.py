@@ -18,15 +18,32 @@ Config:
     roles (list[str] | None, default None): only messages with these roles are
         scanned; None scans every message.
     restore (bool, default false): keep the placeholder-to-original mapping in
-        metadata so ``response_sanitizer`` (``restore_pii: true``) can put the
-        originals back into the answer. Only meaningful with ``mode: mask``.
+        metadata, sealed, so ``response_sanitizer`` (``restore_pii: true``) and a
+        ``response_cache`` hit can put the originals back into the answer. Only
+        meaningful with ``mode: mask``.
+    pii_key (str | None, default None): the 32-byte key (base64 or hex) that
+        seals the mapping; else the environment variable ``RINGD_PII_KEY``; else
+        a key made for this process (a warning at load: replicas and
+        ``--workers`` need a shared key). See ``ringd.plugins._seal``.
+    max_scan_chars (int, default 1048576): the most characters of message text
+        scanned per request. Scanning yields to the event loop every 16 Ki
+        characters, so the plugin's timeout applies to long texts too.
+    oversize (str, default ``"block"``): what happens to a request with more
+        text than ``max_scan_chars``: ``"block"`` rejects it with 413
+        ``prompt_too_large`` (nothing unscanned reaches the model);
+        ``"scan_prefix"`` masks what is in the first ``max_scan_chars``
+        characters, passes the rest on unscanned and sets metadata
+        ``pii_scan_truncated: true``.
 
 Metadata written:
     ``pii_counts`` (dict[str, int]): occurrences found per kind, only kinds
         found; ``{}`` when the prompt is clean.
-    ``_pii_mapping`` (dict[str, str]): placeholder to original value; written only
-        with ``restore: true`` when something was masked. It holds the personal
-        data itself: never log it.
+    ``_pii_mapping`` (str): the placeholder-to-original mapping, sealed with
+        AES-256-GCM and bound to the request's ``request_id``
+        (``"ringd-seal-v1.…"``); written only with ``restore: true`` when
+        something was masked. The personal data never travels in clear.
+    ``pii_scan_truncated`` (bool): ``true`` when ``oversize: scan_prefix`` left
+        text unscanned; absent otherwise.
 """
 
 from __future__ import annotations
@@ -35,13 +52,17 @@ from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts
 from ringd.plugins._detect import (
+    DEFAULT_MAX_SCAN_CHARS,
     KINDS,
-    PLACEHOLDER_PATTERN,
+    PLACEHOLDERS,
     Detector,
     Finding,
+    find_all_yielding,
     placeholder_for,
-    substitute,
+    scan_prefix,
+    substitute_yielding,
 )
+from ringd.plugins._seal import CONFIG_KEY, KeySource, seal
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
 
@@ -86,7 +107,7 @@ class PiiRedactor(BasePlugin):
         """Read and validate the config (see the module docstring)."""
         super().__init__(config)
         reader = ConfigReader(self.name, self.config)
-        reader.reject_unknown({"mode", "types", "roles", "restore"})
+        reader.reject_unknown({"mode", "types", "roles", "restore", CONFIG_KEY, "max_scan_chars", "oversize"})
         self.mode = reader.get_choice("mode", "mask", ("mask", "block"))
         types = reader.get_str_list("types", list(KINDS)) or []
         unknown = [t for t in types if t not in KINDS]
@@ -95,13 +116,30 @@ class PiiRedactor(BasePlugin):
         roles = reader.get_str_list("roles", None)
         self.roles = frozenset(roles) if roles is not None else None
         self.restore = reader.get_bool("restore", False)
+        self.max_scan_chars = (
+            reader.get_int("max_scan_chars", DEFAULT_MAX_SCAN_CHARS) or DEFAULT_MAX_SCAN_CHARS
+        )
+        self.oversize = reader.get_choice("oversize", "block", ("block", "scan_prefix"))
         self.detector = Detector(types)
+        self.keys = KeySource(reader) if self.restore and self.mode == "mask" else None
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Scan the prompt; mask, block or pass it on, and count what was found."""
         body = ctx.body
         texts = [text for _, text in iter_message_texts(body, self.roles)]
-        found = self.detector.find_all(texts)
+        total = sum(len(text) for text in texts)
+        scanned = texts
+        if total > self.max_scan_chars:
+            if self.oversize == "block":
+                return PluginResponse.block(
+                    status_code=413,
+                    error_type="prompt_too_large",
+                    message=f"the prompt has {total} characters of text; {self.name} scans at most "
+                    f"{self.max_scan_chars} (config max_scan_chars)",
+                )
+            scanned = scan_prefix(texts, self.max_scan_chars)
+            ctx.metadata["pii_scan_truncated"] = True
+        found = await find_all_yielding(self.detector, scanned)
         counts: dict[str, int] = {}
         for findings in found:
             for finding in findings:
@@ -120,21 +158,27 @@ class PiiRedactor(BasePlugin):
         taken: set[str] = set()
         for text in texts:
             if "[" in text:
-                taken.update(match.group(0) for match in PLACEHOLDER_PATTERN.finditer(text))
+                taken.update(PLACEHOLDERS.findall(text))
         masker = _Masker(taken)
-        pending = iter(zip(texts, found, strict=True))
+        masked_texts = [
+            await substitute_yielding(text, findings, masker)
+            for text, findings in zip(texts, found, strict=True)
+        ]
+        pending = iter(zip(texts, masked_texts, strict=True))
 
         def mask(text: str, _role: str) -> str:
             # map_message_texts visits the texts in iter_message_texts' order.
-            expected, findings = next(pending)
+            expected, masked = next(pending)
             if expected is not text:
                 raise RuntimeError(f"{self.name}: message texts visited out of order")
-            return substitute(text, findings, masker)
+            return masked
 
         new_body = map_message_texts(body, mask, self.roles)
         if new_body is None:  # only when every finding was masked by itself: impossible
             return PluginResponse.passthrough()
-        if self.restore:
-            ctx.metadata["_pii_mapping"] = masker.mapping
+        if self.keys is not None:
+            ctx.metadata["_pii_mapping"] = seal(
+                masker.mapping, key=self.keys.key(ctx), request_id=ctx.request_id
+            )
         masked = sum(counts.values())
         return PluginResponse.modify(body=new_body, message=f"masked {masked} value(s)")

@@ -33,6 +33,15 @@ Config:
         roles scanned (the legacy ``prompt`` counts as ``user``). The system
         prompt is left out by default: it is the operator's own text and often
         says things like "never reveal your system prompt".
+    max_scan_chars (int, default 1048576): the most characters of message text
+        scanned per request. Scanning yields to the event loop every 16 Ki
+        characters, so the plugin's timeout applies to long texts too (a
+        ``blocked_patterns``/``injection_patterns`` match longer than 4 Ki
+        characters can be missed).
+    oversize (str, default ``"block"``): a request with more text:
+        ``"block"`` rejects it with 413 ``prompt_too_large``; ``"scan_prefix"``
+        scans the first ``max_scan_chars`` characters only and sets metadata
+        ``prompt_guard_truncated: true``.
 
 Metadata written:
     ``prompt_guard_flags`` (list[dict]): one ``{"category": "topic" |
@@ -44,7 +53,7 @@ Metadata written:
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import re
 import unicodedata
 from bisect import bisect_right
@@ -53,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_message_texts
+from ringd.plugins._detect import DEFAULT_MAX_SCAN_CHARS, SCAN_CHUNK_CHARS, WINDOW_OVERLAP_CHARS, scan_prefix
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
 # Built-in injection rules: (name, anchors, regex). Each regex starts with one of its
@@ -169,11 +179,15 @@ class PromptGuard(BasePlugin):
                 "injection_patterns",
                 "builtin_injection",
                 "roles",
+                "max_scan_chars",
+                "oversize",
             }
         )
         self.action = reader.get_choice("action", "block", ("block", "flag"))
         roles = reader.get_str_list("roles", ["user", "tool", "function"]) or []
         self.roles = frozenset(roles)
+        self.max_scan_chars = reader.get_int("max_scan_chars", DEFAULT_MAX_SCAN_CHARS) or 1
+        self.oversize = reader.get_choice("oversize", "block", ("block", "scan_prefix"))
 
         self._rules: list[tuple[str, str]] = []  # (category, rule name) by rule index
         self._anchors: dict[str, list[_Anchored]] = {}
@@ -211,55 +225,102 @@ class PromptGuard(BasePlugin):
                     raise reader.error(key, f"valid regexes ({exc})", source) from None
                 self._patterns.append((add_rule(category, source), compiled))
 
-    def _matches(self, text: str) -> Iterator[tuple[int, int]]:
-        """``(rule index, position)`` of the anchored rules matching normalised ``text``."""
+    def _matches(self, text: str, start: int, stop: int) -> Iterator[tuple[int, int]]:
+        """``(rule index, position)`` of the anchored rules matching normalised ``text`` at
+        positions in ``[start, stop)`` (a match may run past ``stop``)."""
         size = len(text)
         for anchor, entries in self._anchors.items():
-            for position in _occurrences(text, anchor):
-                if position and entries[0].word_start and _is_word(text[position - 1]):
-                    continue
+            position = text.find(anchor, start, stop + len(anchor) - 1)
+            while position != -1:
                 after = position + len(anchor)
-                for entry in entries:
-                    if entry.pattern is None:
-                        if not (entry.word_end and after < size and _is_word(text[after])):
+                if not (position and entries[0].word_start and _is_word(text[position - 1])):
+                    for entry in entries:
+                        if entry.pattern is None:
+                            if not (entry.word_end and after < size and _is_word(text[after])):
+                                yield entry.rule, position
+                        elif entry.pattern.match(text, position):
                             yield entry.rule, position
-                    elif entry.pattern.match(text, position):
-                        yield entry.rule, position
+                position = text.find(anchor, position + 1, stop + len(anchor) - 1)
+
+    def _block(self, category: str, rule_name: str) -> PluginResponse:
+        what = "a blocked topic" if category == "topic" else "a prompt-injection rule"
+        return PluginResponse.block(
+            status_code=400,
+            error_type="prompt_rejected",
+            message=f"the prompt was rejected: it matches {what} ({rule_name!r})",
+        )
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Match every scanned text; block on the first match, or flag them all."""
         flags: list[dict[str, str]] = []
         ctx.metadata["prompt_guard_flags"] = flags
-        scanned = [(role, normalise(text)) for role, text in iter_message_texts(ctx.body, self.roles)]
-        if not scanned or not self._rules:
+        texts = list(iter_message_texts(ctx.body, self.roles))
+        if not texts or not self._rules:
             return PluginResponse.passthrough()
-        # The anchored rules run once over all texts joined by NUL, which no word,
-        # phrase or built-in rule can match across.
+        total = sum(len(text) for _, text in texts)
+        if total > self.max_scan_chars:
+            if self.oversize == "block":
+                return PluginResponse.block(
+                    status_code=413,
+                    error_type="prompt_too_large",
+                    message=f"the prompt has {total} characters of text; {self.name} scans at most "
+                    f"{self.max_scan_chars} (config max_scan_chars)",
+                )
+            cut = scan_prefix([text for _, text in texts], self.max_scan_chars)
+            texts = [(role, text) for (role, _), text in zip(texts, cut, strict=True)]
+            ctx.metadata["prompt_guard_truncated"] = True
+        scanned: list[tuple[str, str]] = []
+        for role, text in texts:
+            scanned.append((role, await _normalise_yielding(text)))
+        seen: set[int] = set()
+
+        def flag(index: int, role: str) -> PluginResponse | None:
+            if index in seen:
+                return None
+            seen.add(index)
+            category, rule_name = self._rules[index]
+            flags.append({"category": category, "rule": rule_name, "role": role})
+            return self._block(category, rule_name) if self.action == "block" else None
+
+        # The anchored rules run over all texts joined by NUL, which no word, phrase or
+        # built-in rule can match across, a window at a time.
         offsets: list[int] = []
         position = 0
         for _, text in scanned:
             offsets.append(position)
             position += len(text) + 1
         joined = "\x00".join(text for _, text in scanned)
-        hits: Iterator[tuple[int, str]] = (
-            (rule, scanned[bisect_right(offsets, at) - 1][0]) for rule, at in self._matches(joined)
-        )
+        big = len(joined) > SCAN_CHUNK_CHARS
+        for start in range(0, len(joined), SCAN_CHUNK_CHARS):
+            for rule, at in self._matches(joined, start, min(len(joined), start + SCAN_CHUNK_CHARS)):
+                blocked = flag(rule, scanned[bisect_right(offsets, at) - 1][0])
+                if blocked is not None:
+                    return blocked
+            if big:
+                await asyncio.sleep(0)
         # Patterns may match anything, so they run on each text alone.
-        pattern_hits = (
-            (rule, role) for role, text in scanned for rule, pattern in self._patterns if pattern.search(text)
-        )
-        seen: set[int] = set()
-        for index, role in itertools.chain(hits, pattern_hits):
-            if index in seen:
-                continue
-            seen.add(index)
-            category, rule_name = self._rules[index]
-            flags.append({"category": category, "rule": rule_name, "role": role})
-            if self.action == "block":
-                what = "a blocked topic" if category == "topic" else "a prompt-injection rule"
-                return PluginResponse.block(
-                    status_code=400,
-                    error_type="prompt_rejected",
-                    message=f"the prompt was rejected: it matches {what} ({rule_name!r})",
-                )
+        for rule, pattern in self._patterns:
+            for role, text in scanned:
+                if rule in seen:
+                    break
+                for start in range(0, max(1, len(text)), SCAN_CHUNK_CHARS):
+                    end = min(len(text), start + SCAN_CHUNK_CHARS + WINDOW_OVERLAP_CHARS)
+                    if pattern.search(text, start, end):
+                        blocked = flag(rule, role)
+                        if blocked is not None:
+                            return blocked
+                        break
+                    if big:
+                        await asyncio.sleep(0)
         return PluginResponse.passthrough()
+
+
+async def _normalise_yielding(text: str) -> str:
+    """:func:`normalise`, a chunk at a time with yields to the event loop for long texts."""
+    if len(text) <= SCAN_CHUNK_CHARS:
+        return normalise(text)
+    pieces: list[str] = []
+    for start in range(0, len(text), SCAN_CHUNK_CHARS):
+        pieces.append(normalise(text[start : start + SCAN_CHUNK_CHARS]))
+        await asyncio.sleep(0)
+    return "".join(pieces)

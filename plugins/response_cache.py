@@ -4,15 +4,22 @@ Two plugins share one key function:
 
 ``ResponseCacheLookup`` (name ``response_cache``, PRE_FLIGHT)
     Hashes the request and answers CACHE_HIT with the stored response when there
-    is one. Place it before ``pii_redactor`` (lower ``priority``), so the key is
-    made from what the client sent: a CACHE_HIT ends the request without a
-    POST_FLIGHT ring, so the stored answer must be the one the client got.
+    is one. Place it after ``pii_redactor`` (higher ``priority``): the key is
+    then made from the masked prompt, the one the model sees, and when the
+    request carries ``pii_redactor``'s sealed ``_pii_mapping`` the stored answer's
+    placeholders (``[EMAIL_1]``...) are replaced by this request's originals
+    before it is served (a CACHE_HIT ends the request without a POST_FLIGHT ring).
+    A mapping that does not open makes the lookup a miss.
 ``ResponseCacheStore`` (name ``response_cache_store``, POST_FLIGHT by default,
     also usable in BACKGROUND)
     Stores ``ctx.response`` under the key the lookup put in metadata. Place it
-    after ``response_sanitizer`` so what is stored is what the client received.
-    Without a key in metadata (no lookup ran, or it skipped) it stores nothing;
-    it never rehashes the body, which earlier rings may have changed.
+    after ``response_sanitizer``. No personal data is stored: when the request
+    carries a sealed ``_pii_mapping``, every original value that
+    ``response_sanitizer`` restored is put back into its placeholder in the
+    stored copy (the answer as the model wrote it); when the mapping does not
+    open, nothing is stored. Without a key in metadata (no lookup ran, or it
+    skipped) it stores nothing; it never rehashes the body, which earlier rings
+    may have changed.
 
 The key is the SHA-256 of the canonical JSON of the request body (keys sorted,
 whole floats written as integers, ``ignore_fields`` left out) together with the
@@ -32,12 +39,15 @@ Config of ``response_cache`` (lookup):
     ignore_fields (list[str], default ``["user", "metadata", "store",
         "stream_options", "service_tier"]``): top-level body fields left out of
         the key.
+    pii_key (str | None, default None): the key that opens ``_pii_mapping``, as
+        ``pii_redactor``'s (``RINGD_PII_KEY`` when unset).
 
 Config of ``response_cache_store``:
     namespace (str, default ``"response_cache"``): as above.
     ttl_s (float, default 300): how long an answer stays in the cache.
     max_entry_bytes (int, default 1048576): answers whose JSON is larger are
         not stored.
+    pii_key (str | None, default None): as above.
 
 Metadata written:
     ``_cache_key`` (str): the key's SHA-256 hex digest (lookup; absent when skipped).
@@ -47,14 +57,27 @@ Metadata written:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ringd.plugins._common import ConfigReader, require_store
+from ringd.plugins._common import ConfigReader, map_response_texts, require_store
+from ringd.plugins._seal import (
+    CONFIG_KEY,
+    KeySource,
+    SealError,
+    mask_originals,
+    open_sealed,
+    originals_pattern,
+    restore_placeholders,
+)
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+_log = logging.getLogger("plugin.response_cache")
 
 DEFAULT_NAMESPACE = "response_cache"
 DEFAULT_IGNORED_FIELDS = ("user", "metadata", "store", "stream_options", "service_tier")
@@ -113,7 +136,7 @@ class ResponseCacheLookup(BasePlugin):
         super().__init__(config)
         reader = ConfigReader(self.name, self.config)
         reader.reject_unknown(
-            {"namespace", "max_temperature", "default_temperature", "per_tenant", "ignore_fields"}
+            {"namespace", "max_temperature", "default_temperature", "per_tenant", "ignore_fields", CONFIG_KEY}
         )
         self.namespace = _namespace(reader)
         self.max_temperature = reader.get_number("max_temperature", None, exclusive=False)
@@ -122,6 +145,7 @@ class ResponseCacheLookup(BasePlugin):
         self.ignore_fields = frozenset(
             reader.get_str_list("ignore_fields", list(DEFAULT_IGNORED_FIELDS)) or ()
         )
+        self.keys = KeySource(reader)
 
     def _cacheable(self, body: Mapping[str, Any]) -> bool:
         if self.max_temperature is None:
@@ -143,6 +167,17 @@ class ResponseCacheLookup(BasePlugin):
         digest = cache_key(ctx.body, str(tenant) if tenant is not None else None, self.ignore_fields)
         ctx.metadata["_cache_key"] = digest
         cached = await store.get_state(f"{self.namespace}:{digest}")
+        sealed = ctx.metadata.get("_pii_mapping")
+        if isinstance(cached, dict) and sealed is not None:
+            try:
+                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+            except SealError as exc:
+                _log.warning(
+                    "%s: cannot restore PII in a cached answer, treated as a miss: %s", self.name, exc
+                )
+                cached = None
+            else:
+                map_response_texts(cached, lambda text: restore_placeholders(text, mapping)[0])
         if isinstance(cached, dict):
             ctx.metadata["_cache_status"] = "hit"
             return PluginResponse.cache_hit(response=cached, message="answered from the cache")
@@ -171,10 +206,11 @@ class ResponseCacheStore(BasePlugin):
         """Read and validate the config (see the module docstring)."""
         super().__init__(config)
         reader = ConfigReader(self.name, self.config)
-        reader.reject_unknown({"namespace", "ttl_s", "max_entry_bytes"})
+        reader.reject_unknown({"namespace", "ttl_s", "max_entry_bytes", CONFIG_KEY})
         self.namespace = _namespace(reader)
         self.ttl_s = reader.get_number("ttl_s", 300.0) or 300.0
         self.max_entry_bytes = reader.get_int("max_entry_bytes", 1_048_576) or 1_048_576
+        self.keys = KeySource(reader)
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Store a successful answer under metadata ``_cache_key``; never changes the answer."""
@@ -186,10 +222,20 @@ class ResponseCacheStore(BasePlugin):
             return PluginResponse.passthrough()
         if not _HEX_DIGEST.fullmatch(digest) or not _successful(ctx.response):
             return PluginResponse.passthrough()
-        encoded = json.dumps(ctx.response, separators=(",", ":"), ensure_ascii=False)
+        stored = ctx.response
+        sealed = ctx.metadata.get("_pii_mapping")
+        if sealed is not None:
+            try:
+                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+            except SealError as exc:
+                return PluginResponse.passthrough(f"not stored: {exc}")
+            pattern = originals_pattern(mapping)
+            stored = copy.deepcopy(ctx.response)
+            map_response_texts(stored, lambda text: mask_originals(text, mapping, pattern))
+        encoded = json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
         size = len(encoded.encode("utf-8", "surrogatepass"))
         if size > self.max_entry_bytes:
             return PluginResponse.passthrough(f"answer too large to cache ({size} bytes)")
-        await store.set_state(f"{self.namespace}:{digest}", ctx.response, ttl_s=self.ttl_s)
+        await store.set_state(f"{self.namespace}:{digest}", stored, ttl_s=self.ttl_s)
         ctx.metadata["_cache_stored"] = True
         return PluginResponse.passthrough()

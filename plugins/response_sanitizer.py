@@ -12,8 +12,13 @@ Works on ``ctx.response`` in the OpenAI chat completion shape: every
    by ``[REDACTED_<KIND>]``, e.g. ``[REDACTED_SECRET]``.
 3. With ``restore_pii``, the placeholders ``pii_redactor`` put in the prompt
    (``[EMAIL_1]``...) are replaced by the originals from metadata
-   ``_pii_mapping``. Restoring comes after redaction, so the client's own data
-   put back is not redacted again; an unknown placeholder is left as it is.
+   ``_pii_mapping`` (sealed by ``pii_redactor``; a mapping that does not open,
+   or one in clear, restores nothing and is reported in ``restore_error``).
+   Restoring comes after redaction, so the client's own data put back is not
+   redacted again; an unknown placeholder is left as it is.
+
+The answer's texts are scanned in chunks that yield to the event loop, at most
+``max_scan_chars`` characters of them.
 
 Config:
     types (list[str], default all kinds: secret, email, credit_card, iban,
@@ -23,20 +28,40 @@ Config:
     canary (str | None, default None): the canary string planted in the
         system prompt.
     block_on_canary (bool, default false): block instead of removing the canary.
+    pii_key (str | None, default None): the key that opens ``_pii_mapping``; as
+        ``pii_redactor``'s (``RINGD_PII_KEY`` when unset).
+    max_scan_chars (int, default 1048576): the most characters of answer text
+        scanned for PII.
+    oversize (str, default ``"block"``): an answer with more text: ``"block"``
+        withholds it with 502 ``response_too_large``; ``"scan_prefix"`` redacts
+        the first ``max_scan_chars`` characters only and reports
+        ``"truncated": true``.
 
 Metadata written:
     ``_response_sanitizer`` (dict): ``{"redacted": {kind: count},
-        "restored": <placeholders replaced>, "canary_found": bool}``.
+        "restored": <placeholders replaced>, "canary_found": bool}``, plus
+        ``"truncated": true`` and ``"restore_error": <why>`` when they apply.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_response_texts, map_response_texts
-from ringd.plugins._detect import KINDS, PLACEHOLDER_PATTERN, Detector, Finding
+from ringd.plugins._detect import (
+    DEFAULT_MAX_SCAN_CHARS,
+    KINDS,
+    Detector,
+    Finding,
+    find_all_yielding,
+    scan_prefix,
+    substitute_yielding,
+)
+from ringd.plugins._seal import CONFIG_KEY, KeySource, SealError, open_sealed, restore_placeholders
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+_log = logging.getLogger("plugin.response_sanitizer")
 
 
 def _redaction(finding: Finding) -> str:
@@ -57,7 +82,18 @@ class ResponseSanitizer(BasePlugin):
         """Read and validate the config (see the module docstring)."""
         super().__init__(config)
         reader = ConfigReader(self.name, self.config)
-        reader.reject_unknown({"types", "block_on_pii", "restore_pii", "canary", "block_on_canary"})
+        reader.reject_unknown(
+            {
+                "types",
+                "block_on_pii",
+                "restore_pii",
+                "canary",
+                "block_on_canary",
+                CONFIG_KEY,
+                "max_scan_chars",
+                "oversize",
+            }
+        )
         types = reader.get_str_list("types", list(KINDS))
         types = [] if types is None else types
         unknown = [t for t in types if t not in KINDS]
@@ -70,6 +106,11 @@ class ResponseSanitizer(BasePlugin):
         self.block_on_canary = reader.get_bool("block_on_canary", False)
         if self.block_on_canary and self.canary is None:
             raise reader.error("canary", "set when block_on_canary is true", None)
+        self.max_scan_chars = (
+            reader.get_int("max_scan_chars", DEFAULT_MAX_SCAN_CHARS) or DEFAULT_MAX_SCAN_CHARS
+        )
+        self.oversize = reader.get_choice("oversize", "block", ("block", "scan_prefix"))
+        self.keys = KeySource(reader) if self.restore_pii else None
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Sanitize ``ctx.response`` in place, or block it."""
@@ -94,42 +135,60 @@ class ResponseSanitizer(BasePlugin):
 
         if self.detector.kinds:
             counts: dict[str, int] = report["redacted"]
-            if self.block_on_pii:
-                for text in iter_response_texts(response):
-                    for finding in self.detector.find(text):
-                        counts[finding.kind] = counts.get(finding.kind, 0) + 1
-                if counts:
-                    found_kinds = ", ".join(sorted(counts))
+            texts = list(iter_response_texts(response))
+            total = sum(len(text) for text in texts)
+            scanned = texts
+            if total > self.max_scan_chars:
+                if self.oversize == "block":
                     return PluginResponse.block(
                         status_code=502,
-                        error_type="pii_in_response",
-                        message=f"the upstream answer was withheld: it contains {found_kinds}",
+                        error_type="response_too_large",
+                        message=f"the upstream answer was withheld: it has {total} characters of text; "
+                        f"{self.name} scans at most {self.max_scan_chars} (config max_scan_chars)",
                     )
-            else:
+                scanned = scan_prefix(texts, self.max_scan_chars)
+                report["truncated"] = True
+            per_text = await find_all_yielding(self.detector, scanned)
+            for findings in per_text:
+                for finding in findings:
+                    counts[finding.kind] = counts.get(finding.kind, 0) + 1
+            if self.block_on_pii and counts:
+                found_kinds = ", ".join(sorted(counts))
+                return PluginResponse.block(
+                    status_code=502,
+                    error_type="pii_in_response",
+                    message=f"the upstream answer was withheld: it contains {found_kinds}",
+                )
+            if counts:
+                redacted = [
+                    await substitute_yielding(text, findings, _redaction)
+                    for text, findings in zip(texts, per_text, strict=True)
+                ]
+                pending = iter(zip(texts, redacted, strict=True))
 
                 def redact(text: str) -> str:
-                    new_text, findings = self.detector.replace(text, _redaction)
-                    for finding in findings:
-                        counts[finding.kind] = counts.get(finding.kind, 0) + 1
+                    # map_response_texts visits the texts in iter_response_texts' order.
+                    expected, new_text = next(pending)
+                    if expected is not text:
+                        raise RuntimeError(f"{self.name}: answer texts visited out of order")
                     return new_text
 
                 map_response_texts(response, redact)
 
-        mapping = ctx.metadata.get("_pii_mapping")
-        if self.restore_pii and isinstance(mapping, dict) and mapping:
+        sealed = ctx.metadata.get("_pii_mapping")
+        if self.keys is not None and sealed is not None:
+            try:
+                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+            except SealError as exc:
+                # The answer goes on with its placeholders; the reason is reported (never the data).
+                report["restore_error"] = str(exc)
+                _log.warning("%s: cannot restore PII: %s", self.name, exc)
+                return PluginResponse.passthrough()
 
             def restore(text: str) -> str:
-                if "[" not in text:
-                    return text
-
-                def original(match: re.Match[str]) -> str:
-                    value = mapping.get(match.group(0))
-                    if not isinstance(value, str):
-                        return match.group(0)
-                    report["restored"] += 1
-                    return value
-
-                return PLACEHOLDER_PATTERN.sub(original, text)
+                new_text, restored = restore_placeholders(text, mapping)
+                report["restored"] += restored
+                return new_text
 
             map_response_texts(response, restore)
         return PluginResponse.passthrough()

@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,11 +67,57 @@ def _expiry(ttl_s: float | None) -> float | None:
     return time.time() + ttl_s
 
 
+class _NoStatementDebug(logging.Filter):
+    """Drops aiosqlite's DEBUG records: they quote every statement with its parameters,
+    which hold cached answers, tenants and key records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+def quiet_aiosqlite() -> None:
+    """Keep request content out of the log: aiosqlite logs each call's arguments at DEBUG.
+
+    Idempotent; applied where a store is opened, so ``--log-level DEBUG`` and a
+    host application's own DEBUG logging both stay free of stored values.
+    """
+    logger = logging.getLogger("aiosqlite")
+    if not any(isinstance(existing, _NoStatementDebug) for existing in logger.filters):
+        logger.addFilter(_NoStatementDebug())
+
+
+def make_owner_only(path: Path, what: str) -> None:
+    """Bring an existing file to mode 0600 (owner read/write only).
+
+    Raises:
+        StoreError: it is open to other users and its mode cannot be changed (another
+            owner, a read-only file system); the message names the file and the fix.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise StoreError(
+            f"{what} {str(path)!r} is open to other users (mode {mode:04o}) and ringd cannot make it "
+            f"owner-only ({exc.strerror}); run `chmod 600` on it (and its -wal/-shm files) as its owner"
+        ) from exc
+    _log.warning("%s %s was mode %04o; made it 0600 (owner only)", what, path, mode)
+
+
 def _prepare_file(path: Path) -> None:
     """Create the database file's folder, and the file owner-only: plugins keep tenants'
-    data in it (usage, cached answers, key records)."""
+    data in it (usage, cached answers, key records). An existing file and its -wal and
+    -shm files are brought to 0600 (SQLite gives new -wal/-shm files the database's mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
+    if not path.exists():
+        path.touch(mode=0o600, exist_ok=True)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        make_owner_only(file, "SQLite store file")
 
 
 class SqliteStore:
@@ -93,6 +141,7 @@ class SqliteStore:
         """Open (creating if needed) the database at ``path``."""
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise StoreError(f"store synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        quiet_aiosqlite()
         target = str(path)
         if target != ":memory:":
             await asyncio.to_thread(_prepare_file, Path(target))

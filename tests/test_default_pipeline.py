@@ -73,7 +73,7 @@ def test_ringd_serve_without_config_lists_the_default_pipeline(tmp_path: Path) -
     banner = "".join(lines)
     assert "config builtin-default-1" in banner
     assert "listening on 127.0.0.1:" in banner
-    assert "pre_flight  response_cache, prompt_guard, pii_redactor, max_tokens_clamp" in banner
+    assert "pre_flight  prompt_guard, pii_redactor, response_cache, max_tokens_clamp" in banner
     assert "background  usage_accounting, audit_log" in banner
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 
 import pytest
 from ringd.sdk import Store, StoreError
@@ -226,3 +227,80 @@ async def test_the_database_file_is_readable_by_its_owner_only(tmp_path) -> None
         assert (tmp_path / "fresh" / "ringd.db").stat().st_mode & 0o777 == 0o600
     finally:
         await opened.close()
+
+
+async def test_existing_store_files_open_to_others_are_made_owner_only(tmp_path: Path, caplog) -> None:
+    """A store (and its -wal/-shm) left at 0644 by an older ringd or a copy is brought to 0600."""
+    import stat
+
+    path = tmp_path / "ringd.db"
+    other = sqlite3.connect(path)  # another process holding the store open: -wal and -shm exist
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("CREATE TABLE t (x)")
+    other.execute("INSERT INTO t VALUES (1)")
+    other.commit()
+    files = [path, tmp_path / "ringd.db-wal", tmp_path / "ringd.db-shm"]
+    for file in files:
+        file.chmod(0o644)
+    try:
+        store = await SqliteStore.open(path)
+        await store.set_state("k", {"v": 1})
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        await store.close()
+    finally:
+        other.close()
+    assert "was mode 0644; made it 0600" in caplog.text
+
+
+async def test_aiosqlite_debug_records_never_carry_stored_values(tmp_path: Path, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    store = await SqliteStore.open(tmp_path / "ringd.db")
+    try:
+        await store.set_state("cache:1", {"answer": "write to ana@example.com"})
+        assert await store.get_state("cache:1") == {"answer": "write to ana@example.com"}
+    finally:
+        await store.close()
+    assert "ana@example.com" not in caplog.text
+
+
+def test_a_store_open_to_others_that_cannot_be_changed_is_refused(tmp_path_factory) -> None:
+    """Run as another user (nobody) against a root-owned 0644 store: a clear error, no silent 0644."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) runs the store as another user"
+    assert os.geteuid() == 0, "the test makes a file owned by root and opens it as nobody"
+    folder = tmp_path_factory.mktemp("shared")
+    folder.chmod(0o777)
+    for parent in folder.parents:  # let nobody reach the folder
+        if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
+            parent.chmod(parent.stat().st_mode | 0o005)
+    store = folder / "ringd.db"
+    store.write_bytes(b"")
+    store.chmod(0o644)
+    script = (
+        "import asyncio, sys\n"
+        "from ringd.server.store import SqliteStore\n"
+        "from ringd.sdk import StoreError\n"
+        "try:\n"
+        f"    asyncio.run(SqliteStore.open({str(store)!r}))\n"
+        "except StoreError as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+    )
+    run = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 3, run.stderr
+    assert "is open to other users (mode 0644)" in run.stdout
+    assert "chmod 600" in run.stdout
+    assert str(store) in run.stdout

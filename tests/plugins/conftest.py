@@ -74,3 +74,62 @@ def chat() -> Callable[..., dict[str, Any]]:
 def completion() -> Callable[..., dict[str, Any]]:
     """``completion("answer", ..., model=..., usage=...)``: an upstream answer."""
     return build_completion
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def default_config_document() -> dict[str, Any]:
+    """The built-in default config as a YAML document a test may change before serving it."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("ringd.server").joinpath("default_config.yaml").read_text(encoding="utf-8")
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
+
+
+def plugin_entry(document: dict[str, Any], name: str) -> dict[str, Any]:
+    """The plugin entry called ``name`` in a config document."""
+    entry: dict[str, Any] = next(e for e in document["plugins"] if e["name"] == name)
+    return entry
+
+
+ServeDefault = Callable[..., Any]
+
+
+@pytest.fixture
+async def serve_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ServeDefault]:
+    """``await serve_default(document=None)``: a real server on 127.0.0.1:0 with the default pipeline.
+
+    The config (the built-in default unless ``document`` is given) is written to
+    ``tmp_path/ringd.yaml``, so its store (``ringd.db``) and audit file
+    (``ringd-audit.jsonl``) land in ``tmp_path``. Returns the server; its address is
+    ``server.addresses[0]``. Stopped at teardown.
+    """
+    import yaml
+    from ringd.server.app import build_server
+    from ringd.server.config import load_config
+
+    for name in ("RINGD_ADMIN_TOKEN", "RINGD_STORE", "RINGD_TARGET", "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    started: list[Any] = []
+
+    async def start(document: dict[str, Any] | None = None) -> Any:
+        path = tmp_path / "ringd.yaml"
+        path.write_text(yaml.safe_dump(document or default_config_document(), sort_keys=False))
+        server = await build_server(load_config(path), listen=["127.0.0.1:0"])
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop(2.0)
+
+
+@pytest.fixture
+def default_document() -> dict[str, Any]:
+    """A fresh copy of the built-in default config as a YAML document, to change and serve."""
+    return default_config_document()

@@ -167,3 +167,18 @@ def test_config_errors_name_the_key(config, key) -> None:
 def test_pii_mapping_allowed_with_content() -> None:
     plugin = AuditLog({"path": "a.jsonl", "include_content": True, "metadata_keys": ["_pii_mapping"]})
     assert plugin.metadata_keys == ("_pii_mapping",)
+
+
+async def test_existing_audit_file_open_to_others_is_made_owner_only(tmp_path, caplog) -> None:
+    import stat
+
+    path = tmp_path / "audit.jsonl"
+    path.write_text("")
+    path.chmod(0o644)
+    plugin = AuditLog({"path": str(path)})
+    await plugin.on_load()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        await plugin.on_unload()
+    assert "was mode 0644; made it 0600" in caplog.text

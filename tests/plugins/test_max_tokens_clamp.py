@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 from ringd.plugins.max_tokens_clamp import MaxTokensClamp
@@ -103,3 +104,37 @@ async def test_bodies_without_model_or_messages(make_ctx, body) -> None:
 def test_config_errors_name_the_key(config, key) -> None:
     with pytest.raises(ValueError, match=rf"max_tokens_clamp: .*'{key}'"):
         MaxTokensClamp(config)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+async def test_non_finite_value_is_rejected_naming_the_field(make_ctx, chat, value) -> None:
+    ctx = make_ctx(chat(("user", "x"), max_completion_tokens=value))
+    outcome = await MaxTokensClamp({"max_tokens": 4096}).execute(ctx)
+    assert outcome.action is PluginAction.BLOCK
+    assert (outcome.status_code, outcome.error_type) == (400, "invalid_max_tokens")
+    assert "max_completion_tokens must be a finite number" in (outcome.message or "")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+async def test_non_finite_struct_number_over_the_wire_never_reaches_the_upstream(
+    serve_default, value
+) -> None:
+    """A Struct body may carry NaN/inf; the answer must not hand the upstream ``max_tokens: null``."""
+    import grpc
+
+    from ringd.v1 import engine_service_pb2 as engine_pb
+    from ringd.v1 import engine_service_pb2_grpc as engine_grpc
+    from ringd.v1 import plugin_pb2 as pb
+
+    server = await serve_default()
+    request = engine_pb.ExecuteRingRequest(ring=pb.PLUGIN_HOOK_PRE_FLIGHT)
+    request.context.body_struct.update(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": value}
+    )
+    assert not math.isfinite(request.context.body_struct["max_tokens"])  # the Struct carries it
+    async with grpc.aio.insecure_channel(server.addresses[0]) as channel:
+        answer = await engine_grpc.PluginEngineServiceStub(channel).ExecuteRing(request, timeout=10)
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    assert answer.decided_by == "max_tokens_clamp"
+    assert (answer.decision.status_code, answer.decision.error_type) == (400, "invalid_max_tokens")
+    assert "max_tokens must be a finite number" in answer.decision.message

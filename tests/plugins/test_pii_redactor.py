@@ -8,8 +8,19 @@ import time
 
 import pytest
 from ringd.plugins._detect import Detector, iban_valid, luhn_valid
+from ringd.plugins._seal import is_sealed, open_sealed, parse_key
 from ringd.plugins.pii_redactor import PiiRedactor
 from ringd.sdk import PluginAction
+
+PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def opened_mapping(ctx) -> dict[str, str]:
+    """The sealed ``_pii_mapping`` of ``ctx`` opened with the test key (never in clear)."""
+    sealed = ctx.metadata["_pii_mapping"]
+    assert is_sealed(sealed)
+    return open_sealed(sealed, key=parse_key(PII_KEY, "test key"), request_id=ctx.request_id)
+
 
 GITHUB_TOKEN = "ghp_" + "A1b2C3d4E5" * 4
 OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu7T" * 3
@@ -105,7 +116,7 @@ async def test_masks_with_stable_placeholders(make_ctx, chat) -> None:
     )
     original = copy.deepcopy(body)
     ctx = make_ctx(body)
-    outcome = await PiiRedactor({"restore": True}).execute(ctx)
+    outcome = await PiiRedactor({"restore": True, "pii_key": PII_KEY}).execute(ctx)
 
     assert outcome.action is PluginAction.MODIFY
     assert outcome.body is not None
@@ -115,7 +126,8 @@ async def test_masks_with_stable_placeholders(make_ctx, chat) -> None:
     # Another address gets the next number; the card written without spaces is the same card.
     assert contents[3] == "My colleague is [EMAIL_2]; card again: [CREDIT_CARD_1]"
     assert ctx.metadata["pii_counts"] == {"email": 3, "credit_card": 2, "ip_address": 1}
-    assert ctx.metadata["_pii_mapping"] == {
+    assert "ana@example.com" not in str(ctx.metadata)  # the mapping travels sealed
+    assert opened_mapping(ctx) == {
         "[EMAIL_1]": "ana@example.com",
         "[CREDIT_CARD_1]": "4111 1111 1111 1111",
         "[IP_ADDRESS_1]": "10.0.0.7",
@@ -147,10 +159,10 @@ async def test_multimodal_parts(make_ctx, chat) -> None:
 async def test_existing_placeholder_numbers_are_skipped(make_ctx, chat) -> None:
     body = chat(("user", "Template says [EMAIL_1]; the real one is ana@example.com"))
     ctx = make_ctx(body)
-    outcome = await PiiRedactor({"restore": True}).execute(ctx)
+    outcome = await PiiRedactor({"restore": True, "pii_key": PII_KEY}).execute(ctx)
     assert outcome.body is not None
     assert outcome.body["messages"][0]["content"] == ("Template says [EMAIL_1]; the real one is [EMAIL_2]")
-    assert ctx.metadata["_pii_mapping"] == {"[EMAIL_2]": "ana@example.com"}
+    assert opened_mapping(ctx) == {"[EMAIL_2]": "ana@example.com"}
 
 
 async def test_block_mode(make_ctx, chat) -> None:
@@ -253,3 +265,96 @@ def test_adversarial_megabyte_stays_linear(text: str) -> None:
 def test_config_errors_name_the_key(config, key) -> None:
     with pytest.raises(ValueError, match=rf"pii_redactor: .*'{key}'"):
         PiiRedactor(config)
+
+
+# --------------------------------------------------------------------------- big inputs and sealing
+
+
+async def test_long_text_scanned_in_windows_finds_what_one_scan_finds() -> None:
+    """Values on and near every window boundary are found whole, once, at the same offsets."""
+    from ringd.plugins._detect import SCAN_CHUNK_CHARS, find_all_yielding
+
+    values = ["ana@example.com", "4111 1111 1111 1111", "+44 20 7946 0958", "10.0.0.7", OPENAI_KEY]
+    pieces = []
+    length = 0
+    index = 0
+    while length < 5 * SCAN_CHUNK_CHARS:
+        # Land a value across each boundary at varying offsets, and filler in between.
+        boundary = (length // SCAN_CHUNK_CHARS + 1) * SCAN_CHUNK_CHARS
+        gap = max(1, boundary - length - 7 - index % 11)
+        filler = ("lorem ipsum dolor sit amet " * (gap // 27 + 1))[:gap]
+        value = values[index % len(values)]
+        pieces.append(f"{filler} {value} ")
+        length += len(pieces[-1])
+        index += 1
+    text = "".join(pieces)
+    whole = Detector().find(text)
+    windowed = (await find_all_yielding(Detector(), [text]))[0]
+    assert [(f.kind, f.start, f.end) for f in windowed] == [(f.kind, f.start, f.end) for f in whole]
+    assert len(whole) >= 5
+
+
+async def test_prompt_over_max_scan_chars_is_blocked_413(make_ctx, chat) -> None:
+    ctx = make_ctx(chat(("user", "mail ana@example.com " + "x" * 5000)))
+    outcome = await PiiRedactor({"max_scan_chars": 1000}).execute(ctx)
+    assert (outcome.action, outcome.status_code, outcome.error_type) == (
+        PluginAction.BLOCK,
+        413,
+        "prompt_too_large",
+    )
+    assert "max_scan_chars" in (outcome.message or "")
+
+
+async def test_prompt_over_max_scan_chars_masks_the_prefix_and_flags_it(make_ctx, chat) -> None:
+    ctx = make_ctx(chat(("user", "mail ana@example.com"), ("user", "y" * 5000 + " bo@example.com")))
+    outcome = await PiiRedactor({"max_scan_chars": 1000, "oversize": "scan_prefix"}).execute(ctx)
+    assert outcome.body is not None
+    assert outcome.body["messages"][0]["content"] == "mail [EMAIL_1]"
+    assert outcome.body["messages"][1]["content"].endswith(" bo@example.com")  # not scanned
+    assert ctx.metadata["pii_scan_truncated"] is True
+
+
+async def test_sealed_mapping_refuses_tampering_other_keys_and_other_requests(make_ctx, chat) -> None:
+    from ringd.plugins._seal import SealError
+
+    ctx = make_ctx(chat(("user", "mail ana@example.com")), request_id="req-1")
+    await PiiRedactor({"restore": True, "pii_key": PII_KEY}).execute(ctx)
+    sealed = ctx.metadata["_pii_mapping"]
+    key = parse_key(PII_KEY, "test key")
+    assert open_sealed(sealed, key=key, request_id="req-1") == {"[EMAIL_1]": "ana@example.com"}
+    flipped = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    other_key = bytes(32)
+    for token, use_key, request_id in (
+        (flipped, key, "req-1"),
+        (sealed, other_key, "req-1"),
+        (sealed, key, "req-2"),
+        ({"[EMAIL_1]": "ana@example.com"}, key, "req-1"),  # a mapping in clear is refused
+    ):
+        with pytest.raises(SealError) as caught:
+            open_sealed(token, key=use_key, request_id=request_id)
+        assert "ana@example.com" not in str(caught.value)
+
+
+async def test_key_from_environment_is_shared_by_processes(make_ctx, chat, monkeypatch) -> None:
+    monkeypatch.setenv("RINGD_PII_KEY", PII_KEY)
+    ctx = make_ctx(chat(("user", "mail ana@example.com")))
+    await PiiRedactor({"restore": True}).execute(ctx)
+    assert opened_mapping(ctx) == {"[EMAIL_1]": "ana@example.com"}
+
+
+@pytest.mark.parametrize("bad", ["short", "00" * 31, "not base64 at all!" * 3])
+def test_bad_key_is_refused_naming_its_source(bad, monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"pii_redactor: config 'pii_key' must be a 32-byte key"):
+        PiiRedactor({"restore": True, "pii_key": bad})
+    monkeypatch.setenv("RINGD_PII_KEY", bad)
+    with pytest.raises(ValueError, match=r"environment variable RINGD_PII_KEY must be a 32-byte key"):
+        PiiRedactor({"restore": True})
+
+
+async def test_missing_key_warns_that_replicas_need_one(make_ctx, chat, caplog, monkeypatch) -> None:
+    monkeypatch.delenv("RINGD_PII_KEY", raising=False)
+    ctx = make_ctx(chat(("user", "mail ana@example.com")))
+    await PiiRedactor({"restore": True}).execute(ctx)
+    assert "RINGD_PII_KEY" in caplog.text
+    assert "replicas" in caplog.text
+    assert is_sealed(ctx.metadata["_pii_mapping"])

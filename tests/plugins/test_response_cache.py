@@ -159,3 +159,56 @@ async def test_missing_store_is_an_error(chat) -> None:
 def test_config_errors_name_the_key(plugin, config, key) -> None:
     with pytest.raises(ValueError, match=rf"{plugin.name}: .*'{key}'"):
         plugin(config)
+
+
+async def _pre_flight(make_ctx, chat, email: str, request_id: str) -> PluginContext:
+    """PRE_FLIGHT as the default pipeline runs it: pii_redactor (sealed mapping), then the lookup."""
+    from ringd.plugins.pii_redactor import PiiRedactor
+
+    ctx = make_ctx(chat(("user", f"Write to {email} please"), temperature=0), request_id=request_id)
+    masked = await PiiRedactor({"restore": True}).execute(ctx)
+    assert masked.body is not None
+    ctx.body = masked.body
+    return ctx
+
+
+async def test_cache_stores_placeholders_and_restores_each_requests_own_pii(
+    make_ctx, chat, completion, store
+) -> None:
+    from ringd.plugins.response_sanitizer import ResponseSanitizer
+
+    lookup, save, sanitizer = (
+        ResponseCacheLookup(),
+        ResponseCacheStore(),
+        ResponseSanitizer({"restore_pii": True}),
+    )
+    first = await _pre_flight(make_ctx, chat, "ana@example.com", "r1")
+    assert (await lookup.execute(first)).action is PluginAction.PASSTHROUGH
+    # POST_FLIGHT: the model answers with the placeholder; the sanitizer restores it.
+    post = make_ctx(first.body, metadata=dict(first.metadata), response=completion("Sent to [EMAIL_1]."))
+    post.request_id = "r1"
+    await sanitizer.execute(post)
+    assert post.response["choices"][0]["message"]["content"] == "Sent to ana@example.com."
+    await save.execute(post)
+    assert post.metadata["_cache_stored"] is True
+    stored = await store.get_state(f"response_cache:{first.metadata['_cache_key']}")
+    assert stored["choices"][0]["message"]["content"] == "Sent to [EMAIL_1]."  # no PII at rest
+
+    # Another client, other address, same masked prompt: a hit with its own address put back.
+    second = await _pre_flight(make_ctx, chat, "bo@example.org", "r2")
+    hit = await lookup.execute(second)
+    assert hit.action is PluginAction.CACHE_HIT
+    assert hit.response is not None
+    assert hit.response["choices"][0]["message"]["content"] == "Sent to bo@example.org."
+
+
+async def test_cache_stores_nothing_when_the_mapping_does_not_open(make_ctx, chat, completion) -> None:
+    first = await _pre_flight(make_ctx, chat, "ana@example.com", "r1")
+    await ResponseCacheLookup().execute(first)
+    post = make_ctx(
+        first.body, metadata=dict(first.metadata), response=completion("Sent to ana@example.com.")
+    )
+    post.request_id = "another-request"  # the seal is bound to r1
+    outcome = await ResponseCacheStore().execute(post)
+    assert post.metadata["_cache_stored"] is False
+    assert "does not open" in (outcome.message or "")

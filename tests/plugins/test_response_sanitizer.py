@@ -120,10 +120,32 @@ async def test_odd_shapes_pass(make_ctx, response) -> None:
 
 
 async def test_huge_answer(make_ctx, completion) -> None:
-    text = "Revenue grew in 14 of 16 regions this year. " * 24_000 + f"key {AWS_KEY}"
+    text = "Revenue grew in 14 of 16 regions this year. " * 23_000 + f"key {AWS_KEY}"  # ~1 MB
     ctx = make_ctx(response=completion(text))
     await ResponseSanitizer().execute(ctx)
     assert content(ctx.response).endswith("key [REDACTED_SECRET]")
+    assert content(ctx.response).count("[REDACTED_") == 1
+
+
+async def test_answer_over_max_scan_chars_is_withheld(make_ctx, completion) -> None:
+    text = f"key {AWS_KEY} " + "x" * 2000
+    outcome = await ResponseSanitizer({"max_scan_chars": 1000}).execute(make_ctx(response=completion(text)))
+    assert (outcome.action, outcome.status_code, outcome.error_type) == (
+        PluginAction.BLOCK,
+        502,
+        "response_too_large",
+    )
+    assert "max_scan_chars" in (outcome.message or "")
+
+
+async def test_answer_over_max_scan_chars_scans_the_prefix_when_configured(make_ctx, completion) -> None:
+    text = f"key {AWS_KEY} " + "x" * 2000 + " ops@example.com"
+    ctx = make_ctx(response=completion(text))
+    outcome = await ResponseSanitizer({"max_scan_chars": 1000, "oversize": "scan_prefix"}).execute(ctx)
+    assert outcome.action is PluginAction.PASSTHROUGH
+    assert content(ctx.response).startswith("key [REDACTED_SECRET] ")
+    assert content(ctx.response).endswith(" ops@example.com")  # past the prefix: not scanned
+    assert ctx.metadata["_response_sanitizer"]["truncated"] is True
 
 
 @pytest.mark.parametrize(
