@@ -28,7 +28,7 @@ from typing import Any
 from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState
 from ringd.server.exceptions import describe
 from ringd.server.generations import Generation, LoadedPlugin
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
 from ringd.server.threads import PluginThreads
 
 _log = logging.getLogger("ringd.engine")
@@ -68,7 +68,7 @@ class RingRunner:
             loaded = slot.loaded
             if not slot.enabled:
                 results.append(
-                    PluginResult(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
+                    plugin_result(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
             instance = loaded.instance
@@ -141,7 +141,7 @@ class RingRunner:
                 breaker.record_success()
             kind = response.action
             results.append(
-                PluginResult(
+                plugin_result(
                     plugin=loaded.name,
                     version=loaded.version,
                     outcome=PluginOutcome.OK,
@@ -195,12 +195,12 @@ class RingRunner:
             )
         name = loaded.name
         if loaded.fail_closed:
-            result = PluginResult(
+            result = plugin_result(
                 plugin=name, version=loaded.version, outcome=PluginOutcome.ERROR, error=error
             )
             return result, _block(_UNAVAILABLE, name)
         loaded.metrics.bypasses += 1
-        result = PluginResult(
+        result = plugin_result(
             plugin=name, version=loaded.version, outcome=PluginOutcome.BYPASSED, error=error
         )
         return result, None
@@ -231,7 +231,7 @@ class RingRunner:
         else:
             metrics.bypasses += 1
             failure = PluginOutcome.BYPASSED
-        result = PluginResult(
+        result = plugin_result(
             plugin=loaded.name,
             version=loaded.version,
             outcome=failure,
