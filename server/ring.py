@@ -37,7 +37,7 @@ from ringd.sdk import (
 from ringd.server.breaker import CLOSED
 from ringd.server.exceptions import describe
 from ringd.server.generations import Generation, LoadedPlugin
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
 from ringd.server.threads import PluginThreads
 
 _log = logging.getLogger("ringd.engine")
@@ -78,7 +78,7 @@ class RingRunner:
             loaded = slot.loaded
             if not slot.enabled:
                 results.append(
-                    PluginResult(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
+                    plugin_result(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
             instance = loaded.instance
@@ -154,7 +154,7 @@ class RingRunner:
                 breaker.on_success(started)
             kind = response.action
             results.append(
-                PluginResult(
+                plugin_result(
                     plugin=loaded.name,
                     version=loaded.version,
                     outcome=PluginOutcome.OK,
@@ -206,12 +206,12 @@ class RingRunner:
             error = loaded.breaker.describe(time.perf_counter())
         name = loaded.name
         if loaded.fail_closed:
-            result = PluginResult(
+            result = plugin_result(
                 plugin=name, version=loaded.version, outcome=PluginOutcome.ERROR, error=error
             )
             return result, _block(_UNAVAILABLE, name)
         loaded.metrics.bypasses += 1
-        result = PluginResult(
+        result = plugin_result(
             plugin=name, version=loaded.version, outcome=PluginOutcome.BYPASSED, error=error
         )
         return result, None
@@ -242,7 +242,7 @@ class RingRunner:
         else:
             metrics.bypasses += 1
             failure = PluginOutcome.BYPASSED
-        result = PluginResult(
+        result = plugin_result(
             plugin=loaded.name,
             version=loaded.version,
             outcome=failure,
