@@ -25,6 +25,8 @@ from ringd.server.config import (
     default_config,
     load_config,
 )
+from ringd.server.launch import Ready, check_ready_fd, write_ready
+from ringd.server.workers import WORKER_ENV
 
 from ringd import __version__
 
@@ -73,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-listen", action="append", metavar="ADDR", help="serve the admin service here only"
     )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the listen port (default 1)")
+    serve.add_argument(
+        "--ready-fd",
+        type=int,
+        metavar="N",
+        help="once serving, write one JSON line to file descriptor N and close it: "
+        '{"ready": true, "pid": ..., "listen": [bound addresses], "admin_listen": [...], '
+        '"config_version": ..., "generation": ..., "workers": [pids]} (see the README)',
+    )
     serve.add_argument("--log-level", default=os.environ.get("RINGD_LOG_LEVEL", "INFO"))
 
     check = commands.add_parser("check-config", help="validate a config file and load its plugins, then exit")
@@ -160,6 +170,12 @@ def _serve(args: argparse.Namespace) -> int:
     # sends: any caller could flood the log with text of its choosing. The header is ignored.
     for name in _CALLER_HEADER_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    if args.workers < 1:
+        print(f"ringd: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.ready_fd is not None and (problem := check_ready_fd(args.ready_fd)):
+        print(f"ringd: {problem}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as exc:
@@ -179,7 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
             admin_listen=args.admin_listen,
             tracing_from_env=True,
         )
-        await server.serve_forever(on_ready=lambda: _announce(server))
+        await server.serve_forever(on_ready=lambda: _announce(server, args.ready_fd))
 
     _install_event_loop()
     try:
@@ -201,10 +217,24 @@ def _install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _announce(server: Any) -> None:
+def _announce(server: Any, ready_fd: int | None) -> None:
+    """The human banner on stdout (once per supervisor), then the ready signal on ``ready_fd``."""
     from ringd.sdk import PluginHook
 
     generation = server.engine.generation
+    ready = Ready(
+        pid=os.getpid(),
+        listen=tuple(server.addresses),
+        admin_listen=tuple(server.admin_addresses),
+        config_version=generation.version,
+        generation=generation.number,
+        version=__version__,
+        workers=(os.getpid(),),
+    )
+    if os.environ.get(WORKER_ENV, "0") != "0":  # a --workers sibling: worker 0 prints the banner
+        if ready_fd is not None:
+            write_ready(ready_fd, ready)
+        return
     out = [f"ringd {__version__}: config {generation.version}, generation {generation.number}"]
     out.extend(f"listening on {address}" for address in server.addresses)
     out.extend(f"admin listening on {address}" for address in server.admin_addresses)
@@ -219,6 +249,8 @@ def _announce(server: Any) -> None:
             names.append(label)
         out.append(f"  {hook.value:<11} {', '.join(names) if names else '-'}")
     print("\n".join(out), flush=True)
+    if ready_fd is not None:
+        write_ready(ready_fd, ready)
 
 
 def _check_config(path: Path) -> int:

@@ -13,6 +13,8 @@ from ringd.server.config import RingdConfig, load_config
 from ringd.server.engine import Engine
 from ringd.server.store import SqliteStore
 
+pytest_plugins = ["tests.support.process"]
+
 
 class Workspace:
     """A folder holding plugin files and a config file, as an operator would lay them out."""
