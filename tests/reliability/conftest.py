@@ -1,8 +1,8 @@
 """Fixtures of the reliability suite, reusing the gRPC suite's helpers and fixtures.
 
 ``serve``, ``workspace`` and the environment clean-up come from ``tests/grpc/conftest.py``
-and ``rpc_helpers`` (imported, not copied); ``ringd_process`` beside this file runs
-``ringd serve`` as a child process.
+and ``rpc_helpers`` (imported, not copied); ``tests.support.process`` runs ``ringd serve``
+as a child process.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ import sqlite3
 from pathlib import Path
 
 import grpc
-from ringd_process import RingdProcess, health_check
 from rpc_helpers import Workspace, context, entry, metadata_of
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import engine_service_pb2_grpc as engine_grpc
 from ringd.v1 import plugin_pb2 as pb
+from tests.support.process import RingdProcess, health_check
 
 WRITER = f"{Path(__file__).parent / 'plugins' / 'writer.py'}:Writer"
 WORKERS = 16
@@ -45,7 +45,7 @@ def counter(path: Path) -> int:
 async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
     workspace.write_config([entry("writer", entrypoint=WRITER)], version="durable")
-    ringd = RingdProcess(workspace.config_path).start()
+    ringd = RingdProcess.for_config(workspace.config_path).start()
     acknowledged: list[str] = []
     failed: list[grpc.StatusCode] = []
     killed = asyncio.Event()
@@ -80,7 +80,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         assert set(failed) <= {grpc.StatusCode.UNAVAILABLE}, failed
 
         # Restart on the same store file.
-        restarted = RingdProcess(workspace.config_path, name="restarted").start()
+        restarted = RingdProcess.for_config(workspace.config_path, name="restarted").start()
         try:
             assert health_check(restarted.address) == "SERVING"
             assert integrity(workspace.store_path) == "ok"

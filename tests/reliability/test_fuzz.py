@@ -25,7 +25,6 @@ import yaml
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ringd_process import RingdProcess, health_check
 from rpc_helpers import Workspace, entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
@@ -33,6 +32,7 @@ from ringd.v1 import admin_service_pb2_grpc as admin_grpc
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import engine_service_pb2_grpc as engine_grpc
 from ringd.v1 import plugin_pb2 as pb
+from tests.support.process import RingdProcess, health_check
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECUTE_RING = "/ringd.v1.PluginEngineService/ExecuteRing"
@@ -153,7 +153,7 @@ def fuzz_config(workspace: Workspace) -> Path:
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     workspace = Workspace(tmp_path_factory.mktemp("fuzz"))
     # Console tracing (into ringd.stdout) so the caller's traceparent is parsed too.
-    process = RingdProcess(fuzz_config(workspace), env={"OTEL_TRACES_EXPORTER": "console"}).start()
+    process = RingdProcess.for_config(fuzz_config(workspace), env={"OTEL_TRACES_EXPORTER": "console"}).start()
     server = Fuzzed(process)
     try:
         yield server

@@ -14,7 +14,9 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ringd.server.launch import Ready, ServeFailed, start_serve, stop_process
 
 START_TIMEOUT_S = 60.0  # a bound for a loaded machine, not an expectation: a start takes ~1 s
@@ -122,3 +124,14 @@ def ringd_process(tmp_path: Path) -> Iterator[StartRingd]:
     yield start
     for process in started:
         process.stop()
+
+
+def health_check(target: str, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """The overall health status name (SERVING, NOT_SERVING), or the gRPC code name if refused."""
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as refused:
+            return refused.code().name  # type: ignore[attr-defined]
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
