@@ -166,9 +166,9 @@ def test_redis_restart_fails_calls_per_fail_policy_then_recovers_without_restart
 
         redis_server.stop()
         for _ in range(3):
-            started = time.monotonic()
+            # A dead Redis fails fast: the plugin's error names the Redis, where a store that
+            # kept retrying would run into the plugin's 2 s timeout ("timed out").
             ingress, pre_flight = both_rings()
-            assert time.monotonic() - started < 2.0  # a dead Redis fails fast
             # fail_policy closed: the ring blocks with 500 plugin_error, naming the Redis.
             assert (ingress.action, ingress.status_code, ingress.error_type) == (
                 "block",
@@ -211,7 +211,9 @@ async def test_the_redis_store_reconnects_by_itself_after_a_restart(redis_server
             started = time.monotonic()
             with pytest.raises(StoreError, match=re.escape(f"redis store unreachable at {redis_server.url}")):
                 await call
-            assert time.monotonic() - started < 1.0
+            # Fast, not retried until some timeout: a refused connection fails at once; the
+            # bound is far from that, for a busy machine.
+            assert time.monotonic() - started < 5.0
 
         redis_server.start()
         # Same store object, no reopen: the pool reconnects, and the incr script (lost
