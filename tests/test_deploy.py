@@ -6,7 +6,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,10 @@ import yaml
 from ringd.server.config import RingdConfig, parse_config
 from ringd.server.engine import Engine
 
+from tests.support.process import RingdProcess
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
-RINGD = Path(sys.executable).with_name("ringd")
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -189,23 +189,9 @@ def test_the_sidecar_health_probe_works_against_a_real_ringd_on_a_unix_socket() 
         command = [sys.executable, *(part.replace(socket_path, local_socket) for part in probe[1:])]
         assert subprocess.run(command, capture_output=True, check=False).returncode != 0  # nothing there yet
 
-        server = subprocess.Popen(
-            [str(RINGD), "serve", "--listen", f"unix:{local_socket}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=folder,
-        )
+        server = RingdProcess("--listen", f"unix:{local_socket}", cwd=Path(folder)).start()
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                result = subprocess.run(command, capture_output=True, text=True, check=False)
-                if result.returncode == 0:
-                    break
-                assert server.poll() is None, f"ringd exited: {server.communicate()[1]!r}"
-                assert time.monotonic() < deadline, f"probe never passed: {shlex.join(command)}\n{result}"
-                time.sleep(0.1)
+            result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+            assert result.returncode == 0, f"probe failed on a ready server: {shlex.join(command)}\n{result}"
         finally:
-            server.terminate()
-            server.wait(timeout=15)
-            assert server.stderr is not None
-            server.stderr.close()
+            assert server.stop() == 0, server.log()
