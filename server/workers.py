@@ -4,8 +4,9 @@ The supervisor resolves the listen addresses (port 0 becomes one free port that
 every worker binds with SO_REUSEPORT, so the kernel spreads connections over
 them), prepares the store once, starts the workers and waits for each one's ready
 signal (``--ready-fd``, see :mod:`ringd.server.launch`), forwards SIGTERM/SIGINT
-(drain and stop) and SIGHUP (reload) to each, and exits 0 when they all did. A reload asked of one worker
-over the admin RPC is passed on to its siblings through the supervisor (SIGUSR1).
+(drain and stop) and SIGHUP (reload) to each, and exits 0 when they all did. A
+reload asked of one worker over the admin RPC is passed on to its siblings through
+the supervisor (SIGUSR1).
 
 Each worker is a whole ringd: its own engine, background queue and stats (the
 admin service reports the stats of the worker that answers), the store shared
