@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from ringd.sdk import Store, StoreError
@@ -233,3 +235,43 @@ async def test_the_database_file_is_readable_by_its_owner_only(tmp_path) -> None
         assert (tmp_path / "fresh" / "ringd.db").stat().st_mode & 0o777 == 0o600
     finally:
         await opened.close()
+
+
+OPEN_AND_COUNT = """
+import asyncio, sys
+from ringd.server.store import SqliteStore
+
+async def main():
+    store = await SqliteStore.open(sys.argv[1])
+    try:
+        await store.incr("opened")
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path) -> None:
+    # As `--workers` and replicas do: every process switches the new file to WAL mode.
+    path = tmp_path / "fresh.db"
+    for _ in range(3):
+        path.unlink(missing_ok=True)
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_AND_COUNT, str(path)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in processes]
+        assert [p.returncode for p in processes] == [0] * 6, errors
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("SELECT value FROM kv WHERE key = 'opened'").fetchone()[0] == "6"
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error_naming_it(tmp_path) -> None:
+    path = tmp_path / "ringd.db"
+    path.write_bytes(b"not SQLite" * 1000)
+    with pytest.raises(StoreError, match=f"cannot open SQLite store '{path}': file is not a database"):
+        await SqliteStore.open(path)
