@@ -84,10 +84,10 @@ async def test_sigterm_under_load_finishes_in_flight_calls_and_exits_zero(spawn,
         ringd.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
 
-        assert (await asyncio.wait_for(watch.read(), 5)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (await asyncio.wait_for(watch.read(), 30)).status == health_pb2.HealthCheckResponse.NOT_SERVING
         answers = await asyncio.gather(*calls)
         # The watch ends once it has said NOT_SERVING, so it does not hold the drain.
-        assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF
+        assert await asyncio.wait_for(watch.read(), 30) == grpc.aio.EOF
 
     assert len(answers) == 20
     for answer in answers:
