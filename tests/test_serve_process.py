@@ -201,3 +201,9 @@ def test_workers_start_on_a_fresh_store_every_time(tmp_path: Path, ringd_process
             assert client.execute_ring("pre_flight", {}).metadata["pid"] in supervisor.ready.workers
         assert supervisor.stop() == 0, supervisor.log()
         assert "database is locked" not in supervisor.log()
+
+
+def test_workers_below_one_are_refused(workdir: Path) -> None:
+    result = serve_once(["--config", "ringd.yaml", "--workers", "0"], workdir)
+    assert result.returncode == 2
+    assert "--workers must be at least 1, got 0" in result.stderr
