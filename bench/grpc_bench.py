@@ -23,10 +23,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ringd.server.launch import ServeFailed, start_serve
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import plugin_pb2 as pb
@@ -34,7 +35,6 @@ from ringd.v1 import plugin_pb2 as pb
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
-RINGD = [PYTHON, "-m", "ringd.server.cli"]
 ENGINE = "/ringd.v1.PluginEngineService/"
 
 _WORDS = [
@@ -130,7 +130,7 @@ class BenchError(RuntimeError):
 
 @contextlib.contextmanager
 def process(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start a server that prints `listening on ADDR`; yield ADDR; stop it."""
+    """Start a helper server (echo, OTLP sink) that prints `listening on ADDR`; yield ADDR; stop it."""
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -142,12 +142,8 @@ def process(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> 
     )
     try:
         address = None
-        deadline = time.monotonic() + 30
         assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
+        for line in proc.stdout:  # ends when the process does
             if line.startswith("listening on "):
                 address = line.split()[-1]
                 break
@@ -155,16 +151,35 @@ def process(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> 
             proc.kill()
             _, err = proc.communicate(timeout=5)
             raise RuntimeError(f"{' '.join(cmd)} did not start:\n{err[-2000:]}")
-        time.sleep(0.3)  # let every worker bind
         yield address
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop_group(proc)
+
+
+@contextlib.contextmanager
+def ringd(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``ringd serve ARGS``, ready (every worker bound) per its ready signal; yield its address; stop it."""
+    with tempfile.NamedTemporaryFile(prefix="ringd-bench-", suffix=".stderr", delete=False) as log:
+        log_path = Path(log.name)
+    try:
+        proc, ready = start_serve(args, log=log_path, cwd=cwd, env=env, start_new_session=True, timeout_s=120)
+    except ServeFailed as exc:
+        raise RuntimeError(str(exc)) from None
+    try:
+        yield ready.address
+    finally:
+        _stop_group(proc)
+        log_path.unlink()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def h2load(address: str, method: str, payload: bytes, *, requests: int, clients: int, streams: int) -> Run:
@@ -218,18 +233,8 @@ class Row:
         return self.ringd.rps / self.echo.rps
 
 
-def ringd_cmd(config: Path, *extra: str) -> list[str]:
-    return [
-        *RINGD,
-        "serve",
-        "--config",
-        str(config),
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
+def ringd_args(config: Path, *extra: str) -> list[str]:
+    return ["--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING", *extra]
 
 
 def main() -> int:
@@ -264,16 +269,16 @@ def main() -> int:
     extra_lines: list[str] = []
 
     def compare(
-        case: str, payload: bytes, method: str, cmd: list[str], target: float | None, env=None
+        case: str, payload: bytes, method: str, args: list[str], target: float | None, env=None
     ) -> Row:
         with process([PYTHON, str(HERE / "echo_server.py")], cwd=work, env=base_env) as echo_address:
             echo = h2load(echo_address, method, payload, **load)
-        with process(cmd, cwd=work, env=env or base_env) as address:
-            ringd = h2load(address, method, payload, **load)
-        row = Row(case, echo, ringd, target)
+        with ringd(args, cwd=work, env=env or base_env) as address:
+            served = h2load(address, method, payload, **load)
+        row = Row(case, echo, served, target)
         rows.append(row)
         print(
-            f"  {case}: echo {echo.rps:,.0f}/s, ringd {ringd.rps:,.0f}/s, ratio {row.ratio:.2f}", flush=True
+            f"  {case}: echo {echo.rps:,.0f}/s, ringd {served.rps:,.0f}/s, ratio {row.ratio:.2f}", flush=True
         )
         return row
 
@@ -284,12 +289,12 @@ def main() -> int:
             "a. PRE_FLIGHT, 5 passthrough, 2 KB body_json",
             json_request,
             "ExecuteRing",
-            ringd_cmd(passthrough),
+            ringd_args(passthrough),
             0.85,
         )
     if wanted("b"):
         struct_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body, struct_form=True)
-        compare("b. same, body as Struct", struct_request, "ExecuteRing", ringd_cmd(passthrough), 0.6)
+        compare("b. same, body as Struct", struct_request, "ExecuteRing", ringd_args(passthrough), 0.6)
     if wanted("c"):
         with process([PYTHON, str(HERE / "otlp_sink.py")], cwd=work, env=base_env) as sink:
             env = {
@@ -304,25 +309,25 @@ def main() -> int:
                 "c. case a, tracing on, all sampled, batch OTLP export",
                 json_request,
                 "ExecuteRing",
-                ringd_cmd(passthrough),
+                ringd_args(passthrough),
                 0.7,
                 env,
             )
     if wanted("d"):
         bg_request = ring_request(pb.PLUGIN_HOOK_BACKGROUND, body)
-        compare("d. BACKGROUND acknowledgement", bg_request, "ExecuteRing", ringd_cmd(passthrough), 0.9)
+        compare("d. BACKGROUND acknowledgement", bg_request, "ExecuteRing", ringd_args(passthrough), 0.9)
     if wanted("e"):
         default_request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, body)
         compare(
             "e. default config PRE_FLIGHT (built-in plugins)",
             default_request,
             "ExecuteRing",
-            [*RINGD, "serve", "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
+            ["--listen", "127.0.0.1:0", "--log-level", "WARNING"],
             None,
         )
     if wanted("rings"):
         hooks = [pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT, pb.PLUGIN_HOOK_ROUTING]
-        with process(ringd_cmd(passthrough), cwd=work, env=base_env) as address:
+        with ringd(ringd_args(passthrough), cwd=work, env=base_env) as address:
             combined = h2load(address, "ExecuteRings", rings_request(hooks, body), **load)
             singles = [h2load(address, "ExecuteRing", ring_request(hook, body), **load) for hook in hooks]
         three_calls = 1.0 / sum(1.0 / run.rps for run in singles)
@@ -338,8 +343,8 @@ def main() -> int:
         pii_load = {"requests": max(100, n // 4), "clients": 16, "streams": 4}
         runs = {}
         for workers in (1, 2):
-            with process(
-                ringd_cmd(work / "pii.yaml", "--workers", str(workers)), cwd=work, env=base_env
+            with ringd(
+                ringd_args(work / "pii.yaml", "--workers", str(workers)), cwd=work, env=base_env
             ) as address:
                 runs[workers] = h2load(address, "ExecuteRing", pii_request, **pii_load)
         ratio = runs[2].rps / runs[1].rps

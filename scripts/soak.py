@@ -13,7 +13,9 @@ that blocks requests carrying a known marker (so every expected block is known).
 Checks (exit 1 when any fails): no failed call but the expected blocks; no generation
 mix (in every answer all plugins report one value, the one of the answer's generation
 and config version); server RSS growth under ``--max-rss-growth`` (10%) between the
-first and last 10 s of the hold (a third of it in short runs); a clean server log.
+first and last 10 s of the hold (a third of it in short runs); a clean server log; the
+reloads took effect. Throughput (the burst's maximum, the rate held, latency) is
+reported, never checked: it measures the machine as much as ringd.
 
     .venv/bin/python scripts/soak.py                 # 60 s
     .venv/bin/python scripts/soak.py --duration 5    # the CI variant (tests/reliability/test_soak.py)
@@ -25,10 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import secrets
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import grpc
 import yaml
+from ringd.server.launch import start_serve, stop_process
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import admin_service_pb2_grpc as admin_grpc
@@ -92,7 +92,6 @@ class Marker(Stamp):
 
 MARKER = "block-me"
 BLOCK_EVERY = 50  # every 50th call carries the marker: 2% expected blocks
-LISTENING = re.compile(r"^listening on (\S+:\d+)$")
 BODY = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hello, soak"}]}'
 MARKED_BODY = (
     b'{"model": "gpt-4o", "soak_marker": "'
@@ -162,47 +161,16 @@ class Server:
 
 @contextlib.contextmanager
 def ringd_server(folder: Path, config: Path) -> Iterator[Server]:
-    ringd = Path(sys.executable).parent / "ringd"
-    command = [str(ringd) if ringd.exists() else shutil.which("ringd") or "ringd"]
     admin_socket = folder / "admin.sock"
-    out_path, log_path = folder / "ringd.stdout", folder / "ringd.stderr"
+    log_path = folder / "ringd.stderr"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGD_", "OTEL_"))}
-    with out_path.open("wb") as out, log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *command,
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                f"unix:{admin_socket}",
-            ],
-            stdout=out,
-            stderr=log,
-            env=env,
-        )
+    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--admin-listen", f"unix:{admin_socket}"]
+    with (folder / "ringd.stdout").open("wb") as out:
+        process, ready = start_serve(args, log=log_path, stdout=out, env=env)
     try:
-        deadline = time.monotonic() + 30
-        address = ""
-        while not address:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ringd did not start:\n{log_path.read_text()}")
-            for line in out_path.read_text().splitlines():
-                match = LISTENING.match(line.strip())
-                if match:
-                    address = match.group(1)
-            time.sleep(0.02)
-        yield Server(process, address, f"unix:{admin_socket}", log_path)
+        yield Server(process, ready.address, ready.admin_listen[0], log_path)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 # ------------------------------------------------------------------ load
@@ -433,13 +401,13 @@ async def soak(args: argparse.Namespace, folder: Path) -> int:
         f"RSS growth under {args.max_rss_growth:.0f}%": growth < args.max_rss_growth,
         "a clean server log": "Traceback" not in log and "unexpected error" not in log,
         "reloads took effect": len(generations) - 1 >= max(1, int(args.duration / args.reload_every) - 1),
-        "the held load was reached": held_rps >= target * 0.9,
     }
     calls = tally.calls
     print(
         textwrap.dedent(
             f"""
-            throughput   max {max_rps:.0f}/s, held {held_rps:.0f}/s (target {target:.0f}/s, {late} calls late)
+            throughput   max {max_rps:.0f}/s, held {held_rps:.0f}/s = {held_rps / max(target, 1e-9):.0%} of \
+the target {target:.0f}/s ({late} calls late; a figure, not a check: it depends on the machine)
             calls        {calls} held (+{burst_tally.calls} in the burst)
             errors       {sum(tally.failures.values())} held, {sum(burst_tally.failures.values())} burst
             blocks       {tally.blocks} expected ({tally.marked} marked)

@@ -25,7 +25,9 @@ from ringd.server.config import (
     load_config,
 )
 from ringd.server.exceptions import ConfigError
+from ringd.server.launch import Ready, check_ready_fd, write_ready
 from ringd.server.logs import configure as configure_logs
+from ringd.server.workers import WORKER_ENV
 
 from ringd import __version__
 
@@ -74,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-listen", action="append", metavar="ADDR", help="serve the admin service here only"
     )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the listen port (default 1)")
+    serve.add_argument(
+        "--ready-fd",
+        type=int,
+        metavar="N",
+        help="once serving, write one JSON line to file descriptor N and close it: "
+        '{"ready": true, "pid": ..., "listen": [bound addresses], "admin_listen": [...], '
+        '"config_version": ..., "generation": ..., "workers": [pids]} (see the README)',
+    )
     serve.add_argument("--log-level", default=os.environ.get("RINGD_LOG_LEVEL", "INFO"))
     # --- issue 14 (operations): log format and metrics address --------------------------
     serve.add_argument(
@@ -179,6 +189,12 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["RINGD_LOG_FORMAT"] = args.log_format
     if args.metrics_listen:
         os.environ["RINGD_METRICS_LISTEN"] = args.metrics_listen
+    if args.workers < 1:
+        print(f"ringd: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.ready_fd is not None and (problem := check_ready_fd(args.ready_fd)):
+        print(f"ringd: {problem}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as exc:
@@ -206,7 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
             # A worker of `--workers` shares its port with its siblings.
             reuse_port=bool(os.environ.get(WORKER_ENV)),
         )
-        await server.serve_forever(on_ready=lambda: _announce(server))
+        await server.serve_forever(on_ready=lambda: _announce(server, args.ready_fd))
 
     _install_event_loop()
     try:
@@ -228,10 +244,24 @@ def _install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _announce(server: Any) -> None:
+def _announce(server: Any, ready_fd: int | None) -> None:
+    """The human banner on stdout (once per supervisor), then the ready signal on ``ready_fd``."""
     from ringd.sdk import PluginHook
 
     generation = server.engine.generation
+    ready = Ready(
+        pid=os.getpid(),
+        listen=tuple(server.addresses),
+        admin_listen=tuple(server.admin_addresses),
+        config_version=generation.version,
+        generation=generation.number,
+        version=__version__,
+        workers=(os.getpid(),),
+    )
+    if os.environ.get(WORKER_ENV, "0") != "0":  # a --workers sibling: worker 0 prints the banner
+        if ready_fd is not None:
+            write_ready(ready_fd, ready)
+        return
     out = [f"ringd {__version__}: config {generation.version}, generation {generation.number}"]
     out.extend(f"listening on {address}" for address in server.addresses)
     out.extend(f"admin listening on {address}" for address in server.admin_addresses)
@@ -248,6 +278,8 @@ def _announce(server: Any) -> None:
             names.append(label)
         out.append(f"  {hook.value:<11} {', '.join(names) if names else '-'}")
     print("\n".join(out), flush=True)
+    if ready_fd is not None:
+        write_ready(ready_fd, ready)
 
 
 def _check_config(path: Path) -> int:

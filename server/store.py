@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -109,6 +110,31 @@ def make_owner_only(path: Path, what: str) -> None:
     _log.warning("%s %s was mode %04o; made it 0600 (owner only)", what, path, mode)
 
 
+BUSY_TIMEOUT_S = 30.0
+"""How long a statement waits for another connection's (or process's) lock."""
+
+
+async def _enter_wal(conn: aiosqlite.Connection) -> None:
+    """Switch the file to WAL mode (a no-op when it is already), riding out other openers.
+
+    Processes opening one fresh file at once (``--workers``, replicas) all change its
+    journal mode. SQLite answers SQLITE_BUSY at once, without the busy handler, to
+    a connection that would otherwise deadlock with another one upgrading its lock,
+    so "database is locked" is retried here until the busy timeout has passed.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
 def _prepare_file(path: Path) -> None:
     """Create the database file's folder, and the file owner-only: plugins keep tenants'
     data in it (usage, cached answers, key records). An existing file and its -wal and
@@ -146,13 +172,20 @@ class SqliteStore:
         if target != ":memory:":
             await asyncio.to_thread(_prepare_file, Path(target))
         try:
-            conn = await aiosqlite.connect(target, isolation_level=None, timeout=30.0)
+            conn = await aiosqlite.connect(target, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except Exception as exc:  # any open failure is reported as the store's, naming the file
             raise StoreError(f"cannot open SQLite store {target!r}: {exc}") from exc
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        await conn.execute("PRAGMA busy_timeout=30000")
-        await conn.execute(_SCHEMA)
+        try:
+            # The busy timeout first: every later statement waits for other processes' locks.
+            await conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            await _enter_wal(conn)
+            await conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            await conn.execute(_SCHEMA)
+        except Exception as exc:  # not a database, locked for too long, read-only ...: the store's error
+            # aiosqlite's connection thread is not a daemon: left open, it would keep the
+            # process alive after the error (a worker that never exits).
+            await conn.close()
+            raise StoreError(f"cannot open SQLite store {target!r}: {exc}") from exc
         store = cls(conn, target)
         await store.purge_expired()
         store._purger = asyncio.create_task(store._purge_periodically(), name="ringd-store-purge")

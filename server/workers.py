@@ -2,9 +2,11 @@
 
 The supervisor resolves the listen addresses (port 0 becomes one free port that
 every worker binds with SO_REUSEPORT, so the kernel spreads connections over
-them), starts the workers, forwards SIGTERM/SIGINT (drain and stop) and SIGHUP
-(reload) to each, and exits 0 when they all did. A reload asked of one worker
-over the admin RPC is passed on to its siblings through the supervisor (SIGUSR1).
+them), prepares the store once, starts the workers and waits for each one's ready
+signal (``--ready-fd``, see :mod:`ringd.server.launch`), forwards SIGTERM/SIGINT
+(drain and stop) and SIGHUP (reload) to each, and exits 0 when they all did. A
+reload asked of one worker over the admin RPC is passed on to its siblings through
+the supervisor (SIGUSR1).
 
 Each worker is a whole ringd: its own engine, background queue and stats (the
 admin service reports the stats of the worker that answers), the store shared
@@ -14,17 +16,21 @@ admin service reports the stats of the worker that answers), the store shared
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+from dataclasses import replace
 from types import FrameType
 
+from ringd.sdk import StoreError
 from ringd.server.config import RingdConfig
+from ringd.server.launch import ReadyPipe, ServeFailed, wait_ready, write_ready
+from ringd.server.store import open_store
 
 SUPERVISOR_ENV = "RINGD_SUPERVISOR_PID"
 WORKER_ENV = "RINGD_WORKER_INDEX"
@@ -45,7 +51,13 @@ def _reserve(address: str) -> tuple[str, socket.socket | None]:
 
 
 def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
-    """Run ``args.workers`` ringd processes on the same addresses; return the exit code."""
+    """Run ``args.workers`` ringd processes on the same addresses; return the exit code.
+
+    The store is opened (created, put in WAL mode) once here before any worker starts,
+    so the workers never race to set it up. A worker that exits, or is not ready within
+    ``START_TIMEOUT_S``, during start-up stops the others and the supervisor exits 1,
+    naming the worker; its own error is on the shared stderr just above.
+    """
     listen = list(args.listen or config.server.listen)
     unix = [address for address in listen if address.startswith("unix:")]
     if unix:
@@ -54,6 +66,11 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        asyncio.run(_prepare_store(config))
+    except StoreError as exc:
+        print(f"ringd: cannot serve: {exc}", file=sys.stderr)
+        return 1
     reserved: list[socket.socket] = []
     resolved: list[str] = []
     for address in listen:
@@ -78,58 +95,69 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
     for address in args.admin_listen or ():
         base += ["--admin-listen", address]
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
-    workers = [
-        subprocess.Popen(base, env={**env, WORKER_ENV: str(index)}, stdout=subprocess.PIPE, text=True)
-        for index in range(args.workers)
-    ]
-    banner = ""
-    try:
-        for worker in workers:
-            banner = _await_ready(worker)
-    except RuntimeError as exc:
-        print(f"ringd: {exc}", file=sys.stderr)
-        _signal_all(workers, signal.SIGTERM)
-        return 1
-    finally:
-        for sock in reserved:
-            sock.close()
-    print(f"ringd supervisor {os.getpid()}: {args.workers} workers", flush=True)
-    print(banner, end="", flush=True)
-    for worker in workers:
-        threading.Thread(target=_relay, args=(worker,), daemon=True).start()
+    stopping: list[int] = []
+    children: dict[str, tuple[subprocess.Popen[bytes], ReadyPipe]] = {}
+    workers: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping.append(signum)
         _signal_all(workers, signal.SIGHUP if signum == signal.SIGUSR1 else signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, forward)
+    try:
+        for index in range(args.workers):
+            pipe = ReadyPipe()
+            try:
+                worker = subprocess.Popen(
+                    [*base, *pipe.args], env={**env, WORKER_ENV: str(index)}, pass_fds=pipe.pass_fds
+                )
+            finally:
+                pipe.spawned()
+            workers.append(worker)
+            children[f"worker {index}"] = (worker, pipe)
+        ready = wait_ready(children, START_TIMEOUT_S)
+    except (ServeFailed, OSError) as exc:
+        if not stopping:
+            print(f"ringd: cannot serve: {exc}; stopping the other workers", file=sys.stderr, flush=True)
+        _stop_all(workers)
+        return 0 if stopping else 1
+    finally:
+        for sock in reserved:
+            sock.close()
+        for _, pipe in children.values():
+            pipe.close()
+    first = ready["worker 0"]
+    print(f"ringd supervisor {os.getpid()}: {args.workers} workers ready", flush=True)
+    if args.ready_fd is not None:
+        write_ready(
+            args.ready_fd,
+            replace(first, pid=os.getpid(), workers=tuple(worker.pid for worker in workers)),
+        )
     codes = [worker.wait() for worker in workers]
     return 0 if all(code == 0 for code in codes) else 1
 
 
-def _await_ready(worker: subprocess.Popen[str]) -> str:
-    """Read a worker's start-up banner up to its last `listening on` line."""
-    assert worker.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = worker.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {worker.pid} exited during start-up (code {worker.wait()})")
-        lines.append(line)
-        if line.startswith("  background"):
-            return "".join(lines)
-    raise RuntimeError(f"worker {worker.pid} did not start within {START_TIMEOUT_S:.0f} s")
+async def _prepare_store(config: RingdConfig) -> None:
+    """Open and close the config's store: a SQLite file is created in WAL mode, Redis reached."""
+    store = await open_store(config.store, base_dir=config.base_dir)
+    await store.close()
 
 
-def _relay(worker: subprocess.Popen[str]) -> None:
-    assert worker.stdout is not None
-    for line in worker.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+def _stop_all(workers: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:
+    """SIGTERM every worker still running, and SIGKILL those still there after ``timeout_s``."""
+    _signal_all(workers, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for worker in workers:
+        try:
+            worker.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
-def _signal_all(workers: list[subprocess.Popen[str]], signum: int) -> None:
+def _signal_all(workers: list[subprocess.Popen[bytes]], signum: int) -> None:
     for worker in workers:
         if worker.poll() is None:
             with contextlib.suppress(ProcessLookupError):

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["support.fixtures", "support.redis", "ringd.testing.pytest_plugin"]
+pytest_plugins = ["support.fixtures", "support.redis", "support.process", "ringd.testing.pytest_plugin"]

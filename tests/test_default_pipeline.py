@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support.process import StartRingd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,20 +58,14 @@ async def test_default_pipeline_runs_every_ring(tmp_path: Path, monkeypatch: pyt
     assert "jane.doe@example.com" not in "".join(audit)
 
 
-def test_ringd_serve_without_config_lists_the_default_pipeline(tmp_path: Path) -> None:
-    ringd = Path(sys.executable).with_name("ringd")
-    proc = subprocess.Popen(
-        [str(ringd), "serve", "--listen", "127.0.0.1:0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(7)]
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-    banner = "".join(lines)
+def test_ringd_serve_without_config_lists_the_default_pipeline(
+    tmp_path: Path, ringd_process: StartRingd
+) -> None:
+    ringd = ringd_process("--listen", "127.0.0.1:0", cwd=tmp_path)
+    banner = ringd.stdout()  # printed before the ready signal
+    assert ringd.stop() == 0, ringd.log()
     assert "config builtin-default-1" in banner
-    assert "listening on 127.0.0.1:" in banner
+    assert f"listening on {ringd.address}" in banner
     assert "pre_flight  prompt_guard, pii_redactor, response_cache, max_tokens_clamp" in banner
     assert "background  usage_accounting, audit_log" in banner
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from grpc_health.v1 import health_pb2
 from ringd.server.app import build_server
 from ringd.server.config import RingdConfig, parse_config
 from ringd.server.engine import Engine
+from support.process import RingdProcess
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
@@ -207,26 +207,12 @@ def test_the_sidecar_health_probe_works_against_a_real_ringd_on_a_unix_socket() 
         nothing_yet = subprocess.run(command, capture_output=True, text=True, check=False)
         assert nothing_yet.returncode == 3, nothing_yet  # unreachable: nothing listens there yet
 
-        server = subprocess.Popen(
-            [str(RINGD), "serve", "--listen", f"unix:{local_socket}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=folder,
-        )
+        server = RingdProcess("--listen", f"unix:{local_socket}", cwd=Path(folder)).start()
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                result = subprocess.run(command, capture_output=True, text=True, check=False)
-                if result.returncode == 0:
-                    break
-                assert server.poll() is None, f"ringd exited: {server.communicate()[1]!r}"
-                assert time.monotonic() < deadline, f"probe never passed: {shlex.join(command)}\n{result}"
-                time.sleep(0.1)
+            result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+            assert result.returncode == 0, f"probe failed on a ready server: {shlex.join(command)}\n{result}"
         finally:
-            server.terminate()
-            server.wait(timeout=15)
-            assert server.stderr is not None
-            server.stderr.close()
+            assert server.stop() == 0, server.log()
 
 
 # ------------------------------------------------------------------ the image and its probes

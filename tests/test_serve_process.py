@@ -11,12 +11,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ringd.client import Client
 from ringd.server.metrics import MergedEndpoint
+from support.process import RingdProcess, StartRingd
 
 RINGD = str(Path(sys.executable).with_name("ringd"))
 
@@ -30,6 +30,7 @@ plugins:
 """
 
 PLUGIN = """
+import json
 import os
 from ringd.sdk import PluginHook, BasePlugin, PluginResponse
 
@@ -42,32 +43,11 @@ class WhoAmI(BasePlugin):
 """
 
 
-def start(args: list[str], cwd: Path, stderr: IO[bytes] | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [RINGD, "serve", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("listening on "):
-            return proc, line.split()[-1]
-    proc.kill()
-    raise AssertionError(f"ringd {' '.join(args)} did not start")
-
-
 def serve_once(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`ringd serve ARGS` expected to exit by itself (a refused start)."""
     return subprocess.run(
         [RINGD, "serve", *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=30
     )
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -77,28 +57,31 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_second_server_on_a_taken_port_fails_clearly(workdir: Path) -> None:
-    first, address = start(["--config", "ringd.yaml", "--listen", "127.0.0.1:0"], workdir)
-    try:
-        second = serve_once(["--config", "ringd.yaml", "--listen", address], workdir)
-        assert second.returncode == 1
-        assert f"cannot serve: Failed to bind to address {address}" in second.stderr
-        assert "Traceback" not in second.stderr
-    finally:
-        assert stop(first) == 0
+def test_a_second_server_on_a_taken_port_fails_clearly(workdir: Path, ringd_process: StartRingd) -> None:
+    first = ringd_process("--config", "ringd.yaml", "--listen", "127.0.0.1:0", cwd=workdir)
+    address = first.address
+    second = serve_once(["--config", "ringd.yaml", "--listen", address], workdir)
+    assert second.returncode == 1
+    assert f"cannot serve: Failed to bind to address {address}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.stop() == 0
 
 
-def test_workers_share_one_port_and_reload_together(workdir: Path) -> None:
-    args = ["--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2"]
-    supervisor, address = start(args, workdir)
+def test_workers_share_one_port_and_reload_together(workdir: Path, ringd_process: StartRingd) -> None:
+    supervisor = ringd_process(
+        "--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2", cwd=workdir
+    )
+    address = supervisor.address
+    assert supervisor.ready is not None
+    assert len(supervisor.ready.workers) == 2
+    assert supervisor.pid not in supervisor.ready.workers
     try:
         pids: set[int] = set()
         deadline = time.monotonic() + 20
         while len(pids) < 2 and time.monotonic() < deadline:
             with Client(address) as client:  # a new connection each time: SO_REUSEPORT spreads them
                 pids.add(client.execute_ring("pre_flight", {}).metadata["pid"])
-        assert len(pids) == 2, "both workers answer on the one port"
-        assert supervisor.pid not in pids
+        assert pids == set(supervisor.ready.workers), "both workers answer on the one port"
 
         (workdir / "ringd.yaml").write_text(CONFIG.replace("v1", "v2") + "    config: {label: second}\n")
         with Client(address) as client:
@@ -113,7 +96,7 @@ def test_workers_share_one_port_and_reload_together(workdir: Path) -> None:
             time.sleep(0.05)
         assert seen == dict.fromkeys(pids, "v2"), "the admin reload reached the other worker too"
     finally:
-        assert stop(supervisor) == 0
+        assert supervisor.stop() == 0, supervisor.log()
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -130,11 +113,13 @@ def test_workers_refuse_a_unix_socket(workdir: Path) -> None:
 LOGGING_PLUGIN = """
 import logging
 import os
-from ringd.sdk import BasePlugin, PluginResponse
+from ringd.sdk import BasePlugin, PluginHook, PluginResponse
 
 _log = logging.getLogger("plugin.whoami")
 
 class WhoAmI(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
+
     async def execute(self, ctx):
         ctx.metadata["pid"] = os.getpid()
         _log.warning("handling %s", ctx.request_id)
@@ -172,8 +157,8 @@ def test_workers_serve_metrics_on_consecutive_ports_and_log_json_lines(workdir: 
     port = free_port_pair()
     args = ["--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2"]
     args += ["--log-format", "json", "--metrics-listen", f"127.0.0.1:{port}"]
-    with (workdir / "stderr.log").open("wb") as log:
-        supervisor, address = start(args, workdir, stderr=log)
+    supervisor = RingdProcess(*args, cwd=workdir).start()
+    address = supervisor.address
     rings = 0
     try:
         pids: set[int] = set()
@@ -213,11 +198,113 @@ def test_workers_serve_metrics_on_consecutive_ports_and_log_json_lines(workdir: 
             up = frozenset({"worker_address": f"127.0.0.1:{port + index}"}.items())
             assert found[("ringd_worker_up", up)] == 1
     finally:
-        assert stop(supervisor) == 0
+        assert supervisor.stop() == 0, supervisor.log()
 
-    lines = [json.loads(line) for line in (workdir / "stderr.log").read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in supervisor.log().splitlines() if line.strip()]
     handled = [line for line in lines if line["logger"] == "plugin.whoami"]
     assert len(handled) == rings
     for line in handled:
         assert line["message"] == f"handling {line['request_id']}"
         assert (line["ring"], line["plugin"]) == ("pre_flight", "whoami")
+
+
+def test_the_ready_signal_is_one_json_line_with_the_bound_addresses(workdir: Path) -> None:
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [
+            *(RINGD, "serve", "--config", "ringd.yaml", "--listen", "127.0.0.1:0"),
+            *("--admin-listen", f"unix:{workdir}/admin.sock", "--ready-fd", str(write_end)),
+        ],
+        cwd=workdir,
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as ready_pipe:
+            signal_bytes = ready_pipe.read()  # the whole of it: ringd closes the fd after the line
+        ready = json.loads(signal_bytes)
+        assert signal_bytes.endswith(b"\n")
+        assert signal_bytes.count(b"\n") == 1
+        assert ready["ready"] is True
+        assert ready["pid"] == proc.pid
+        assert ready["workers"] == [proc.pid]
+        assert (ready["config_version"], ready["generation"]) == ("v1", 1)
+        assert ready["admin_listen"] == [f"unix:{workdir}/admin.sock"]
+        (address,) = ready["listen"]
+        assert address.startswith("127.0.0.1:")
+        assert not address.endswith(":0")
+        with Client(address) as client:  # serving as soon as the line is written
+            assert client.execute_ring("pre_flight", {}).metadata["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_ready_fd_that_is_not_open_is_refused(workdir: Path) -> None:
+    result = serve_once(["--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--ready-fd", "97"], workdir)
+    assert result.returncode == 2
+    assert "--ready-fd 97: not an open file descriptor" in result.stderr
+
+
+def test_a_worker_that_cannot_start_ends_the_supervisor_with_its_error(workdir: Path) -> None:
+    # The admin address is taken by another program: every worker fails to bind it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        admin = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = [
+            "--config",
+            "ringd.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            admin,
+            "--workers",
+            "2",
+        ]
+        # subprocess.run waits for the end of stderr, which every worker holds open too:
+        # a worker left running would show as a timeout here.
+        result = serve_once(args, workdir)
+    assert result.returncode == 1
+    assert f"cannot serve: Failed to bind to address {admin}" in result.stderr  # the worker's own error
+    assert "exited during start-up (exit status 1); stopping the other workers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_workers_on_a_store_that_is_not_a_database_exit_with_the_store_error(workdir: Path) -> None:
+    (workdir / "ringd.db").write_bytes(b"this is not a SQLite file" * 100)
+    result = serve_once(["--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2"], workdir)
+    assert result.returncode == 1
+    assert f"cannot open SQLite store '{workdir / 'ringd.db'}': file is not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_single_server_on_a_broken_store_exits_instead_of_hanging(workdir: Path) -> None:
+    (workdir / "ringd.db").write_bytes(b"this is not a SQLite file" * 100)
+    result = serve_once(["--config", "ringd.yaml", "--listen", "127.0.0.1:0"], workdir)
+    assert result.returncode == 1
+    assert "file is not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_workers_start_on_a_fresh_store_every_time(tmp_path: Path, ringd_process: StartRingd) -> None:
+    for attempt in range(6):
+        folder = tmp_path / f"fresh-{attempt}"
+        folder.mkdir()
+        (folder / "ringd.yaml").write_text(CONFIG)
+        (folder / "whoami.py").write_text(PLUGIN)
+        supervisor = ringd_process(
+            "--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2", cwd=folder
+        )
+        with Client(supervisor.address) as client:
+            assert client.execute_ring("pre_flight", {}).metadata["pid"] in supervisor.ready.workers
+        assert supervisor.stop() == 0, supervisor.log()
+        assert "database is locked" not in supervisor.log()
+
+
+def test_workers_below_one_are_refused(workdir: Path) -> None:
+    result = serve_once(["--config", "ringd.yaml", "--workers", "0"], workdir)
+    assert result.returncode == 2
+    assert "--workers must be at least 1, got 0" in result.stderr

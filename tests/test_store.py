@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,9 +215,16 @@ async def test_the_purge_runs_by_itself(tmp_path, monkeypatch: pytest.MonkeyPatc
     opened = await SqliteStore.open(tmp_path / "ringd.db")
     try:
         await opened.set_state("short", 1, ttl_s=0.01)
-        await asyncio.sleep(0.3)
-        with sqlite3.connect(opened.path) as db:
-            assert db.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
+
+        def rows() -> int:
+            with sqlite3.connect(opened.path) as db:
+                return int(db.execute("SELECT count(*) FROM kv").fetchone()[0])
+
+        # No call purges here: only the periodic task can empty the file. Polled, with a
+        # bound far past its 50 ms period (a busy machine).
+        async with asyncio.timeout(10):
+            while rows():
+                await asyncio.sleep(0.02)
     finally:
         await opened.close()
 
@@ -266,22 +275,27 @@ async def test_aiosqlite_debug_records_never_carry_stored_values(tmp_path: Path,
     assert "ana@example.com" not in caplog.text
 
 
-def test_a_store_open_to_others_that_cannot_be_changed_is_refused(tmp_path_factory) -> None:
+def test_a_store_open_to_others_that_cannot_be_changed_is_refused() -> None:
     """Run as another user (nobody) against a root-owned 0644 store: a clear error, no silent 0644."""
     import os
     import shutil
-    import subprocess
-    import sys
+    import tempfile
 
     setpriv = shutil.which("setpriv")
     assert setpriv is not None, "setpriv (util-linux) runs the store as another user"
     assert os.geteuid() == 0, "the test makes a file owned by root and opens it as nobody"
-    folder = tmp_path_factory.mktemp("shared")
-    folder.chmod(0o777)
-    for parent in folder.parents:  # let nobody reach the folder
-        if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
-            parent.chmod(parent.stat().st_mode | 0o005)
-    store = folder / "ringd.db"
+    # A folder of its own under /tmp (which anyone can reach), not under pytest's base
+    # folder, whose modes other pytest sessions on the machine may change.
+    with tempfile.TemporaryDirectory(prefix="ringd-shared-") as name:
+        folder = Path(name)
+        folder.chmod(0o777)
+        _refused_as_nobody(setpriv, folder / "ringd.db")
+
+
+def _refused_as_nobody(setpriv: str, store: Path) -> None:
+    import subprocess
+    import sys
+
     store.write_bytes(b"")
     store.chmod(0o644)
     script = (
@@ -304,3 +318,43 @@ def test_a_store_open_to_others_that_cannot_be_changed_is_refused(tmp_path_facto
     assert "is open to other users (mode 0644)" in run.stdout
     assert "chmod 600" in run.stdout
     assert str(store) in run.stdout
+
+
+OPEN_AND_COUNT = """
+import asyncio, sys
+from ringd.server.store import SqliteStore
+
+async def main():
+    store = await SqliteStore.open(sys.argv[1])
+    try:
+        await store.incr("opened")
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path) -> None:
+    # As `--workers` and replicas do: every process switches the new file to WAL mode.
+    path = tmp_path / "fresh.db"
+    for _ in range(3):
+        path.unlink(missing_ok=True)
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_AND_COUNT, str(path)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in processes]
+        assert [p.returncode for p in processes] == [0] * 6, errors
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("SELECT value FROM kv WHERE key = 'opened'").fetchone()[0] == "6"
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error_naming_it(tmp_path) -> None:
+    path = tmp_path / "ringd.db"
+    path.write_bytes(b"not SQLite" * 1000)
+    with pytest.raises(StoreError, match=f"cannot open SQLite store '{path}': file is not a database"):
+        await SqliteStore.open(path)

@@ -55,6 +55,16 @@ class Tagged(BasePlugin):
 """
 
 
+async def eventually(predicate, what: str, timeout_s: float = 10.0) -> None:
+    """Poll until ``predicate()`` holds (unloads run in tasks of their own); a bound for a busy machine."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s} s: {what}") from None
+
+
 def tagged(name: str, gen: object, sleep_s: float = 0.0, **fields: object) -> str:
     parts = [
         f"name: {name}",
@@ -152,7 +162,7 @@ async def test_hot_swap_under_200_concurrent_rings(with_tagged, make_engine):
     assert gen1["steady"].unload_count == 0
     assert gen1["steady"].stats["invocations"] == 200
 
-    await asyncio.sleep(0.05)  # let the unload tasks run
+    await eventually(lambda: all(gen1[n].unload_count for n in ("a", "b", "c")), "gen-1 plugins unloaded")
     for name in ("a", "b", "c"):
         old = gen1[name]
         assert old is not gen3[name]
@@ -179,20 +189,19 @@ async def test_new_rings_use_the_new_generation_at_once(with_tagged, make_engine
 async def test_a_plugin_kept_across_two_reloads_is_unloaded_after_the_oldest_ring(with_tagged, make_engine):
     # `shared` is unchanged from gen-1 to gen-2 and removed in gen-3. A gen-1 ring still
     # running it must finish before it is unloaded, though gen-2 drains at once.
-    slow_shared = tagged("shared", "same", 0.15)
+    slow_shared = tagged("shared", "same", 1.0)  # outlasts two reloads even on a busy machine
     engine = await make_engine(with_tagged.config(config_text("gen-1", slow_shared)))
     shared = instances(engine)["shared"]
     ring = asyncio.create_task(engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext()))
-    await asyncio.sleep(0.02)
-    assert shared.active == 1
+    await eventually(lambda: shared.active == 1, "the gen-1 ring is inside `shared`")
     await engine.reload(with_tagged.config(config_text("gen-2", slow_shared, tagged("x", 2))))
     await engine.reload(with_tagged.config(config_text("gen-3", tagged("x", 3))))
     await asyncio.sleep(0.02)
+    assert not ring.done(), "the machine was too slow for this test's 1 s ring"
     assert shared.unload_count == 0, "unloaded while a gen-1 ring was still running it"
     outcome = await ring
     assert outcome.results[0].outcome is PluginOutcome.OK
-    await asyncio.sleep(0.02)
-    assert shared.unload_count == 1
+    await eventually(lambda: shared.unload_count == 1, "`shared` unloaded after the ring")
     assert shared.active_at_unload == 0
 
 
@@ -340,7 +349,7 @@ async def test_stats_survive_for_unchanged_plugins_and_restart_for_changed_ones(
         assert v2[name].stats["invocations"] == 3
         assert v1[name].stats["invocations"] == 5
     assert v2["added"].stats["invocations"] == 3
-    await asyncio.sleep(0.01)
+    await eventually(lambda: v1["retuned"].unload_count and v1["removed"].unload_count, "v1 plugins unloaded")
     assert v1["keep"].unload_count == 0
     assert v1["retuned"].unload_count == 1
     assert v1["removed"].unload_count == 1

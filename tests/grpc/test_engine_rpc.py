@@ -8,7 +8,6 @@ the next; per-plugin results; the config version; BACKGROUND queued and run.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -288,23 +287,21 @@ async def test_execute_rings_runs_in_order_carrying_the_context_and_stops_at_the
 
 async def test_background_is_acknowledged_at_once_and_the_ring_runs_after(serve, workspace):
     running = await serve(
-        [entry("usage", "background", config={"sleep_s": 0.3, "store_key": "usage:r-42"})],
+        [entry("usage", "background", config={"sleep_s": 1.0, "store_key": "usage:r-42"})],
     )
     stub = running.engine()
 
-    started = time.monotonic()
     answer = await stub.ExecuteRing(
         ring_request(pb.PLUGIN_HOOK_BACKGROUND, CHAT, request_id="r-42", response={"usage": 7}), timeout=5
     )
-    elapsed = time.monotonic() - started
 
     assert answer.queued is True
     assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
     assert answer.ring == pb.PLUGIN_HOOK_BACKGROUND
     assert list(answer.results) == []
     assert (answer.config_version, answer.generation) == ("v1", 1)
-    assert elapsed < 0.3, "the acknowledgement waited for the ring"
-    assert await asyncio.to_thread(workspace.stored, "usage:r-42") is None
+    # Ordering: acknowledged before the ring (a 1 s plugin) has written its record.
+    assert await asyncio.to_thread(workspace.stored, "usage:r-42") is None, "the acknowledgement waited"
 
     stored = await wait_for(lambda: workspace.stored("usage:r-42"))
     assert stored == {"request_id": "r-42", "body": CHAT}

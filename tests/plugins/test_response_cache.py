@@ -67,13 +67,16 @@ async def test_miss_store_hit(make_ctx, chat, completion, store) -> None:
 
 
 async def test_entries_expire(make_ctx, chat, completion) -> None:
-    lookup, save = ResponseCacheLookup(), ResponseCacheStore({"ttl_s": 0.2})
+    lookup, save = (
+        ResponseCacheLookup(),
+        ResponseCacheStore({"ttl_s": 1.0}),
+    )  # a margin for a busy machine before the hit
     body = chat(("user", "ping"))
     first = make_ctx(body)
     await lookup.execute(first)
     await save.execute(make_ctx(body, metadata=first.metadata, response=completion("pong")))
     assert (await lookup.execute(make_ctx(body))).action is PluginAction.CACHE_HIT
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.1)
     assert (await lookup.execute(make_ctx(body))).action is PluginAction.PASSTHROUGH
 
 

@@ -4,7 +4,7 @@ The default pipeline's PRE_FLIGHT (prompt_guard, pii_redactor, ...) gets a 4 MB 
 of adversarial text (emails, IPv6-like runs, digit runs, near-miss secrets). Two
 marker plugins around pii_redactor (priorities 25 and 31) write a file when the big
 request reaches them, so the test knows when pii_redactor's scan has begun and
-whether it has ended. Small requests sent while it runs must all complete before it
+whether it has ended. Small requests sent while it runs must be answered before it
 ends: the scanners yield to the event loop. No timing is asserted; the latency of the
 other rings during such a scan is measured by ``bench/engine_bench.py --scan``.
 """
@@ -85,10 +85,15 @@ async def test_other_rings_complete_while_a_4mb_body_is_scanned(
             answers = await client.execute_rings(["ingress", "pre_flight", "routing"], body)
             return f"{answers[-1].action} {answers[-1].message}".strip()
 
-        actions = await asyncio.gather(*(small(index) for index in range(5)))
-        assert all(action.split()[0] in {"passthrough", "modify"} for action in actions), actions
+        smalls = [asyncio.create_task(small(index)) for index in range(5)]
+        # The first small ring answered while the scan was still going: it did not wait
+        # for the whole scan. (All five finishing first is likely but depends on how busy
+        # the machine is; one is the behaviour.)
+        await asyncio.wait(smalls, return_when=asyncio.FIRST_COMPLETED)
         assert not scanned.exists(), "the small rings waited for the whole scan"
         assert not big_ring.done()
+        actions = await asyncio.gather(*smalls)
+        assert all(action.split()[0] in {"passthrough", "modify"} for action in actions), actions
 
         outcome = await big_ring
     assert scanned.exists()

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import grpc
-from ringd_process import RingdProcess, health_check
+from support.process import RingdProcess, health_check
 from support.rpc import context, metadata_of
 from support.workspace import Workspace, entry
 
@@ -46,7 +46,7 @@ def counter(path: Path) -> int:
 async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
     workspace.write_config([entry("writer", entrypoint=WRITER)], version="durable")
-    ringd = RingdProcess(workspace.config_path).start()
+    ringd = RingdProcess.for_config(workspace.config_path).start()
     acknowledged: list[str] = []
     failed: list[grpc.StatusCode] = []
     killed = asyncio.Event()
@@ -81,7 +81,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         assert set(failed) <= {grpc.StatusCode.UNAVAILABLE}, failed
 
         # Restart on the same store file.
-        restarted = RingdProcess(workspace.config_path, name="restarted").start()
+        restarted = RingdProcess.for_config(workspace.config_path, name="restarted").start()
         try:
             assert health_check(restarted.address) == "SERVING"
             assert integrity(workspace.store_path) == "ok"

@@ -25,7 +25,7 @@ import yaml
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ringd_process import RingdProcess, health_check
+from support.process import RingdProcess, health_check
 from support.workspace import Workspace, entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
@@ -154,7 +154,7 @@ def fuzz_config(workspace: Workspace) -> Path:
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     workspace = Workspace(tmp_path_factory.mktemp("fuzz"))
     # Console tracing (into ringd.stdout) so the caller's traceparent is parsed too.
-    process = RingdProcess(fuzz_config(workspace), env={"OTEL_TRACES_EXPORTER": "console"}).start()
+    process = RingdProcess.for_config(fuzz_config(workspace), env={"OTEL_TRACES_EXPORTER": "console"}).start()
     server = Fuzzed(process)
     try:
         yield server

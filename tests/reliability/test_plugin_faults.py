@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -162,7 +161,7 @@ async def test_a_plugin_that_hangs_forever_is_a_504_within_its_timeout(serve):
     answer = await stub.ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
     elapsed = time.monotonic() - started
 
-    assert 0.3 <= elapsed < 1.0
+    assert elapsed >= 0.3  # cut at its timeout: the 504 and its message show it was not left to hang
     assert_failed_block(answer, "hanger", 504, "plugin_timeout")
     (result,) = answer.results
     assert result.outcome == pb.PLUGIN_OUTCOME_TIMEOUT
@@ -368,11 +367,9 @@ async def test_a_run_in_thread_plugin_still_times_out(serve):
         ]
     )
 
-    started = time.monotonic()
     answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 0.8
+    # Cut at 200 ms: had the ring waited for the thread's 1 s, the outcome would be OK.
     assert_failed_block(answer, "sleeper", 504, "plugin_timeout")
     assert answer.results[0].outcome == pb.PLUGIN_OUTCOME_TIMEOUT
     # A late plugin's edits do not reach the ring.
@@ -393,21 +390,20 @@ async def latencies_of(stub: Any, calls: int, request: Any) -> list[float]:
     return latencies
 
 
-def p95(latencies: list[float]) -> float:
-    return statistics.quantiles(latencies, n=20)[-1]
-
-
 @pytest.mark.parametrize("fault", ["sleep_sync", "cpu", "hang"])
-async def test_other_rings_keep_their_latency_while_one_misbehaves(serve, fault):
+async def test_other_rings_keep_answering_while_one_misbehaves(serve, fault):
+    """Ordering, not latency: while the misbehaving ring runs its one second, the fast ring
+    answers call after call. Were the event loop blocked for that second, no fast call
+    could be answered until the misbehaving one had been."""
     in_thread = fault != "hang"
     running = await serve(
         [
             faulty(
                 "misbehaving",
-                timeout_ms=400,
+                timeout_ms=5000 if in_thread else 1000,
                 fail_policy="open",
                 run_in_thread=in_thread,
-                config={"fault": fault, "seconds": 0.3},
+                config={"fault": fault, "seconds": 1.0},
             ),
             healthy("fast", "ingress"),
         ]
@@ -416,24 +412,18 @@ async def test_other_rings_keep_their_latency_while_one_misbehaves(serve, fault)
     fast_request = ring_request(INGRESS, CHAT)
     await latencies_of(stub, 5, fast_request)  # warm up the channel
 
-    # Keep the misbehaving ring busy (2 at a time) for the whole measurement.
-    stop = asyncio.Event()
-    misbehaving_answers: list[Any] = []
+    misbehaving = [
+        asyncio.ensure_future(stub.ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=30))
+        for _ in range(1 if fault == "cpu" else 2)
+    ]
+    answered_meanwhile = 0
+    while not all(call.done() for call in misbehaving):
+        answer = await stub.ExecuteRing(fast_request, timeout=30)
+        assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
+        answered_meanwhile += 1
+    misbehaving_answers = await asyncio.gather(*misbehaving)
 
-    async def keep_busy() -> None:
-        while not stop.is_set():
-            misbehaving_answers.append(await stub.ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5))
-
-    busy = [asyncio.create_task(keep_busy()) for _ in range(1 if fault == "cpu" else 2)]
-    await asyncio.sleep(0.05)
-    try:
-        latencies = await latencies_of(stub, 100, fast_request)
-    finally:
-        stop.set()
-        await asyncio.gather(*busy)
-
-    assert p95(latencies) < 50, f"p95 {p95(latencies):.1f} ms, max {max(latencies):.1f} ms"
-    assert misbehaving_answers, "the misbehaving ring never answered"
+    assert answered_meanwhile >= 5, f"only {answered_meanwhile} fast answers during the misbehaving ring"
     for answer in misbehaving_answers:
         assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
         expected = pb.PLUGIN_OUTCOME_BYPASSED if fault == "hang" else pb.PLUGIN_OUTCOME_OK

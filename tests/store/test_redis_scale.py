@@ -7,11 +7,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -24,11 +20,12 @@ import pytest
 from ringd.client import Client, RingResult
 from ringd.sdk import StoreError
 from ringd.server.store_redis import RedisStore
+from support.process import RingdProcess
 
 if TYPE_CHECKING:  # fixtures' types; pytest provides the objects
     from support.redis import RedisServer
 
-RINGD = Path(sys.executable).with_name("ringd")
+QUIET = {"OTEL_TRACES_EXPORTER": "none"}
 
 # An INGRESS plugin counting every request in one shared bucket (named by the request's
 # metadata, so a test never straddles a clock window) and refusing it past the limit.
@@ -56,76 +53,32 @@ class GlobalLimit(BasePlugin):
 """
 
 
-class Ringd:
-    """One ``ringd serve`` process; ``target`` is the address it announced."""
-
-    def __init__(self, config: Path, folder: Path) -> None:
-        self.stdout_path = folder / "stdout.log"
-        self.stderr_path = folder / "stderr.log"
-        env = {k: v for k, v in os.environ.items() if k != "RINGD_STORE"}
-        env["OTEL_TRACES_EXPORTER"] = "none"
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.process = subprocess.Popen(
-                [str(RINGD), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
-                stdout=out,
-                stderr=err,
-                env=env,
-            )
-        self.target = ""
-
-    def wait_listening(self, timeout_s: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = re.search(r"^listening on (\S+)$", self.stdout_path.read_text(), re.MULTILINE)
-            if found:
-                self.target = found.group(1)
-                return self.target
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise AssertionError(
-            f"ringd did not announce its address (exit {self.process.returncode}):\n"
-            f"{self.stdout_path.read_text()}\n{self.stderr_path.read_text()}"
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-StartRingd = Callable[[str, str], list[Ringd]]
+StartRingd = Callable[[str, int], list[RingdProcess]]
 
 
 @pytest.fixture
 def start_ringd(tmp_path: Path) -> Iterator[StartRingd]:
-    """``start_ringd(config_yaml, count)``: that many ringd processes on one config, all listening."""
-    started: list[Ringd] = []
+    """``start_ringd(config_yaml, count)``: that many ringd processes on one config, all ready."""
+    started: list[RingdProcess] = []
     (tmp_path / "global_limit.py").write_text(textwrap.dedent(GLOBAL_LIMIT_PLUGIN))
 
-    def start(config_text: str, count: int) -> list[Ringd]:
+    def start(config_text: str, count: int) -> list[RingdProcess]:
         config = tmp_path / f"ringd-{uuid.uuid4().hex[:8]}.yaml"
         config.write_text(textwrap.dedent(config_text))
-        batch = []
-        for index in range(count):
-            folder = tmp_path / f"ringd-{len(started)}-{index}"
-            folder.mkdir()
-            batch.append(Ringd(config, folder))
+        batch = [
+            RingdProcess.for_config(
+                config, env={"OTEL_TRACES_EXPORTER": "none"}, name=f"ringd-{len(started) + i}"
+            )
+            for i in range(count)
+        ]
         started.extend(batch)
-        for process in batch:  # started together, so their imports overlap
-            process.wait_listening()
+        with ThreadPoolExecutor(count) as pool:  # started together, so their imports overlap
+            list(pool.map(RingdProcess.start, batch))
         return batch
 
     yield start
     for process in started:
-        process.stop()
-    for process in started:
-        assert process.process.returncode == 0, process.stderr_path.read_text()
+        assert process.stop() == 0, process.log()
 
 
 def test_two_ringd_processes_on_one_redis_enforce_one_global_limit(
@@ -144,7 +97,7 @@ def test_two_ringd_processes_on_one_redis_enforce_one_global_limit(
         2,
     )
     bucket = uuid.uuid4().hex
-    clients = [Client(server.target) for server in servers]
+    clients = [Client(server.address) for server in servers]
     try:
 
         def call(index: int) -> tuple[int, RingResult]:
@@ -198,7 +151,7 @@ def test_redis_restart_fails_calls_per_fail_policy_then_recovers_without_restart
         1,
     )
     unreachable = f"redis store unreachable at {redis_server.url}"
-    with Client(server.target) as client:
+    with Client(server.address) as client:
 
         def both_rings() -> tuple[RingResult, RingResult]:
             return (
@@ -212,9 +165,9 @@ def test_redis_restart_fails_calls_per_fail_policy_then_recovers_without_restart
 
         redis_server.stop()
         for _ in range(3):
-            started = time.monotonic()
+            # A dead Redis fails fast: the plugin's error names the Redis, where a store that
+            # kept retrying would run into the plugin's 2 s timeout ("timed out").
             ingress, pre_flight = both_rings()
-            assert time.monotonic() - started < 2.0  # a dead Redis fails fast
             # fail_policy closed: the ring blocks with 500 plugin_error, naming the Redis.
             assert (ingress.action, ingress.status_code, ingress.error_type) == (
                 "block",
@@ -257,7 +210,9 @@ async def test_the_redis_store_reconnects_by_itself_after_a_restart(redis_server
             started = time.monotonic()
             with pytest.raises(StoreError, match=re.escape(f"redis store unreachable at {redis_server.url}")):
                 await call
-            assert time.monotonic() - started < 1.0
+            # Fast, not retried until some timeout: a refused connection fails at once; the
+            # bound is far from that, for a busy machine.
+            assert time.monotonic() - started < 5.0
 
         redis_server.start()
         # Same store object, no reopen: the pool reconnects, and the incr script (lost

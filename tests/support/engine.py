@@ -81,8 +81,10 @@ class Sleeper(BasePlugin):
         super().__init__(config)
         self.cancelled = 0
         self.finished = 0
+        self.started = 0
 
     async def execute(self, ctx):
+        self.started += 1
         try:
             await asyncio.sleep(self.config.get("sleep_s", 5.0))
         except asyncio.CancelledError:

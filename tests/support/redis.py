@@ -28,13 +28,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers_ping(port: int) -> bool:
+def _pid_answering(port: int) -> int | None:
+    """The process id of the Redis answering on ``port`` (``INFO server``), or None.
+
+    A free port picked here can be taken by another program (other test runs share the
+    machine) before redis-server binds it: a server that answers is ours only if the pid
+    is.
+    """
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"INFO server\r\n")
+            with sock.makefile("rb") as reply:
+                for line in reply:
+                    if line.startswith(b"process_id:"):
+                        return int(line.split(b":", 1)[1])
+                    if line.startswith(b"# Clients"):
+                        break
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class _PortTaken(RuntimeError):
+    pass
 
 
 class RedisServer:
@@ -49,14 +65,33 @@ class RedisServer:
         self.folder = folder
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> None:
-        """Start the server and wait until it answers PING."""
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start the server and wait until it answers (as itself: its pid).
+
+        The first start moves to another free port if the one picked was taken meanwhile;
+        a restart keeps its port, as a restarted Redis behind a fixed address would.
+        """
+        for _ in range(5):
+            try:
+                self._start_once(timeout_s)
+            except _PortTaken:
+                if self.started_once:
+                    raise
+                self.port = _free_port()
+                continue
+            self.started_once = True
+            return
+        raise RuntimeError("redis-server found no free port in 5 tries")
+
+    def _start_once(self, timeout_s: float) -> None:
         log = self.folder / "redis.log"
+        log.unlink(missing_ok=True)
         command = [
             self.binary,
             "--port", str(self.port),
@@ -69,14 +104,16 @@ class RedisServer:
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
-        while not _answers_ping(self.port):
+        while _pid_answering(self.port) != self.process.pid:
             if self.process.poll() is not None:
                 _, err = self.process.communicate()
                 text = log.read_text() if log.exists() else ""
+                if "Address already in use" in text + err.decode():
+                    raise _PortTaken(self.port)
                 raise RuntimeError(f"redis-server exited ({self.process.returncode}): {err.decode()}{text}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"redis-server did not answer PING on port {self.port} in {timeout_s} s")
+                raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout_s} s")
             time.sleep(0.01)
 
     def stop(self) -> None:

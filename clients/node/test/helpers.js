@@ -8,7 +8,6 @@ const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
-const readline = require('node:readline');
 
 const CLIENT_DIR = path.resolve(__dirname, '..');
 const TESTDATA = path.resolve(CLIENT_DIR, '..', 'testdata');
@@ -25,15 +24,16 @@ function ringdBin() {
 
 /**
  * Starts `ringd serve` on 127.0.0.1:0 (and a unix socket) with the test config, a
- * temporary store and background log. Resolves once it prints where it listens.
+ * temporary store and background log. Resolves once its ready signal (one JSON line on
+ * `--ready-fd 3`, see the README) says where it listens.
  */
-async function startRingd({ config = CONFIG, timeoutMs = 20000 } = {}) {
+async function startRingd({ config = CONFIG, timeoutMs = 60000 } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ringd-node-'));
   const socket = path.join(dir, 'ringd.sock');
   const backgroundLog = path.join(dir, 'background.jsonl');
   const proc = spawn(
     ringdBin(),
-    ['serve', '--config', config, '--listen', '127.0.0.1:0', '--listen', `unix:${socket}`],
+    ['serve', '--config', config, '--listen', '127.0.0.1:0', '--listen', `unix:${socket}`, '--ready-fd', '3'],
     {
       env: {
         ...process.env,
@@ -41,7 +41,7 @@ async function startRingd({ config = CONFIG, timeoutMs = 20000 } = {}) {
         RINGD_TEST_BACKGROUND_LOG: backgroundLog,
         RINGD_LOG_LEVEL: 'WARNING',
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
     },
   );
   const stderr = [];
@@ -50,20 +50,24 @@ async function startRingd({ config = CONFIG, timeoutMs = 20000 } = {}) {
 
   const target = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => fail(new Error(`ringd did not start within ${timeoutMs} ms`)), timeoutMs);
-    const lines = readline.createInterface({ input: proc.stdout });
     function fail(err) {
       clearTimeout(timer);
       proc.kill('SIGKILL');
       reject(new Error(`${err.message}\n${Buffer.concat(stderr).toString()}`));
     }
-    lines.on('line', (line) => {
-      const match = /^listening on (127\.0\.0\.1:\d+)$/.exec(line.trim());
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
+    const ready = [];
+    proc.stdio[3].on('data', (chunk) => ready.push(chunk));
+    proc.stdio[3].on('end', () => {
+      // ringd closes the fd after the line; without one it failed to start.
+      const line = Buffer.concat(ready).toString().split('\n')[0];
+      if (!line) {
+        exited.then(({ code, signal }) => fail(new Error(`ringd exited during start-up (${code ?? signal})`)));
+        return;
       }
+      clearTimeout(timer);
+      const tcp = JSON.parse(line).listen.find((address) => address.startsWith('127.0.0.1:'));
+      resolve(tcp);
     });
-    exited.then(({ code, signal }) => fail(new Error(`ringd exited early (${code ?? signal})`)));
   });
 
   return {

@@ -4,16 +4,15 @@
 package ringdtest
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -89,10 +88,14 @@ func Binary() (string, error) {
 	return bin, nil
 }
 
-var listening = regexp.MustCompile(`^listening on (127\.0\.0\.1:\d+)$`)
+// ready is the one JSON line `ringd serve --ready-fd N` writes once it serves.
+type ready struct {
+	Listen []string `json:"listen"`
+}
 
 // Start runs `ringd serve` with clients/testdata/ringd-test.yaml on 127.0.0.1:0
-// and a unix socket, and returns once ringd prints its TCP address.
+// and a unix socket, and returns once ringd's ready signal (--ready-fd) gives its
+// TCP address.
 func Start() (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
@@ -116,45 +119,63 @@ func Start() (*Server, error) {
 		stderr:        &lockedBuffer{},
 		done:          make(chan struct{}),
 	}
-	s.cmd = exec.Command(bin, "serve", "--config", config, "--listen", "127.0.0.1:0", "--listen", s.UnixTarget)
+	readyRead, readyWrite, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer readyRead.Close()
+	// ExtraFiles[0] is the child's fd 3.
+	s.cmd = exec.Command(bin, "serve", "--config", config, "--listen", "127.0.0.1:0", "--listen", s.UnixTarget,
+		"--ready-fd", "3")
+	s.cmd.ExtraFiles = []*os.File{readyWrite}
 	s.cmd.Env = append(os.Environ(),
 		"RINGD_STORE="+filepath.Join(dir, "ringd.db"),
 		"RINGD_TEST_BACKGROUND_LOG="+s.BackgroundLog,
 		"RINGD_LOG_LEVEL=WARNING",
 	)
 	s.cmd.Stderr = s.stderr
-	stdout, err := s.cmd.StdoutPipe()
+	err = s.cmd.Start()
+	readyWrite.Close() // the child holds its copy: its exit is the end of the pipe
 	if err != nil {
-		return nil, err
-	}
-	if err := s.cmd.Start(); err != nil {
 		_ = os.RemoveAll(dir) // best effort: the start error is what matters
 		return nil, fmt.Errorf("start ringd: %w", err)
 	}
-
-	found := make(chan string, 1)
 	go func() {
-		scanner := bufio.NewScanner(stdout)
-		for scanner.Scan() {
-			if match := listening.FindStringSubmatch(strings.TrimSpace(scanner.Text())); match != nil {
-				found <- match[1]
-			}
-		}
-		// stdout closed: ringd exited; Wait collects it.
 		s.err = s.cmd.Wait()
 		close(s.done)
 	}()
-	select {
-	case s.Target = <-found:
-		return s, nil
-	case <-s.done:
-		_ = os.RemoveAll(dir) // best effort
-		return nil, fmt.Errorf("ringd exited early (%v): %s", s.err, s.stderr.String())
-	case <-time.After(20 * time.Second):
+
+	signal := make(chan []byte, 1)
+	go func() {
+		// ringd closes the fd after its one line, or exits without writing one.
+		line, _ := io.ReadAll(readyRead)
+		signal <- line
+	}()
+	fail := func(format string, args ...any) (*Server, error) {
 		_ = s.cmd.Process.Kill()
 		<-s.done
 		_ = os.RemoveAll(dir) // best effort
-		return nil, fmt.Errorf("ringd did not start within 20s: %s", s.stderr.String())
+		return nil, fmt.Errorf(format, args...)
+	}
+	select {
+	case line := <-signal:
+		var r ready
+		if len(line) == 0 {
+			<-s.done
+			return fail("ringd exited during start-up (%v): %s", s.err, s.stderr.String())
+		}
+		if err := json.Unmarshal(line, &r); err != nil {
+			return fail("ringd's ready signal %q: %v", line, err)
+		}
+		for _, address := range r.Listen {
+			if strings.HasPrefix(address, "127.0.0.1:") {
+				s.Target = address
+				return s, nil
+			}
+		}
+		return fail("ringd's ready signal has no TCP address: %s", line)
+	case <-time.After(60 * time.Second):
+		return fail("ringd did not start within 60s: %s", s.stderr.String())
 	}
 }
 
