@@ -10,6 +10,7 @@ rate-limit 429 and the usage totals.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -95,9 +96,17 @@ def usage_totals(store_file: Path) -> dict[str, int]:
     return {key: json.loads(value) for key, value in rows}
 
 
-async def run_demo(workdir: Path) -> dict[str, Any]:
+async def run_demo(workdir: Path, *, timeout_scale: float = 1.0) -> dict[str, Any]:
     """Serve the default pipeline from ``workdir`` and run the demo; return what happened."""
     config = default_config()
+    if timeout_scale != 1.0:
+        # Tests of the pipeline's behaviour on a busy machine give every plugin more time;
+        # the default budgets (20-200 ms) are for a server that has its CPU.
+        plugins = tuple(
+            dataclasses.replace(entry, timeout_ms=int((entry.timeout_ms or 50) * timeout_scale))
+            for entry in config.plugins
+        )
+        config = dataclasses.replace(config, plugins=plugins)
     server = await build_server(config, listen=["127.0.0.1:0"])
     results: dict[str, Any] = {}
     try:
