@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any
 
 from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState
 from ringd.server.exceptions import describe
-from ringd.server.generations import Generation, LoadedPlugin
+from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
 from ringd.server.threads import PluginThreads
 
@@ -52,9 +53,18 @@ class RingRunner:
         self.running: LoadedPlugin | None = None
 
     async def run(
-        self, generation: Generation, ring: PluginHook, ctx: PluginContext, deadline: float | None
+        self,
+        generation: Generation,
+        ring: PluginHook,
+        ctx: PluginContext,
+        deadline: float | None,
+        slots: Sequence[PluginSlot] | None = None,
     ) -> RingOutcome:
-        """Run ``ring``'s slots of ``generation`` on ``ctx``; the caller holds the generation."""
+        """Run ``ring``'s slots of ``generation`` on ``ctx``; the caller holds the generation.
+
+        ``slots`` runs only those (a subset of the ring's, in order) instead: a stream
+        runs its whole-answer plugins this way (:mod:`ringd.server.stream`).
+        """
         ctx.state = self.state
         perf = time.perf_counter
         # The caller's deadline on the perf_counter clock, so one reading per plugin
@@ -64,93 +74,25 @@ class RingRunner:
         action = PluginAction.PASSTHROUGH
         decision: PluginResponse | None = None
         decided_by: str | None = None
-        for slot in generation.rings[ring]:
+        for slot in generation.rings[ring] if slots is None else slots:
             loaded = slot.loaded
             if not slot.enabled:
                 results.append(
                     PluginResult(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
-            instance = loaded.instance
-            breaker = loaded.breaker
-            if instance is None or (breaker.opened_at is not None and not breaker.allows(self._clock())):
-                result, block = self._unavailable(loaded)
+            result, response, block = await self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            if response is None:  # failed: ``result`` says how, ``block`` if it is fail-closed
                 results.append(result)
                 if block is not None:
                     decision, decided_by, action = block, loaded.name, PluginAction.BLOCK
                     break
                 continue
-            started = perf()
-            budget = loaded.timeout_s
-            cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
-            if cut_by_deadline:
-                budget = deadline_perf - started  # type: ignore[operator]
-            failure: PluginOutcome | None = None
-            error = ""
-            response: Any = None
-            if budget <= 0:
-                failure, error = PluginOutcome.TIMEOUT, "no time left before the caller's deadline"
-            else:
-                try:
-                    if loaded.run_in_thread:
-                        response = await _within(budget, self.threads.call(instance, ctx, self.state))
-                    else:
-                        coro = instance.execute(ctx)
-                        if type(coro) is not CoroutineType:
-                            coro = _as_coroutine(coro)
-                        self.running = loaded
-                        try:
-                            first = coro.send(None)
-                        except StopIteration as stop:
-                            response = stop.value  # finished without suspending: no timer needed
-                        else:
-                            remaining = budget - (perf() - started)
-                            response = await _within(remaining, _Resume(coro, first, self, loaded))
-                        finally:
-                            self.running = None
-                except _PluginTimeout:
-                    failure, error = PluginOutcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # the caller went away: stop the ring
-                    failure, error = PluginOutcome.ERROR, "CancelledError raised by the plugin"
-                except BaseException as exc:  # any plugin failure becomes its typed result below
-                    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                        _log.error(
-                            "plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__
-                        )
-                    failure, error = PluginOutcome.ERROR, describe(exc)
-            latency_ms = (perf() - started) * 1000.0
             metrics = loaded.metrics
-            if budget > 0:
-                metrics.observe(latency_ms)
-            if failure is None and not isinstance(response, PluginResponse):
-                failure = PluginOutcome.ERROR
-                error = f"returned {type(response).__name__}, expected PluginResponse"
-            if failure is not None:
-                result, block = self._failed_call(
-                    loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
-                )
-                results.append(result)
-                if block is not None:
-                    decision, decided_by, action = block, loaded.name, PluginAction.BLOCK
-                    break
-                continue
-            if breaker.failures:
-                breaker.record_success()
             kind = response.action
-            results.append(
-                PluginResult(
-                    plugin=loaded.name,
-                    version=loaded.version,
-                    outcome=PluginOutcome.OK,
-                    action=kind,
-                    latency_ms=latency_ms,
-                    message=response.message,
-                    started=started,
-                )
-            )
+            result.action = kind
+            result.message = response.message
+            results.append(result)
             if kind is PluginAction.MODIFY:
                 ctx.body = response.body
                 decision, decided_by, action = response, loaded.name, PluginAction.MODIFY
@@ -179,6 +121,103 @@ class RingRunner:
             decision=decision,
             decided_by=decided_by,
         )
+
+    async def call_plugin(
+        self,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        ctx: PluginContext,
+        args: tuple[Any, ...],
+        deadline_perf: float | None,
+    ) -> tuple[PluginResult, Any, PluginResponse | None]:
+        """One call of one plugin under rules 2 to 4: availability, time budget, fail policy.
+
+        Both the ring loop (``execute``) and a stream (``on_chunk``, :mod:`ringd.server.stream`)
+        call plugins through here, so breaker, metrics and fail policy are applied once.
+
+        Args:
+            loaded: The plugin.
+            hook: Which method to call and what it must return (:data:`EXECUTE`, or
+                :data:`ringd.server.stream.ON_CHUNK`).
+            ctx: The request's context, the method's first argument.
+            args: The method's further arguments.
+            deadline_perf: The caller's deadline on the ``time.perf_counter`` clock, or None.
+
+        Returns:
+            ``(result, response, block)``. On success ``response`` is what the plugin
+            returned (valid for ``hook``), ``result`` is OK with latency and start
+            time, and ``block`` is None. On failure ``response`` is None, ``result``
+            says how it failed, and ``block`` is the block a fail-closed plugin makes
+            (None when it is bypassed).
+        """
+        instance = loaded.instance
+        breaker = loaded.breaker
+        if instance is None or (breaker.opened_at is not None and not breaker.allows(self._clock())):
+            result, block = self._unavailable(loaded)
+            return result, None, block
+        perf = time.perf_counter
+        started = perf()
+        budget = loaded.timeout_s
+        cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
+        if cut_by_deadline:
+            budget = deadline_perf - started  # type: ignore[operator]
+        failure: PluginOutcome | None = None
+        error = ""
+        response: Any = None
+        if budget <= 0:
+            failure, error = PluginOutcome.TIMEOUT, "no time left before the caller's deadline"
+        else:
+            try:
+                if loaded.run_in_thread:
+                    response = await _within(
+                        budget, self.threads.call(instance, ctx, self.state, hook.method, args)
+                    )
+                else:
+                    coro = getattr(instance, hook.method)(ctx, *args)
+                    if type(coro) is not CoroutineType:
+                        coro = _as_coroutine(coro)
+                    self.running = loaded
+                    try:
+                        first = coro.send(None)
+                    except StopIteration as stop:
+                        response = stop.value  # finished without suspending: no timer needed
+                    else:
+                        remaining = budget - (perf() - started)
+                        response = await _within(remaining, _Resume(coro, first, self, loaded))
+                    finally:
+                        self.running = None
+            except _PluginTimeout:
+                failure, error = PluginOutcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the caller went away: stop the ring
+                failure, error = PluginOutcome.ERROR, "CancelledError raised by the plugin"
+            except BaseException as exc:  # any plugin failure becomes its typed result below
+                if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                    _log.error("plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__)
+                failure, error = PluginOutcome.ERROR, describe(exc)
+        latency_ms = (perf() - started) * 1000.0
+        if budget > 0:
+            loaded.metrics.observe(latency_ms)
+        if failure is None and not isinstance(response, hook.returns):
+            failure = PluginOutcome.ERROR
+            error = f"returned {type(response).__name__}, expected {hook.expected}"
+        if failure is not None:
+            result, block = self._failed_call(
+                loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
+            )
+            return result, None, block
+        if breaker.failures:
+            breaker.record_success()
+        result = PluginResult(
+            plugin=loaded.name,
+            version=loaded.version,
+            outcome=PluginOutcome.OK,
+            latency_ms=latency_ms,
+            started=started,
+        )
+        return result, response, None
 
     def _unavailable(self, loaded: LoadedPlugin) -> tuple[PluginResult, PluginResponse | None]:
         """A plugin that failed to load or whose circuit is open: 503 if fail-closed, else bypassed.
@@ -288,6 +327,19 @@ class _Resume:
                 return stop.value
             finally:
                 runner.running = None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginCall:
+    """A plugin method the engine calls: its name and what it must return."""
+
+    method: str
+    returns: type | tuple[type, ...]
+    expected: str
+    """``returns`` in words, for the error of an invalid return."""
+
+
+EXECUTE = PluginCall(method="execute", returns=PluginResponse, expected="PluginResponse")
 
 
 class _PluginTimeout(Exception):
