@@ -15,7 +15,16 @@ Works on ``ctx.response`` in the OpenAI chat completion shape: every
    ``_pii_mapping``. Restoring comes after redaction, so the client's own data
    put back is not redacted again; an unknown placeholder is left as it is.
 
+Streamed answers: ``on_chunk`` does the same three steps on the text as it
+streams, with a look-ahead of ``stream_holdback_chars`` characters, so a secret,
+canary or placeholder split across chunks is still caught (one longer than the
+window is caught only in part). A finding that reaches the end of the text seen so
+far waits for the next chunk, as it may go on. In a stream, a value equal to an
+original that ``restore_pii`` put back is not redacted (the plugin sees its own
+output again); the unary answer redacts such a value when the upstream wrote it.
+
 Config:
+    stream_holdback_chars (int, default 128): the streaming look-ahead window.
     types (list[str], default all kinds: secret, email, credit_card, iban,
         ip_address, phone): kinds to redact (or block on); ``[]`` turns it off.
     block_on_pii (bool, default false): block instead of redacting.
@@ -35,8 +44,8 @@ import re
 from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_response_texts, map_response_texts
-from ringd.plugins._detect import KINDS, PLACEHOLDER_PATTERN, Detector, Finding
-from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+from ringd.plugins._detect import KINDS, PLACEHOLDER_PATTERN, Detector, Finding, substitute
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, StreamText
 
 
 def _redaction(finding: Finding) -> str:
@@ -57,7 +66,10 @@ class ResponseSanitizer(BasePlugin):
         """Read and validate the config (see the module docstring)."""
         super().__init__(config)
         reader = ConfigReader(self.name, self.config)
-        reader.reject_unknown({"types", "block_on_pii", "restore_pii", "canary", "block_on_canary"})
+        reader.reject_unknown(
+            {"types", "block_on_pii", "restore_pii", "canary", "block_on_canary", "stream_holdback_chars"}
+        )
+        self.stream_holdback_chars = reader.get_int("stream_holdback_chars", 128) or 128
         types = reader.get_str_list("types", list(KINDS))
         types = [] if types is None else types
         unknown = [t for t in types if t not in KINDS]
@@ -133,3 +145,55 @@ class ResponseSanitizer(BasePlugin):
 
             map_response_texts(response, restore)
         return PluginResponse.passthrough()
+
+    async def on_chunk(self, ctx: PluginContext, text: StreamText) -> str | PluginResponse:
+        """The same steps on streamed text: canary, redaction, restore (see the module docstring)."""
+        report = ctx.metadata.get("_response_sanitizer")
+        if not isinstance(report, dict):
+            report = ctx.metadata["_response_sanitizer"] = {
+                "redacted": {},
+                "restored": 0,
+                "canary_found": False,
+            }
+        final = getattr(text, "final", True)
+        out = str(text)
+        if self.canary is not None and self.canary in out:
+            report["canary_found"] = True
+            if self.block_on_canary:
+                return PluginResponse.block(
+                    status_code=502,
+                    error_type="canary_leak",
+                    message="the upstream answer was withheld: it disclosed protected instructions",
+                )
+            out = out.replace(self.canary, "")
+        mapping = ctx.metadata.get("_pii_mapping") if self.restore_pii else None
+        mapping = mapping if isinstance(mapping, dict) else {}
+        if self.detector.kinds:
+            restored = set(mapping.values())
+            findings = [
+                finding
+                for finding in self.detector.find(out)
+                if (final or finding.end < len(out)) and finding.value not in restored
+            ]
+            counts: dict[str, int] = report["redacted"]
+            for finding in findings:
+                counts[finding.kind] = counts.get(finding.kind, 0) + 1
+            if findings and self.block_on_pii:
+                found_kinds = ", ".join(sorted(counts))
+                return PluginResponse.block(
+                    status_code=502,
+                    error_type="pii_in_response",
+                    message=f"the upstream answer was withheld: it contains {found_kinds}",
+                )
+            out = substitute(out, findings, _redaction)
+        if mapping and "[" in out:
+
+            def original(match: re.Match[str]) -> str:
+                value = mapping.get(match.group(0))
+                if not isinstance(value, str):
+                    return match.group(0)
+                report["restored"] += 1
+                return value
+
+            out = PLACEHOLDER_PATTERN.sub(original, out)
+        return out

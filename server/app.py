@@ -23,7 +23,7 @@ from ringd.server.admission import RingAdmission, TokenGate
 from ringd.server.background import BackgroundQueue
 from ringd.server.config import RingdConfig, ServerSettings
 from ringd.server.convert import Limits
-from ringd.server.engine import Engine, Generation
+from ringd.server.engine import Engine, Generation, StreamLimits
 from ringd.server.health import HealthServicer
 from ringd.server.servicers import ADMIN_SERVICE, ENGINE_SERVICE, AdminServicer, EngineServicer, rpc_handler
 from ringd.server.store import SqliteStore, open_store
@@ -110,6 +110,11 @@ class RingdServer:
             tracer,
             limits=Limits(settings.max_metadata_keys, settings.max_json_depth),
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
+            stream_limits=StreamLimits(
+                max_held_chars=settings.stream_max_held_chars,
+                max_pending_chunks=settings.stream_max_pending_chunks,
+                max_answer_chars=settings.max_message_bytes,
+            ),
         )
         self._admission = RingAdmission(settings.max_concurrent_rings)
         admin_servicer = AdminServicer(self.engine, self._admin_reload)

@@ -200,9 +200,14 @@ class RingRunner:
         latency_ms = (perf() - started) * 1000.0
         if budget > 0:
             loaded.metrics.observe(latency_ms)
-        if failure is None and not isinstance(response, hook.returns):
-            failure = PluginOutcome.ERROR
-            error = f"returned {type(response).__name__}, expected {hook.expected}"
+        if failure is None:
+            if not isinstance(response, hook.returns):
+                failure = PluginOutcome.ERROR
+                error = f"returned {type(response).__name__}, expected {hook.expected}"
+            elif hook.check is not None:
+                problem = hook.check(response)
+                if problem is not None:
+                    failure, error = PluginOutcome.ERROR, problem
         if failure is not None:
             result, block = self._failed_call(
                 loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
@@ -337,6 +342,8 @@ class PluginCall:
     returns: type | tuple[type, ...]
     expected: str
     """``returns`` in words, for the error of an invalid return."""
+    check: Callable[[Any], str | None] | None = None
+    """Further check of a return of the right type: the problem in words, or None if valid."""
 
 
 EXECUTE = PluginCall(method="execute", returns=PluginResponse, expected="PluginResponse")
