@@ -7,9 +7,6 @@ import json
 
 import grpc
 import pytest
-
-from ringd.v1 import engine_service_pb2 as engine_pb
-from ringd.v1 import plugin_pb2 as pb
 from support.stream import (
     END,
     STREAMER,
@@ -22,6 +19,9 @@ from support.stream import (
     stream_call,
 )
 from support.workspace import entry
+
+from ringd.v1 import engine_service_pb2 as engine_pb
+from ringd.v1 import plugin_pb2 as pb
 
 
 def streamer(name: str, **config: object) -> dict[str, object]:
@@ -86,7 +86,7 @@ async def test_role_tool_call_and_finish_deltas_pass_intact_and_in_order(serve, 
     assert deltas[0]["role"] == "assistant"
     text_before_call = "".join(
         d.get("content") or ""
-        for d in deltas[: [i for i, d in enumerate(deltas) if "tool_calls" in d][0] + 1]
+        for d in deltas[: next(i for i, d in enumerate(deltas) if "tool_calls" in d) + 1]
     )
     assert text_before_call == "yyy"
     assert [d["tool_calls"] for d in deltas if "tool_calls" in d] == [[call], [more]]
@@ -302,12 +302,9 @@ async def test_a_stream_closed_without_end_is_refused(serve, streaming):
 def test_stream_mode_on_another_ring_is_a_config_error(workspace):
     from ringd.server.exceptions import ConfigError
 
-    with pytest.raises(ConfigError, match="stream_mode.*post_flight"):
-        workspace.config(
-            "version: v\nplugins:\n  - {name: a, hook: pre_flight, entrypoint: 'scripted.py:Scripted', stream_mode: buffer}\n"
-        )
-    with pytest.raises(ConfigError, match="stream_mode"):
-        workspace.config(
-            "version: v\nplugins:\n  - {name: a, hook: post_flight, entrypoint: 'scripted.py:Scripted', stream_mode: later}\n"
-        )
+    plugin = "{name: a, hook: %s, entrypoint: 'scripted.py:Scripted', stream_mode: %s}"
+    with pytest.raises(ConfigError, match=r"stream_mode.*post_flight plugins only"):
+        workspace.config("version: v\nplugins:\n  - " + plugin % ("pre_flight", "buffer") + "\n")
+    with pytest.raises(ConfigError, match=r"stream_mode"):
+        workspace.config("version: v\nplugins:\n  - " + plugin % ("post_flight", "later") + "\n")
     assert engine_pb.StreamRingRequest  # the contract is importable as generated

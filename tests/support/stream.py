@@ -8,6 +8,7 @@ answered.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ class Streamer(BasePlugin):
         if cfg.get("raise_on") and cfg["raise_on"] in text:
             raise RuntimeError("streamer refuses " + cfg["raise_on"])
         if cfg.get("block_on") and cfg["block_on"] in text:
-            return PluginResponse.block(status_code=451, error_type="streamer_block", message="no " + cfg["block_on"])
+            return PluginResponse.block(
+                status_code=451, error_type="streamer_block", message="no " + cfg["block_on"]
+            )
         for old, new in cfg.get("replace", {}).items():
             text = text.replace(old, new)
         return text
@@ -88,7 +91,7 @@ def chunk(
 def chunks_of(text: str, cuts: Sequence[int] = (), *, finish: str = "stop") -> list[dict[str, Any]]:
     """``text`` as an upstream streams it: a role chunk, the text cut at ``cuts``, a finish chunk."""
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(text)), len(text)]
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
     return [chunk("", role="assistant"), *[chunk(piece) for piece in pieces], chunk(finish=finish)]
 
 
