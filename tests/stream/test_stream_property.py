@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from ringd.sdk import PluginContext, PluginHook, PluginState
 from ringd.server.config import parse_config
 from ringd.server.engine import Engine

@@ -42,6 +42,8 @@ class Streamer(BasePlugin):
         seen = ctx.metadata.setdefault("seen_" + self.config.get("tag", "streamer"), [])
         seen.append(str(text))
         if cfg.get("hang_on") and cfg["hang_on"] in text:
+            if cfg.get("started_marker"):
+                Path(cfg["started_marker"]).write_text("started")
             try:
                 await asyncio.sleep(3600)
             finally:
