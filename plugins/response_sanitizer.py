@@ -18,7 +18,7 @@ Works on ``ctx.response`` in the OpenAI chat completion shape: every
 Streamed answers: ``on_chunk`` does the same three steps on the text as it
 streams, with a look-ahead of ``stream_holdback_chars`` characters, so a secret,
 canary or placeholder split across chunks is still caught (one longer than the
-window is caught only in part). A finding that reaches the end of the text seen so
+window is caught only in part). A finding in the last word of the text seen so
 far waits for the next chunk, as it may go on. In a stream, a value equal to an
 original that ``restore_pii`` put back is not redacted (the plugin sees its own
 output again); the unary answer redacts such a value when the upstream wrote it.
@@ -170,10 +170,12 @@ class ResponseSanitizer(BasePlugin):
         mapping = mapping if isinstance(mapping, dict) else {}
         if self.detector.kinds:
             restored = set(mapping.values())
+            # Unless final, a finding in the last word may go on in the next chunk: it waits.
+            last_word = -1 if final else max(out.rfind(" "), out.rfind("\n"), out.rfind("\t"))
             findings = [
                 finding
                 for finding in self.detector.find(out)
-                if (final or finding.end < len(out)) and finding.value not in restored
+                if (final or finding.end <= last_word) and finding.value not in restored
             ]
             counts: dict[str, int] = report["redacted"]
             for finding in findings:

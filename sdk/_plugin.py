@@ -66,7 +66,10 @@ class BasePlugin:
     delta of that choice and at the end of the stream. Of what it returns, all
     but the last ``stream_holdback_chars`` characters are released (to the next
     streaming plugin; the last one's go to the client) and the rest is its next
-    buffer. So a pattern of up to ``stream_holdback_chars + 1`` characters split
+    buffer (the cut moves back to just after the last whitespace before the
+    window, so the kept tail starts with a whole word; with no whitespace, up to
+    twice the window is held before a cut inside a word). So a pattern of up
+    to ``stream_holdback_chars + 1`` characters split
     across chunks is seen whole, and the plugin sees its own output again: its
     rewrite must leave its own output unchanged (restoring a placeholder or
     redacting a secret as ``[REDACTED]`` do). A match that reaches the end of a

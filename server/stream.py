@@ -13,7 +13,10 @@ rules:
    ``stream_holdback_chars`` (or the choice's text is final: a tool-call, refusal
    or finish delta follows, or the stream ended), ``on_chunk`` gets the buffer; all
    but the last window characters of what it returned go on (to the next streaming
-   plugin, the last one's to the client) and the rest is its new buffer.
+   plugin, the last one's to the client) and the rest is its new buffer. The cut
+   moves back to just after the last whitespace before the window, so the kept
+   tail starts with a whole word; with no whitespace, up to twice the window is
+   held before a cut inside a word.
 3. Role deltas pass at once; tool-call, refusal and finish deltas pass after the
    choice's held text, so everything keeps its order.
 4. Each ``on_chunk`` call goes through the ring loop's
@@ -422,6 +425,14 @@ class StreamSession:
             return out
         cut = len(out) - window
         if cut <= 0:
+            buffers[index] = out
+            return ""
+        # Keep whole words: cut after the last whitespace before the window, if any, so
+        # the next call sees the word at the window's edge from its start.
+        boundary = max(out.rfind(" ", 0, cut), out.rfind("\n", 0, cut), out.rfind("\t", 0, cut))
+        if boundary >= 0:
+            cut = boundary + 1
+        elif len(out) <= 2 * window:  # no whitespace yet: hold up to twice the window
             buffers[index] = out
             return ""
         buffers[index] = out[cut:]
