@@ -8,7 +8,6 @@ import json
 import grpc
 import pytest
 from support.stream import (
-    END,
     STREAMER,
     chunk,
     chunk_message,
