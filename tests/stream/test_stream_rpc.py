@@ -306,3 +306,26 @@ def test_stream_mode_on_another_ring_is_a_config_error(workspace):
     with pytest.raises(ConfigError, match=r"stream_mode"):
         workspace.config("version: v\nplugins:\n  - " + plugin % ("post_flight", "later") + "\n")
     assert engine_pb.StreamRingRequest  # the contract is importable as generated
+
+
+async def test_a_stream_has_a_server_span_and_a_span_per_plugin(serve, streaming):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    running = await serve(
+        [streamer("swap", window=4, replace={"a": "b"}), entry("after", "post_flight")],
+        tracer_provider=provider,
+    )
+
+    await stream_call(running.engine(), chunks_of("a a a a a a", cuts=[2, 4, 6]))
+
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {"ringd.v1.PluginEngineService/StreamRing", "plugin swap", "plugin after"}
+    server = spans["ringd.v1.PluginEngineService/StreamRing"]
+    assert server.attributes["ringd.ring"] == "post_flight"
+    assert spans["plugin swap"].parent.span_id == server.context.span_id
+    assert spans["plugin swap"].attributes["ringd.plugin.outcome"] == "ok"
