@@ -81,7 +81,10 @@ class RingRunner:
                     PluginResult(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
-            result, response, block = await self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            if isinstance(call, PendingCall):
+                call = await call
+            result, response, block = call
             if response is None:  # failed: ``result`` says how, ``block`` if it is fail-closed
                 results.append(result)
                 if block is not None:
@@ -122,18 +125,26 @@ class RingRunner:
             decided_by=decided_by,
         )
 
-    async def call_plugin(
+    def call_plugin(
         self,
         loaded: LoadedPlugin,
         hook: PluginCall,
         ctx: PluginContext,
         args: tuple[Any, ...],
         deadline_perf: float | None,
-    ) -> tuple[PluginResult, Any, PluginResponse | None]:
+    ) -> CallOutcome | PendingCall:
         """One call of one plugin under rules 2 to 4: availability, time budget, fail policy.
 
         Both the ring loop (``execute``) and a stream (``on_chunk``, :mod:`ringd.server.stream`)
         call plugins through here, so breaker, metrics and fail policy are applied once.
+        The plugin's first step runs inline: a call that finishes without suspending (most
+        do) is settled at once and costs no timer and no extra coroutine; one that
+        suspends comes back as a :class:`PendingCall` to await under its time budget::
+
+            call = runner.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            if isinstance(call, PendingCall):
+                call = await call
+            result, response, block = call
 
         Args:
             loaded: The plugin.
@@ -144,60 +155,90 @@ class RingRunner:
             deadline_perf: The caller's deadline on the ``time.perf_counter`` clock, or None.
 
         Returns:
-            ``(result, response, block)``. On success ``response`` is what the plugin
-            returned (valid for ``hook``), ``result`` is OK with latency and start
-            time, and ``block`` is None. On failure ``response`` is None, ``result``
-            says how it failed, and ``block`` is the block a fail-closed plugin makes
-            (None when it is bypassed).
+            ``(result, response, block)``, or a :class:`PendingCall` that gives it. On
+            success ``response`` is what the plugin returned (valid for ``hook``),
+            ``result`` is OK with latency and start time, and ``block`` is None. On
+            failure ``response`` is None, ``result`` says how it failed, and ``block`` is
+            the block a fail-closed plugin makes (None when it is bypassed).
         """
         instance = loaded.instance
         breaker = loaded.breaker
         if instance is None or (breaker.opened_at is not None and not breaker.allows(self._clock())):
             result, block = self._unavailable(loaded)
             return result, None, block
-        perf = time.perf_counter
-        started = perf()
+        started = time.perf_counter()
         budget = loaded.timeout_s
         cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
         if cut_by_deadline:
             budget = deadline_perf - started  # type: ignore[operator]
-        failure: PluginOutcome | None = None
-        error = ""
-        response: Any = None
         if budget <= 0:
-            failure, error = PluginOutcome.TIMEOUT, "no time left before the caller's deadline"
-        else:
+            error = "no time left before the caller's deadline"
+            return self.settle(
+                loaded, hook, None, PluginOutcome.TIMEOUT, error, started, budget, cut_by_deadline
+            )
+        if loaded.run_in_thread:
+            threaded = _within(budget, self.threads.call(instance, ctx, self.state, hook.method, args))
+            return PendingCall(self, loaded, hook, threaded, started, budget, cut_by_deadline)
+        try:
+            # The hot path calls execute without a lookup by name.
+            coro = instance.execute(ctx) if hook is EXECUTE else getattr(instance, hook.method)(ctx, *args)
+            if type(coro) is not CoroutineType:
+                coro = _as_coroutine(coro)
+            self.running = loaded
             try:
-                if loaded.run_in_thread:
-                    response = await _within(
-                        budget, self.threads.call(instance, ctx, self.state, hook.method, args)
-                    )
-                else:
-                    coro = getattr(instance, hook.method)(ctx, *args)
-                    if type(coro) is not CoroutineType:
-                        coro = _as_coroutine(coro)
-                    self.running = loaded
-                    try:
-                        first = coro.send(None)
-                    except StopIteration as stop:
-                        response = stop.value  # finished without suspending: no timer needed
-                    else:
-                        remaining = budget - (perf() - started)
-                        response = await _within(remaining, _Resume(coro, first, self, loaded))
-                    finally:
-                        self.running = None
-            except _PluginTimeout:
-                failure, error = PluginOutcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # the caller went away: stop the ring
-                failure, error = PluginOutcome.ERROR, "CancelledError raised by the plugin"
-            except BaseException as exc:  # any plugin failure becomes its typed result below
-                if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                    _log.error("plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__)
-                failure, error = PluginOutcome.ERROR, describe(exc)
-        latency_ms = (perf() - started) * 1000.0
+                first = coro.send(None)
+            finally:
+                self.running = None
+        except StopIteration as stop:  # finished without suspending: no timer needed
+            response = stop.value
+            if hook.check is None and isinstance(response, hook.returns):
+                # ``settle`` of a valid return, inline: this is most calls of every ring.
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                loaded.metrics.observe(latency_ms)
+                if breaker.failures:
+                    breaker.record_success()
+                ok = PluginResult(
+                    plugin=loaded.name,
+                    version=loaded.version,
+                    outcome=PluginOutcome.OK,
+                    latency_ms=latency_ms,
+                    started=started,
+                )
+                return ok, response, None
+            return self.settle(loaded, hook, response, None, "", started, budget, cut_by_deadline)
+        except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
+            failure, error = self.failure(loaded, exc, budget)
+            return self.settle(loaded, hook, None, failure, error, started, budget, cut_by_deadline)
+        remaining = budget - (time.perf_counter() - started)
+        rest = _within(remaining, _Resume(coro, first, self, loaded))
+        return PendingCall(self, loaded, hook, rest, started, budget, cut_by_deadline)
+
+    def failure(self, loaded: LoadedPlugin, exc: BaseException, budget: float) -> tuple[PluginOutcome, str]:
+        """What an exception out of a plugin call means; the caller's own cancellation is re-raised."""
+        if isinstance(exc, _PluginTimeout):
+            return PluginOutcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
+        if isinstance(exc, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise exc  # the caller went away: stop the ring
+            return PluginOutcome.ERROR, "CancelledError raised by the plugin"
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            _log.error("plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__)
+        return PluginOutcome.ERROR, describe(exc)
+
+    def settle(
+        self,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        response: Any,
+        failure: PluginOutcome | None,
+        error: str,
+        started: float,
+        budget: float,
+        cut_by_deadline: bool,
+    ) -> CallOutcome:
+        """Count a finished call (metrics, breaker) and check its return: the call's outcome."""
+        latency_ms = (time.perf_counter() - started) * 1000.0
         if budget > 0:
             loaded.metrics.observe(latency_ms)
         if failure is None:
@@ -213,6 +254,7 @@ class RingRunner:
                 loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
             )
             return result, None, block
+        breaker = loaded.breaker
         if breaker.failures:
             breaker.record_success()
         result = PluginResult(
@@ -291,6 +333,50 @@ def _block(kind: tuple[int, str, str], name: str) -> PluginResponse:
     return PluginResponse.block(
         status_code=status, error_type=error_type, message=f"plugin {name!r} {phrase}"
     )
+
+
+CallOutcome = tuple[PluginResult, Any, PluginResponse | None]
+"""A plugin call's outcome: its result, its valid response or None, the block it makes or None."""
+
+
+class PendingCall:
+    """A plugin call that suspended: await it for its :data:`CallOutcome` (see ``call_plugin``)."""
+
+    __slots__ = ("awaitable", "budget", "cut_by_deadline", "hook", "loaded", "runner", "started")
+
+    def __init__(
+        self,
+        runner: RingRunner,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        awaitable: Awaitable[Any],
+        started: float,
+        budget: float,
+        cut_by_deadline: bool,
+    ) -> None:
+        self.runner = runner
+        self.loaded = loaded
+        self.hook = hook
+        self.awaitable = awaitable
+        self.started = started
+        self.budget = budget
+        self.cut_by_deadline = cut_by_deadline
+
+    def __await__(self) -> Generator[Any, Any, CallOutcome]:
+        return self._finish().__await__()
+
+    async def _finish(self) -> CallOutcome:
+        runner, loaded, budget = self.runner, self.loaded, self.budget
+        try:
+            response = await self.awaitable
+        except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
+            failure, error = runner.failure(loaded, exc, budget)
+            return runner.settle(
+                loaded, self.hook, None, failure, error, self.started, budget, self.cut_by_deadline
+            )
+        return runner.settle(
+            loaded, self.hook, response, None, "", self.started, budget, self.cut_by_deadline
+        )
 
 
 class _Resume:

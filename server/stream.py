@@ -44,7 +44,7 @@ from ringd.server.config import StreamMode
 from ringd.server.exceptions import StreamLimitError
 from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
-from ringd.server.ring import PluginCall, RingRunner
+from ringd.server.ring import PendingCall, PluginCall, RingRunner
 
 
 def _chunk_return_problem(response: Any) -> str | None:
@@ -402,9 +402,12 @@ class StreamSession:
             buffers[index] = buffer
             return ""
         loaded = stage.loaded
-        result, response, block = await self._runner.call_plugin(
+        call = self._runner.call_plugin(
             loaded, ON_CHUNK, self._ctx, (StreamText(buffer, choice=index, final=final),), self._deadline_perf
         )
+        if isinstance(call, PendingCall):
+            call = await call
+        result, response, block = call
         stage.record(result)
         if response is None:  # failed: blocks if fail-closed, else the text goes on unchanged
             if block is not None:
