@@ -9,6 +9,7 @@ import pytest
 from support.stream import END, STREAMER, chunk, chunk_message, chunks_of, open_message, read_all, stream_call
 from support.workspace import entry
 
+from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import plugin_pb2 as pb
 
 
@@ -173,3 +174,36 @@ async def test_streams_count_against_the_concurrency_limit(serve, streaming):
     await first.write(END)
     replies = await read_all(first)
     assert replies[-1].WhichOneof("kind") == "done"
+
+
+async def test_the_breaker_counts_chunk_calls_and_opens(serve, streaming):
+    running = await serve(
+        [
+            streamer(
+                "flaky",
+                config={"raise_on": "x"},
+                circuit_breaker={"failure_threshold": 2, "cooldown_s": 60},
+            )
+        ]
+    )
+
+    answer = await stream_call(running.engine(), chunks_of("x x x x x", cuts=[2, 4, 6, 8]))
+
+    assert answer.text == "x x x x x"  # fail-open: every chunk went through unchanged
+    result = answer.last.done.results[0]
+    assert result.outcome == pb.PLUGIN_OUTCOME_BYPASSED
+    assert "circuit open after 2 consecutive failures" in result.error
+    plugins = (await running.admin().ListPlugins(admin_pb.ListPluginsRequest())).plugins
+    assert plugins[0].status == pb.PLUGIN_STATUS_CIRCUIT_OPEN
+
+
+async def test_a_run_in_thread_streaming_plugin_streams_on_a_worker_thread(serve, streaming):
+    running = await serve(
+        [streamer("threaded", config={"window": 6, "replace": {"cat": "dog"}}, run_in_thread=True)]
+    )
+
+    answer = await stream_call(running.engine(), chunks_of("a cat, a cat", cuts=[3, 4, 9]))
+
+    assert answer.text == "a dog, a dog"
+    assert answer.last.done.results[0].outcome == pb.PLUGIN_OUTCOME_OK
+    assert "seen_threaded" in answer.last.done.metadata  # its ctx edits came back from the thread
