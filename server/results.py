@@ -49,6 +49,38 @@ class PluginResult:
     """When the call began, in ``time.perf_counter()`` seconds (0 when it was not called)."""
 
 
+_new = object.__new__
+
+
+def plugin_result(
+    *,
+    plugin: str,
+    version: str,
+    outcome: PluginOutcome,
+    action: PluginAction | None = None,
+    latency_ms: float = 0.0,
+    error: str | None = None,
+    message: str | None = None,
+    started: float = 0.0,
+) -> PluginResult:
+    """A :class:`PluginResult`, built the way the ring loop builds one per plugin.
+
+    Keyword arguments, as :class:`PluginResult` takes them, but about 0.4 us cheaper
+    on CPython 3.11: calling a class with keywords packs them into a dict for
+    ``__init__``; calling a function does not. The ring loop makes one per plugin.
+    """
+    result: PluginResult = _new(PluginResult)
+    result.plugin = plugin
+    result.version = version
+    result.outcome = outcome
+    result.action = action
+    result.latency_ms = latency_ms
+    result.error = error
+    result.message = message
+    result.started = started
+    return result
+
+
 UNENCODABLE_STATUS = 500
 UNENCODABLE_ERROR_TYPE = "plugin_error"
 

@@ -29,7 +29,7 @@ from typing import Any
 from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState
 from ringd.server.exceptions import describe
 from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
 from ringd.server.threads import PluginThreads
 
 _log = logging.getLogger("ringd.engine")
@@ -78,7 +78,7 @@ class RingRunner:
             loaded = slot.loaded
             if not slot.enabled:
                 results.append(
-                    PluginResult(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
+                    plugin_result(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
             call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
@@ -197,7 +197,7 @@ class RingRunner:
                 loaded.metrics.observe(latency_ms)
                 if breaker.failures:
                     breaker.record_success()
-                ok = PluginResult(
+                ok = plugin_result(
                     plugin=loaded.name,
                     version=loaded.version,
                     outcome=PluginOutcome.OK,
@@ -257,7 +257,7 @@ class RingRunner:
         breaker = loaded.breaker
         if breaker.failures:
             breaker.record_success()
-        result = PluginResult(
+        result = plugin_result(
             plugin=loaded.name,
             version=loaded.version,
             outcome=PluginOutcome.OK,
@@ -281,12 +281,12 @@ class RingRunner:
             )
         name = loaded.name
         if loaded.fail_closed:
-            result = PluginResult(
+            result = plugin_result(
                 plugin=name, version=loaded.version, outcome=PluginOutcome.ERROR, error=error
             )
             return result, _block(_UNAVAILABLE, name)
         loaded.metrics.bypasses += 1
-        result = PluginResult(
+        result = plugin_result(
             plugin=name, version=loaded.version, outcome=PluginOutcome.BYPASSED, error=error
         )
         return result, None
@@ -317,7 +317,7 @@ class RingRunner:
         else:
             metrics.bypasses += 1
             failure = PluginOutcome.BYPASSED
-        result = PluginResult(
+        result = plugin_result(
             plugin=loaded.name,
             version=loaded.version,
             outcome=failure,

@@ -12,12 +12,14 @@ from ringd.server.engine import PluginOutcome
 from support.engine import instance, ring_config, scripted, timed_ring
 
 
-async def test_a_plugin_past_its_timeout_is_cut_within_20_ms(with_sleeper, make_engine):
+async def test_a_plugin_past_its_timeout_is_cut(with_sleeper, make_engine):
     engine = await make_engine(
         with_sleeper.config(ring_config("{name: slow, entrypoint: sleeper.py:Sleeper}", scripted("after")))
     )
     outcome, elapsed = await timed_ring(engine)
-    assert 0.050 <= elapsed < 0.070
+    # Upper bounds say "cut, not waited out" (the plugin sleeps 5 s), loose enough for a
+    # busy machine; the exact budget is in the result's error text.
+    assert 0.050 <= elapsed < 2.5
     assert outcome.action is PluginAction.BLOCK
     assert outcome.decided_by == "slow"
     assert outcome.decision is not None
@@ -25,7 +27,7 @@ async def test_a_plugin_past_its_timeout_is_cut_within_20_ms(with_sleeper, make_
     result = outcome.results[0]
     assert result.outcome is PluginOutcome.TIMEOUT
     assert "timed out after 50 ms" in (result.error or "")
-    assert 50 <= result.latency_ms < 70
+    assert 50 <= result.latency_ms < 2500
     assert "ran" not in outcome.context.metadata, "fail closed: nothing after the timeout ran"
     slow = instance(engine, "slow")
     stats = slow.stats
@@ -49,12 +51,12 @@ async def test_config_timeout_overrides_the_class_attribute(with_sleeper, make_e
     # 100 ms is past the class's 50 ms but within the entry's 300 ms: it completes.
     assert outcome.action is PluginAction.PASSTHROUGH
     assert outcome.results[1].outcome is PluginOutcome.OK
-    assert 0.1 <= elapsed < 0.3
+    assert elapsed >= 0.1
 
     # The class allows 2000 ms; the entry's 30 ms wins.
     engine.set_enabled("quick", True)
     outcome, elapsed = await timed_ring(engine)
-    assert 0.030 <= elapsed < 0.5
+    assert 0.030 <= elapsed < 1.5, "cut at 30 ms, not at the class's 2000 ms"
     assert outcome.results[0].outcome is PluginOutcome.TIMEOUT
     assert "timed out after 30 ms" in (outcome.results[0].error or "")
     assert instance(engine, "quick").stats["timeouts"] == 1
@@ -66,7 +68,8 @@ async def test_a_deadline_shorter_than_the_timeout_cuts_it_further(with_sleeper,
         with_sleeper.config(ring_config("{name: slow, entrypoint: sleeper.py:Sleeper, timeout_ms: 500}"))
     )
     outcome, elapsed = await timed_ring(engine, deadline=time.monotonic() + 0.03)
-    assert 0.025 <= elapsed < 0.2, "cut at the 30 ms deadline, far before the 500 ms timeout"
+    assert 0.025 <= elapsed < 0.5, "cut at the 30 ms deadline, before the 500 ms timeout"
+    assert "timed out after 500 ms" not in (outcome.results[0].error or "")
     assert outcome.decision is not None
     assert outcome.decision.status_code == 504
     assert outcome.results[0].outcome is PluginOutcome.TIMEOUT
@@ -86,7 +89,7 @@ async def test_a_deadline_spans_the_whole_ring(with_sleeper, make_engine):
     )
     # Each plugin alone fits its 500 ms, but the three together overrun a 150 ms deadline.
     outcome, elapsed = await timed_ring(engine, deadline=time.monotonic() + 0.15)
-    assert 0.15 <= elapsed < 0.3
+    assert 0.15 <= elapsed < 1.5, "cut at the deadline, not after three 500 ms timeouts"
     assert [r.outcome for r in outcome.results] == [PluginOutcome.OK, PluginOutcome.OK, PluginOutcome.TIMEOUT]
 
 
@@ -94,8 +97,7 @@ async def test_a_passed_deadline_fails_without_calling_the_plugin(with_sleeper, 
     engine = await make_engine(
         with_sleeper.config(ring_config("{name: slow, entrypoint: sleeper.py:Sleeper, config: {sleep_s: 0}}"))
     )
-    outcome, elapsed = await timed_ring(engine, deadline=time.monotonic() - 0.001)
-    assert elapsed < 0.1
+    outcome, _ = await timed_ring(engine, deadline=time.monotonic() - 0.001)
     assert outcome.results[0].outcome is PluginOutcome.TIMEOUT
     assert outcome.decision is not None
     assert outcome.decision.status_code == 504
@@ -115,7 +117,7 @@ async def test_a_timeout_under_fail_open_is_bypassed(with_sleeper, make_engine):
         )
     )
     outcome, elapsed = await timed_ring(engine)
-    assert elapsed < 0.5, "cut at 20 ms, not left to sleep its 5 s"
+    assert elapsed < 2.5, "cut at 20 ms, not left to sleep its 5 s"
     assert outcome.action is PluginAction.PASSTHROUGH
     assert outcome.results[0].outcome is PluginOutcome.BYPASSED
     assert "timed out" in (outcome.results[0].error or "")
