@@ -57,12 +57,14 @@ check-wasm: ## Fail when `make wasm` would change the committed WASM modules
 bench-engine: $(STAMP) ## In-process cost of a ring (microseconds)
 	$(BIN)/python bench/engine_bench.py
 
-bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server
+bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server; StreamRing vs a bidirectional echo
 	$(BIN)/python bench/grpc_bench.py
+	$(BIN)/python bench/stream_bench.py
 
 bench-smoke: $(STAMP) ## The benchmarks in a seconds-long smoke mode (so they cannot rot)
 	$(BIN)/python bench/engine_bench.py --smoke
 	$(BIN)/python bench/grpc_bench.py --smoke
+	$(BIN)/python bench/stream_bench.py --smoke
 
 demo: $(STAMP) ## Start a server and send requests through all five rings
 	$(BIN)/python scripts/demo.py

@@ -1,7 +1,8 @@
 """A bare grpc.aio server for the benchmark's ceiling: echoes the request bytes, no plugins.
 
-It answers the same method path as ringd (ringd.v1.PluginEngineService/ExecuteRing)
-with the request payload itself, so both servers move the same bytes.
+It answers the same method paths as ringd (ringd.v1.PluginEngineService/ExecuteRing,
+ExecuteRings) with the request payload itself, so both servers move the same bytes;
+StreamRing answers each message of a bidirectional stream with that message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
+async def _echo_stream(requests, context: grpc.aio.ServicerContext):
+    """StreamRing's ceiling: one reply per message, the message's own bytes."""
+    async for request in requests:
+        yield request
+
+
 async def main(address: str, uvloop: bool) -> None:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
@@ -25,6 +32,7 @@ async def main(address: str, uvloop: bool) -> None:
         {
             "ExecuteRing": grpc.unary_unary_rpc_method_handler(_echo),
             "ExecuteRings": grpc.unary_unary_rpc_method_handler(_echo),
+            "StreamRing": grpc.stream_stream_rpc_method_handler(_echo_stream),
         },
     )
     server.add_generic_rpc_handlers((handler,))

@@ -20,6 +20,14 @@ Works on ``ctx.response`` in the OpenAI chat completion shape: every
 The answer's texts are scanned in chunks that yield to the event loop, at most
 ``max_scan_chars`` characters of them.
 
+Streamed answers: ``on_chunk`` does the same three steps on the text as it
+streams, with a look-ahead of ``stream_holdback_chars`` characters, so a secret,
+canary or placeholder split across chunks is still caught (one longer than the
+window is caught only in part). A finding in the last word of the text seen so
+far waits for the next chunk, as it may go on. In a stream, a value equal to an
+original that ``restore_pii`` put back is not redacted (the plugin sees its own
+output again); the unary answer redacts such a value when the upstream wrote it.
+
 Config:
     types (list[str], default all kinds: secret, email, credit_card, iban,
         ip_address, phone): kinds to redact (or block on); ``[]`` turns it off.
@@ -36,6 +44,7 @@ Config:
         withholds it with 502 ``response_too_large``; ``"scan_prefix"`` redacts
         the first ``max_scan_chars`` characters only and reports
         ``"truncated": true``.
+    stream_holdback_chars (int, default 128): the streaming look-ahead window.
 
 Metadata written:
     ``_response_sanitizer`` (dict): ``{"redacted": {kind: count},
@@ -56,10 +65,11 @@ from ringd.plugins._detect import (
     Finding,
     find_all_yielding,
     scan_prefix,
+    substitute,
     substitute_yielding,
 )
 from ringd.plugins._seal import CONFIG_KEY, KeySource, SealError, open_sealed, restore_placeholders
-from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, StreamText
 
 _log = logging.getLogger("plugin.response_sanitizer")
 
@@ -92,6 +102,7 @@ class ResponseSanitizer(BasePlugin):
                 CONFIG_KEY,
                 "max_scan_chars",
                 "oversize",
+                "stream_holdback_chars",
             }
         )
         types = reader.get_str_list("types", list(KINDS))
@@ -111,6 +122,8 @@ class ResponseSanitizer(BasePlugin):
         )
         self.oversize = reader.get_choice("oversize", "block", ("block", "scan_prefix"))
         self.keys = KeySource(reader) if self.restore_pii else None
+        self.stream_holdback_chars = reader.get_int("stream_holdback_chars", 128) or 128
+        self._opened: dict[tuple[str, str], dict[str, str]] = {}  # a stream's mapping, opened once
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Sanitize ``ctx.response`` in place, or block it."""
@@ -192,3 +205,69 @@ class ResponseSanitizer(BasePlugin):
 
             map_response_texts(response, restore)
         return PluginResponse.passthrough()
+
+    def _stream_mapping(self, ctx: PluginContext, report: dict[str, Any]) -> dict[str, str]:
+        """The request's PII mapping, opened once per stream (on_chunk runs per chunk)."""
+        sealed = ctx.metadata.get("_pii_mapping")
+        if self.keys is None or not isinstance(sealed, str):
+            return {}
+        cache_key = (ctx.request_id, sealed)
+        mapping = self._opened.get(cache_key)
+        if mapping is None:
+            try:
+                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+            except SealError as exc:
+                report["restore_error"] = str(exc)
+                mapping = {}
+            if len(self._opened) >= 1024:  # bounded: streams in flight at once, not all ever
+                self._opened.clear()
+            self._opened[cache_key] = mapping
+        return mapping
+
+    async def on_chunk(self, ctx: PluginContext, text: StreamText) -> str | PluginResponse:
+        """The same steps on streamed text: canary, redaction, restore (see the module docstring)."""
+        report = ctx.metadata.get("_response_sanitizer")
+        if not isinstance(report, dict):
+            report = ctx.metadata["_response_sanitizer"] = {
+                "redacted": {},
+                "restored": 0,
+                "canary_found": False,
+            }
+        final = getattr(text, "final", True)
+        out = str(text)
+        if self.canary is not None and self.canary in out:
+            report["canary_found"] = True
+            if self.block_on_canary:
+                return PluginResponse.block(
+                    status_code=502,
+                    error_type="canary_leak",
+                    message="the upstream answer was withheld: it disclosed protected instructions",
+                )
+            out = out.replace(self.canary, "")
+        mapping = self._stream_mapping(ctx, report)
+        if final:
+            self._opened.pop((ctx.request_id, str(ctx.metadata.get("_pii_mapping"))), None)
+        if self.detector.kinds:
+            restored = set(mapping.values())
+            # Unless final, a finding in the last word may go on in the next chunk: it waits.
+            last_word = -1 if final else max(out.rfind(" "), out.rfind("\n"), out.rfind("\t"))
+            findings = [
+                finding
+                for finding in self.detector.find(out)
+                if (final or finding.end <= last_word) and finding.value not in restored
+            ]
+            counts: dict[str, int] = report["redacted"]
+            for finding in findings:
+                counts[finding.kind] = counts.get(finding.kind, 0) + 1
+            if findings and self.block_on_pii:
+                found_kinds = ", ".join(sorted(counts))
+                return PluginResponse.block(
+                    status_code=502,
+                    error_type="pii_in_response",
+                    message=f"the upstream answer was withheld: it contains {found_kinds}",
+                )
+            out = substitute(out, findings, _redaction)
+        if mapping:
+            out, count = restore_placeholders(out, mapping)
+            report["restored"] += count
+        return out

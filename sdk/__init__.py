@@ -21,6 +21,7 @@ from ringd.sdk._metrics import PluginMetrics
 from ringd.sdk._plugin import BasePlugin, PluginHook
 from ringd.sdk._response import PluginAction, PluginResponse, PluginResponseError
 from ringd.sdk._store import Store, StoreError
+from ringd.sdk._stream import StreamText
 
 __all__ = [
     "BasePlugin",
@@ -35,5 +36,6 @@ __all__ = [
     "RequestInfo",
     "Store",
     "StoreError",
+    "StreamText",
     "UpstreamResponse",
 ]

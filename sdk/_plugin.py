@@ -62,6 +62,43 @@ class BasePlugin:
     awaits :meth:`on_load` once, calls :meth:`execute` per request, and awaits
     :meth:`on_unload` once when a reload replaces it and its in-flight calls
     have finished.
+
+    Streamed answers (``ringd.v1.PluginEngineService/StreamRing``): a POST_FLIGHT
+    plugin may also define a streaming hook and a look-ahead window::
+
+        stream_holdback_chars = 64   # class or instance attribute, default 0
+
+        async def on_chunk(self, ctx: PluginContext, text: StreamText) -> str | PluginResponse:
+            ...
+
+    ``on_chunk`` is called as text streams in, per choice index, with this
+    plugin's buffer: the last ``stream_holdback_chars`` characters it returned
+    last time followed by the new text (from the upstream, or from the streaming
+    plugin before it). It is called once the buffer is longer than the window,
+    and once more with ``text.final`` set before a tool-call, refusal or finish
+    delta of that choice and at the end of the stream. Of what it returns, all
+    but the last ``stream_holdback_chars`` characters are released (to the next
+    streaming plugin; the last one's go to the client) and the rest is its next
+    buffer (the cut moves back to just after the last whitespace before the
+    window, so the kept tail starts with a whole word; with no whitespace, up to
+    twice the window is held before a cut inside a word). So a pattern of up
+    to ``stream_holdback_chars + 1`` characters split
+    across chunks is seen whole, and the plugin sees its own output again: its
+    rewrite must leave its own output unchanged (restoring a placeholder or
+    redacting a secret as ``[REDACTED]`` do). A match that reaches the end of a
+    non-final ``text`` may go on in the next chunk: leave it for the next call.
+
+    It returns the text (``str``), ``PluginResponse.passthrough()`` (unchanged)
+    or ``PluginResponse.block(...)`` (the stream ends with that error); anything
+    else is a failure. Timeout, fail policy, breaker and metrics apply per call as
+    for ``execute``; a failure under fail_policy open lets the text through
+    unchanged. ``ctx`` is the stream's context, the same object for every call of
+    the stream (``ctx.response`` is None until the end).
+
+    A POST_FLIGHT plugin without ``on_chunk`` runs :meth:`execute` once on the
+    assembled answer (``ctx.response``, a ``chat.completion``) when the stream
+    ends: after the text was released, or before any release with
+    ``stream_mode: buffer`` in its config entry.
     """
 
     # LLMProxy's defaults, so a plugin that leaves one out behaves as it does there.
@@ -71,6 +108,9 @@ class BasePlugin:
     author: ClassVar[str] = "unknown"
     description: ClassVar[str] = ""
     timeout_ms: ClassVar[int] = 50
+
+    stream_holdback_chars: int = 0
+    """Look-ahead window of ``on_chunk`` in characters (an instance attribute overrides it)."""
 
     logger = _PluginLogger()
     """``logging.getLogger(f"plugin.{name}")``, as in LLMProxy (most of its plugins log from ``on_load``)."""

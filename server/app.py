@@ -22,7 +22,7 @@ from ringd.server.admission import RingAdmission, TokenGate
 from ringd.server.background import BackgroundQueue
 from ringd.server.config import RingdConfig, ServerSettings
 from ringd.server.convert import Limits
-from ringd.server.engine import Engine, Generation
+from ringd.server.engine import Engine, Generation, StreamLimits
 from ringd.server.health import HealthServicer
 from ringd.server.metrics import MetricsEndpoint, serve_metrics
 from ringd.server.reflection import default_index, enable_reflection
@@ -121,6 +121,11 @@ class RingdServer:
                 max_headers=settings.max_headers,
             ),
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
+            stream_limits=StreamLimits(
+                max_held_chars=settings.stream_max_held_chars,
+                max_pending_chunks=settings.stream_max_pending_chunks,
+                max_answer_chars=settings.max_message_bytes,
+            ),
         )
         self._admission = RingAdmission(settings.max_concurrent_rings)
         admin_servicer = AdminServicer(self.engine, self._admin_reload)

@@ -42,6 +42,18 @@ DEFAULT_FAIL_POLICY: dict[PluginHook, FailPolicy] = {
 }
 
 
+class StreamMode(Enum):
+    """When a POST_FLIGHT plugin runs on a streamed answer (entry field ``stream_mode``)."""
+
+    AFTER = "after"
+    """Default: a plugin with ``on_chunk`` runs on the text as it streams; one without
+    runs on the assembled answer after the text was released (its BLOCK ends the
+    stream with an error event)."""
+    BUFFER = "buffer"
+    """Runs ``execute`` on the assembled answer before any text is released (buffer
+    until moderated), even when the plugin has ``on_chunk``."""
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
     """Circuit breaker of one plugin (see :mod:`ringd.server.breaker`).
@@ -113,6 +125,7 @@ class PluginEntry:
     circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
     run_in_thread: bool = False
     wasm: WasmSettings = field(default_factory=WasmSettings)
+    stream_mode: StreamMode = StreamMode.AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +160,10 @@ class ServerSettings:
     """``text`` or ``json`` lines on stderr; ``RINGD_LOG_FORMAT`` overrides, ``--log-format`` wins."""
     metrics_listen: str | None = None
     """``host:port`` of the Prometheus endpoint; off when unset. ``RINGD_METRICS_LISTEN`` overrides."""
+    stream_max_held_chars: int = 65536
+    """Characters one StreamRing call may hold back at once (all plugins, choices, buffered text)."""
+    stream_max_pending_chunks: int = 4096
+    """Chunks one StreamRing call may hold at once (a ``stream_mode: buffer`` plugin holds all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +184,7 @@ class RingdConfig:
 
 _ENTRY_FIELDS = {
     "name", "hook", "entrypoint", "priority", "enabled", "timeout_ms", "fail_policy",
-    "config", "circuit_breaker", "run_in_thread", "type", "wasm",
+    "config", "circuit_breaker", "run_in_thread", "type", "wasm", "stream_mode",
 }  # fmt: skip
 _TOP_FIELDS = {"version", "server", "store", "plugins"}
 
@@ -418,6 +435,16 @@ def _plugin_entry(
         plugin_config = {}
     breaker = _breaker(errors, f"{where} field 'circuit_breaker'", raw.get("circuit_breaker"))
     run_in_thread = _bool(errors, f"{where} field 'run_in_thread'", raw.get("run_in_thread", False))
+    stream_mode = StreamMode.AFTER
+    if raw.get("stream_mode") is not None:
+        stream_mode = (
+            _enum(errors, f"{where} field 'stream_mode'", raw["stream_mode"], StreamMode) or StreamMode.AFTER
+        )
+        if hook is not None and hook is not PluginHook.POST_FLIGHT:
+            errors.add(
+                f"{where} field 'stream_mode'",
+                f"applies to post_flight plugins only, this entry's hook is {hook.value!r}",
+            )
     if checked_name is None or entrypoint is None or kind is None:
         return None
     return PluginEntry(
@@ -433,6 +460,7 @@ def _plugin_entry(
         circuit_breaker=breaker,
         run_in_thread=bool(run_in_thread),
         wasm=wasm,
+        stream_mode=stream_mode,
     )
 
 
@@ -451,12 +479,17 @@ def _server(errors: _Errors, raw: Any) -> ServerSettings:
         where = f"server field {key!r}"
         if key in {"listen", "admin_listen"}:
             values[key] = _str_list(errors, where, value)
-        elif key in {
-            "max_message_bytes",
-            "max_concurrent_rings",
-            "background_queue_size",
-            "background_workers",
-        } or key in {"max_metadata_keys", "max_headers", "max_json_depth"}:
+        elif (
+            key
+            in {
+                "max_message_bytes",
+                "max_concurrent_rings",
+                "background_queue_size",
+                "background_workers",
+            }
+            or key in {"max_metadata_keys", "max_headers", "max_json_depth"}
+            or key.startswith("stream_max_")
+        ):
             values[key] = _int(errors, where, value, minimum=1)
         elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"}:
             values[key] = _float(errors, where, value)

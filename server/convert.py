@@ -22,6 +22,7 @@ from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, P
 from ringd.server.exceptions import EncodeError, RequestError
 from ringd.server.generations import PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
+from ringd.server.stream import StreamOutcome
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import engine_service_pb2 as engine_pb
@@ -242,6 +243,67 @@ def context_from_proto(
     return ctx, json_form
 
 
+MAX_CHOICES = 128
+"""Choice indexes a streamed chunk may use: 0 to 127."""
+
+
+def chunk_from_proto(data: bytes, where: str, limits: Limits) -> dict[str, Any] | None:
+    """Decode one upstream chunk of a stream: ``chat.completion.chunk`` JSON, or its SSE event.
+
+    Returns None for the SSE end marker ``data: [DONE]``.
+
+    Raises:
+        RequestError: not JSON, not a chunk object, or a malformed choice; the message
+            names the place (``where``, e.g. ``chunk[3]``, then the JSON path).
+    """
+    raw = data.strip()
+    if raw[:1] != b"{":
+        raw = _sse_data(raw, where)
+        if raw == b"[DONE]":
+            return None
+    chunk = _object_from_json(raw, where, limits.max_json_depth)
+    choices = chunk.get("choices", [])
+    if not isinstance(choices, list):
+        raise RequestError(f"{where}.choices must be a list, got a JSON {_json_kind(choices)}", field=where)
+    for position, choice in enumerate(choices):
+        at = f"{where}.choices[{position}]"
+        if not isinstance(choice, dict):
+            raise RequestError(f"{at} must be an object, got a JSON {_json_kind(choice)}", field=at)
+        index = choice.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_CHOICES:
+            raise RequestError(
+                f"{at}.index must be an integer from 0 to {MAX_CHOICES - 1}, got {index!r}", field=at
+            )
+        delta = choice.get("delta")
+        if delta is None:
+            continue
+        if not isinstance(delta, dict):
+            raise RequestError(f"{at}.delta must be an object, got a JSON {_json_kind(delta)}", field=at)
+        content = delta.get("content")
+        if content is not None and not isinstance(content, str):
+            raise RequestError(
+                f"{at}.delta.content must be a string or null, got a JSON {_json_kind(content)}", field=at
+            )
+    return chunk
+
+
+def _sse_data(event: bytes, where: str) -> bytes:
+    """The data of one SSE event: its ``data:`` lines joined with newlines, other fields ignored."""
+    lines = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            lines.append(value[1:] if value[:1] == b" " else value)
+        elif line and not line.startswith((b":", b"event:", b"id:", b"retry:")):
+            shown = line[:40].decode("utf-8", "replace")
+            raise RequestError(
+                f"{where} is neither a JSON chunk object nor an SSE event (line {shown!r})", field=where
+            )
+    if not lines:
+        raise RequestError(f"{where} is an SSE event without a data: line", field=where)
+    return b"\n".join(lines).strip()
+
+
 # ---------------------------------------------------------------- SDK -> proto
 
 STRUCT_DEPTH_LIMIT = 32
@@ -452,6 +514,43 @@ STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {
     "failed": pb.PLUGIN_STATUS_FAILED,
     "circuit_open": pb.PLUGIN_STATUS_CIRCUIT_OPEN,
 }
+
+
+def stream_outcome_to_proto(
+    stream_outcome: StreamOutcome, background_queued: bool, target: engine_pb.StreamRingResponse
+) -> None:
+    """Fill the last message of a stream: ``done``, or ``block`` when the stream was blocked.
+
+    Raises:
+        EncodeError: the answer or metadata holds what the wire cannot carry.
+    """
+    ring_outcome = stream_outcome.ring_outcome
+    ctx = ring_outcome.context
+    withheld = ring_outcome.context_withheld
+    if not withheld and not isinstance(ctx.metadata, dict):
+        raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
+    end: Any
+    if stream_outcome.blocked:
+        end = target.block
+        decision = ring_outcome.decision
+        if decision is not None:
+            probe = pb.PluginResponse()
+            decision_to_proto(decision, probe)
+            end.block.status_code = probe.status_code or 403
+            end.block.error_type = probe.error_type
+            end.block.message = probe.message
+        end.decided_by = ring_outcome.decided_by or ""
+    else:
+        end = target.done
+        end.answer_json = _to_json(stream_outcome.answer, "answer")
+    end.released_chunks = stream_outcome.released_chunks
+    end.config_version = ring_outcome.config_version
+    end.generation = ring_outcome.generation
+    end.background_queued = background_queued
+    for result in ring_outcome.results:
+        _result_to_proto(result, end.results.add(), strict=not withheld)
+    if not withheld:
+        _fill_fields(end.metadata, ctx.metadata, "metadata", 1)
 
 
 def plugin_info_to_proto(slot: PluginSlot, status: str, target: admin_pb.PluginInfo) -> None:

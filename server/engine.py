@@ -8,7 +8,8 @@ behind the servicers, and it alone decides a ring's verdict (a complete
 - :mod:`ringd.server.results`: :class:`PluginResult` and :class:`RingOutcome`;
 - :mod:`ringd.server.generations`: loaded plugins, generations, reload;
 - :mod:`ringd.server.breaker`: the per-plugin circuit breaker;
-- :mod:`ringd.server.threads`: the thread bridge of ``run_in_thread`` plugins.
+- :mod:`ringd.server.threads`: the thread bridge of ``run_in_thread`` plugins;
+- :mod:`ringd.server.stream`: POST_FLIGHT on a streamed answer, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ringd.server.generations import (
 )
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
 from ringd.server.ring import RingRunner
+from ringd.server.stream import StreamLimits, StreamOutcome, StreamSession
 from ringd.server.threads import PluginThreads
 
 __all__ = [
@@ -44,6 +46,9 @@ __all__ = [
     "PluginSlot",
     "ReloadError",
     "RingOutcome",
+    "StreamLimits",
+    "StreamOutcome",
+    "StreamSession",
     "UnknownPluginError",
     "entry_key",
 ]
@@ -169,6 +174,26 @@ class Engine:
                     return
         finally:
             generation.leave()
+
+    def open_stream(
+        self, ctx: PluginContext, *, deadline: float | None = None, limits: StreamLimits | None = None
+    ) -> StreamSession:
+        """Start POST_FLIGHT on a streamed answer (see :mod:`ringd.server.stream`).
+
+        The session holds the current generation until it is closed: use it as a
+        context manager. ``deadline`` is as for :meth:`execute_ring`.
+        """
+        generation = self.generation.enter()
+        ctx.state = self.state
+        deadline_perf = None if deadline is None else deadline - self._clock() + time.perf_counter()
+        return StreamSession(
+            runner=self._runner,
+            generation=generation,
+            ctx=ctx,
+            deadline=deadline,
+            deadline_perf=deadline_perf,
+            limits=limits if limits is not None else StreamLimits(),
+        )
 
     def queued(self, ctx: PluginContext) -> RingOutcome:
         """The outcome of a BACKGROUND ring accepted onto the queue: it runs later, on

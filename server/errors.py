@@ -29,6 +29,7 @@ from ringd.server.exceptions import (
     RequestError,
     RingdError,
     ShuttingDownError,
+    StreamLimitError,
     UnknownPluginError,
 )
 
@@ -43,6 +44,7 @@ _TABLE: tuple[tuple[type[RingdError], grpc.StatusCode], ...] = (
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (AnswerTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StreamLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (ReloadError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -59,6 +59,10 @@ class AnswerTooLargeError(RingdError):
     """The encoded answer is larger than the server may send (``max_message_bytes``)."""
 
 
+class StreamLimitError(RingdError):
+    """A stream holds more than a ``server.stream_*`` limit allows; the message names it."""
+
+
 # ---------------------------------------------------------------- config and plugins
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any
 
@@ -36,7 +37,7 @@ from ringd.sdk import (
 )
 from ringd.server.breaker import CLOSED
 from ringd.server.exceptions import describe
-from ringd.server.generations import Generation, LoadedPlugin
+from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
 from ringd.server.threads import PluginThreads
 
@@ -47,7 +48,6 @@ _FAILURE_BLOCK = {
     PluginOutcome.TIMEOUT: (504, "plugin_timeout", "timed out"),
 }
 _UNAVAILABLE = (503, "plugin_unavailable", "is unavailable")
-_PASSTHROUGH = PluginResponse()
 
 
 class RingRunner:
@@ -62,9 +62,18 @@ class RingRunner:
         self.running: LoadedPlugin | None = None
 
     async def run(
-        self, generation: Generation, ring: PluginHook, ctx: PluginContext, deadline: float | None
+        self,
+        generation: Generation,
+        ring: PluginHook,
+        ctx: PluginContext,
+        deadline: float | None,
+        slots: Sequence[PluginSlot] | None = None,
     ) -> RingOutcome:
-        """Run ``ring``'s slots of ``generation`` on ``ctx``; the caller holds the generation."""
+        """Run ``ring``'s slots of ``generation`` on ``ctx``; the caller holds the generation.
+
+        ``slots`` runs only those (a subset of the ring's, in order) instead: a stream
+        runs its whole-answer plugins this way (:mod:`ringd.server.stream`).
+        """
         ctx.state = self.state
         perf = time.perf_counter
         # The caller's deadline on the perf_counter clock, so one reading per plugin
@@ -74,96 +83,28 @@ class RingRunner:
         action = PluginAction.PASSTHROUGH
         decision: PluginResponse | None = None
         decided_by: str | None = None
-        for slot in generation.rings[ring]:
+        for slot in generation.rings[ring] if slots is None else slots:
             loaded = slot.loaded
             if not slot.enabled:
                 results.append(
                     plugin_result(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
-            instance = loaded.instance
-            breaker = loaded.breaker
-            if instance is None or (breaker.state is not CLOSED and not breaker.admit(perf())):
-                result, block = self._unavailable(loaded)
+            call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            if isinstance(call, PendingCall):
+                call = await call
+            result, response, block = call
+            if response is None:  # failed: ``result`` says how, ``block`` if it is fail-closed
                 results.append(result)
                 if block is not None:
                     decision, decided_by, action = block, loaded.name, PluginAction.BLOCK
                     break
                 continue
-            started = perf()
-            budget = loaded.timeout_s
-            cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
-            if cut_by_deadline:
-                budget = deadline_perf - started  # type: ignore[operator]
-            failure: PluginOutcome | None = None
-            error = ""
-            response: Any = None
-            if budget <= 0:
-                failure, error = PluginOutcome.TIMEOUT, "no time left before the caller's deadline"
-            else:
-                try:
-                    if loaded.run_in_thread:
-                        response = await _within(budget, self.threads.call(instance, ctx, self.state))
-                    else:
-                        coro = instance.execute(ctx)
-                        if type(coro) is not CoroutineType:
-                            coro = _as_coroutine(coro)
-                        self.running = loaded
-                        try:
-                            first = coro.send(None)
-                        except StopIteration as stop:
-                            response = stop.value  # finished without suspending: no timer needed
-                        else:
-                            remaining = budget - (perf() - started)
-                            response = await _within(remaining, _Resume(coro, first, self, loaded))
-                        finally:
-                            self.running = None
-                except _PluginTimeout:
-                    failure, error = PluginOutcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # the caller went away: stop the ring
-                    failure, error = PluginOutcome.ERROR, "CancelledError raised by the plugin"
-                except BaseException as exc:  # any plugin failure becomes its typed result below
-                    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                        _log.error(
-                            "plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__
-                        )
-                    failure, error = PluginOutcome.ERROR, describe(exc)
-            latency_ms = (perf() - started) * 1000.0
             metrics = loaded.metrics
-            if budget > 0:
-                metrics.observe(latency_ms)
-            if failure is None and (
-                type(response) is not PluginResponse or response.action is not PluginAction.PASSTHROUGH
-            ):
-                # Off the common path (a passthrough): None, a subclass, garbage, or an
-                # action whose payload the ring must check before serving it.
-                failure, error, response = _check_response(response)
-            if failure is not None:
-                result, block = self._failed_call(
-                    loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
-                )
-                results.append(result)
-                if block is not None:
-                    decision, decided_by, action = block, loaded.name, PluginAction.BLOCK
-                    break
-                continue
-            if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
-                breaker.on_success(started)
             kind = response.action
-            results.append(
-                plugin_result(
-                    plugin=loaded.name,
-                    version=loaded.version,
-                    outcome=PluginOutcome.OK,
-                    action=kind,
-                    latency_ms=latency_ms,
-                    message=response.message,
-                    started=started,
-                )
-            )
+            result.action = kind
+            result.message = response.message
+            results.append(result)
             if kind is PluginAction.MODIFY:
                 if response.body is not None:  # MODIFY without a body keeps ctx.body (LLMProxy)
                     ctx.body = response.body
@@ -193,6 +134,151 @@ class RingRunner:
             decision=decision,
             decided_by=decided_by,
         )
+
+    def call_plugin(
+        self,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        ctx: PluginContext,
+        args: tuple[Any, ...],
+        deadline_perf: float | None,
+    ) -> CallOutcome | PendingCall:
+        """One call of one plugin under rules 2 to 4: availability, time budget, fail policy.
+
+        Both the ring loop (``execute``) and a stream (``on_chunk``, :mod:`ringd.server.stream`)
+        call plugins through here, so breaker, metrics and fail policy are applied once.
+        The plugin's first step runs inline: a call that finishes without suspending (most
+        do) is settled at once and costs no timer and no extra coroutine; one that
+        suspends comes back as a :class:`PendingCall` to await under its time budget::
+
+            call = runner.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            if isinstance(call, PendingCall):
+                call = await call
+            result, response, block = call
+
+        Args:
+            loaded: The plugin.
+            hook: Which method to call and what it must return (:data:`EXECUTE`, or
+                :data:`ringd.server.stream.ON_CHUNK`).
+            ctx: The request's context, the method's first argument.
+            args: The method's further arguments.
+            deadline_perf: The caller's deadline on the ``time.perf_counter`` clock, or None.
+
+        Returns:
+            ``(result, response, block)``, or a :class:`PendingCall` that gives it. On
+            success ``response`` is what the plugin returned (valid for ``hook``),
+            ``result`` is OK with latency and start time, and ``block`` is None. On
+            failure ``response`` is None, ``result`` says how it failed, and ``block`` is
+            the block a fail-closed plugin makes (None when it is bypassed).
+        """
+        instance = loaded.instance
+        breaker = loaded.breaker
+        if instance is None or (breaker.state is not CLOSED and not breaker.admit(time.perf_counter())):
+            result, block = self._unavailable(loaded)
+            return result, None, block
+        started = time.perf_counter()
+        budget = loaded.timeout_s
+        cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
+        if cut_by_deadline:
+            budget = deadline_perf - started  # type: ignore[operator]
+        if budget <= 0:
+            error = "no time left before the caller's deadline"
+            return self.settle(
+                loaded, hook, None, PluginOutcome.TIMEOUT, error, started, budget, cut_by_deadline
+            )
+        if loaded.run_in_thread:
+            threaded = _within(budget, self.threads.call(instance, ctx, self.state, hook.method, args))
+            return PendingCall(self, loaded, hook, threaded, started, budget, cut_by_deadline)
+        try:
+            # The hot path calls execute without a lookup by name.
+            coro = instance.execute(ctx) if hook is EXECUTE else getattr(instance, hook.method)(ctx, *args)
+            if type(coro) is not CoroutineType:
+                coro = _as_coroutine(coro)
+            self.running = loaded
+            try:
+                first = coro.send(None)
+            finally:
+                self.running = None
+        except StopIteration as stop:  # finished without suspending: no timer needed
+            response = stop.value
+            if (response.__class__ is PluginResponse and response.action is _PASS and hook is EXECUTE) or (
+                hook.check is None and isinstance(response, hook.returns)
+            ):
+                # ``settle`` of a valid return, inline: this is most calls of every ring.
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                loaded.metrics.observe(latency_ms)
+                if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
+                    breaker.on_success(started)
+                ok = plugin_result(
+                    plugin=loaded.name,
+                    version=loaded.version,
+                    outcome=PluginOutcome.OK,
+                    latency_ms=latency_ms,
+                    started=started,
+                )
+                return ok, response, None
+            return self.settle(loaded, hook, response, None, "", started, budget, cut_by_deadline)
+        except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
+            failure, error = self.failure(loaded, exc, budget)
+            return self.settle(loaded, hook, None, failure, error, started, budget, cut_by_deadline)
+        remaining = budget - (time.perf_counter() - started)
+        rest = _within(remaining, _Resume(coro, first, self, loaded))
+        return PendingCall(self, loaded, hook, rest, started, budget, cut_by_deadline)
+
+    def failure(self, loaded: LoadedPlugin, exc: BaseException, budget: float) -> tuple[PluginOutcome, str]:
+        """What an exception out of a plugin call means; the caller's own cancellation is re-raised."""
+        if isinstance(exc, _PluginTimeout):
+            return PluginOutcome.TIMEOUT, f"timed out after {budget * 1000:.0f} ms"
+        if isinstance(exc, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise exc  # the caller went away: stop the ring
+            return PluginOutcome.ERROR, "CancelledError raised by the plugin"
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            _log.error("plugin %r raised %s; treated as its error", loaded.name, type(exc).__name__)
+        return PluginOutcome.ERROR, describe(exc)
+
+    def settle(
+        self,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        response: Any,
+        failure: PluginOutcome | None,
+        error: str,
+        started: float,
+        budget: float,
+        cut_by_deadline: bool,
+    ) -> CallOutcome:
+        """Count a finished call (metrics, breaker) and check its return: the call's outcome."""
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if budget > 0:
+            loaded.metrics.observe(latency_ms)
+        if failure is None:
+            if response is None and hook.on_none is not None:
+                response = hook.on_none
+            if not isinstance(response, hook.returns):
+                failure = PluginOutcome.ERROR
+                error = f"returned {type(response).__name__}, expected {hook.expected}"
+            elif hook.check is not None:
+                problem = hook.check(response)
+                if problem is not None:
+                    failure, error = PluginOutcome.ERROR, problem
+        if failure is not None:
+            result, block = self._failed_call(
+                loaded, failure, error, latency_ms, started, cut_by_deadline, called=budget > 0
+            )
+            return result, None, block
+        breaker = loaded.breaker
+        if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
+            breaker.on_success(started)
+        result = plugin_result(
+            plugin=loaded.name,
+            version=loaded.version,
+            outcome=PluginOutcome.OK,
+            latency_ms=latency_ms,
+            started=started,
+        )
+        return result, response, None
 
     def _unavailable(self, loaded: LoadedPlugin) -> tuple[PluginResult, PluginResponse | None]:
         """A plugin that failed to load or whose circuit is open: 503 if fail-closed, else bypassed.
@@ -253,25 +339,55 @@ class RingRunner:
         return result, block
 
 
-def _check_response(response: Any) -> tuple[PluginOutcome | None, str, Any]:
-    """What a plugin returned, as ``(failure, error, response)``: None is a passthrough
-    (LLMProxy), anything but a servable :class:`PluginResponse` is the plugin's error."""
-    if response is None:
-        return None, "", _PASSTHROUGH
-    if not isinstance(response, PluginResponse):
-        return PluginOutcome.ERROR, f"returned {type(response).__name__}, expected PluginResponse", None
-    try:
-        response.validate()
-    except PluginResponseError as exc:  # a response the ring cannot serve: this plugin's error
-        return PluginOutcome.ERROR, f"PluginResponseError: {exc}", None
-    return None, "", response
-
-
 def _block(kind: tuple[int, str, str], name: str) -> PluginResponse:
     status, error_type, phrase = kind
     return PluginResponse.block(
         status_code=status, error_type=error_type, message=f"plugin {name!r} {phrase}"
     )
+
+
+CallOutcome = tuple[PluginResult, Any, PluginResponse | None]
+"""A plugin call's outcome: its result, its valid response or None, the block it makes or None."""
+
+
+class PendingCall:
+    """A plugin call that suspended: await it for its :data:`CallOutcome` (see ``call_plugin``)."""
+
+    __slots__ = ("awaitable", "budget", "cut_by_deadline", "hook", "loaded", "runner", "started")
+
+    def __init__(
+        self,
+        runner: RingRunner,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        awaitable: Awaitable[Any],
+        started: float,
+        budget: float,
+        cut_by_deadline: bool,
+    ) -> None:
+        self.runner = runner
+        self.loaded = loaded
+        self.hook = hook
+        self.awaitable = awaitable
+        self.started = started
+        self.budget = budget
+        self.cut_by_deadline = cut_by_deadline
+
+    def __await__(self) -> Generator[Any, Any, CallOutcome]:
+        return self._finish().__await__()
+
+    async def _finish(self) -> CallOutcome:
+        runner, loaded, budget = self.runner, self.loaded, self.budget
+        try:
+            response = await self.awaitable
+        except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
+            failure, error = runner.failure(loaded, exc, budget)
+            return runner.settle(
+                loaded, self.hook, None, failure, error, self.started, budget, self.cut_by_deadline
+            )
+        return runner.settle(
+            loaded, self.hook, response, None, "", self.started, budget, self.cut_by_deadline
+        )
 
 
 class _Resume:
@@ -313,6 +429,40 @@ class _Resume:
                 return stop.value
             finally:
                 runner.running = None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginCall:
+    """A plugin method the engine calls: its name and what it must return."""
+
+    method: str
+    returns: type | tuple[type, ...]
+    expected: str
+    """``returns`` in words, for the error of an invalid return."""
+    check: Callable[[Any], str | None] | None = None
+    """Further check of a return of the right type: the problem in words, or None if valid."""
+    on_none: Any = None
+    """What a ``None`` return stands for, if it is allowed (``execute``: a passthrough)."""
+
+
+def _servable(response: PluginResponse) -> str | None:
+    """A response the ring cannot serve (``PluginResponse.validate``) is the plugin's error."""
+    try:
+        response.validate()
+    except PluginResponseError as exc:
+        return f"PluginResponseError: {exc}"
+    return None
+
+
+_PASS = PluginAction.PASSTHROUGH
+
+EXECUTE = PluginCall(
+    method="execute",
+    returns=PluginResponse,
+    expected="PluginResponse",
+    check=_servable,
+    on_none=PluginResponse(),  # LLMProxy: returning None is a passthrough
+)
 
 
 class _PluginTimeout(Exception):

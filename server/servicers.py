@@ -12,19 +12,22 @@ ring is the engine's :class:`RingOutcome`, translated by :mod:`ringd.server.conv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from ringd.sdk import PluginContext, PluginHook
 from ringd.server import convert, errors, logs
 from ringd.server.admission import Gate
 from ringd.server.background import BackgroundQueue
-from ringd.server.engine import Engine, Generation
-from ringd.server.exceptions import AnswerTooLargeError, EncodeError, RequestError
+from ringd.server.engine import Engine, Generation, StreamLimits, StreamOutcome
+from ringd.server.exceptions import AnswerTooLargeError, EncodeError, QueueFullError, RequestError
 from ringd.server.results import RingOutcome
 from ringd.server.telemetry import RingTracer, now_pair
 
@@ -32,6 +35,8 @@ from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import admin_service_pb2_grpc as admin_grpc
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import engine_service_pb2_grpc as engine_grpc
+
+_log = logging.getLogger("ringd.server")
 
 ENGINE_SERVICE = engine_pb.DESCRIPTOR.services_by_name["PluginEngineService"]
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PluginAdminService"]
@@ -51,9 +56,14 @@ def rpc_handler(
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         call = getattr(servicer, method.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _handle(call, request_type, gate, max_answer_bytes)
-        )
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _handle_stream(call, request_type, gate, max_answer_bytes)
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _handle(call, request_type, gate, max_answer_bytes)
+            )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -89,8 +99,46 @@ def _handle(
     return handle
 
 
+def _handle_stream(
+    call: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]],
+    request_type: Any,
+    gate: Gate,
+    max_answer_bytes: int | None,
+) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
+    """A bidirectional stream: admitted once, each message decoded and encoded, errors mapped."""
+    what = request_type.DESCRIPTOR.full_name
+    decode = request_type.FromString
+
+    async def decoded(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for raw in raw_requests:
+            yield decode(raw)
+
+    async def handle(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        try:
+            gate.admit(context)
+        except Exception as exc:  # a refusal is mapped to its status in one place
+            await errors.abort(context, exc, what)
+        try:
+            replies = call(decoded(raw_requests), context)
+            async with contextlib.aclosing(replies):  # type: ignore[type-var]
+                async for reply in replies:
+                    answer: bytes = reply.SerializeToString()
+                    if max_answer_bytes is not None and len(answer) > max_answer_bytes:
+                        raise AnswerTooLargeError(
+                            f"a stream message is {len(answer)} bytes, over server.max_message_bytes "
+                            f"({max_answer_bytes}); raise the limit or stream a shorter answer"
+                        )
+                    yield answer
+        except Exception as exc:  # every failure is mapped to a status in one place
+            await errors.abort(context, exc, what)
+        finally:
+            gate.leave()
+
+    return handle
+
+
 class EngineServicer(engine_grpc.PluginEngineServiceServicer):
-    """``ringd.v1.PluginEngineService``: ExecuteRing and ExecuteRings."""
+    """``ringd.v1.PluginEngineService``: ExecuteRing, ExecuteRings and StreamRing."""
 
     def __init__(
         self,
@@ -100,7 +148,9 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         *,
         limits: convert.Limits,
         deadline_margin_s: float,
+        stream_limits: StreamLimits | None = None,
     ) -> None:
+        self._stream_limits = stream_limits if stream_limits is not None else StreamLimits()
         self._engine = engine
         self._background = background
         self._tracer = tracer
@@ -164,6 +214,87 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         if background and not (last is not None and last.ended):
             _encode(self._background.submit(ctx), json_form, response.outcomes.add())
         return response
+
+    async def StreamRing(
+        self, requests: AsyncIterator[engine_pb.StreamRingRequest], context: Context
+    ) -> AsyncIterator[engine_pb.StreamRingResponse]:
+        """Decode the stream's messages, feed the engine's stream session, encode what it answers."""
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "open":
+            got = "nothing" if first is None else (first.WhichOneof("kind") or "a message with no kind set")
+            raise RequestError(f"the first message must be open, got {got}", field="open")
+        response_kind = first.open.context.WhichOneof("response")
+        if response_kind is not None:
+            raise RequestError(
+                f"open.context.{response_kind} must be absent: a streamed answer arrives as chunks",
+                field=f"open.context.{response_kind}",
+            )
+        ctx, _ = convert.context_from_proto(
+            first.open.context, self._limits, self._engine.state, "open.context"
+        )
+        deadline = self._deadline(context)
+        method = f"{ENGINE_SERVICE.full_name}/StreamRing"
+        with (
+            self._tracer.ring_span(method, context.invocation_metadata()) as span,
+            self._engine.open_stream(ctx, deadline=deadline, limits=self._stream_limits) as session,
+        ):
+            wall_ns, perf = now_pair()
+            index = 0
+            stream_outcome: StreamOutcome | None = None
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind == "chunk":
+                    where = f"chunk[{index}]"
+                    index += 1
+                    chunk = convert.chunk_from_proto(message.chunk.data, where, self._limits)
+                    if chunk is None:  # data: [DONE]
+                        yield _RELEASE_NOTHING
+                        continue
+                    released, stream_outcome = await session.feed(chunk)
+                    if stream_outcome is not None:
+                        break
+                    yield _release(released)
+                elif kind == "end":
+                    released, stream_outcome = await session.finish()
+                    yield _release(released)
+                    break
+                elif kind == "open":
+                    raise RequestError("open was sent twice; send it once, first", field="open")
+                else:
+                    raise RequestError("a message with no kind set; set open, chunk or end", field="kind")
+            if stream_outcome is None:
+                raise RequestError("the stream closed before its end message", field="end")
+            self._tracer.record_ring(span, stream_outcome.ring_outcome, wall_ns, perf)
+            last = engine_pb.StreamRingResponse()
+            try:
+                convert.stream_outcome_to_proto(stream_outcome, False, last)
+            except EncodeError as problem:  # the engine's block for an answer the wire cannot carry
+                stream_outcome = dataclasses.replace(
+                    stream_outcome, ring_outcome=stream_outcome.ring_outcome.unencodable(str(problem))
+                )
+                last.Clear()
+                convert.stream_outcome_to_proto(stream_outcome, False, last)
+            queued = False
+            if stream_outcome.background:
+                try:
+                    self._background.submit(stream_outcome.ring_outcome.context)
+                    queued = True
+                except QueueFullError as full:
+                    _log.warning("BACKGROUND of a streamed answer dropped: %s", full)
+            if queued:
+                (last.block if stream_outcome.blocked else last.done).background_queued = True
+            yield last
+
+
+_RELEASE_NOTHING = engine_pb.StreamRingResponse(release=engine_pb.StreamRelease())
+
+
+def _release(chunks: list[dict[str, Any]]) -> engine_pb.StreamRingResponse:
+    if not chunks:
+        return _RELEASE_NOTHING
+    return engine_pb.StreamRingResponse(
+        release=engine_pb.StreamRelease(chunks=[orjson.dumps(c) for c in chunks])
+    )
 
 
 def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:

@@ -42,13 +42,15 @@ class _LoopBridge:
         return bridged
 
 
-def _execute_on_thread_loop(instance: BasePlugin, ctx: PluginContext, loops: threading.local) -> Any:
-    """Run ``instance.execute(ctx)`` on this worker thread's own event loop."""
+def _execute_on_thread_loop(
+    instance: BasePlugin, method: str, ctx: PluginContext, args: tuple[Any, ...], loops: threading.local
+) -> Any:
+    """Run ``instance.<method>(ctx, *args)`` on this worker thread's own event loop."""
     loop = getattr(loops, "loop", None)
     if loop is None:
         loop = asyncio.new_event_loop()
         loops.loop = loop
-    returned = instance.execute(ctx)
+    returned = getattr(instance, method)(ctx, *args)
     return loop.run_until_complete(returned) if isinstance(returned, Awaitable) else returned
 
 
@@ -60,8 +62,15 @@ class PluginThreads:
         self._executor: ThreadPoolExecutor | None = None
         self._loops = threading.local()  # one event loop per worker thread
 
-    async def call(self, instance: BasePlugin, ctx: PluginContext, state: PluginState) -> Any:
-        """Run ``instance.execute`` on a worker thread; return what it returned.
+    async def call(
+        self,
+        instance: BasePlugin,
+        ctx: PluginContext,
+        state: PluginState,
+        method: str = "execute",
+        args: tuple[Any, ...] = (),
+    ) -> Any:
+        """Run ``instance.<method>(ctx, *args)`` (``execute`` by default) on a worker thread.
 
         The plugin works on a copy of ``ctx``, copied back when it answers. The caller
         bounds the wait: cancelled (a timeout), nothing is copied back, so a plugin
@@ -84,7 +93,7 @@ class PluginThreads:
             stop_chain=ctx.stop_chain,
         )
         response = await loop.run_in_executor(
-            self._executor, _execute_on_thread_loop, instance, private, self._loops
+            self._executor, _execute_on_thread_loop, instance, method, private, args, self._loops
         )
         ctx.body, ctx.metadata, ctx.response = private.body, private.metadata, private.response
         ctx.error, ctx.stop_chain = private.error, private.stop_chain

@@ -9,8 +9,29 @@ OpenTelemetry trace context (``traceparent``) with every call::
         outcome = ringd.execute_ring("pre_flight", {"model": "gpt-4o", "messages": [...]})
         if outcome.action == "block":
             print(outcome.status_code, outcome.message)
+
+A streamed answer (POST_FLIGHT chunk by chunk) is ``stream_ring``: iterate the
+chunks to send the client; a block raises ``StreamBlocked``.
 """
 
-from ringd.client._client import AsyncClient, Client, PluginResultInfo, RingResult
+from ringd.client._client import (
+    AsyncClient,
+    AsyncRingStream,
+    Client,
+    PluginResultInfo,
+    RingResult,
+    RingStream,
+    StreamBlocked,
+    StreamResult,
+)
 
-__all__ = ["AsyncClient", "Client", "PluginResultInfo", "RingResult"]
+__all__ = [
+    "AsyncClient",
+    "AsyncRingStream",
+    "Client",
+    "PluginResultInfo",
+    "RingResult",
+    "RingStream",
+    "StreamBlocked",
+    "StreamResult",
+]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -189,6 +189,212 @@ def parse_ring_response(message: engine_pb.ExecuteRingResponse) -> RingResult:
     )
 
 
+class StreamBlocked(Exception):
+    """A streamed answer was blocked: end the client's stream with this error.
+
+    ``released`` is how many chunks the client already got (0: answer with a plain
+    HTTP error instead of an SSE error event); ``result`` is the whole outcome.
+    """
+
+    def __init__(self, result: StreamResult) -> None:
+        super().__init__(
+            f"{result.status_code} {result.error_type}: {result.message} (by {result.decided_by})"
+        )
+        self.result = result
+        self.status_code = result.status_code
+        self.error_type = result.error_type
+        self.message = result.message
+        self.decided_by = result.decided_by
+        self.released = result.released_chunks
+
+    def sse_event(self) -> bytes:
+        """The SSE error event for the client, OpenAI's error shape: ``data: {"error": {...}}``."""
+        error = {"message": self.message, "type": self.error_type, "code": self.status_code}
+        return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """How a streamed answer ended (``RingStream.result`` once iteration is over).
+
+    ``action`` is ``passthrough`` (or ``modify``) when it finished and ``block``
+    when a plugin blocked it. ``answer`` is the assembled ``chat.completion`` the
+    client got (None on a block), ``metadata`` the final metadata.
+    """
+
+    action: str
+    answer: dict[str, Any] | None
+    metadata: dict[str, Any]
+    results: list[PluginResultInfo]
+    config_version: str
+    generation: int
+    released_chunks: int
+    background_queued: bool
+    status_code: int = 0
+    error_type: str = ""
+    message: str = ""
+    decided_by: str = ""
+
+
+def _results(results: Any) -> list[PluginResultInfo]:
+    return [
+        PluginResultInfo(
+            plugin=r.plugin,
+            version=r.version,
+            action=_ACTIONS.get(r.action, ""),
+            outcome=_OUTCOMES.get(r.outcome, ""),
+            latency_ms=r.latency.ToNanoseconds() / 1e6,
+            error=r.error,
+            message=r.message,
+        )
+        for r in results
+    ]
+
+
+def parse_stream_end(message: engine_pb.StreamRingResponse) -> StreamResult:
+    """A typed outcome from the last message of a StreamRing call (``done`` or ``block``)."""
+    if message.WhichOneof("kind") == "block":
+        end = message.block
+        return StreamResult(
+            action="block",
+            answer=None,
+            metadata={key: _plain(json_format.MessageToDict(value)) for key, value in end.metadata.items()},
+            results=_results(end.results),
+            config_version=end.config_version,
+            generation=end.generation,
+            released_chunks=end.released_chunks,
+            background_queued=end.background_queued,
+            status_code=end.block.status_code,
+            error_type=end.block.error_type,
+            message=end.block.message,
+            decided_by=end.decided_by,
+        )
+    done = message.done
+    return StreamResult(
+        action="passthrough",
+        answer=json.loads(done.answer_json),
+        metadata={key: _plain(json_format.MessageToDict(value)) for key, value in done.metadata.items()},
+        results=_results(done.results),
+        config_version=done.config_version,
+        generation=done.generation,
+        released_chunks=done.released_chunks,
+        background_queued=done.background_queued,
+    )
+
+
+UpstreamChunk = bytes | str | Mapping[str, Any]
+"""An upstream chunk: a ``chat.completion.chunk`` dict, its JSON text, or its raw SSE event."""
+
+
+def _stream_request(chunk: UpstreamChunk) -> engine_pb.StreamRingRequest:
+    if isinstance(chunk, Mapping):
+        data = json.dumps(chunk).encode()
+    elif isinstance(chunk, str):
+        data = chunk.encode()
+    else:
+        data = bytes(chunk)
+    return engine_pb.StreamRingRequest(chunk=engine_pb.StreamChunk(data=data))
+
+
+def _stream_open(body: Mapping[str, Any] | None, context: dict[str, Any]) -> engine_pb.StreamRingRequest:
+    if "response" in context:
+        raise ValueError("a streamed answer arrives as chunks: pass the upstream chunks, not response=")
+    return engine_pb.StreamRingRequest(open=engine_pb.StreamOpen(context=build_context(body, **context)))
+
+
+_STREAM_END = engine_pb.StreamRingRequest(end=engine_pb.StreamEnd())
+
+
+class _StreamReplies:
+    """Turns StreamRing replies into released chunks, keeping the last message's outcome."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result: StreamResult | None = None
+
+    def chunks(self, reply: engine_pb.StreamRingResponse) -> list[dict[str, Any]]:
+        kind = reply.WhichOneof("kind")
+        if kind == "release":
+            return [json.loads(chunk) for chunk in reply.release.chunks]
+        self.result = parse_stream_end(reply)
+        if self.result.action == "block":
+            raise StreamBlocked(self.result)
+        return []
+
+
+class AsyncRingStream:
+    """One streamed answer through ringd: ``async for chunk in stream`` yields what to send.
+
+    Each released chunk is a ``chat.completion.chunk`` dict: write it to the client as
+    ``data: <json>\n\n`` and flush; after the loop write ``data: [DONE]``. A block
+    raises :class:`StreamBlocked` (write its ``sse_event()``). ``result`` holds the
+    outcome (assembled answer, metadata, per-plugin results) once the loop is over.
+    Leaving the loop early cancels the call: use ``async with`` or ``aclose()``.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._replies = _StreamReplies()
+        self._pending: list[dict[str, Any]] = []
+
+    @property
+    def result(self) -> StreamResult | None:
+        """The outcome, once the stream has ended (None before)."""
+        return self._replies.result
+
+    def __aiter__(self) -> AsyncRingStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while not self._pending:
+            if self._replies.result is not None:
+                raise StopAsyncIteration
+            reply = await self._call.read()
+            if reply is grpc.aio.EOF:
+                raise StopAsyncIteration
+            self._pending = self._replies.chunks(reply)
+            self._pending.reverse()
+        return self._pending.pop()
+
+    async def aclose(self) -> None:
+        """Cancel the call if it is still running (the server drops what it held)."""
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncRingStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class RingStream:
+    """The blocking flavour of :class:`AsyncRingStream`: ``for chunk in stream``."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._replies = _StreamReplies()
+
+    @property
+    def result(self) -> StreamResult | None:
+        """The outcome, once the stream has ended (None before)."""
+        return self._replies.result
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for reply in self._call:
+            yield from self._replies.chunks(reply)
+
+    def close(self) -> None:
+        """Cancel the call if it is still running (the server drops what it held)."""
+        self._call.cancel()
+
+    def __enter__(self) -> RingStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _plugin_info(info: admin_pb.PluginInfo) -> dict[str, Any]:
     data = json_format.MessageToDict(
         info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -352,6 +558,46 @@ class AsyncClient(_Base):
         results: list[RingResult] = await self._run(self._execute_rings(rings, body, timeout, context))
         return results
 
+    def stream_ring(
+        self,
+        upstream: AsyncIterable[UpstreamChunk] | Iterable[UpstreamChunk],
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **context: Any,
+    ) -> AsyncRingStream:
+        """POST_FLIGHT on a streamed answer, as the upstream sends it::
+
+            async with client.stream_ring(upstream_chunks, body, metadata=routing.metadata) as stream:
+                try:
+                    async for chunk in stream:
+                        await send(b"data: " + json.dumps(chunk).encode() + b"\\n\\n")
+                except StreamBlocked as blocked:
+                    await send(blocked.sse_event())
+            # stream.result: the assembled answer, final metadata, per-plugin results
+
+        ``upstream`` yields the upstream's chunks as they arrive (dicts, JSON text or
+        raw SSE events); ``context`` takes ``metadata``, ``headers``, ``request_id``,
+        ... as :meth:`execute_ring` (not ``response``). ``timeout`` bounds the whole
+        stream. BACKGROUND runs on the assembled answer by itself.
+        """
+        opening = _stream_open(body, context)
+
+        async def requests() -> AsyncIterator[engine_pb.StreamRingRequest]:
+            yield opening
+            if isinstance(upstream, AsyncIterable):
+                async for chunk in upstream:
+                    yield _stream_request(chunk)
+            else:
+                for chunk in upstream:
+                    yield _stream_request(chunk)
+            yield _STREAM_END
+
+        call = self._stubs["engine"].StreamRing(
+            requests(), timeout=timeout or self._timeout, metadata=_call_metadata(None)
+        )
+        return AsyncRingStream(call)
+
     async def list_plugins(self, ring: str | None = None) -> list[dict[str, Any]]:
         """The plugins of each ring (or of ``ring``) with status, version and stats."""
         plugins: list[dict[str, Any]] = await self._run(self._list_plugins(ring))
@@ -412,6 +658,32 @@ class Client(_Base):
         results: list[RingResult] = self._run(self._execute_rings(rings, body, timeout, context))
         return results
 
+    def stream_ring(
+        self,
+        upstream: Iterable[UpstreamChunk],
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **context: Any,
+    ) -> RingStream:
+        """POST_FLIGHT on a streamed answer: ``for chunk in client.stream_ring(chunks, body)``.
+
+        As :meth:`AsyncClient.stream_ring`; ``upstream`` is a plain iterable, read on
+        gRPC's thread as ringd asks for more.
+        """
+        opening = _stream_open(body, context)
+
+        def requests() -> Iterator[engine_pb.StreamRingRequest]:
+            yield opening
+            for chunk in upstream:
+                yield _stream_request(chunk)
+            yield _STREAM_END
+
+        call = self._stubs["engine"].StreamRing(
+            requests(), timeout=timeout or self._timeout, metadata=_call_metadata(None)
+        )
+        return RingStream(call)
+
     def list_plugins(self, ring: str | None = None) -> list[dict[str, Any]]:
         """The plugins of each ring (or of ``ring``) with status, version and stats."""
         plugins: list[dict[str, Any]] = self._run(self._list_plugins(ring))
@@ -428,4 +700,16 @@ class Client(_Base):
         return info
 
 
-__all__ = ["AsyncClient", "Client", "PluginResultInfo", "RingResult", "build_context", "parse_ring_response"]
+__all__ = [
+    "AsyncClient",
+    "AsyncRingStream",
+    "Client",
+    "PluginResultInfo",
+    "RingResult",
+    "RingStream",
+    "StreamBlocked",
+    "StreamResult",
+    "build_context",
+    "parse_ring_response",
+    "parse_stream_end",
+]

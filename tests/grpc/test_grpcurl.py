@@ -52,6 +52,8 @@ async def test_describe_shows_the_engine_rpcs(serve):
         "rpc ExecuteRings ( .ringd.v1.ExecuteRingsRequest ) returns ( .ringd.v1.ExecuteRingsResponse );"
         in out
     )
+    stream_rpc = "rpc StreamRing ( stream .ringd.v1.StreamRingRequest )"
+    assert f"{stream_rpc} returns ( stream .ringd.v1.StreamRingResponse );" in out
 
     code, out, err = await grpcurl("-plaintext", running.address, "describe", "ringd.v1.PluginContext")
     assert code == 0, err

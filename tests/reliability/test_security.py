@@ -100,7 +100,12 @@ def test_no_rpc_installs_or_uploads_code():
     assert {method.name for method in service.methods} == {"ListPlugins", "ReloadConfig", "SetPluginEnabled"}
     assert [field.name for field in admin_pb.ReloadConfigRequest.DESCRIPTOR.fields] == []
     engine = engine_pb.DESCRIPTOR.services_by_name["PluginEngineService"]
-    assert {method.name for method in engine.methods} == {"ExecuteRing", "ExecuteRings"}
+    # StreamRing (reviewed with issue 13) carries one request's data only: its context,
+    # the answer's chunks as bytes, and an end marker. Nothing names a file or code.
+    assert {method.name for method in engine.methods} == {"ExecuteRing", "ExecuteRings", "StreamRing"}
+    assert [field.name for field in engine_pb.StreamRingRequest.DESCRIPTOR.fields] == ["open", "chunk", "end"]
+    assert [field.name for field in engine_pb.StreamChunk.DESCRIPTOR.fields] == ["data"]
+    assert [field.name for field in engine_pb.StreamEnd.DESCRIPTOR.fields] == []
 
 
 async def reflection_code(target: str) -> str:

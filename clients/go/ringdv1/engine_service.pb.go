@@ -486,6 +486,628 @@ func (x *ExecuteRingsResponse) GetOutcomes() []*ExecuteRingResponse {
 	return nil
 }
 
+// One message from the gateway on a StreamRing call: `open`, then `chunk`s, then
+// `end` (see PluginEngineService.StreamRing).
+type StreamRingRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What this message is. Exactly one is set; a message with none set is refused
+	// INVALID_ARGUMENT naming `kind`.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*StreamRingRequest_Open
+	//	*StreamRingRequest_Chunk
+	//	*StreamRingRequest_End
+	Kind          isStreamRingRequest_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRingRequest) Reset() {
+	*x = StreamRingRequest{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRingRequest) ProtoMessage() {}
+
+func (x *StreamRingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRingRequest.ProtoReflect.Descriptor instead.
+func (*StreamRingRequest) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StreamRingRequest) GetKind() isStreamRingRequest_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *StreamRingRequest) GetOpen() *StreamOpen {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamRingRequest_Open); ok {
+			return x.Open
+		}
+	}
+	return nil
+}
+
+func (x *StreamRingRequest) GetChunk() *StreamChunk {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamRingRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *StreamRingRequest) GetEnd() *StreamEnd {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamRingRequest_End); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+type isStreamRingRequest_Kind interface {
+	isStreamRingRequest_Kind()
+}
+
+type StreamRingRequest_Open struct {
+	// The first message: the request's context.
+	Open *StreamOpen `protobuf:"bytes,1,opt,name=open,proto3,oneof"`
+}
+
+type StreamRingRequest_Chunk struct {
+	// One upstream chunk.
+	Chunk *StreamChunk `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type StreamRingRequest_End struct {
+	// The upstream stream ended.
+	End *StreamEnd `protobuf:"bytes,3,opt,name=end,proto3,oneof"`
+}
+
+func (*StreamRingRequest_Open) isStreamRingRequest_Kind() {}
+
+func (*StreamRingRequest_Chunk) isStreamRingRequest_Kind() {}
+
+func (*StreamRingRequest_End) isStreamRingRequest_Kind() {}
+
+// Opens a stream with the request's context.
+type StreamOpen struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request's context as for ExecuteRing POST_FLIGHT: body, metadata (carry
+	// ROUTING's answer's metadata), session_id, request, request_id. `response`
+	// must be absent (INVALID_ARGUMENT naming `open.context.response_json` or
+	// `open.context.response_struct` otherwise). The body's form (Struct or JSON)
+	// does not matter: streamed answers are always JSON bytes.
+	Context       *PluginContext `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamOpen) Reset() {
+	*x = StreamOpen{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamOpen) ProtoMessage() {}
+
+func (x *StreamOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamOpen.ProtoReflect.Descriptor instead.
+func (*StreamOpen) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamOpen) GetContext() *PluginContext {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+// One upstream chunk as the gateway received it.
+type StreamChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The chunk: the UTF-8 JSON text of an OpenAI `chat.completion.chunk` object,
+	// or the raw SSE event that carries it (lines `data: {...}`; several `data:`
+	// lines are joined with newlines as SSE does; `event:`, `id:`, `retry:` and
+	// comment lines are ignored). `choices` may be empty (a usage-only last
+	// chunk); each choice needs an integer `index` (0 to 127) and its
+	// `delta.content`, when present, must be a string or null. At most
+	// `server.max_message_bytes`.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamChunk) Reset() {
+	*x = StreamChunk{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamChunk) ProtoMessage() {}
+
+func (x *StreamChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamChunk.ProtoReflect.Descriptor instead.
+func (*StreamChunk) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StreamChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// The upstream stream ended. No fields; send it once, after the last chunk.
+type StreamEnd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamEnd) Reset() {
+	*x = StreamEnd{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamEnd) ProtoMessage() {}
+
+func (x *StreamEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamEnd.ProtoReflect.Descriptor instead.
+func (*StreamEnd) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{7}
+}
+
+// One message from ringd on a StreamRing call: a `release` per chunk, then a
+// `done`, or a `block` that ends the stream (see PluginEngineService.StreamRing).
+type StreamRingResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What this message is. Exactly one is set.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*StreamRingResponse_Release
+	//	*StreamRingResponse_Block
+	//	*StreamRingResponse_Done
+	Kind          isStreamRingResponse_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRingResponse) Reset() {
+	*x = StreamRingResponse{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRingResponse) ProtoMessage() {}
+
+func (x *StreamRingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRingResponse.ProtoReflect.Descriptor instead.
+func (*StreamRingResponse) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StreamRingResponse) GetKind() isStreamRingResponse_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *StreamRingResponse) GetRelease() *StreamRelease {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamRingResponse_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *StreamRingResponse) GetBlock() *StreamBlock {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamRingResponse_Block); ok {
+			return x.Block
+		}
+	}
+	return nil
+}
+
+func (x *StreamRingResponse) GetDone() *StreamDone {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamRingResponse_Done); ok {
+			return x.Done
+		}
+	}
+	return nil
+}
+
+type isStreamRingResponse_Kind interface {
+	isStreamRingResponse_Kind()
+}
+
+type StreamRingResponse_Release struct {
+	// Chunks the gateway may send its client now.
+	Release *StreamRelease `protobuf:"bytes,1,opt,name=release,proto3,oneof"`
+}
+
+type StreamRingResponse_Block struct {
+	// The stream is blocked: the last message of the call.
+	Block *StreamBlock `protobuf:"bytes,2,opt,name=block,proto3,oneof"`
+}
+
+type StreamRingResponse_Done struct {
+	// The stream finished: the last message of the call.
+	Done *StreamDone `protobuf:"bytes,3,opt,name=done,proto3,oneof"`
+}
+
+func (*StreamRingResponse_Release) isStreamRingResponse_Kind() {}
+
+func (*StreamRingResponse_Block) isStreamRingResponse_Kind() {}
+
+func (*StreamRingResponse_Done) isStreamRingResponse_Kind() {}
+
+// Chunks the gateway writes to its client now, in order.
+type StreamRelease struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Zero or more `chat.completion.chunk` objects as UTF-8 JSON text, each to be
+	// written as one SSE event (`data: <chunk>\n\n`) and flushed. Empty when
+	// everything is held back for now.
+	Chunks        [][]byte `protobuf:"bytes,1,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRelease) Reset() {
+	*x = StreamRelease{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRelease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRelease) ProtoMessage() {}
+
+func (x *StreamRelease) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRelease.ProtoReflect.Descriptor instead.
+func (*StreamRelease) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *StreamRelease) GetChunks() [][]byte {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
+// The stream is blocked. The gateway ends its client's stream with an error
+// event built from `block` (or answers with that HTTP error when nothing was
+// released yet: `released_chunks` is 0).
+type StreamBlock struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The error for the client: status code (400 to 599), error type, message.
+	// A plugin's BLOCK uses its own; a fail-closed failure uses 500
+	// `plugin_error`, 504 `plugin_timeout` or 503 `plugin_unavailable`.
+	Block *BlockInfo `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"`
+	// The plugin that blocked. Never empty.
+	DecidedBy string `protobuf:"bytes,2,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// How many chunks ringd released before the block, over the whole call.
+	ReleasedChunks uint64 `protobuf:"varint,3,opt,name=released_chunks,json=releasedChunks,proto3" json:"released_chunks,omitempty"`
+	// One result per POST_FLIGHT plugin the stream reached, as in StreamDone.
+	Results []*PluginResult `protobuf:"bytes,4,rep,name=results,proto3" json:"results,omitempty"`
+	// The final metadata, complete, as in StreamDone.
+	Metadata map[string]*structpb.Value `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Identifies the configuration that ran the stream (as ExecuteRingResponse).
+	ConfigVersion string `protobuf:"bytes,6,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
+	// The configuration generation that ran the stream (as ExecuteRingResponse).
+	Generation uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	// True when BACKGROUND was queued on the answer assembled up to the block.
+	// False when nothing was released or the background queue was full.
+	BackgroundQueued bool `protobuf:"varint,8,opt,name=background_queued,json=backgroundQueued,proto3" json:"background_queued,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *StreamBlock) Reset() {
+	*x = StreamBlock{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamBlock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamBlock) ProtoMessage() {}
+
+func (x *StreamBlock) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamBlock.ProtoReflect.Descriptor instead.
+func (*StreamBlock) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *StreamBlock) GetBlock() *BlockInfo {
+	if x != nil {
+		return x.Block
+	}
+	return nil
+}
+
+func (x *StreamBlock) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *StreamBlock) GetReleasedChunks() uint64 {
+	if x != nil {
+		return x.ReleasedChunks
+	}
+	return 0
+}
+
+func (x *StreamBlock) GetResults() []*PluginResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *StreamBlock) GetMetadata() map[string]*structpb.Value {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *StreamBlock) GetConfigVersion() string {
+	if x != nil {
+		return x.ConfigVersion
+	}
+	return ""
+}
+
+func (x *StreamBlock) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *StreamBlock) GetBackgroundQueued() bool {
+	if x != nil {
+		return x.BackgroundQueued
+	}
+	return false
+}
+
+// The stream finished: what the client got, assembled, and what happened.
+type StreamDone struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer as the client received it, assembled from the released chunks:
+	// the UTF-8 JSON text of an OpenAI `chat.completion` object (id, created,
+	// model and system_fingerprint of the first chunk; per choice its role,
+	// content, tool calls and finish reason; `usage` from the last chunk that
+	// carried one, absent when none did), after the POST_FLIGHT plugins without a
+	// streaming hook ran on it.
+	AnswerJson []byte `protobuf:"bytes,1,opt,name=answer_json,json=answerJson,proto3" json:"answer_json,omitempty"`
+	// The final metadata, complete (not a difference): the request's metadata with
+	// the POST_FLIGHT plugins' changes.
+	Metadata map[string]*structpb.Value `protobuf:"bytes,2,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// One result per POST_FLIGHT plugin, in run order: first the streaming plugins
+	// (one result each for all their chunk calls: latency is the sum of the calls,
+	// outcome OK unless a call failed, then the last failure's outcome and error),
+	// then those that ran on the assembled answer; skipped plugins included.
+	Results []*PluginResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	// Identifies the configuration that ran the stream (as ExecuteRingResponse).
+	ConfigVersion string `protobuf:"bytes,4,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
+	// The configuration generation that ran the stream (as ExecuteRingResponse).
+	Generation uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	// How many chunks ringd released over the whole call.
+	ReleasedChunks uint64 `protobuf:"varint,6,opt,name=released_chunks,json=releasedChunks,proto3" json:"released_chunks,omitempty"`
+	// True when BACKGROUND was queued on the assembled answer; false when the
+	// background queue was full (the server logs it).
+	BackgroundQueued bool `protobuf:"varint,7,opt,name=background_queued,json=backgroundQueued,proto3" json:"background_queued,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *StreamDone) Reset() {
+	*x = StreamDone{}
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamDone) ProtoMessage() {}
+
+func (x *StreamDone) ProtoReflect() protoreflect.Message {
+	mi := &file_ringd_v1_engine_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamDone.ProtoReflect.Descriptor instead.
+func (*StreamDone) Descriptor() ([]byte, []int) {
+	return file_ringd_v1_engine_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *StreamDone) GetAnswerJson() []byte {
+	if x != nil {
+		return x.AnswerJson
+	}
+	return nil
+}
+
+func (x *StreamDone) GetMetadata() map[string]*structpb.Value {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *StreamDone) GetResults() []*PluginResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *StreamDone) GetConfigVersion() string {
+	if x != nil {
+		return x.ConfigVersion
+	}
+	return ""
+}
+
+func (x *StreamDone) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *StreamDone) GetReleasedChunks() uint64 {
+	if x != nil {
+		return x.ReleasedChunks
+	}
+	return 0
+}
+
+func (x *StreamDone) GetBackgroundQueued() bool {
+	if x != nil {
+		return x.BackgroundQueued
+	}
+	return false
+}
+
 var File_ringd_v1_engine_service_proto protoreflect.FileDescriptor
 
 const file_ringd_v1_engine_service_proto_rawDesc = "" +
@@ -527,10 +1149,60 @@ const file_ringd_v1_engine_service_proto_rawDesc = "" +
 	"\x05rings\x18\x01 \x03(\x0e2\x14.ringd.v1.PluginHookR\x05rings\x121\n" +
 	"\acontext\x18\x02 \x01(\v2\x17.ringd.v1.PluginContextR\acontext\"Q\n" +
 	"\x14ExecuteRingsResponse\x129\n" +
-	"\boutcomes\x18\x01 \x03(\v2\x1d.ringd.v1.ExecuteRingResponseR\boutcomes2\xb0\x01\n" +
+	"\boutcomes\x18\x01 \x03(\v2\x1d.ringd.v1.ExecuteRingResponseR\boutcomes\"\x9f\x01\n" +
+	"\x11StreamRingRequest\x12*\n" +
+	"\x04open\x18\x01 \x01(\v2\x14.ringd.v1.StreamOpenH\x00R\x04open\x12-\n" +
+	"\x05chunk\x18\x02 \x01(\v2\x15.ringd.v1.StreamChunkH\x00R\x05chunk\x12'\n" +
+	"\x03end\x18\x03 \x01(\v2\x13.ringd.v1.StreamEndH\x00R\x03endB\x06\n" +
+	"\x04kind\"?\n" +
+	"\n" +
+	"StreamOpen\x121\n" +
+	"\acontext\x18\x01 \x01(\v2\x17.ringd.v1.PluginContextR\acontext\"!\n" +
+	"\vStreamChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\v\n" +
+	"\tStreamEnd\"\xac\x01\n" +
+	"\x12StreamRingResponse\x123\n" +
+	"\arelease\x18\x01 \x01(\v2\x17.ringd.v1.StreamReleaseH\x00R\arelease\x12-\n" +
+	"\x05block\x18\x02 \x01(\v2\x15.ringd.v1.StreamBlockH\x00R\x05block\x12*\n" +
+	"\x04done\x18\x03 \x01(\v2\x14.ringd.v1.StreamDoneH\x00R\x04doneB\x06\n" +
+	"\x04kind\"'\n" +
+	"\rStreamRelease\x12\x16\n" +
+	"\x06chunks\x18\x01 \x03(\fR\x06chunks\"\xbc\x03\n" +
+	"\vStreamBlock\x12)\n" +
+	"\x05block\x18\x01 \x01(\v2\x13.ringd.v1.BlockInfoR\x05block\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x02 \x01(\tR\tdecidedBy\x12'\n" +
+	"\x0freleased_chunks\x18\x03 \x01(\x04R\x0ereleasedChunks\x120\n" +
+	"\aresults\x18\x04 \x03(\v2\x16.ringd.v1.PluginResultR\aresults\x12?\n" +
+	"\bmetadata\x18\x05 \x03(\v2#.ringd.v1.StreamBlock.MetadataEntryR\bmetadata\x12%\n" +
+	"\x0econfig_version\x18\x06 \x01(\tR\rconfigVersion\x12\x1e\n" +
+	"\n" +
+	"generation\x18\a \x01(\x04R\n" +
+	"generation\x12+\n" +
+	"\x11background_queued\x18\b \x01(\bR\x10backgroundQueued\x1aS\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x01\"\x91\x03\n" +
+	"\n" +
+	"StreamDone\x12\x1f\n" +
+	"\vanswer_json\x18\x01 \x01(\fR\n" +
+	"answerJson\x12>\n" +
+	"\bmetadata\x18\x02 \x03(\v2\".ringd.v1.StreamDone.MetadataEntryR\bmetadata\x120\n" +
+	"\aresults\x18\x03 \x03(\v2\x16.ringd.v1.PluginResultR\aresults\x12%\n" +
+	"\x0econfig_version\x18\x04 \x01(\tR\rconfigVersion\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x05 \x01(\x04R\n" +
+	"generation\x12'\n" +
+	"\x0freleased_chunks\x18\x06 \x01(\x04R\x0ereleasedChunks\x12+\n" +
+	"\x11background_queued\x18\a \x01(\bR\x10backgroundQueued\x1aS\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
+	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value:\x028\x012\xfd\x01\n" +
 	"\x13PluginEngineService\x12J\n" +
 	"\vExecuteRing\x12\x1c.ringd.v1.ExecuteRingRequest\x1a\x1d.ringd.v1.ExecuteRingResponse\x12M\n" +
-	"\fExecuteRings\x12\x1d.ringd.v1.ExecuteRingsRequest\x1a\x1e.ringd.v1.ExecuteRingsResponseB3Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1b\x06proto3"
+	"\fExecuteRings\x12\x1d.ringd.v1.ExecuteRingsRequest\x1a\x1e.ringd.v1.ExecuteRingsResponse\x12K\n" +
+	"\n" +
+	"StreamRing\x12\x1b.ringd.v1.StreamRingRequest\x1a\x1c.ringd.v1.StreamRingResponse(\x010\x01B3Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1b\x06proto3"
 
 var (
 	file_ringd_v1_engine_service_proto_rawDescOnce sync.Once
@@ -544,47 +1216,73 @@ func file_ringd_v1_engine_service_proto_rawDescGZIP() []byte {
 	return file_ringd_v1_engine_service_proto_rawDescData
 }
 
-var file_ringd_v1_engine_service_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_ringd_v1_engine_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_ringd_v1_engine_service_proto_goTypes = []any{
 	(*ExecuteRingRequest)(nil),   // 0: ringd.v1.ExecuteRingRequest
 	(*ExecuteRingResponse)(nil),  // 1: ringd.v1.ExecuteRingResponse
 	(*ExecuteRingsRequest)(nil),  // 2: ringd.v1.ExecuteRingsRequest
 	(*ExecuteRingsResponse)(nil), // 3: ringd.v1.ExecuteRingsResponse
-	nil,                          // 4: ringd.v1.ExecuteRingResponse.MetadataEntry
-	(PluginHook)(0),              // 5: ringd.v1.PluginHook
-	(*PluginContext)(nil),        // 6: ringd.v1.PluginContext
-	(PluginAction)(0),            // 7: ringd.v1.PluginAction
-	(*PluginResponse)(nil),       // 8: ringd.v1.PluginResponse
-	(*structpb.Struct)(nil),      // 9: google.protobuf.Struct
-	(*BlockInfo)(nil),            // 10: ringd.v1.BlockInfo
-	(*PluginResult)(nil),         // 11: ringd.v1.PluginResult
-	(*structpb.Value)(nil),       // 12: google.protobuf.Value
+	(*StreamRingRequest)(nil),    // 4: ringd.v1.StreamRingRequest
+	(*StreamOpen)(nil),           // 5: ringd.v1.StreamOpen
+	(*StreamChunk)(nil),          // 6: ringd.v1.StreamChunk
+	(*StreamEnd)(nil),            // 7: ringd.v1.StreamEnd
+	(*StreamRingResponse)(nil),   // 8: ringd.v1.StreamRingResponse
+	(*StreamRelease)(nil),        // 9: ringd.v1.StreamRelease
+	(*StreamBlock)(nil),          // 10: ringd.v1.StreamBlock
+	(*StreamDone)(nil),           // 11: ringd.v1.StreamDone
+	nil,                          // 12: ringd.v1.ExecuteRingResponse.MetadataEntry
+	nil,                          // 13: ringd.v1.StreamBlock.MetadataEntry
+	nil,                          // 14: ringd.v1.StreamDone.MetadataEntry
+	(PluginHook)(0),              // 15: ringd.v1.PluginHook
+	(*PluginContext)(nil),        // 16: ringd.v1.PluginContext
+	(PluginAction)(0),            // 17: ringd.v1.PluginAction
+	(*PluginResponse)(nil),       // 18: ringd.v1.PluginResponse
+	(*structpb.Struct)(nil),      // 19: google.protobuf.Struct
+	(*BlockInfo)(nil),            // 20: ringd.v1.BlockInfo
+	(*PluginResult)(nil),         // 21: ringd.v1.PluginResult
+	(*structpb.Value)(nil),       // 22: google.protobuf.Value
 }
 var file_ringd_v1_engine_service_proto_depIdxs = []int32{
-	5,  // 0: ringd.v1.ExecuteRingRequest.ring:type_name -> ringd.v1.PluginHook
-	6,  // 1: ringd.v1.ExecuteRingRequest.context:type_name -> ringd.v1.PluginContext
-	5,  // 2: ringd.v1.ExecuteRingResponse.ring:type_name -> ringd.v1.PluginHook
-	7,  // 3: ringd.v1.ExecuteRingResponse.action:type_name -> ringd.v1.PluginAction
-	8,  // 4: ringd.v1.ExecuteRingResponse.decision:type_name -> ringd.v1.PluginResponse
-	9,  // 5: ringd.v1.ExecuteRingResponse.body_struct:type_name -> google.protobuf.Struct
-	9,  // 6: ringd.v1.ExecuteRingResponse.response_struct:type_name -> google.protobuf.Struct
-	4,  // 7: ringd.v1.ExecuteRingResponse.metadata:type_name -> ringd.v1.ExecuteRingResponse.MetadataEntry
-	10, // 8: ringd.v1.ExecuteRingResponse.block:type_name -> ringd.v1.BlockInfo
-	9,  // 9: ringd.v1.ExecuteRingResponse.cached_response_struct:type_name -> google.protobuf.Struct
-	11, // 10: ringd.v1.ExecuteRingResponse.results:type_name -> ringd.v1.PluginResult
-	5,  // 11: ringd.v1.ExecuteRingsRequest.rings:type_name -> ringd.v1.PluginHook
-	6,  // 12: ringd.v1.ExecuteRingsRequest.context:type_name -> ringd.v1.PluginContext
+	15, // 0: ringd.v1.ExecuteRingRequest.ring:type_name -> ringd.v1.PluginHook
+	16, // 1: ringd.v1.ExecuteRingRequest.context:type_name -> ringd.v1.PluginContext
+	15, // 2: ringd.v1.ExecuteRingResponse.ring:type_name -> ringd.v1.PluginHook
+	17, // 3: ringd.v1.ExecuteRingResponse.action:type_name -> ringd.v1.PluginAction
+	18, // 4: ringd.v1.ExecuteRingResponse.decision:type_name -> ringd.v1.PluginResponse
+	19, // 5: ringd.v1.ExecuteRingResponse.body_struct:type_name -> google.protobuf.Struct
+	19, // 6: ringd.v1.ExecuteRingResponse.response_struct:type_name -> google.protobuf.Struct
+	12, // 7: ringd.v1.ExecuteRingResponse.metadata:type_name -> ringd.v1.ExecuteRingResponse.MetadataEntry
+	20, // 8: ringd.v1.ExecuteRingResponse.block:type_name -> ringd.v1.BlockInfo
+	19, // 9: ringd.v1.ExecuteRingResponse.cached_response_struct:type_name -> google.protobuf.Struct
+	21, // 10: ringd.v1.ExecuteRingResponse.results:type_name -> ringd.v1.PluginResult
+	15, // 11: ringd.v1.ExecuteRingsRequest.rings:type_name -> ringd.v1.PluginHook
+	16, // 12: ringd.v1.ExecuteRingsRequest.context:type_name -> ringd.v1.PluginContext
 	1,  // 13: ringd.v1.ExecuteRingsResponse.outcomes:type_name -> ringd.v1.ExecuteRingResponse
-	12, // 14: ringd.v1.ExecuteRingResponse.MetadataEntry.value:type_name -> google.protobuf.Value
-	0,  // 15: ringd.v1.PluginEngineService.ExecuteRing:input_type -> ringd.v1.ExecuteRingRequest
-	2,  // 16: ringd.v1.PluginEngineService.ExecuteRings:input_type -> ringd.v1.ExecuteRingsRequest
-	1,  // 17: ringd.v1.PluginEngineService.ExecuteRing:output_type -> ringd.v1.ExecuteRingResponse
-	3,  // 18: ringd.v1.PluginEngineService.ExecuteRings:output_type -> ringd.v1.ExecuteRingsResponse
-	17, // [17:19] is the sub-list for method output_type
-	15, // [15:17] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	5,  // 14: ringd.v1.StreamRingRequest.open:type_name -> ringd.v1.StreamOpen
+	6,  // 15: ringd.v1.StreamRingRequest.chunk:type_name -> ringd.v1.StreamChunk
+	7,  // 16: ringd.v1.StreamRingRequest.end:type_name -> ringd.v1.StreamEnd
+	16, // 17: ringd.v1.StreamOpen.context:type_name -> ringd.v1.PluginContext
+	9,  // 18: ringd.v1.StreamRingResponse.release:type_name -> ringd.v1.StreamRelease
+	10, // 19: ringd.v1.StreamRingResponse.block:type_name -> ringd.v1.StreamBlock
+	11, // 20: ringd.v1.StreamRingResponse.done:type_name -> ringd.v1.StreamDone
+	20, // 21: ringd.v1.StreamBlock.block:type_name -> ringd.v1.BlockInfo
+	21, // 22: ringd.v1.StreamBlock.results:type_name -> ringd.v1.PluginResult
+	13, // 23: ringd.v1.StreamBlock.metadata:type_name -> ringd.v1.StreamBlock.MetadataEntry
+	14, // 24: ringd.v1.StreamDone.metadata:type_name -> ringd.v1.StreamDone.MetadataEntry
+	21, // 25: ringd.v1.StreamDone.results:type_name -> ringd.v1.PluginResult
+	22, // 26: ringd.v1.ExecuteRingResponse.MetadataEntry.value:type_name -> google.protobuf.Value
+	22, // 27: ringd.v1.StreamBlock.MetadataEntry.value:type_name -> google.protobuf.Value
+	22, // 28: ringd.v1.StreamDone.MetadataEntry.value:type_name -> google.protobuf.Value
+	0,  // 29: ringd.v1.PluginEngineService.ExecuteRing:input_type -> ringd.v1.ExecuteRingRequest
+	2,  // 30: ringd.v1.PluginEngineService.ExecuteRings:input_type -> ringd.v1.ExecuteRingsRequest
+	4,  // 31: ringd.v1.PluginEngineService.StreamRing:input_type -> ringd.v1.StreamRingRequest
+	1,  // 32: ringd.v1.PluginEngineService.ExecuteRing:output_type -> ringd.v1.ExecuteRingResponse
+	3,  // 33: ringd.v1.PluginEngineService.ExecuteRings:output_type -> ringd.v1.ExecuteRingsResponse
+	8,  // 34: ringd.v1.PluginEngineService.StreamRing:output_type -> ringd.v1.StreamRingResponse
+	32, // [32:35] is the sub-list for method output_type
+	29, // [29:32] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ringd_v1_engine_service_proto_init() }
@@ -601,13 +1299,23 @@ func file_ringd_v1_engine_service_proto_init() {
 		(*ExecuteRingResponse_CachedResponseStruct)(nil),
 		(*ExecuteRingResponse_CachedResponseJson)(nil),
 	}
+	file_ringd_v1_engine_service_proto_msgTypes[4].OneofWrappers = []any{
+		(*StreamRingRequest_Open)(nil),
+		(*StreamRingRequest_Chunk)(nil),
+		(*StreamRingRequest_End)(nil),
+	}
+	file_ringd_v1_engine_service_proto_msgTypes[8].OneofWrappers = []any{
+		(*StreamRingResponse_Release)(nil),
+		(*StreamRingResponse_Block)(nil),
+		(*StreamRingResponse_Done)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ringd_v1_engine_service_proto_rawDesc), len(file_ringd_v1_engine_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	PluginEngineService_ExecuteRing_FullMethodName  = "/ringd.v1.PluginEngineService/ExecuteRing"
 	PluginEngineService_ExecuteRings_FullMethodName = "/ringd.v1.PluginEngineService/ExecuteRings"
+	PluginEngineService_StreamRing_FullMethodName   = "/ringd.v1.PluginEngineService/StreamRing"
 )
 
 // PluginEngineServiceClient is the client API for PluginEngineService service.
@@ -81,6 +82,60 @@ type PluginEngineServiceClient interface {
 	// gateway that runs consecutive rings with nothing in between (for example
 	// INGRESS, PRE_FLIGHT and ROUTING before calling the upstream).
 	ExecuteRings(ctx context.Context, in *ExecuteRingsRequest, opts ...grpc.CallOption) (*ExecuteRingsResponse, error)
+	// Runs POST_FLIGHT over one streamed answer (`"stream": true`, server-sent
+	// events) chunk by chunk, and BACKGROUND once on the assembled answer. One call
+	// per streamed answer. The protocol, in order:
+	//
+	//  1. The gateway sends `open` first, once: the request's context as for
+	//     ExecuteRing POST_FLIGHT (body, metadata carried from ROUTING's answer,
+	//     session_id, request, request_id), without `response`: the answer arrives
+	//     as chunks. Any other first message, or a second `open`, is refused
+	//     INVALID_ARGUMENT. ringd answers nothing to `open`.
+	//  2. The gateway sends each upstream chunk as it arrives, as a `chunk` message:
+	//     an OpenAI `chat.completion.chunk` object as JSON, or the raw SSE event
+	//     carrying it (`data: {...}`, optionally with `event:`/`id:` lines and a
+	//     trailing blank line). ringd answers every `chunk` with exactly one message,
+	//     in order: a `release` (zero or more chunks the gateway writes to its
+	//     client now, each as one SSE `data:` event, flushed) or a `block`. The
+	//     gateway need not wait for the answer before sending the next chunk.
+	//     A `data: [DONE]` event is accepted and answered with an empty release.
+	//  3. The gateway sends `end` when the upstream stream ended (after `[DONE]` or
+	//     the last chunk). ringd answers with one `release` (the text still held
+	//     back) and then one `done` or one `block`, and closes the call with OK.
+	//     The gateway then writes `data: [DONE]` to its client.
+	//  4. A `block` may come instead of any `release` or `done`: the stream ends
+	//     there. The gateway writes an SSE error event (`data: {"error": {...}}`
+	//     built from `block`), then closes its client's stream; it sends nothing
+	//     more to ringd (ringd closes the call with OK after the block). A block
+	//     before anything was released may be answered as a plain HTTP error.
+	//
+	// Text is released only once every POST_FLIGHT plugin with a streaming hook
+	// has seen it with its look-ahead window (per choice index), so a secret or a
+	// placeholder split across chunks is still caught. Released chunks keep the
+	// upstream chunk's fields (id, created, model, ...); their `delta.content` is
+	// the text released now, so text may move to a later chunk and a chunk whose
+	// text is all held back is not released. Role, tool-call, refusal and finish
+	// deltas pass through intact and in order: the text of a choice held before a
+	// tool-call or finish delta is released first, with it.
+	//
+	// POST_FLIGHT plugins without a streaming hook run once on the assembled
+	// answer after `end`: by default after the text was released (their BLOCK is
+	// the final `block`), or, with `stream_mode: buffer` in their config entry,
+	// before anything is released (every `release` is then empty until `end`).
+	// BACKGROUND is queued once on the assembled answer after `done` or a final
+	// `block`, with usage from the last chunk that carried it; the gateway does not
+	// call ExecuteRing for BACKGROUND on a streamed answer.
+	//
+	// Errors end the call with a gRPC status, as for ExecuteRing: INVALID_ARGUMENT
+	// for a malformed message or chunk (the message names it, for example
+	// `chunk[3].choices[0].delta.content`), RESOURCE_EXHAUSTED when the stream
+	// holds more than `server.stream_max_held_chars` characters or
+	// `server.stream_max_pending_chunks` chunks at once, or the assembled answer
+	// exceeds `server.max_message_bytes` (the message names the setting),
+	// DEADLINE_EXCEEDED when the call's deadline passes (plugins' timeouts are cut
+	// to it), CANCELLED when the gateway cancels (ringd drops the stream and
+	// everything it held), UNAVAILABLE while shutting down.
+	StreamRing(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRingRequest, StreamRingResponse], error)
 }
 
 type pluginEngineServiceClient struct {
@@ -110,6 +165,19 @@ func (c *pluginEngineServiceClient) ExecuteRings(ctx context.Context, in *Execut
 	}
 	return out, nil
 }
+
+func (c *pluginEngineServiceClient) StreamRing(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRingRequest, StreamRingResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PluginEngineService_ServiceDesc.Streams[0], PluginEngineService_StreamRing_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamRingRequest, StreamRingResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PluginEngineService_StreamRingClient = grpc.BidiStreamingClient[StreamRingRequest, StreamRingResponse]
 
 // PluginEngineServiceServer is the server API for PluginEngineService service.
 // All implementations must embed UnimplementedPluginEngineServiceServer
@@ -169,6 +237,60 @@ type PluginEngineServiceServer interface {
 	// gateway that runs consecutive rings with nothing in between (for example
 	// INGRESS, PRE_FLIGHT and ROUTING before calling the upstream).
 	ExecuteRings(context.Context, *ExecuteRingsRequest) (*ExecuteRingsResponse, error)
+	// Runs POST_FLIGHT over one streamed answer (`"stream": true`, server-sent
+	// events) chunk by chunk, and BACKGROUND once on the assembled answer. One call
+	// per streamed answer. The protocol, in order:
+	//
+	//  1. The gateway sends `open` first, once: the request's context as for
+	//     ExecuteRing POST_FLIGHT (body, metadata carried from ROUTING's answer,
+	//     session_id, request, request_id), without `response`: the answer arrives
+	//     as chunks. Any other first message, or a second `open`, is refused
+	//     INVALID_ARGUMENT. ringd answers nothing to `open`.
+	//  2. The gateway sends each upstream chunk as it arrives, as a `chunk` message:
+	//     an OpenAI `chat.completion.chunk` object as JSON, or the raw SSE event
+	//     carrying it (`data: {...}`, optionally with `event:`/`id:` lines and a
+	//     trailing blank line). ringd answers every `chunk` with exactly one message,
+	//     in order: a `release` (zero or more chunks the gateway writes to its
+	//     client now, each as one SSE `data:` event, flushed) or a `block`. The
+	//     gateway need not wait for the answer before sending the next chunk.
+	//     A `data: [DONE]` event is accepted and answered with an empty release.
+	//  3. The gateway sends `end` when the upstream stream ended (after `[DONE]` or
+	//     the last chunk). ringd answers with one `release` (the text still held
+	//     back) and then one `done` or one `block`, and closes the call with OK.
+	//     The gateway then writes `data: [DONE]` to its client.
+	//  4. A `block` may come instead of any `release` or `done`: the stream ends
+	//     there. The gateway writes an SSE error event (`data: {"error": {...}}`
+	//     built from `block`), then closes its client's stream; it sends nothing
+	//     more to ringd (ringd closes the call with OK after the block). A block
+	//     before anything was released may be answered as a plain HTTP error.
+	//
+	// Text is released only once every POST_FLIGHT plugin with a streaming hook
+	// has seen it with its look-ahead window (per choice index), so a secret or a
+	// placeholder split across chunks is still caught. Released chunks keep the
+	// upstream chunk's fields (id, created, model, ...); their `delta.content` is
+	// the text released now, so text may move to a later chunk and a chunk whose
+	// text is all held back is not released. Role, tool-call, refusal and finish
+	// deltas pass through intact and in order: the text of a choice held before a
+	// tool-call or finish delta is released first, with it.
+	//
+	// POST_FLIGHT plugins without a streaming hook run once on the assembled
+	// answer after `end`: by default after the text was released (their BLOCK is
+	// the final `block`), or, with `stream_mode: buffer` in their config entry,
+	// before anything is released (every `release` is then empty until `end`).
+	// BACKGROUND is queued once on the assembled answer after `done` or a final
+	// `block`, with usage from the last chunk that carried it; the gateway does not
+	// call ExecuteRing for BACKGROUND on a streamed answer.
+	//
+	// Errors end the call with a gRPC status, as for ExecuteRing: INVALID_ARGUMENT
+	// for a malformed message or chunk (the message names it, for example
+	// `chunk[3].choices[0].delta.content`), RESOURCE_EXHAUSTED when the stream
+	// holds more than `server.stream_max_held_chars` characters or
+	// `server.stream_max_pending_chunks` chunks at once, or the assembled answer
+	// exceeds `server.max_message_bytes` (the message names the setting),
+	// DEADLINE_EXCEEDED when the call's deadline passes (plugins' timeouts are cut
+	// to it), CANCELLED when the gateway cancels (ringd drops the stream and
+	// everything it held), UNAVAILABLE while shutting down.
+	StreamRing(grpc.BidiStreamingServer[StreamRingRequest, StreamRingResponse]) error
 	mustEmbedUnimplementedPluginEngineServiceServer()
 }
 
@@ -184,6 +306,9 @@ func (UnimplementedPluginEngineServiceServer) ExecuteRing(context.Context, *Exec
 }
 func (UnimplementedPluginEngineServiceServer) ExecuteRings(context.Context, *ExecuteRingsRequest) (*ExecuteRingsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExecuteRings not implemented")
+}
+func (UnimplementedPluginEngineServiceServer) StreamRing(grpc.BidiStreamingServer[StreamRingRequest, StreamRingResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamRing not implemented")
 }
 func (UnimplementedPluginEngineServiceServer) mustEmbedUnimplementedPluginEngineServiceServer() {}
 func (UnimplementedPluginEngineServiceServer) testEmbeddedByValue()                             {}
@@ -242,6 +367,13 @@ func _PluginEngineService_ExecuteRings_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PluginEngineService_StreamRing_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PluginEngineServiceServer).StreamRing(&grpc.GenericServerStream[StreamRingRequest, StreamRingResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PluginEngineService_StreamRingServer = grpc.BidiStreamingServer[StreamRingRequest, StreamRingResponse]
+
 // PluginEngineService_ServiceDesc is the grpc.ServiceDesc for PluginEngineService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -258,6 +390,13 @@ var PluginEngineService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PluginEngineService_ExecuteRings_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "StreamRing",
+			Handler:       _PluginEngineService_StreamRing_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "ringd/v1/engine_service.proto",
 }

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from ringd.v1 import plugin_pb2 as ringd_dot_v1_dot_plugin__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dringd/v1/engine_service.proto\x12\x08ringd.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15ringd/v1/plugin.proto\"b\n\x12\x45xecuteRingRequest\x12\"\n\x04ring\x18\x01 \x01(\x0e\x32\x14.ringd.v1.PluginHook\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.ringd.v1.PluginContext\"\xc6\x05\n\x13\x45xecuteRingResponse\x12\"\n\x04ring\x18\x01 \x01(\x0e\x32\x14.ringd.v1.PluginHook\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x16.ringd.v1.PluginAction\x12*\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x18.ringd.v1.PluginResponse\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12.\n\x0b\x62ody_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x13\n\tbody_json\x18\x06 \x01(\x0cH\x00\x12\x32\n\x0fresponse_struct\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\rresponse_json\x18\x08 \x01(\x0cH\x01\x12=\n\x08metadata\x18\t \x03(\x0b\x32+.ringd.v1.ExecuteRingResponse.MetadataEntry\x12\"\n\x05\x62lock\x18\n \x01(\x0b\x32\x13.ringd.v1.BlockInfo\x12\x39\n\x16\x63\x61\x63hed_response_struct\x18\x0b \x01(\x0b\x32\x17.google.protobuf.StructH\x02\x12\x1e\n\x14\x63\x61\x63hed_response_json\x18\x0c \x01(\x0cH\x02\x12\'\n\x07results\x18\r \x03(\x0b\x32\x16.ringd.v1.PluginResult\x12\x16\n\x0e\x63onfig_version\x18\x0e \x01(\t\x12\x12\n\ngeneration\x18\x0f \x01(\x04\x12\x0e\n\x06queued\x18\x10 \x01(\x08\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x42\x06\n\x04\x62odyB\n\n\x08responseB\x11\n\x0f\x63\x61\x63hed_response\"d\n\x13\x45xecuteRingsRequest\x12#\n\x05rings\x18\x01 \x03(\x0e\x32\x14.ringd.v1.PluginHook\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.ringd.v1.PluginContext\"G\n\x14\x45xecuteRingsResponse\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.ringd.v1.ExecuteRingResponse2\xb0\x01\n\x13PluginEngineService\x12J\n\x0b\x45xecuteRing\x12\x1c.ringd.v1.ExecuteRingRequest\x1a\x1d.ringd.v1.ExecuteRingResponse\x12M\n\x0c\x45xecuteRings\x12\x1d.ringd.v1.ExecuteRingsRequest\x1a\x1e.ringd.v1.ExecuteRingsResponseB3Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dringd/v1/engine_service.proto\x12\x08ringd.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15ringd/v1/plugin.proto\"b\n\x12\x45xecuteRingRequest\x12\"\n\x04ring\x18\x01 \x01(\x0e\x32\x14.ringd.v1.PluginHook\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.ringd.v1.PluginContext\"\xc6\x05\n\x13\x45xecuteRingResponse\x12\"\n\x04ring\x18\x01 \x01(\x0e\x32\x14.ringd.v1.PluginHook\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x16.ringd.v1.PluginAction\x12*\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x18.ringd.v1.PluginResponse\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12.\n\x0b\x62ody_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x13\n\tbody_json\x18\x06 \x01(\x0cH\x00\x12\x32\n\x0fresponse_struct\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\rresponse_json\x18\x08 \x01(\x0cH\x01\x12=\n\x08metadata\x18\t \x03(\x0b\x32+.ringd.v1.ExecuteRingResponse.MetadataEntry\x12\"\n\x05\x62lock\x18\n \x01(\x0b\x32\x13.ringd.v1.BlockInfo\x12\x39\n\x16\x63\x61\x63hed_response_struct\x18\x0b \x01(\x0b\x32\x17.google.protobuf.StructH\x02\x12\x1e\n\x14\x63\x61\x63hed_response_json\x18\x0c \x01(\x0cH\x02\x12\'\n\x07results\x18\r \x03(\x0b\x32\x16.ringd.v1.PluginResult\x12\x16\n\x0e\x63onfig_version\x18\x0e \x01(\t\x12\x12\n\ngeneration\x18\x0f \x01(\x04\x12\x0e\n\x06queued\x18\x10 \x01(\x08\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x42\x06\n\x04\x62odyB\n\n\x08responseB\x11\n\x0f\x63\x61\x63hed_response\"d\n\x13\x45xecuteRingsRequest\x12#\n\x05rings\x18\x01 \x03(\x0e\x32\x14.ringd.v1.PluginHook\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.ringd.v1.PluginContext\"G\n\x14\x45xecuteRingsResponse\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.ringd.v1.ExecuteRingResponse\"\x8d\x01\n\x11StreamRingRequest\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.ringd.v1.StreamOpenH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.ringd.v1.StreamChunkH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.ringd.v1.StreamEndH\x00\x42\x06\n\x04kind\"6\n\nStreamOpen\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.ringd.v1.PluginContext\"\x1b\n\x0bStreamChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x0b\n\tStreamEnd\"\x96\x01\n\x12StreamRingResponse\x12*\n\x07release\x18\x01 \x01(\x0b\x32\x17.ringd.v1.StreamReleaseH\x00\x12&\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x15.ringd.v1.StreamBlockH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.ringd.v1.StreamDoneH\x00\x42\x06\n\x04kind\"\x1f\n\rStreamRelease\x12\x0e\n\x06\x63hunks\x18\x01 \x03(\x0c\"\xce\x02\n\x0bStreamBlock\x12\"\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x13.ringd.v1.BlockInfo\x12\x12\n\ndecided_by\x18\x02 \x01(\t\x12\x17\n\x0freleased_chunks\x18\x03 \x01(\x04\x12\'\n\x07results\x18\x04 \x03(\x0b\x32\x16.ringd.v1.PluginResult\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.ringd.v1.StreamBlock.MetadataEntry\x12\x16\n\x0e\x63onfig_version\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x04\x12\x19\n\x11\x62\x61\x63kground_queued\x18\x08 \x01(\x08\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xa9\x02\n\nStreamDone\x12\x13\n\x0b\x61nswer_json\x18\x01 \x01(\x0c\x12\x34\n\x08metadata\x18\x02 \x03(\x0b\x32\".ringd.v1.StreamDone.MetadataEntry\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.ringd.v1.PluginResult\x12\x16\n\x0e\x63onfig_version\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x17\n\x0freleased_chunks\x18\x06 \x01(\x04\x12\x19\n\x11\x62\x61\x63kground_queued\x18\x07 \x01(\x08\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x32\xfd\x01\n\x13PluginEngineService\x12J\n\x0b\x45xecuteRing\x12\x1c.ringd.v1.ExecuteRingRequest\x1a\x1d.ringd.v1.ExecuteRingResponse\x12M\n\x0c\x45xecuteRings\x12\x1d.ringd.v1.ExecuteRingsRequest\x1a\x1e.ringd.v1.ExecuteRingsResponse\x12K\n\nStreamRing\x12\x1b.ringd.v1.StreamRingRequest\x1a\x1c.ringd.v1.StreamRingResponse(\x01\x30\x01\x42\x33Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z1github.com/ringd/ringd/clients/go/ringdv1;ringdv1'
   _globals['_EXECUTERINGRESPONSE_METADATAENTRY']._loaded_options = None
   _globals['_EXECUTERINGRESPONSE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_STREAMBLOCK_METADATAENTRY']._loaded_options = None
+  _globals['_STREAMBLOCK_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_STREAMDONE_METADATAENTRY']._loaded_options = None
+  _globals['_STREAMDONE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTERINGREQUEST']._serialized_start=96
   _globals['_EXECUTERINGREQUEST']._serialized_end=194
   _globals['_EXECUTERINGRESPONSE']._serialized_start=197
@@ -46,6 +50,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTERINGSREQUEST']._serialized_end=1009
   _globals['_EXECUTERINGSRESPONSE']._serialized_start=1011
   _globals['_EXECUTERINGSRESPONSE']._serialized_end=1082
-  _globals['_PLUGINENGINESERVICE']._serialized_start=1085
-  _globals['_PLUGINENGINESERVICE']._serialized_end=1261
+  _globals['_STREAMRINGREQUEST']._serialized_start=1085
+  _globals['_STREAMRINGREQUEST']._serialized_end=1226
+  _globals['_STREAMOPEN']._serialized_start=1228
+  _globals['_STREAMOPEN']._serialized_end=1282
+  _globals['_STREAMCHUNK']._serialized_start=1284
+  _globals['_STREAMCHUNK']._serialized_end=1311
+  _globals['_STREAMEND']._serialized_start=1313
+  _globals['_STREAMEND']._serialized_end=1324
+  _globals['_STREAMRINGRESPONSE']._serialized_start=1327
+  _globals['_STREAMRINGRESPONSE']._serialized_end=1477
+  _globals['_STREAMRELEASE']._serialized_start=1479
+  _globals['_STREAMRELEASE']._serialized_end=1510
+  _globals['_STREAMBLOCK']._serialized_start=1513
+  _globals['_STREAMBLOCK']._serialized_end=1847
+  _globals['_STREAMBLOCK_METADATAENTRY']._serialized_start=797
+  _globals['_STREAMBLOCK_METADATAENTRY']._serialized_end=868
+  _globals['_STREAMDONE']._serialized_start=1850
+  _globals['_STREAMDONE']._serialized_end=2147
+  _globals['_STREAMDONE_METADATAENTRY']._serialized_start=797
+  _globals['_STREAMDONE_METADATAENTRY']._serialized_end=868
+  _globals['_PLUGINENGINESERVICE']._serialized_start=2150
+  _globals['_PLUGINENGINESERVICE']._serialized_end=2403
 # @@protoc_insertion_point(module_scope)

@@ -268,3 +268,355 @@ class ExecuteRingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecuteRingsResponse: _TypeAlias = ExecuteRingsResponse  # noqa: Y015
+
+@_typing.final
+class StreamRingRequest(_message.Message):
+    """One message from the gateway on a StreamRing call: `open`, then `chunk`s, then
+    `end` (see PluginEngineService.StreamRing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open(self) -> Global___StreamOpen:
+        """The first message: the request's context."""
+
+    @_builtins.property
+    def chunk(self) -> Global___StreamChunk:
+        """One upstream chunk."""
+
+    @_builtins.property
+    def end(self) -> Global___StreamEnd:
+        """The upstream stream ended."""
+
+    def __init__(
+        self,
+        *,
+        open: Global___StreamOpen | None = ...,
+        chunk: Global___StreamChunk | None = ...,
+        end: Global___StreamEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "kind", b"kind", "open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "kind", b"kind", "open", b"open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "chunk", "end"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamRingRequest: _TypeAlias = StreamRingRequest  # noqa: Y015
+
+@_typing.final
+class StreamOpen(_message.Message):
+    """Opens a stream with the request's context."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _plugin_pb2.PluginContext:
+        """The request's context as for ExecuteRing POST_FLIGHT: body, metadata (carry
+        ROUTING's answer's metadata), session_id, request, request_id. `response`
+        must be absent (INVALID_ARGUMENT naming `open.context.response_json` or
+        `open.context.response_struct` otherwise). The body's form (Struct or JSON)
+        does not matter: streamed answers are always JSON bytes.
+        """
+
+    def __init__(
+        self,
+        *,
+        context: _plugin_pb2.PluginContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamOpen: _TypeAlias = StreamOpen  # noqa: Y015
+
+@_typing.final
+class StreamChunk(_message.Message):
+    """One upstream chunk as the gateway received it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The chunk: the UTF-8 JSON text of an OpenAI `chat.completion.chunk` object,
+    or the raw SSE event that carries it (lines `data: {...}`; several `data:`
+    lines are joined with newlines as SSE does; `event:`, `id:`, `retry:` and
+    comment lines are ignored). `choices` may be empty (a usage-only last
+    chunk); each choice needs an integer `index` (0 to 127) and its
+    `delta.content`, when present, must be a string or null. At most
+    `server.max_message_bytes`.
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamChunk: _TypeAlias = StreamChunk  # noqa: Y015
+
+@_typing.final
+class StreamEnd(_message.Message):
+    """The upstream stream ended. No fields; send it once, after the last chunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEnd: _TypeAlias = StreamEnd  # noqa: Y015
+
+@_typing.final
+class StreamRingResponse(_message.Message):
+    """One message from ringd on a StreamRing call: a `release` per chunk, then a
+    `done`, or a `block` that ends the stream (see PluginEngineService.StreamRing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release(self) -> Global___StreamRelease:
+        """Chunks the gateway may send its client now."""
+
+    @_builtins.property
+    def block(self) -> Global___StreamBlock:
+        """The stream is blocked: the last message of the call."""
+
+    @_builtins.property
+    def done(self) -> Global___StreamDone:
+        """The stream finished: the last message of the call."""
+
+    def __init__(
+        self,
+        *,
+        release: Global___StreamRelease | None = ...,
+        block: Global___StreamBlock | None = ...,
+        done: Global___StreamDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "done", b"done", "kind", b"kind", "release", b"release"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "done", b"done", "kind", b"kind", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["release", "block", "done"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamRingResponse: _TypeAlias = StreamRingResponse  # noqa: Y015
+
+@_typing.final
+class StreamRelease(_message.Message):
+    """Chunks the gateway writes to its client now, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Zero or more `chat.completion.chunk` objects as UTF-8 JSON text, each to be
+        written as one SSE event (`data: <chunk>\\n\\n`) and flushed. Empty when
+        everything is held back for now.
+        """
+
+    def __init__(
+        self,
+        *,
+        chunks: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRelease: _TypeAlias = StreamRelease  # noqa: Y015
+
+@_typing.final
+class StreamBlock(_message.Message):
+    """The stream is blocked. The gateway ends its client's stream with an error
+    event built from `block` (or answers with that HTTP error when nothing was
+    released yet: `released_chunks` is 0).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BLOCK_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    RELEASED_CHUNKS_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    BACKGROUND_QUEUED_FIELD_NUMBER: _builtins.int
+    decided_by: _builtins.str
+    """The plugin that blocked. Never empty."""
+    released_chunks: _builtins.int
+    """How many chunks ringd released before the block, over the whole call."""
+    config_version: _builtins.str
+    """Identifies the configuration that ran the stream (as ExecuteRingResponse)."""
+    generation: _builtins.int
+    """The configuration generation that ran the stream (as ExecuteRingResponse)."""
+    background_queued: _builtins.bool
+    """True when BACKGROUND was queued on the answer assembled up to the block.
+    False when nothing was released or the background queue was full.
+    """
+    @_builtins.property
+    def block(self) -> _plugin_pb2.BlockInfo:
+        """The error for the client: status code (400 to 599), error type, message.
+        A plugin's BLOCK uses its own; a fail-closed failure uses 500
+        `plugin_error`, 504 `plugin_timeout` or 503 `plugin_unavailable`.
+        """
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_plugin_pb2.PluginResult]:
+        """One result per POST_FLIGHT plugin the stream reached, as in StreamDone."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
+        """The final metadata, complete, as in StreamDone."""
+
+    def __init__(
+        self,
+        *,
+        block: _plugin_pb2.BlockInfo | None = ...,
+        decided_by: _builtins.str = ...,
+        released_chunks: _builtins.int = ...,
+        results: _abc.Iterable[_plugin_pb2.PluginResult] | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        config_version: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        background_queued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_queued", b"background_queued", "block", b"block", "config_version", b"config_version", "decided_by", b"decided_by", "generation", b"generation", "metadata", b"metadata", "released_chunks", b"released_chunks", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamBlock: _TypeAlias = StreamBlock  # noqa: Y015
+
+@_typing.final
+class StreamDone(_message.Message):
+    """The stream finished: what the client got, assembled, and what happened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ANSWER_JSON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    RELEASED_CHUNKS_FIELD_NUMBER: _builtins.int
+    BACKGROUND_QUEUED_FIELD_NUMBER: _builtins.int
+    answer_json: _builtins.bytes
+    """The answer as the client received it, assembled from the released chunks:
+    the UTF-8 JSON text of an OpenAI `chat.completion` object (id, created,
+    model and system_fingerprint of the first chunk; per choice its role,
+    content, tool calls and finish reason; `usage` from the last chunk that
+    carried one, absent when none did), after the POST_FLIGHT plugins without a
+    streaming hook ran on it.
+    """
+    config_version: _builtins.str
+    """Identifies the configuration that ran the stream (as ExecuteRingResponse)."""
+    generation: _builtins.int
+    """The configuration generation that ran the stream (as ExecuteRingResponse)."""
+    released_chunks: _builtins.int
+    """How many chunks ringd released over the whole call."""
+    background_queued: _builtins.bool
+    """True when BACKGROUND was queued on the assembled answer; false when the
+    background queue was full (the server logs it).
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
+        """The final metadata, complete (not a difference): the request's metadata with
+        the POST_FLIGHT plugins' changes.
+        """
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_plugin_pb2.PluginResult]:
+        """One result per POST_FLIGHT plugin, in run order: first the streaming plugins
+        (one result each for all their chunk calls: latency is the sum of the calls,
+        outcome OK unless a call failed, then the last failure's outcome and error),
+        then those that ran on the assembled answer; skipped plugins included.
+        """
+
+    def __init__(
+        self,
+        *,
+        answer_json: _builtins.bytes = ...,
+        metadata: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        results: _abc.Iterable[_plugin_pb2.PluginResult] | None = ...,
+        config_version: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        released_chunks: _builtins.int = ...,
+        background_queued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_json", b"answer_json", "background_queued", b"background_queued", "config_version", b"config_version", "generation", b"generation", "metadata", b"metadata", "released_chunks", b"released_chunks", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDone: _TypeAlias = StreamDone  # noqa: Y015

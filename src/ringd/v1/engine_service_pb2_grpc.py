@@ -89,6 +89,11 @@ class PluginEngineServiceStub:
                 request_serializer=ringd_dot_v1_dot_engine__service__pb2.ExecuteRingsRequest.SerializeToString,
                 response_deserializer=ringd_dot_v1_dot_engine__service__pb2.ExecuteRingsResponse.FromString,
                 _registered_method=True)
+        self.StreamRing = channel.stream_stream(
+                '/ringd.v1.PluginEngineService/StreamRing',
+                request_serializer=ringd_dot_v1_dot_engine__service__pb2.StreamRingRequest.SerializeToString,
+                response_deserializer=ringd_dot_v1_dot_engine__service__pb2.StreamRingResponse.FromString,
+                _registered_method=True)
 
 
 class PluginEngineServiceServicer:
@@ -157,6 +162,65 @@ class PluginEngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamRing(self, request_iterator, context):
+        """Runs POST_FLIGHT over one streamed answer (`"stream": true`, server-sent
+        events) chunk by chunk, and BACKGROUND once on the assembled answer. One call
+        per streamed answer. The protocol, in order:
+
+        1. The gateway sends `open` first, once: the request's context as for
+        ExecuteRing POST_FLIGHT (body, metadata carried from ROUTING's answer,
+        session_id, request, request_id), without `response`: the answer arrives
+        as chunks. Any other first message, or a second `open`, is refused
+        INVALID_ARGUMENT. ringd answers nothing to `open`.
+        2. The gateway sends each upstream chunk as it arrives, as a `chunk` message:
+        an OpenAI `chat.completion.chunk` object as JSON, or the raw SSE event
+        carrying it (`data: {...}`, optionally with `event:`/`id:` lines and a
+        trailing blank line). ringd answers every `chunk` with exactly one message,
+        in order: a `release` (zero or more chunks the gateway writes to its
+        client now, each as one SSE `data:` event, flushed) or a `block`. The
+        gateway need not wait for the answer before sending the next chunk.
+        A `data: [DONE]` event is accepted and answered with an empty release.
+        3. The gateway sends `end` when the upstream stream ended (after `[DONE]` or
+        the last chunk). ringd answers with one `release` (the text still held
+        back) and then one `done` or one `block`, and closes the call with OK.
+        The gateway then writes `data: [DONE]` to its client.
+        4. A `block` may come instead of any `release` or `done`: the stream ends
+        there. The gateway writes an SSE error event (`data: {"error": {...}}`
+        built from `block`), then closes its client's stream; it sends nothing
+        more to ringd (ringd closes the call with OK after the block). A block
+        before anything was released may be answered as a plain HTTP error.
+
+        Text is released only once every POST_FLIGHT plugin with a streaming hook
+        has seen it with its look-ahead window (per choice index), so a secret or a
+        placeholder split across chunks is still caught. Released chunks keep the
+        upstream chunk's fields (id, created, model, ...); their `delta.content` is
+        the text released now, so text may move to a later chunk and a chunk whose
+        text is all held back is not released. Role, tool-call, refusal and finish
+        deltas pass through intact and in order: the text of a choice held before a
+        tool-call or finish delta is released first, with it.
+
+        POST_FLIGHT plugins without a streaming hook run once on the assembled
+        answer after `end`: by default after the text was released (their BLOCK is
+        the final `block`), or, with `stream_mode: buffer` in their config entry,
+        before anything is released (every `release` is then empty until `end`).
+        BACKGROUND is queued once on the assembled answer after `done` or a final
+        `block`, with usage from the last chunk that carried it; the gateway does not
+        call ExecuteRing for BACKGROUND on a streamed answer.
+
+        Errors end the call with a gRPC status, as for ExecuteRing: INVALID_ARGUMENT
+        for a malformed message or chunk (the message names it, for example
+        `chunk[3].choices[0].delta.content`), RESOURCE_EXHAUSTED when the stream
+        holds more than `server.stream_max_held_chars` characters or
+        `server.stream_max_pending_chunks` chunks at once, or the assembled answer
+        exceeds `server.max_message_bytes` (the message names the setting),
+        DEADLINE_EXCEEDED when the call's deadline passes (plugins' timeouts are cut
+        to it), CANCELLED when the gateway cancels (ringd drops the stream and
+        everything it held), UNAVAILABLE while shutting down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PluginEngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +233,11 @@ def add_PluginEngineServiceServicer_to_server(servicer, server):
                     servicer.ExecuteRings,
                     request_deserializer=ringd_dot_v1_dot_engine__service__pb2.ExecuteRingsRequest.FromString,
                     response_serializer=ringd_dot_v1_dot_engine__service__pb2.ExecuteRingsResponse.SerializeToString,
+            ),
+            'StreamRing': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamRing,
+                    request_deserializer=ringd_dot_v1_dot_engine__service__pb2.StreamRingRequest.FromString,
+                    response_serializer=ringd_dot_v1_dot_engine__service__pb2.StreamRingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +339,33 @@ class PluginEngineService:
             '/ringd.v1.PluginEngineService/ExecuteRings',
             ringd_dot_v1_dot_engine__service__pb2.ExecuteRingsRequest.SerializeToString,
             ringd_dot_v1_dot_engine__service__pb2.ExecuteRingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRing(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ringd.v1.PluginEngineService/StreamRing',
+            ringd_dot_v1_dot_engine__service__pb2.StreamRingRequest.SerializeToString,
+            ringd_dot_v1_dot_engine__service__pb2.StreamRingResponse.FromString,
             options,
             channel_credentials,
             insecure,

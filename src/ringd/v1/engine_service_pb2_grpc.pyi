@@ -88,6 +88,61 @@ class PluginEngineServiceStub:
     gateway that runs consecutive rings with nothing in between (for example
     INGRESS, PRE_FLIGHT and ROUTING before calling the upstream).
     """
+    StreamRing: _grpc.StreamStreamMultiCallable[_engine_service_pb2.StreamRingRequest, _engine_service_pb2.StreamRingResponse]
+    """Runs POST_FLIGHT over one streamed answer (`"stream": true`, server-sent
+    events) chunk by chunk, and BACKGROUND once on the assembled answer. One call
+    per streamed answer. The protocol, in order:
+
+    1. The gateway sends `open` first, once: the request's context as for
+       ExecuteRing POST_FLIGHT (body, metadata carried from ROUTING's answer,
+       session_id, request, request_id), without `response`: the answer arrives
+       as chunks. Any other first message, or a second `open`, is refused
+       INVALID_ARGUMENT. ringd answers nothing to `open`.
+    2. The gateway sends each upstream chunk as it arrives, as a `chunk` message:
+       an OpenAI `chat.completion.chunk` object as JSON, or the raw SSE event
+       carrying it (`data: {...}`, optionally with `event:`/`id:` lines and a
+       trailing blank line). ringd answers every `chunk` with exactly one message,
+       in order: a `release` (zero or more chunks the gateway writes to its
+       client now, each as one SSE `data:` event, flushed) or a `block`. The
+       gateway need not wait for the answer before sending the next chunk.
+       A `data: [DONE]` event is accepted and answered with an empty release.
+    3. The gateway sends `end` when the upstream stream ended (after `[DONE]` or
+       the last chunk). ringd answers with one `release` (the text still held
+       back) and then one `done` or one `block`, and closes the call with OK.
+       The gateway then writes `data: [DONE]` to its client.
+    4. A `block` may come instead of any `release` or `done`: the stream ends
+       there. The gateway writes an SSE error event (`data: {"error": {...}}`
+       built from `block`), then closes its client's stream; it sends nothing
+       more to ringd (ringd closes the call with OK after the block). A block
+       before anything was released may be answered as a plain HTTP error.
+
+    Text is released only once every POST_FLIGHT plugin with a streaming hook
+    has seen it with its look-ahead window (per choice index), so a secret or a
+    placeholder split across chunks is still caught. Released chunks keep the
+    upstream chunk's fields (id, created, model, ...); their `delta.content` is
+    the text released now, so text may move to a later chunk and a chunk whose
+    text is all held back is not released. Role, tool-call, refusal and finish
+    deltas pass through intact and in order: the text of a choice held before a
+    tool-call or finish delta is released first, with it.
+
+    POST_FLIGHT plugins without a streaming hook run once on the assembled
+    answer after `end`: by default after the text was released (their BLOCK is
+    the final `block`), or, with `stream_mode: buffer` in their config entry,
+    before anything is released (every `release` is then empty until `end`).
+    BACKGROUND is queued once on the assembled answer after `done` or a final
+    `block`, with usage from the last chunk that carried it; the gateway does not
+    call ExecuteRing for BACKGROUND on a streamed answer.
+
+    Errors end the call with a gRPC status, as for ExecuteRing: INVALID_ARGUMENT
+    for a malformed message or chunk (the message names it, for example
+    `chunk[3].choices[0].delta.content`), RESOURCE_EXHAUSTED when the stream
+    holds more than `server.stream_max_held_chars` characters or
+    `server.stream_max_pending_chunks` chunks at once, or the assembled answer
+    exceeds `server.max_message_bytes` (the message names the setting),
+    DEADLINE_EXCEEDED when the call's deadline passes (plugins' timeouts are cut
+    to it), CANCELLED when the gateway cancels (ringd drops the stream and
+    everything it held), UNAVAILABLE while shutting down.
+    """
 
 @_typing.type_check_only
 class PluginEngineServiceAsyncStub(PluginEngineServiceStub):
@@ -148,6 +203,61 @@ class PluginEngineServiceAsyncStub(PluginEngineServiceStub):
     the next, and stops at the first BLOCK or CACHE_HIT. Saves round trips for a
     gateway that runs consecutive rings with nothing in between (for example
     INGRESS, PRE_FLIGHT and ROUTING before calling the upstream).
+    """
+    StreamRing: _aio.StreamStreamMultiCallable[_engine_service_pb2.StreamRingRequest, _engine_service_pb2.StreamRingResponse]  # type: ignore[assignment]
+    """Runs POST_FLIGHT over one streamed answer (`"stream": true`, server-sent
+    events) chunk by chunk, and BACKGROUND once on the assembled answer. One call
+    per streamed answer. The protocol, in order:
+
+    1. The gateway sends `open` first, once: the request's context as for
+       ExecuteRing POST_FLIGHT (body, metadata carried from ROUTING's answer,
+       session_id, request, request_id), without `response`: the answer arrives
+       as chunks. Any other first message, or a second `open`, is refused
+       INVALID_ARGUMENT. ringd answers nothing to `open`.
+    2. The gateway sends each upstream chunk as it arrives, as a `chunk` message:
+       an OpenAI `chat.completion.chunk` object as JSON, or the raw SSE event
+       carrying it (`data: {...}`, optionally with `event:`/`id:` lines and a
+       trailing blank line). ringd answers every `chunk` with exactly one message,
+       in order: a `release` (zero or more chunks the gateway writes to its
+       client now, each as one SSE `data:` event, flushed) or a `block`. The
+       gateway need not wait for the answer before sending the next chunk.
+       A `data: [DONE]` event is accepted and answered with an empty release.
+    3. The gateway sends `end` when the upstream stream ended (after `[DONE]` or
+       the last chunk). ringd answers with one `release` (the text still held
+       back) and then one `done` or one `block`, and closes the call with OK.
+       The gateway then writes `data: [DONE]` to its client.
+    4. A `block` may come instead of any `release` or `done`: the stream ends
+       there. The gateway writes an SSE error event (`data: {"error": {...}}`
+       built from `block`), then closes its client's stream; it sends nothing
+       more to ringd (ringd closes the call with OK after the block). A block
+       before anything was released may be answered as a plain HTTP error.
+
+    Text is released only once every POST_FLIGHT plugin with a streaming hook
+    has seen it with its look-ahead window (per choice index), so a secret or a
+    placeholder split across chunks is still caught. Released chunks keep the
+    upstream chunk's fields (id, created, model, ...); their `delta.content` is
+    the text released now, so text may move to a later chunk and a chunk whose
+    text is all held back is not released. Role, tool-call, refusal and finish
+    deltas pass through intact and in order: the text of a choice held before a
+    tool-call or finish delta is released first, with it.
+
+    POST_FLIGHT plugins without a streaming hook run once on the assembled
+    answer after `end`: by default after the text was released (their BLOCK is
+    the final `block`), or, with `stream_mode: buffer` in their config entry,
+    before anything is released (every `release` is then empty until `end`).
+    BACKGROUND is queued once on the assembled answer after `done` or a final
+    `block`, with usage from the last chunk that carried it; the gateway does not
+    call ExecuteRing for BACKGROUND on a streamed answer.
+
+    Errors end the call with a gRPC status, as for ExecuteRing: INVALID_ARGUMENT
+    for a malformed message or chunk (the message names it, for example
+    `chunk[3].choices[0].delta.content`), RESOURCE_EXHAUSTED when the stream
+    holds more than `server.stream_max_held_chars` characters or
+    `server.stream_max_pending_chunks` chunks at once, or the assembled answer
+    exceeds `server.max_message_bytes` (the message names the setting),
+    DEADLINE_EXCEEDED when the call's deadline passes (plugins' timeouts are cut
+    to it), CANCELLED when the gateway cancels (ringd drops the stream and
+    everything it held), UNAVAILABLE while shutting down.
     """
 
 class PluginEngineServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +328,67 @@ class PluginEngineServiceServicer(metaclass=_abc_1.ABCMeta):
         the next, and stops at the first BLOCK or CACHE_HIT. Saves round trips for a
         gateway that runs consecutive rings with nothing in between (for example
         INGRESS, PRE_FLIGHT and ROUTING before calling the upstream).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamRing(
+        self,
+        request_iterator: _MaybeAsyncIterator[_engine_service_pb2.StreamRingRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_engine_service_pb2.StreamRingResponse], _abc.AsyncIterator[_engine_service_pb2.StreamRingResponse]]:
+        """Runs POST_FLIGHT over one streamed answer (`"stream": true`, server-sent
+        events) chunk by chunk, and BACKGROUND once on the assembled answer. One call
+        per streamed answer. The protocol, in order:
+
+        1. The gateway sends `open` first, once: the request's context as for
+           ExecuteRing POST_FLIGHT (body, metadata carried from ROUTING's answer,
+           session_id, request, request_id), without `response`: the answer arrives
+           as chunks. Any other first message, or a second `open`, is refused
+           INVALID_ARGUMENT. ringd answers nothing to `open`.
+        2. The gateway sends each upstream chunk as it arrives, as a `chunk` message:
+           an OpenAI `chat.completion.chunk` object as JSON, or the raw SSE event
+           carrying it (`data: {...}`, optionally with `event:`/`id:` lines and a
+           trailing blank line). ringd answers every `chunk` with exactly one message,
+           in order: a `release` (zero or more chunks the gateway writes to its
+           client now, each as one SSE `data:` event, flushed) or a `block`. The
+           gateway need not wait for the answer before sending the next chunk.
+           A `data: [DONE]` event is accepted and answered with an empty release.
+        3. The gateway sends `end` when the upstream stream ended (after `[DONE]` or
+           the last chunk). ringd answers with one `release` (the text still held
+           back) and then one `done` or one `block`, and closes the call with OK.
+           The gateway then writes `data: [DONE]` to its client.
+        4. A `block` may come instead of any `release` or `done`: the stream ends
+           there. The gateway writes an SSE error event (`data: {"error": {...}}`
+           built from `block`), then closes its client's stream; it sends nothing
+           more to ringd (ringd closes the call with OK after the block). A block
+           before anything was released may be answered as a plain HTTP error.
+
+        Text is released only once every POST_FLIGHT plugin with a streaming hook
+        has seen it with its look-ahead window (per choice index), so a secret or a
+        placeholder split across chunks is still caught. Released chunks keep the
+        upstream chunk's fields (id, created, model, ...); their `delta.content` is
+        the text released now, so text may move to a later chunk and a chunk whose
+        text is all held back is not released. Role, tool-call, refusal and finish
+        deltas pass through intact and in order: the text of a choice held before a
+        tool-call or finish delta is released first, with it.
+
+        POST_FLIGHT plugins without a streaming hook run once on the assembled
+        answer after `end`: by default after the text was released (their BLOCK is
+        the final `block`), or, with `stream_mode: buffer` in their config entry,
+        before anything is released (every `release` is then empty until `end`).
+        BACKGROUND is queued once on the assembled answer after `done` or a final
+        `block`, with usage from the last chunk that carried it; the gateway does not
+        call ExecuteRing for BACKGROUND on a streamed answer.
+
+        Errors end the call with a gRPC status, as for ExecuteRing: INVALID_ARGUMENT
+        for a malformed message or chunk (the message names it, for example
+        `chunk[3].choices[0].delta.content`), RESOURCE_EXHAUSTED when the stream
+        holds more than `server.stream_max_held_chars` characters or
+        `server.stream_max_pending_chunks` chunks at once, or the assembled answer
+        exceeds `server.max_message_bytes` (the message names the setting),
+        DEADLINE_EXCEEDED when the call's deadline passes (plugins' timeouts are cut
+        to it), CANCELLED when the gateway cancels (ringd drops the stream and
+        everything it held), UNAVAILABLE while shutting down.
         """
 
 def add_PluginEngineServiceServicer_to_server(servicer: PluginEngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
