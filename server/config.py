@@ -2,6 +2,10 @@
 
 A bad file fails with one :class:`ConfigError` that names the file, each bad
 entry and field, so nothing is half-applied.
+
+Over 400 lines on purpose: one pass validates the whole file so a single ConfigError
+lists every problem, and each setting's default, type and check sit together here
+(server settings, plugin entries, breaker, WASM sandbox, streaming limits).
 """
 
 from __future__ import annotations

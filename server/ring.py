@@ -15,6 +15,11 @@ thread bridge (:mod:`ringd.server.threads`), the result types
    it feeds the breaker, unless the caller's deadline, not the plugin, ran out;
 5. a valid response: MODIFY replaces the body (if it carries one) and goes on; BLOCK and CACHE_HIT end
    the ring; ``ctx.stop_chain`` ends it as a 403 block.
+
+Over 400 lines on purpose: the loop (``RingRunner.run``) is short; beside it is the
+one per-plugin call path (``call_plugin``/``settle``/``PendingCall``) that both the
+loop and streamed answers (:mod:`ringd.server.stream`) use, so timeouts, fail policy,
+breaker and metrics are applied in one place.
 """
 
 from __future__ import annotations

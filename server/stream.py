@@ -30,6 +30,9 @@ rules:
    with usage from the last chunk that had one), the whole-answer plugins run on it
    through :meth:`~ringd.server.ring.RingRunner.run`, and the outcome says whether
    BACKGROUND should run on it.
+
+Over 400 lines on purpose: one stream's state machine (per-plugin, per-choice
+buffers, delta ordering, limits, the assembled answer) is one unit, read in order.
 """
 
 from __future__ import annotations
