@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_bench import PYTHON, BenchError, process, ringd_cmd
+from grpc_bench import PYTHON, BenchError, process, ringd_args
+from grpc_bench import ringd as serve_ringd
 
 from ringd.v1 import engine_service_pb2 as engine_pb
 from ringd.v1 import plugin_pb2 as pb
@@ -166,7 +167,7 @@ def main() -> int:
                 "load": best_of(address, rounds, streams, stream, None),
                 "single": best_of(address, rounds, 1, stream, None),
             }
-        with process(ringd_cmd(work / "stream.yaml"), cwd=work, env=env) as address:
+        with serve_ringd(ringd_args(work / "stream.yaml"), cwd=work, env=env) as address:
             runs["ringd"] = {
                 "load": best_of(address, rounds, streams, stream, expected),
                 "single": best_of(address, rounds, 1, stream, expected),
