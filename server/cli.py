@@ -149,12 +149,31 @@ def _print_json(data: Any) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
 
 
-def _run_client(call: Callable[[Any], Any], target: str, token: str | None) -> int:
+def _admin_targets(target: str) -> list[str]:
+    """Where to send admin calls for the server at ``target``.
+
+    Its default admin socket when it serves one (no admin token; one per worker under
+    ``--workers``, see :mod:`ringd.server.adminsock`), else ``target`` itself (a server
+    with a token serves admin there; an explicit ``admin_listen`` address is given as
+    ``--target``).
+    """
+    from ringd.server.adminsock import find_admin_sockets
+
+    sockets = find_admin_sockets(target)
+    return [f"unix:{path}" for path in sockets] or [target]
+
+
+def _run_client(call: Callable[[Any], Any], target: str | list[str], token: str | None) -> int:
+    """Run ``call`` on each target (printing the first answer); exit 1 on any failure."""
     from ringd.client import Client
 
+    targets = [target] if isinstance(target, str) else target
     try:
-        with Client(target, admin_token=token) as client:
-            _print_json(call(client))
+        answers = []
+        for each in targets:
+            with Client(each, admin_token=token) as client:
+                answers.append(call(client))
+        _print_json(answers[0])
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         detail = exc.details() if hasattr(exc, "details") else str(exc)
@@ -205,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
             tracing_from_env=True,
             # A worker of `--workers` shares its port with its siblings.
             reuse_port=bool(os.environ.get(WORKER_ENV)),
+            worker=int(os.environ[WORKER_ENV]) if os.environ.get(WORKER_ENV, "").isdigit() else None,
         )
         await server.serve_forever(on_ready=lambda: _announce(server))
 
@@ -288,12 +308,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.path)
     if args.command == "reload":
-        return _run_client(lambda c: c.reload(), args.target, args.token)
+        # One worker is enough: a worker passes a reload on to its siblings (--workers).
+        return _run_client(lambda c: c.reload(), _admin_targets(args.target)[0], args.token)
     if args.command == "plugins":
-        if args.plugins_command == "list":
-            return _run_client(lambda c: c.list_plugins(args.ring), args.target, args.token)
+        if args.plugins_command == "list":  # the stats are those of the worker that answers
+            target = _admin_targets(args.target)[0]
+            return _run_client(lambda c: c.list_plugins(args.ring), target, args.token)
         enabled = args.plugins_command == "enable"
-        return _run_client(lambda c: c.set_plugin_enabled(args.name, enabled), args.target, args.token)
+        # Enabled/disabled is per process: every worker's socket gets the call.
+        return _run_client(
+            lambda c: c.set_plugin_enabled(args.name, enabled), _admin_targets(args.target), args.token
+        )
     if args.command == "ring":
         return _run_client(
             lambda c: c.execute_ring(
