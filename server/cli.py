@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         _client_options(toggle)
 
     client_command("reload", "reload the server's config (hot swap)")
+    admin_socket = commands.add_parser(
+        "admin-socket",
+        help="print the unix socket a server without an admin token serves its admin service on",
+    )
+    admin_socket.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"the server's address (default {DEFAULT_TARGET})"
+    )
 
     # issue 14: `ringd health` runs from ringd.server.entry without this module; listed for --help.
     from ringd.server.health_cli import add_arguments as health_arguments
@@ -307,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "admin-socket":
+        from ringd.server.adminsock import default_admin_socket, find_admin_sockets
+
+        live = find_admin_sockets(args.target)
+        for path in live or [default_admin_socket(args.target)]:
+            print(path)
+        return 0 if live else 1
     if args.command == "reload":
         # One worker is enough: a worker passes a reload on to its siblings (--workers).
         return _run_client(lambda c: c.reload(), _admin_targets(args.target)[0], args.token)
