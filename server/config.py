@@ -151,7 +151,7 @@ class ServerSettings:
     plugin_dirs: tuple[str, ...] = ()
     """Folders (besides the config file's own) that plugin files may be loaded from, resolved."""
     # --- issue 15 item 6: connections and streams (gRPC server options) --------------------
-    max_connections: int = 1000
+    max_connections: int = 256
     """Open connections per listen port; past it new connections are closed at once."""
     max_concurrent_streams: int = 100
     """Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)."""

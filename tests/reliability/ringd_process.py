@@ -28,7 +28,12 @@ class RingdProcess:
         self.config_path = config_path
         self.log_path = config_path.parent / f"{name}.stderr"
         self.stdout_path = config_path.parent / f"{name}.stdout"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGD_", "OTEL_"))}
+        # RINGD_RUNTIME_DIR stays: the test's own folder for the default admin socket.
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RINGD_", "OTEL_")) or k == "RINGD_RUNTIME_DIR"
+        }
         self.env.update(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
