@@ -75,6 +75,7 @@ class RingdServer:
         self.watchdog: StallWatchdog | None = None
         self._admission: RingAdmission | None = None
         self._stopped = False
+        self._default_admin_socket: Path | None = None
         self.metrics: MetricsEndpoint | None = None  # issue 14: the Prometheus endpoint, if configured
 
     @property
@@ -183,6 +184,7 @@ class RingdServer:
             )
             adminsock.prepare(socket_path)
             admin_listen = [f"unix:{socket_path}"]
+            self._default_admin_socket = socket_path
             refusal = ClosedGate(
                 f"the admin service is not served on this address: no server.admin_token is set, so it "
                 f"is served only on the unix socket unix:{socket_path} (`ringd reload` and `ringd plugins` "
@@ -250,6 +252,9 @@ class RingdServer:
             await self._admission.drain(grace)
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         await asyncio.gather(*(server.stop(remaining) for server in self._servers))
+        if self._default_admin_socket is not None:  # ours alone: prepare() refused a live one
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._default_admin_socket)
         if self._background is not None:
             await self._background.drain(grace)
         if self.metrics is not None:  # issue 14: before the engine, which a scrape reads

@@ -66,6 +66,9 @@ async def test_without_a_token_tcp_refuses_admin_and_names_the_owner_only_socket
         await running.admin(running.unix_address).ListPlugins(admin_pb.ListPluginsRequest(), timeout=5)
     assert on_unix.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
+    await running.server.stop(grace_s=1.0)
+    assert not path.exists()  # no stale socket left behind
+
 
 async def test_the_cli_finds_the_admin_socket_from_the_servers_address(serve, workspace):
     running = await serve([entry("guard")])
