@@ -66,13 +66,14 @@ def test_ringd_serve_without_config_lists_the_default_pipeline(tmp_path: Path) -
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(7)]
+        lines = [proc.stdout.readline() for _ in range(8)]
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
     banner = "".join(lines)
     assert "config builtin-default-1" in banner
     assert "listening on 127.0.0.1:" in banner
+    assert "admin listening on unix:" in banner  # no admin token: the admin service's own socket
     assert "pre_flight  prompt_guard, pii_redactor, response_cache, max_tokens_clamp" in banner
     assert "background  usage_accounting, audit_log" in banner
 
