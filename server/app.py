@@ -133,7 +133,9 @@ class RingdServer:
         admin_servicer = AdminServicer(self.engine, self._admin_reload)
         max_bytes = settings.max_message_bytes
         options = server_options(settings, reuse_port=self._reuse_port)
-        main = grpc.aio.server(options=options)
+        # Calls open at once on the main listeners, counted from their headers: a call whose
+        # request never finishes (slowloris) holds a slot, so this bounds their memory.
+        main = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_open_calls)
         limit = settings.max_call_metadata_bytes
         main.add_generic_rpc_handlers(
             (
@@ -342,12 +344,12 @@ def server_options(settings: ServerSettings, *, reuse_port: bool) -> list[tuple[
     server pings to find dead peers; clients that ping too often are cut off), and
     call metadata (core's hard limit sits above ``max_call_metadata_bytes``, which the
     admission check answers with a message). Core's queue of calls the server has not
-    yet picked up is sized to hold every stream that can be open, so a burst is never
-    answered CANCELLED by core: past the in-flight limit every call is RESOURCE_EXHAUSTED
-    with a message.
+    yet picked up holds twice ``max_open_calls`` (gRPC's default, about 1,000, answered a
+    burst past it CANCELLED with no message), so past the in-flight limit a call is
+    RESOURCE_EXHAUSTED with a message.
     """
     max_bytes = settings.max_message_bytes
-    pending = settings.max_connections * settings.max_concurrent_streams
+    pending = 2 * settings.max_open_calls
     metadata_hard_limit = max(4 * settings.max_call_metadata_bytes, 64 * 1024)
     return [
         ("grpc.max_receive_message_length", max_bytes),

@@ -153,8 +153,12 @@ class ServerSettings:
     # --- issue 15 item 6: connections and streams (gRPC server options) --------------------
     max_connections: int = 256
     """Open connections per listen port; past it new connections are closed at once."""
-    max_concurrent_streams: int = 100
+    max_concurrent_streams: int = 1024
     """Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    max_open_calls: int = 2048
+    """Calls open at once on the main listeners, from their headers on, whether or not their
+    request has arrived; past it gRPC answers RESOURCE_EXHAUSTED at once. Keep it above
+    ``max_concurrent_rings`` (whose refusal names the limit) and health checks."""
     max_connection_idle_s: float = 300.0
     """A connection with no call for this long is closed (GOAWAY); 0 keeps idle connections."""
     max_connection_age_s: float = 1800.0
@@ -517,6 +521,7 @@ def _server(errors: _Errors, raw: Any, base_dir: Path | None = None) -> ServerSe
             "max_connections",
             "max_concurrent_streams",
             "max_call_metadata_bytes",
+            "max_open_calls",
         }:
             values[key] = _int(errors, where, value, minimum=1)
         elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"} or key in {

@@ -106,7 +106,9 @@ async def test_streams_per_connection_are_announced_and_connections_are_capped(s
 
 
 async def test_every_refusal_past_the_inflight_limit_is_resource_exhausted_with_a_message(serve):
-    running = await serve([entry("slow", config={"sleep_s": 0.5})], server={"max_concurrent_rings": 8})
+    running = await serve(
+        [entry("slow", config={"sleep_s": 0.5})], server={"max_concurrent_rings": 8, "max_open_calls": 5000}
+    )
     # 40 connections with 75 calls each: under max_concurrent_streams (100) per connection,
     # whose excess a client sees as UNAVAILABLE (REFUSED_STREAM), a different limit.
     channels = [
@@ -133,6 +135,63 @@ async def test_every_refusal_past_the_inflight_limit_is_resource_exhausted_with_
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, (codes, {t for c, t in answers if c == "UNAVAILABLE"})
     assert codes["RESOURCE_EXHAUSTED"] > 0
     assert all("too many rings in flight (limit 8)" in text for code, text in answers if code != "OK")
+
+
+def literal(name: str, value: str) -> bytes:
+    """An HPACK literal header field without indexing, new name (lengths under 127)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def unfinished_calls(address: str, count: int) -> socket.socket:
+    """A connection with ``count`` ExecuteRing calls whose 1 MiB request stops after 1 KiB."""
+    sock = h2_connect(address)
+    block = b"".join(
+        literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/ringd.v1.PluginEngineService/ExecuteRing"),
+            (":authority", address),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    body = b"\x00" + struct.pack(">I", 1 << 20) + b"x" * 1024
+    for index in range(count):
+        stream = struct.pack(">I", 1 + 2 * index)
+        sock.sendall(struct.pack(">I", len(block))[1:] + bytes([1, 0x4]) + stream + block)
+        sock.sendall(struct.pack(">I", len(body))[1:] + bytes([0, 0]) + stream + body)
+    return sock
+
+
+async def test_calls_whose_request_never_finishes_are_capped_by_max_open_calls(serve):
+    running = await serve([entry("guard")], server={"max_open_calls": 3})
+    stub = running.engine()
+    await stub.ExecuteRing(ring_request(PRE_FLIGHT, {}), timeout=10)  # connected before the slots fill
+
+    slowloris = await asyncio.to_thread(unfinished_calls, running.address, 3)
+    try:
+        refused = None
+        for _ in range(400):  # until the server has seen all three (it reads them on its own time)
+            try:
+                await stub.ExecuteRing(ring_request(PRE_FLIGHT, {}), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                refused = error
+                break
+            await asyncio.sleep(0.05)
+        assert refused is not None, "the unfinished calls held no slot"  # before the fix: all served
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.details()
+    finally:
+        slowloris.close()
+    for _ in range(400):  # the slots are freed when that connection goes
+        try:
+            await stub.ExecuteRing(ring_request(PRE_FLIGHT, {}), timeout=10)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the slots were not freed after the connection closed")
 
 
 async def test_oversized_call_metadata_gets_a_clear_answer_and_no_core_log_line(workspace):
