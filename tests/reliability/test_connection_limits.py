@@ -85,6 +85,21 @@ async def test_an_idle_connection_is_closed_with_goaway(serve):
     assert GOAWAY in kinds
 
 
+async def test_an_old_connection_is_closed_with_goaway(serve):
+    running = await serve(
+        [entry("guard")],
+        server={"max_connection_idle_s": 0, "max_connection_age_s": 0.5, "max_connection_age_grace_s": 0.5},
+    )
+
+    def old() -> list[int]:
+        with h2_connect(running.address) as sock:
+            return [kind for kind, _ in frames_until_closed(sock)]
+
+    kinds = await asyncio.to_thread(old)  # idle never closes it here: only its age does
+
+    assert GOAWAY in kinds
+
+
 async def test_streams_per_connection_are_announced_and_connections_are_capped(serve):
     running = await serve([entry("guard")], server={"max_concurrent_streams": 7, "max_connections": 2})
 
