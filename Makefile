@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: help venv run test test-py lint proto check-proto lint-proto wasm check-wasm bench bench-engine bench-smoke demo test-node test-go image clean
+.PHONY: help venv run test test-py lint proto check-proto lint-proto wasm check-wasm bench bench-engine bench-slowloris bench-smoke demo test-node test-go image clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,10 +61,14 @@ bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server; StreamRing vs a
 	$(BIN)/python bench/grpc_bench.py
 	$(BIN)/python bench/stream_bench.py
 
+bench-slowloris: $(STAMP) ## Server RSS under many connections x never-finished streams (issue 15)
+	$(BIN)/python bench/slowloris.py
+
 bench-smoke: $(STAMP) ## The benchmarks in a seconds-long smoke mode (so they cannot rot)
 	$(BIN)/python bench/engine_bench.py --smoke
 	$(BIN)/python bench/grpc_bench.py --smoke
 	$(BIN)/python bench/stream_bench.py --smoke
+	$(BIN)/python bench/slowloris.py --rounds 1 --connections 5 --streams 5
 
 demo: $(STAMP) ## Start a server and send requests through all five rings
 	$(BIN)/python scripts/demo.py

@@ -15,7 +15,13 @@ import hmac
 from typing import Any, Protocol
 
 import grpc
-from ringd.server.exceptions import AuthError, OverloadedError, PermissionDeniedError, ShuttingDownError
+from ringd.server.exceptions import (
+    AuthError,
+    MetadataTooLargeError,
+    OverloadedError,
+    PermissionDeniedError,
+    ShuttingDownError,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -26,6 +32,46 @@ class Gate(Protocol):
     def admit(self, context: Context) -> None: ...
 
     def leave(self) -> None: ...
+
+
+HPACK_ENTRY_OVERHEAD = 32
+"""Bytes HTTP/2 counts per header entry on top of its name and value (RFC 7541, 4.1)."""
+
+
+def check_call_metadata(context: Context, limit: int) -> None:
+    """Refuse a call whose metadata is over ``limit`` bytes, counted as HPACK counts it.
+
+    gRPC core accepts up to its own (higher) hard limit, set in :mod:`ringd.server.app`,
+    so a call between the two gets this clear answer instead of core's empty one.
+
+    Raises:
+        MetadataTooLargeError: the metadata is over ``limit``.
+    """
+    entries = context.invocation_metadata() or ()
+    size = sum(len(key) + len(value) + HPACK_ENTRY_OVERHEAD for key, value in entries)
+    if size > limit:
+        raise MetadataTooLargeError(
+            f"call metadata is {size} bytes in {len(entries)} entries, over "
+            f"server.max_call_metadata_bytes ({limit}); send fewer or smaller gRPC metadata entries"
+        )
+
+
+class ClosedGate:
+    """Refuses every call with ``message``: the admin service on a listener it is not served on."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def admit(self, context: Context) -> None:
+        """Refuse the call.
+
+        Raises:
+            PermissionDeniedError: always.
+        """
+        raise PermissionDeniedError(self._message)
+
+    def leave(self) -> None:
+        return
 
 
 class RingAdmission:

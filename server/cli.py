@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
         _client_options(toggle)
 
     client_command("reload", "reload the server's config (hot swap)")
+    admin_socket = commands.add_parser(
+        "admin-socket",
+        help="print the unix socket a server without an admin token serves its admin service on",
+    )
+    admin_socket.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"the server's address (default {DEFAULT_TARGET})"
+    )
 
     # issue 14: `ringd health` runs from ringd.server.entry without this module; listed for --help.
     from ringd.server.health_cli import add_arguments as health_arguments
@@ -159,12 +166,31 @@ def _print_json(data: Any) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
 
 
-def _run_client(call: Callable[[Any], Any], target: str, token: str | None) -> int:
+def _admin_targets(target: str) -> list[str]:
+    """Where to send admin calls for the server at ``target``.
+
+    Its default admin socket when it serves one (no admin token; one per worker under
+    ``--workers``, see :mod:`ringd.server.adminsock`), else ``target`` itself (a server
+    with a token serves admin there; an explicit ``admin_listen`` address is given as
+    ``--target``).
+    """
+    from ringd.server.adminsock import find_admin_sockets
+
+    sockets = find_admin_sockets(target)
+    return [f"unix:{path}" for path in sockets] or [target]
+
+
+def _run_client(call: Callable[[Any], Any], target: str | list[str], token: str | None) -> int:
+    """Run ``call`` on each target (printing the first answer); exit 1 on any failure."""
     from ringd.client import Client
 
+    targets = [target] if isinstance(target, str) else target
     try:
-        with Client(target, admin_token=token) as client:
-            _print_json(call(client))
+        answers = []
+        for each in targets:
+            with Client(each, admin_token=token) as client:
+                answers.append(call(client))
+        _print_json(answers[0])
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         detail = exc.details() if hasattr(exc, "details") else str(exc)
@@ -221,6 +247,7 @@ def _serve(args: argparse.Namespace) -> int:
             tracing_from_env=True,
             # A worker of `--workers` shares its port with its siblings.
             reuse_port=bool(os.environ.get(WORKER_ENV)),
+            worker=int(os.environ[WORKER_ENV]) if os.environ.get(WORKER_ENV, "").isdigit() else None,
         )
         await server.serve_forever(on_ready=lambda: _announce(server, args.ready_fd))
 
@@ -319,13 +346,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "admin-socket":
+        from ringd.server.adminsock import default_admin_socket, find_admin_sockets
+
+        live = find_admin_sockets(args.target)
+        for path in live or [default_admin_socket(args.target)]:
+            print(path)
+        return 0 if live else 1
     if args.command == "reload":
-        return _run_client(lambda c: c.reload(), args.target, args.token)
+        # One worker is enough: a worker passes a reload on to its siblings (--workers).
+        return _run_client(lambda c: c.reload(), _admin_targets(args.target)[0], args.token)
     if args.command == "plugins":
-        if args.plugins_command == "list":
-            return _run_client(lambda c: c.list_plugins(args.ring), args.target, args.token)
+        if args.plugins_command == "list":  # the stats are those of the worker that answers
+            target = _admin_targets(args.target)[0]
+            return _run_client(lambda c: c.list_plugins(args.ring), target, args.token)
         enabled = args.plugins_command == "enable"
-        return _run_client(lambda c: c.set_plugin_enabled(args.name, enabled), args.target, args.token)
+        # Enabled/disabled is per process: every worker's socket gets the call.
+        return _run_client(
+            lambda c: c.set_plugin_enabled(args.name, enabled), _admin_targets(args.target), args.token
+        )
     if args.command == "ring":
         return _run_client(
             lambda c: c.execute_ring(

@@ -168,6 +168,30 @@ class ServerSettings:
     """Characters one StreamRing call may hold back at once (all plugins, choices, buffered text)."""
     stream_max_pending_chunks: int = 4096
     """Chunks one StreamRing call may hold at once (a ``stream_mode: buffer`` plugin holds all)."""
+    # --- issue 15 item 4: where plugin files may come from --------------------------------
+    plugin_dirs: tuple[str, ...] = ()
+    """Folders (besides the config file's own) that plugin files may be loaded from, resolved."""
+    # --- issue 15 item 6: connections and streams (gRPC server options) --------------------
+    max_connections: int = 256
+    """Open connections per listen port; past it new connections are closed at once."""
+    max_concurrent_streams: int = 1024
+    """Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    max_open_calls: int = 2048
+    """Calls open at once on the main listeners, from their headers on, whether or not their
+    request has arrived; past it gRPC answers RESOURCE_EXHAUSTED at once. Keep it above
+    ``max_concurrent_rings`` (whose refusal names the limit) and health checks."""
+    max_connection_idle_s: float = 300.0
+    """A connection with no call for this long is closed (GOAWAY); 0 keeps idle connections."""
+    max_connection_age_s: float = 1800.0
+    """A connection is asked to close (GOAWAY) after this long; 0 lets connections live forever."""
+    max_connection_age_grace_s: float = 300.0
+    """After that GOAWAY, calls in flight get this long to finish before the connection is cut."""
+    keepalive_time_s: float = 60.0
+    """The server pings an idle connection this often, and cuts it after 20 s without an answer."""
+    min_client_ping_interval_s: float = 10.0
+    """Clients that ping more often than this (or without calls) are sent GOAWAY after 2 strikes."""
+    max_call_metadata_bytes: int = 16 * 1024
+    """gRPC call metadata (HTTP/2 headers), counted as HPACK does (name + value + 32 per entry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +492,39 @@ def _plugin_entry(
     )
 
 
-def _server(errors: _Errors, raw: Any) -> ServerSettings:
+def _folders(errors: _Errors, where: str, value: Any, base_dir: Path | None) -> tuple[str, ...] | None:
+    """Folders relative to the config file (or absolute), resolved (symlinks followed)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        errors.add(where, f"must be a folder or a list of folders, got {value!r}")
+        return None
+    root = base_dir or Path.cwd()
+    return tuple(str((root / item).resolve()) for item in items)
+
+
+def _outside_plugin_file(entry: PluginEntry, base_dir: Path | None, allowed: tuple[str, ...]) -> str | None:
+    """Why ``entry``'s plugin file may not be loaded, or None when it may (or names no file).
+
+    A file must resolve (symlinks followed) inside the config file's folder or one of
+    ``server.plugin_dirs``: the config names the code, not the files around it.
+    """
+    target = entry.entrypoint
+    if entry.type is PluginType.PYTHON:
+        target = target.rpartition(":")[0]
+        if not (target.endswith(".py") or "/" in target):
+            return None  # an installed module: imported, not read from a path
+    root = (base_dir or Path.cwd()).resolve()
+    resolved = (root / target).resolve()
+    folders = [root, *(Path(folder) for folder in allowed)]
+    if any(resolved.is_relative_to(folder) for folder in folders):
+        return None
+    return (
+        f"plugin file {target!r} resolves to {resolved}, outside the config file's folder {root}; "
+        "list its folder in server.plugin_dirs to allow it"
+    )
+
+
+def _server(errors: _Errors, raw: Any, base_dir: Path | None = None) -> ServerSettings:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -483,19 +539,30 @@ def _server(errors: _Errors, raw: Any) -> ServerSettings:
         where = f"server field {key!r}"
         if key in {"listen", "admin_listen"}:
             values[key] = _str_list(errors, where, value)
-        elif (
-            key
-            in {
-                "max_message_bytes",
-                "max_concurrent_rings",
-                "background_queue_size",
-                "background_workers",
-            }
-            or key in {"max_metadata_keys", "max_headers", "max_json_depth"}
-            or key.startswith("stream_max_")
-        ):
+        elif key == "plugin_dirs":
+            values[key] = _folders(errors, where, value, base_dir)
+        elif key in {
+            "max_message_bytes",
+            "max_concurrent_rings",
+            "background_queue_size",
+            "background_workers",
+        } or key in {
+            "max_metadata_keys",
+            "max_headers",
+            "max_json_depth",
+            "max_connections",
+            "max_concurrent_streams",
+            "max_call_metadata_bytes",
+            "max_open_calls",
+        } or key.startswith("stream_max_"):
             values[key] = _int(errors, where, value, minimum=1)
-        elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"}:
+        elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"} or key in {
+            "max_connection_idle_s",
+            "max_connection_age_s",
+            "max_connection_age_grace_s",
+            "keepalive_time_s",
+            "min_client_ping_interval_s",
+        }:
             values[key] = _float(errors, where, value)
         elif key == "reflection":
             values[key] = _bool(errors, where, value)
@@ -578,7 +645,8 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
         raise ConfigError(f"invalid config {label}: the top level must be a mapping, got {_type_name(raw)}")
     for key in sorted(set(raw) - _TOP_FIELDS):
         errors.add(f"field {key!r}", "unknown top-level field")
-    server = _server(errors, raw.get("server"))
+    base_dir = path.parent if path else None
+    server = _server(errors, raw.get("server"), base_dir)
     store = os.environ.get("RINGD_STORE") or raw.get("store", "ringd.db")
     store = _str(errors, "field 'store'", store) or "ringd.db"
     # Only an absent or null `plugins` means "no plugins": `plugins: {}` or `0` is a mistake.
@@ -591,9 +659,14 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
     else:
         seen: set[str] = set()
         for index, item in enumerate(plugins_raw):
-            entry = _plugin_entry(errors, index, item, seen, path.parent if path else None)
-            if entry is not None:
-                entries.append(entry)
+            entry = _plugin_entry(errors, index, item, seen, base_dir)
+            if entry is None:
+                continue
+            outside = _outside_plugin_file(entry, base_dir, server.plugin_dirs)
+            if outside is not None:
+                errors.add(f"plugins[{index}] ({entry.name!r}) field 'entrypoint'", outside)
+                continue
+            entries.append(entry)
     declared = raw.get("version")
     if declared is not None and not isinstance(declared, str | int | float):
         errors.add("field 'version'", f"must be a string, got {_type_name(declared)}")

@@ -55,6 +55,10 @@ class ShuttingDownError(RingdError):
     retry_after_s = 0.0
 
 
+class MetadataTooLargeError(RingdError):
+    """The call's gRPC metadata (HTTP/2 headers) is over ``server.max_call_metadata_bytes``."""
+
+
 class AnswerTooLargeError(RingdError):
     """The encoded answer is larger than the server may send (``max_message_bytes``)."""
 

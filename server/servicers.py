@@ -24,7 +24,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from ringd.sdk import PluginContext, PluginHook
 from ringd.server import convert, errors, logs
-from ringd.server.admission import Gate
+from ringd.server.admission import Gate, check_call_metadata
 from ringd.server.background import BackgroundQueue
 from ringd.server.engine import Engine, Generation, StreamLimits, StreamOutcome
 from ringd.server.exceptions import AnswerTooLargeError, EncodeError, QueueFullError, RequestError
@@ -45,7 +45,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def rpc_handler(
-    service: ServiceDescriptor, servicer: object, gate: Gate, *, max_answer_bytes: int | None
+    service: ServiceDescriptor,
+    servicer: object,
+    gate: Gate,
+    *,
+    max_answer_bytes: int | None,
+    max_call_metadata_bytes: int | None = None,
 ) -> grpc.GenericRpcHandler:
     """Register ``servicer``'s methods for ``service``: admit, decode, run, encode, map errors.
 
@@ -58,11 +63,11 @@ def rpc_handler(
         call = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _handle_stream(call, request_type, gate, max_answer_bytes)
+                _handle_stream(call, request_type, gate, max_answer_bytes, max_call_metadata_bytes)
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _handle(call, request_type, gate, max_answer_bytes)
+                _handle(call, request_type, gate, max_answer_bytes, max_call_metadata_bytes)
             )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
@@ -72,12 +77,15 @@ def _handle(
     request_type: Any,
     gate: Gate,
     max_answer_bytes: int | None,
+    max_call_metadata_bytes: int | None = None,
 ) -> Callable[[bytes, Context], Awaitable[bytes]]:
     what = request_type.DESCRIPTOR.full_name
     decode = request_type.FromString
 
     async def handle(raw: bytes, context: Context) -> bytes:
         try:
+            if max_call_metadata_bytes is not None:
+                check_call_metadata(context, max_call_metadata_bytes)
             gate.admit(context)
         except Exception as exc:  # a refusal is mapped to its status in one place
             await errors.abort(context, exc, what)
@@ -104,6 +112,7 @@ def _handle_stream(
     request_type: Any,
     gate: Gate,
     max_answer_bytes: int | None,
+    max_call_metadata_bytes: int | None = None,
 ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
     """A bidirectional stream: admitted once, each message decoded and encoded, errors mapped."""
     what = request_type.DESCRIPTOR.full_name
@@ -115,6 +124,8 @@ def _handle_stream(
 
     async def handle(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:
+            if max_call_metadata_bytes is not None:
+                check_call_metadata(context, max_call_metadata_bytes)
             gate.admit(context)
         except Exception as exc:  # a refusal is mapped to its status in one place
             await errors.abort(context, exc, what)

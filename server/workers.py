@@ -50,6 +50,26 @@ def _reserve(address: str) -> tuple[str, socket.socket | None]:
     return f"{host}:{sock.getsockname()[1]}", sock
 
 
+def _probe(address: str) -> str | None:
+    """Why ``address`` cannot be served by new workers: another process listens on it.
+
+    Bound without SO_REUSEPORT, so a port held by any listener (another ``ringd serve
+    --workers`` included, whose sockets do set it) fails here, before any worker starts:
+    otherwise the kernel would split connections between two servers and two configs.
+    """
+    host, _, port = address.rpartition(":")
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((bare, int(port)))
+    except OSError as exc:
+        return f"cannot serve {address}: {exc.strerror or exc} (another process serves this port?)"
+    finally:
+        probe.close()
+    return None
+
+
 def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
     """Run ``args.workers`` ringd processes on the same addresses; return the exit code.
 
@@ -66,6 +86,11 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
             file=sys.stderr,
         )
         return 2
+    for address in listen:
+        problem = None if address.endswith(":0") else _probe(address)
+        if problem is not None:
+            print(f"ringd: {problem}", file=sys.stderr)
+            return 1
     try:
         asyncio.run(_prepare_store(config))
     except StoreError as exc:

@@ -68,6 +68,7 @@ def test_ringd_serve_without_config_lists_the_default_pipeline(
     assert ringd.stop() == 0, ringd.log()
     assert "config builtin-default-1" in banner
     assert f"listening on {ringd.address}" in banner
+    assert "admin listening on unix:" in banner  # no admin token: the admin service's own socket
     assert "pre_flight  prompt_guard, pii_redactor, response_cache, max_tokens_clamp" in banner
     assert "background  usage_accounting, audit_log" in banner
 

@@ -44,7 +44,7 @@ def run(command: str, address: str, tmp_path: Path) -> subprocess.CompletedProce
     """
     command = command.replace("127.0.0.1:50051", address).split(" | ")[0]  # no jq needed
     command = command.split("  #")[0]  # a trailing comment
-    argv = shlex.split(command)
+    argv = ["bash", "-c", command] if "$(" in command else shlex.split(command)
     if argv[0] == "cp":
         argv[1] = str(ROOT / argv[1])
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RINGD_TARGET": address}

@@ -67,6 +67,21 @@ def test_a_second_server_on_a_taken_port_fails_clearly(workdir: Path, ringd_proc
     assert first.stop() == 0
 
 
+@pytest.mark.parametrize("first_workers", ["1", "2"])
+def test_workers_refuse_a_port_another_server_already_serves(workdir: Path, first_workers: str) -> None:
+    first = RingdProcess("--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", first_workers, cwd=workdir).start()
+    address = first.address
+    try:
+        second = serve_once(["--config", "ringd.yaml", "--listen", address, "--workers", "2"], workdir)
+        assert second.returncode == 1
+        assert f"ringd: cannot serve {address}: Address already in use" in second.stderr
+        assert "Traceback" not in second.stderr
+        with Client(address) as client:  # the first server is untouched
+            assert client.execute_ring("pre_flight", {}).config_version == "v1"
+    finally:
+        assert first.stop() == 0, first.log()
+
+
 def test_workers_share_one_port_and_reload_together(workdir: Path, ringd_process: StartRingd) -> None:
     supervisor = ringd_process(
         "--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2", cwd=workdir
@@ -83,9 +98,18 @@ def test_workers_share_one_port_and_reload_together(workdir: Path, ringd_process
                 pids.add(client.execute_ring("pre_flight", {}).metadata["pid"])
         assert pids == set(supervisor.ready.workers), "both workers answer on the one port"
 
+        # No admin token: each worker serves admin on its own unix socket; the CLI finds them.
+        sockets = sorted(
+            Path(os.environ["RINGD_RUNTIME_DIR"]).glob(f"admin-{address.rsplit(':', 1)[1]}.*.sock")
+        )
+        assert [path.name.split(".")[-2] for path in sockets] == ["0", "1"]
+        assert all(path.stat().st_mode & 0o777 == 0o600 for path in sockets)
         (workdir / "ringd.yaml").write_text(CONFIG.replace("v1", "v2") + "    config: {label: second}\n")
-        with Client(address) as client:
-            assert client.reload()["config_version"] == "v2"
+        reloaded = subprocess.run(
+            [RINGD, "reload", "--target", address], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert json.loads(reloaded.stdout)["config_version"] == "v2"
         seen: dict[int, str] = {}
         deadline = time.monotonic() + 20
         while (len(seen) < 2 or set(seen.values()) != {"v2"}) and time.monotonic() < deadline:
@@ -95,6 +119,20 @@ def test_workers_share_one_port_and_reload_together(workdir: Path, ringd_process
                 assert outcome.metadata["label"] == ("second" if outcome.config_version == "v2" else "first")
             time.sleep(0.05)
         assert seen == dict.fromkeys(pids, "v2"), "the admin reload reached the other worker too"
+
+        # Disabling through the CLI reaches every worker, not just one.
+        disabled = subprocess.run(
+            [RINGD, "plugins", "disable", "whoami", "--target", address],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert disabled.returncode == 0, disabled.stderr
+        for path in sockets:
+            with Client(f"unix:{path}") as client:
+                (listed,) = client.list_plugins()
+                assert (listed["name"], listed["status"]) == ("whoami", "disabled"), path
     finally:
         assert supervisor.stop() == 0, supervisor.log()
     for pid in pids:

@@ -246,7 +246,7 @@ async def test_the_admin_token_can_come_from_the_environment(serve, monkeypatch)
 
 async def test_bytes_that_are_not_a_protobuf_get_invalid_argument_from_admin_too(serve):
     running = await serve([entry("guard")])
-    call = running.channel().unary_unary("/ringd.v1.PluginAdminService/SetPluginEnabled")
+    call = running.channel(running.admin_address).unary_unary("/ringd.v1.PluginAdminService/SetPluginEnabled")
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call(b"\xff\xff\xff\xff", timeout=5)

@@ -18,7 +18,7 @@ async def grpcurl(*args: str) -> tuple[int, str, str]:
 
 
 async def test_list_shows_the_engine_admin_and_health_services(serve):
-    running = await serve([entry("tagger")])
+    running = await serve([entry("tagger")], server={"admin_token": "t0ken"})  # admin on the main port
 
     code, out, err = await grpcurl("-plaintext", running.address, "list")
 
@@ -26,6 +26,21 @@ async def test_list_shows_the_engine_admin_and_health_services(serve):
     services = out.split()
     for name in ("ringd.v1.PluginEngineService", "ringd.v1.PluginAdminService", "grpc.health.v1.Health"):
         assert name in services
+
+
+async def test_without_a_token_the_admin_service_is_listed_on_its_socket_only(serve):
+    running = await serve([entry("tagger")])
+    (admin_socket,) = running.server.admin_addresses
+
+    code, main_listing, err = await grpcurl("-plaintext", running.address, "list")
+    assert code == 0, err
+    code, admin_listing, err = await grpcurl(
+        "-plaintext", "-unix", admin_socket.removeprefix("unix:"), "list"
+    )
+    assert code == 0, err
+
+    assert "ringd.v1.PluginAdminService" not in main_listing.split()
+    assert "ringd.v1.PluginAdminService" in admin_listing.split()
 
 
 async def test_list_works_over_the_unix_socket(serve, workspace):

@@ -103,7 +103,7 @@ async def test_an_unknown_symbol_is_named_in_the_error(serve):
     "service", ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
 )
 async def test_both_reflection_versions_answer_with_documented_files(serve, service):
-    running = await serve([entry("tagger")])
+    running = await serve([entry("tagger")], server={"admin_token": "t0ken"})  # admin on the main port
 
     listed, method, by_name, missing = await reflect(
         running.address,

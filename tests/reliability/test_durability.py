@@ -45,7 +45,11 @@ def counter(path: Path) -> int:
 
 async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
-    workspace.write_config([entry("writer", entrypoint=WRITER)], version="durable")
+    workspace.write_config(
+        [entry("writer", entrypoint=WRITER)],
+        version="durable",
+        server={"plugin_dirs": [str(Path(__file__).parent / "plugins")]},  # a folder allowed explicitly
+    )
     ringd = RingdProcess.for_config(workspace.config_path).start()
     acknowledged: list[str] = []
     failed: list[grpc.StatusCode] = []

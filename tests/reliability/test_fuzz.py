@@ -81,7 +81,7 @@ class Refusal:
 class Fuzzed:
     """The server process and raw and typed callables on one channel."""
 
-    def __init__(self, process: RingdProcess) -> None:
+    def __init__(self, process: RingdProcess, admin_address: str) -> None:
         self.process = process
         self.channel = grpc.insecure_channel(
             process.address,
@@ -93,7 +93,9 @@ class Fuzzed:
         self.stub = engine_grpc.PluginEngineServiceStub(self.channel)
         self.raw_ring = self.channel.unary_unary(EXECUTE_RING)  # bytes go out as they are
         self.raw_rings = self.channel.unary_unary(EXECUTE_RINGS)
-        self.raw_list = self.channel.unary_unary(LIST_PLUGINS)
+        # No admin token: the admin service is on its own unix socket (issue 15, item 4).
+        self.admin_channel = grpc.insecure_channel(admin_address)
+        self.raw_list = self.admin_channel.unary_unary(LIST_PLUGINS)
         self.answered: dict[str, int] = {}
 
     def call(self, method: Any, request: Any) -> Any:
@@ -154,12 +156,16 @@ def fuzz_config(workspace: Workspace) -> Path:
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     workspace = Workspace(tmp_path_factory.mktemp("fuzz"))
     # Console tracing (into ringd.stdout) so the caller's traceparent is parsed too.
-    process = RingdProcess.for_config(fuzz_config(workspace), env={"OTEL_TRACES_EXPORTER": "console"}).start()
-    server = Fuzzed(process)
+    run_dir = workspace.root / "run"
+    env = {"OTEL_TRACES_EXPORTER": "console", "RINGD_RUNTIME_DIR": str(run_dir)}
+    process = RingdProcess.for_config(fuzz_config(workspace), env=env).start()
+    port = process.address.rsplit(":", 1)[1]
+    server = Fuzzed(process, f"unix:{run_dir / f'admin-{port}.sock'}")
     try:
         yield server
     finally:
         server.channel.close()
+        server.admin_channel.close()
         print(f"fuzz answers: {server.answered}")
         status = process.stop()
         assert status == 0, process.log()[-4000:]
@@ -585,7 +591,7 @@ def test_random_grpc_call_metadata(fuzzed: Fuzzed) -> None:
     @given(metadata=pairs, admin=st.booleans())
     def check(metadata: list[tuple[str, str | bytes]], admin: bool) -> None:
         if admin:
-            stub = admin_grpc.PluginAdminServiceStub(fuzzed.channel)
+            stub = admin_grpc.PluginAdminServiceStub(fuzzed.admin_channel)
             answer = fuzzed.call(
                 lambda request, timeout: stub.ListPlugins(request, timeout=timeout, metadata=metadata),
                 admin_pb.ListPluginsRequest(),

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from support.rpc import context, metadata_of, ring_request
-from support.workspace import entry
+from support.workspace import Workspace, entry
 
 from ringd.v1 import admin_service_pb2 as admin_pb
 from ringd.v1 import engine_service_pb2 as engine_pb
@@ -28,7 +28,15 @@ from ringd.v1 import plugin_pb2 as pb
 sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 from faulty import EXCEPTIONS, GARBAGE
 
-FAULTY = f"{Path(__file__).parent / 'plugins' / 'faulty.py'}:Faulty"
+FAULTY_FILE = Path(__file__).parent / "plugins" / "faulty.py"
+FAULTY = "faulty.py:Faulty"  # copied into each test's config folder: plugin files live there
+
+
+@pytest.fixture(autouse=True)
+def _faulty_beside_the_config(workspace: Workspace) -> None:
+    workspace.plugin("faulty.py", FAULTY_FILE.read_text())
+
+
 PRE_FLIGHT = pb.PLUGIN_HOOK_PRE_FLIGHT
 INGRESS = pb.PLUGIN_HOOK_INGRESS
 ROUTING = pb.PLUGIN_HOOK_ROUTING

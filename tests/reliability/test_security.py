@@ -137,13 +137,23 @@ async def test_reflection_can_be_turned_off_on_every_address(serve, workspace):
 @pytest.mark.parametrize(
     ("server", "warned"),
     [
-        ({"listen": ["0.0.0.0:0"]}, True),  # admin on the main address, reachable from anywhere
+        ({"listen": ["0.0.0.0:0"]}, False),  # no token: admin on an owner-only unix socket, not on 0.0.0.0
         ({"listen": ["0.0.0.0:0"], "admin_token": TOKEN}, False),
         ({"listen": ["0.0.0.0:0"], "admin_listen": ["127.0.0.1:0"]}, False),
         ({"listen": ["127.0.0.1:0"], "admin_listen": ["0.0.0.0:0"]}, True),
         ({"listen": ["127.0.0.1:0"]}, False),
+        ({"listen": ["127.0.0.1:0"], "admin_listen": ["LOCALHOST:0"]}, False),  # parsed, any case
+        ({"listen": ["127.0.0.1:0"], "admin_listen": ["127.0.0.2:0"]}, False),  # all of 127/8
     ],
-    ids=["open-admin-on-all-interfaces", "token", "admin-on-loopback", "admin-exposed", "loopback"],
+    ids=[
+        "no-token-on-all-interfaces",
+        "token",
+        "admin-on-loopback",
+        "admin-exposed",
+        "loopback",
+        "admin-on-upper-case-localhost",
+        "admin-on-127.0.0.2",
+    ],
 )
 async def test_an_admin_service_reachable_from_other_machines_without_a_token_is_warned_about(
     workspace, caplog, server, warned

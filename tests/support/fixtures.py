@@ -28,10 +28,15 @@ Serve = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings from the environment would override the test's config."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Settings from the environment would override the test's config.
+
+    The default admin sockets (no admin token) go to a folder of the test's own, which
+    subprocesses (``ringd serve``, the CLI) inherit through ``RINGD_RUNTIME_DIR``.
+    """
     for name in ("RINGD_ADMIN_TOKEN", "RINGD_STORE", "RINGD_TARGET", "OTEL_TRACES_EXPORTER"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RINGD_RUNTIME_DIR", str(tmp_path_factory.mktemp("run", numbered=True)))
 
 
 @pytest.fixture

@@ -40,7 +40,12 @@ class RingdProcess:
         self.cwd = cwd
         self.log_path = cwd / f"{name}.stderr"
         self.stdout_path = cwd / f"{name}.stdout"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGD_", "OTEL_"))}
+        # RINGD_RUNTIME_DIR stays: the test's own folder for the default admin socket.
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RINGD_", "OTEL_")) or k == "RINGD_RUNTIME_DIR"
+        }
         self.env.update(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.ready: Ready | None = None

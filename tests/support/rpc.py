@@ -53,8 +53,14 @@ class Running:
     def engine(self, target: str | None = None) -> engine_grpc.PluginEngineServiceStub:
         return engine_grpc.PluginEngineServiceStub(self.channel(target))
 
+    @property
+    def admin_address(self) -> str:
+        """Where the admin service is served: its own address (the default unix socket when
+        no admin token is set, or ``admin_listen``), else the main TCP address (with a token)."""
+        return self.server.admin_addresses[0] if self.server.admin_addresses else self.address
+
     def admin(self, target: str | None = None) -> admin_grpc.PluginAdminServiceStub:
-        return admin_grpc.PluginAdminServiceStub(self.channel(target))
+        return admin_grpc.PluginAdminServiceStub(self.channel(target or self.admin_address))
 
     async def close_channels(self) -> None:
         for channel in self._channels:

@@ -282,7 +282,12 @@ func TestBadInputIsInvalidArgument(t *testing.T) {
 }
 
 func TestAdmin(t *testing.T) {
-	client := newClient(t, server.Target)
+	// The test config's admin token (clients/testdata/ringd-test.yaml): admin is on TCP only with one.
+	client, err := ringd.New(server.Target, ringd.WithTimeout(5*time.Second), ringd.WithAdminToken("ringd-client-tests-admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
 	ctx := context.Background()
 	listed, err := client.ListPlugins(ctx, ringd.PreFlight)
 	if err != nil {

@@ -12,7 +12,8 @@ let client;
 
 before(async () => {
   ringd = await startRingd();
-  client = new RingdClient(ringd.target, { deadlineMs: 5000 });
+  // The test config's admin token (clients/testdata/ringd-test.yaml): admin is on TCP only with one.
+  client = new RingdClient(ringd.target, { deadlineMs: 5000, adminToken: 'ringd-client-tests-admin-token' });
 });
 
 after(async () => {
