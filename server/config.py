@@ -541,20 +541,26 @@ def _server(errors: _Errors, raw: Any, base_dir: Path | None = None) -> ServerSe
             values[key] = _str_list(errors, where, value)
         elif key == "plugin_dirs":
             values[key] = _folders(errors, where, value, base_dir)
-        elif key in {
-            "max_message_bytes",
-            "max_concurrent_rings",
-            "background_queue_size",
-            "background_workers",
-        } or key in {
-            "max_metadata_keys",
-            "max_headers",
-            "max_json_depth",
-            "max_connections",
-            "max_concurrent_streams",
-            "max_call_metadata_bytes",
-            "max_open_calls",
-        } or key.startswith("stream_max_"):
+        elif (
+            key
+            in {
+                "max_message_bytes",
+                "max_concurrent_rings",
+                "background_queue_size",
+                "background_workers",
+            }
+            or key
+            in {
+                "max_metadata_keys",
+                "max_headers",
+                "max_json_depth",
+                "max_connections",
+                "max_concurrent_streams",
+                "max_call_metadata_bytes",
+                "max_open_calls",
+            }
+            or key.startswith("stream_max_")
+        ):
             values[key] = _int(errors, where, value, minimum=1)
         elif key in {"grace_s", "deadline_margin_ms", "stall_threshold_ms"} or key in {
             "max_connection_idle_s",

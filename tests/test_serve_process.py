@@ -69,7 +69,9 @@ def test_a_second_server_on_a_taken_port_fails_clearly(workdir: Path, ringd_proc
 
 @pytest.mark.parametrize("first_workers", ["1", "2"])
 def test_workers_refuse_a_port_another_server_already_serves(workdir: Path, first_workers: str) -> None:
-    first = RingdProcess("--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", first_workers, cwd=workdir).start()
+    first = RingdProcess(
+        "--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", first_workers, cwd=workdir
+    ).start()
     address = first.address
     try:
         second = serve_once(["--config", "ringd.yaml", "--listen", address, "--workers", "2"], workdir)

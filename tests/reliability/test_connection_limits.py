@@ -15,7 +15,7 @@ import struct
 
 import grpc
 import pytest
-from reliability.ringd_process import RingdProcess
+from support.process import RingdProcess
 from support.rpc import ring_request
 from support.workspace import entry
 
@@ -211,7 +211,7 @@ async def test_calls_whose_request_never_finishes_are_capped_by_max_open_calls(s
 
 async def test_oversized_call_metadata_gets_a_clear_answer_and_no_core_log_line(workspace):
     path = workspace.write_config([entry("guard")])
-    ringd = RingdProcess(path).start()
+    ringd = RingdProcess.for_config(path).start()
     try:
         many = tuple((f"x-key-{index}", "v") for index in range(1000))
         async with grpc.aio.insecure_channel(ringd.address) as channel:
