@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from ringd.sdk import PluginAction
 from ringd.server.results import PluginOutcome, RingOutcome
 
 _log = logging.getLogger("ringd.telemetry")
@@ -40,16 +42,36 @@ class _MetadataGetter(Getter[Iterable[tuple[str, str | bytes]]]):
 _GETTER = _MetadataGetter()
 
 
-def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+def tracer_provider_from_env(
+    environ: Mapping[str, str] | None = None, *, exporters: Sequence[SpanExporter] | None = None
+) -> TracerProvider | None:
     """A provider configured by the standard ``OTEL_*`` variables, or None when tracing is off.
 
     ``OTEL_TRACES_EXPORTER`` picks the exporter: ``otlp`` (OTLP over gRPC, configured by
-    ``OTEL_EXPORTER_OTLP_*``), ``console``, or ``none`` (the default). ``OTEL_SDK_DISABLED=true``
-    turns tracing off; ``OTEL_SERVICE_NAME`` and ``OTEL_TRACES_SAMPLER`` work as usual.
+    ``OTEL_EXPORTER_OTLP_*``), ``console``, or ``none`` (the default); ``exporters``, when
+    given, replaces that choice (for embedding ringd, and for tests). ``OTEL_SDK_DISABLED=true``
+    turns tracing off; ``OTEL_SERVICE_NAME`` names the service.
+
+    The sampler is left to the SDK, which reads ``OTEL_TRACES_SAMPLER`` and
+    ``OTEL_TRACES_SAMPLER_ARG`` from the process environment (default
+    ``parentbased_always_on``): ringd passes no sampler of its own, so
+    ``parentbased_traceidratio`` with ``0.1`` samples a tenth of new traces and follows
+    the caller's sampled flag on the rest.
     """
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
+    chosen: list[SpanExporter] = list(exporters) if exporters is not None else _exporters_from(env)
+    if not chosen:
+        return None
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "ringd")})
+    provider = TracerProvider(resource=resource)  # no sampler argument: OTEL_TRACES_SAMPLER decides
+    for exporter in chosen:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporters_from(env: Mapping[str, str]) -> list[SpanExporter]:
     names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
     exporters: list[SpanExporter] = []
     for name in names:
@@ -63,32 +85,49 @@ def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> Tracer
             exporters.append(OTLPSpanExporter())
         else:
             _log.warning("OTEL_TRACES_EXPORTER %r is not supported (otlp, console, none); ignored", name)
-    if not exporters:
-        return None
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "ringd")})
-    provider = TracerProvider(resource=resource)
-    for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return exporters
 
 
 class RingTracer:
-    """Makes the spans of ring calls with the provider it is given (None: no tracing)."""
+    """Makes the spans of ring calls with the provider it is given (None: no tracing).
+
+    The shape: a SERVER span per RPC (:meth:`call_span`), the caller's ``traceparent``
+    its parent; under it what :meth:`record_ring` adds once a ring has run. For a call
+    of one ring (ExecuteRing) the server span *is* the ring span; for a call of several
+    rings (ExecuteRings, and the streamed answers of :mod:`ringd.server.stream`) each ring
+    gets a child span ``ring <name>``. Every plugin that ran gets a child span of its
+    ring span, made after the ring from the start and latency the engine recorded in its
+    :class:`PluginResult`: the ring loop carries no tracing code, no context is attached
+    per plugin, and a span the sampler dropped costs no span work at all.
+
+    Streaming hook: a streamed answer opens ``call_span(method, metadata)`` for the
+    stream, keeps ``started = now_pair()`` before each ring (or chunk pass) and calls
+    ``record_ring(span, outcome, *started, child=True)`` when it ends.
+    """
+
+    __slots__ = ("_tracer", "enabled")
 
     def __init__(self, provider: trace.TracerProvider | None) -> None:
         self.enabled = provider is not None
         self._tracer = provider.get_tracer("ringd") if provider is not None else None
 
     @contextmanager
-    def ring_span(
+    def call_span(
         self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> Iterator[trace.Span | None]:
-        """A SERVER span for one RPC, the caller's ``traceparent`` as its parent."""
-        if self._tracer is None:
+        """A SERVER span for one RPC, the caller's ``traceparent`` its parent.
+
+        Yields None when tracing is off or the sampler did not sample the span (a
+        parent-based sampler follows the caller's sampled flag): the caller then skips
+        all span work. A sampled span is the current span while the call runs, so a
+        plugin's own instrumentation (an HTTP client, say) joins the trace.
+        """
+        tracer = self._tracer
+        if tracer is None:
             yield None
             return
         parent = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
-        with self._tracer.start_as_current_span(
+        span = tracer.start_span(
             method,
             context=parent,
             kind=SpanKind.SERVER,
@@ -97,10 +136,19 @@ class RingTracer:
                 "rpc.service": method.rsplit("/", 1)[0],
                 "rpc.method": method.rsplit("/", 1)[-1],
             },
-            record_exception=False,
-            set_status_on_exception=True,
-        ) as span:
+        )
+        if not span.is_recording():
+            yield None
+            return
+        token = context_api.attach(trace.set_span_in_context(span, parent))
+        try:
             yield span
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            context_api.detach(token)
+            span.end()
 
     def record_ring(
         self,
@@ -108,36 +156,73 @@ class RingTracer:
         ring_outcome: RingOutcome,
         started_ns: int,
         started_perf: float,
+        *,
+        child: bool = False,
     ) -> None:
-        """Annotate the ring's span and add a child span per plugin that ran."""
-        if span is None or not span.is_recording() or self._tracer is None:
+        """Record one ring under ``span``: annotate it (or, with ``child``, a new
+        ``ring <name>`` child span from ``started`` to now) and add a span per plugin.
+
+        ``started_ns``/``started_perf`` are :func:`now_pair` taken when the ring began;
+        with ``child`` they are the ring span's start. No-op for an unsampled call.
+        """
+        tracer = self._tracer
+        if span is None or tracer is None:
             return
         ring = ring_outcome.ring.value
-        span.set_attribute("ringd.ring", ring)
-        span.set_attribute("ringd.action", ring_outcome.action.value)
-        span.set_attribute("ringd.config_version", ring_outcome.config_version)
-        if ring_outcome.decided_by:
-            span.set_attribute("ringd.decided_by", ring_outcome.decided_by)
-        parent = trace.set_span_in_context(span)
+        if child:
+            target = tracer.start_span(
+                f"ring {ring}",
+                context=trace.set_span_in_context(span),
+                start_time=started_ns,
+                attributes=_ring_attributes(ring_outcome),
+            )
+        else:
+            target = span
+            target.set_attributes(_ring_attributes(ring_outcome))
+        parent = trace.set_span_in_context(target)
+        start_span = tracer.start_span
         for result in ring_outcome.results:
             if result.outcome is PluginOutcome.SKIPPED:
                 continue
-            start = started_ns + int((result.started - started_perf) * 1e9)
-            child = self._tracer.start_span(
+            action = result.action
+            # A plugin refused before it ran (failed load, open circuit) has no start: 0.
+            begun = started_ns + int((result.started - started_perf) * 1e9) if result.started else None
+            plugin_span = start_span(
                 f"plugin {result.plugin}",
                 context=parent,
-                start_time=start,
+                start_time=begun,
                 attributes={
                     "ringd.ring": ring,
                     "ringd.plugin.name": result.plugin,
                     "ringd.plugin.version": result.version,
                     "ringd.plugin.outcome": result.outcome.value,
-                    "ringd.plugin.action": result.action.value if result.action else "",
+                    "ringd.plugin.action": action.value if action is not None else "",
                 },
             )
             if result.error:
-                child.set_status(Status(StatusCode.ERROR, result.error))
-            child.end(end_time=start + int(result.latency_ms * 1e6))
+                plugin_span.set_status(Status(StatusCode.ERROR, result.error))
+            plugin_span.end(end_time=None if begun is None else begun + int(result.latency_ms * 1e6))
+        if child:
+            target.end()
+
+
+def _ring_attributes(ring_outcome: RingOutcome) -> dict[str, str | int]:
+    """The ring span's attributes: ring, action, deciding plugin, request id, block."""
+    attributes: dict[str, str | int] = {
+        "ringd.ring": ring_outcome.ring.value,
+        "ringd.action": ring_outcome.action.value,
+        "ringd.config_version": ring_outcome.config_version,
+    }
+    request_id = ring_outcome.context.request_id
+    if request_id:
+        attributes["ringd.request_id"] = request_id
+    if ring_outcome.decided_by:
+        attributes["ringd.decided_by"] = ring_outcome.decided_by
+    decision = ring_outcome.decision
+    if ring_outcome.action is PluginAction.BLOCK and decision is not None:
+        attributes["ringd.block.status_code"] = decision.status_code
+        attributes["ringd.block.error_type"] = decision.error_type or ""
+    return attributes
 
 
 def now_pair() -> tuple[int, float]:
