@@ -3,6 +3,15 @@
 Plugin spans are recorded from the engine's per-plugin results after the ring
 (start and end times are the plugin's own), so the engine carries no tracing
 code and a ring costs nothing extra when its span is not sampled.
+
+What a sampled call costs was measured (``make bench`` case c, and the in-process
+figures in the README): most of it is the SDK making six span objects and the OTLP
+exporter encoding them, in Python, on the process that serves the rings. Two things
+cut it: a plugin span is handed to the span processors as a finished
+:class:`ReadableSpan` (it already has its start and end: no live span, no lock, no
+sampler call, no context), and :class:`RingdOTLPSpanExporter` encodes spans with the
+encoded attributes of repeated attribute sets cached (a plugin's span attributes
+repeat call after call).
 """
 
 from __future__ import annotations
@@ -17,9 +26,10 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from ringd.sdk import PluginAction
 from ringd.server.results import PluginOutcome, RingOutcome
@@ -80,9 +90,9 @@ def _exporters_from(env: Mapping[str, str]) -> list[SpanExporter]:
         if name == "console":
             exporters.append(ConsoleSpanExporter())
         elif name == "otlp":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from ringd.server.otlp import RingdOTLPSpanExporter
 
-            exporters.append(OTLPSpanExporter())
+            exporters.append(RingdOTLPSpanExporter())
         else:
             _log.warning("OTEL_TRACES_EXPORTER %r is not supported (otlp, console, none); ignored", name)
     return exporters
@@ -105,11 +115,21 @@ class RingTracer:
     ``record_ring(span, outcome, *started, child=True)`` when it ends.
     """
 
-    __slots__ = ("_tracer", "enabled")
+    __slots__ = ("_finished", "_new_span_id", "_resource", "_scope", "_tracer", "enabled")
 
     def __init__(self, provider: trace.TracerProvider | None) -> None:
         self.enabled = provider is not None
         self._tracer = provider.get_tracer("ringd") if provider is not None else None
+        # With the SDK's provider, plugin spans go to its span processors as finished
+        # spans (see the module's docstring); with any other provider, through its tracer.
+        self._finished: SpanProcessor | None = None
+        if isinstance(provider, TracerProvider):
+            # The provider's own fan-out to every processor added to it (the SDK has
+            # no public accessor; it has been this attribute since the SDK's 1.0).
+            self._finished = provider._active_span_processor
+            self._new_span_id = provider.id_generator.generate_span_id
+            self._resource = provider.resource
+            self._scope = InstrumentationScope("ringd")
 
     @contextmanager
     def call_span(
@@ -179,15 +199,76 @@ class RingTracer:
         else:
             target = span
             target.set_attributes(_ring_attributes(ring_outcome))
-        parent = trace.set_span_in_context(target)
-        start_span = tracer.start_span
+        finished = self._finished
+        if finished is not None:
+            self._finished_plugin_spans(finished, target, ring, ring_outcome, started_ns, started_perf)
+        else:
+            self._plugin_spans(tracer, target, ring, ring_outcome, started_ns, started_perf)
+        if child:
+            target.end()
+
+    def _finished_plugin_spans(
+        self,
+        processor: SpanProcessor,
+        ring_span: trace.Span,
+        ring: str,
+        ring_outcome: RingOutcome,
+        started_ns: int,
+        started_perf: float,
+    ) -> None:
+        """A finished span per plugin that ran, straight to the provider's processors."""
+        parent = ring_span.get_span_context()
+        trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+        new_span_id, resource, scope = self._new_span_id, self._resource, self._scope
+        now = time.time_ns()
         for result in ring_outcome.results:
             if result.outcome is PluginOutcome.SKIPPED:
                 continue
             action = result.action
-            # A plugin refused before it ran (failed load, open circuit) has no start: 0.
+            if result.started:
+                begun = started_ns + int((result.started - started_perf) * 1e9)
+                ended = begun + int(result.latency_ms * 1e6)
+            else:  # refused before it ran (failed load, open circuit): an instant
+                begun = ended = now
+            error = result.error
+            processor.on_end(
+                ReadableSpan(
+                    name=f"plugin {result.plugin}",
+                    context=SpanContext(trace_id, new_span_id(), False, flags, state),
+                    parent=parent,
+                    resource=resource,
+                    attributes={
+                        "ringd.ring": ring,
+                        "ringd.plugin.name": result.plugin,
+                        "ringd.plugin.version": result.version,
+                        "ringd.plugin.outcome": result.outcome.value,
+                        "ringd.plugin.action": action.value if action is not None else "",
+                    },
+                    kind=SpanKind.INTERNAL,
+                    status=_error_status(error) if error else _UNSET,
+                    start_time=begun,
+                    end_time=ended,
+                    instrumentation_scope=scope,
+                )
+            )
+
+    @staticmethod
+    def _plugin_spans(
+        tracer: trace.Tracer,
+        ring_span: trace.Span,
+        ring: str,
+        ring_outcome: RingOutcome,
+        started_ns: int,
+        started_perf: float,
+    ) -> None:
+        """A span per plugin that ran, through any provider's tracer."""
+        parent = trace.set_span_in_context(ring_span)
+        for result in ring_outcome.results:
+            if result.outcome is PluginOutcome.SKIPPED:
+                continue
+            action = result.action
             begun = started_ns + int((result.started - started_perf) * 1e9) if result.started else None
-            plugin_span = start_span(
+            plugin_span = tracer.start_span(
                 f"plugin {result.plugin}",
                 context=parent,
                 start_time=begun,
@@ -200,10 +281,15 @@ class RingTracer:
                 },
             )
             if result.error:
-                plugin_span.set_status(Status(StatusCode.ERROR, result.error))
+                plugin_span.set_status(_error_status(result.error))
             plugin_span.end(end_time=None if begun is None else begun + int(result.latency_ms * 1e6))
-        if child:
-            target.end()
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
+def _error_status(description: str) -> Status:
+    return Status(StatusCode.ERROR, description)
 
 
 def _ring_attributes(ring_outcome: RingOutcome) -> dict[str, str | int]:
