@@ -155,7 +155,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             f"{ENGINE_SERVICE.full_name}/ExecuteRings", context.invocation_metadata()
         ) as span:
             if span is not None:
-                span.set_attribute("ringd.rings", [ring.value for ring in rings])
+                span.set_attribute("ringd.rings", tuple(ring.value for ring in rings))
                 if ctx.request_id:
                     span.set_attribute("ringd.request_id", ctx.request_id)
             foreground = rings[:-1] if background else rings

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -29,12 +30,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from ringd.sdk import PluginAction
 from ringd.server.results import PluginOutcome, RingOutcome
 
 _log = logging.getLogger("ringd.telemetry")
+_UNSET_STATUS = Status(StatusCode.UNSET)
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -98,8 +100,28 @@ def _exporters_from(env: Mapping[str, str]) -> list[SpanExporter]:
     return exporters
 
 
+class CallSpan:
+    """The span of one sampled call while the call runs.
+
+    Only its identity exists during the call (it is the current span, so a plugin's own
+    instrumentation joins the trace); it becomes a finished span, attributes and all,
+    when the call ends (:meth:`RingTracer.call_span`).
+    """
+
+    __slots__ = ("attributes", "context", "parent", "status")
+
+    def __init__(self, context: SpanContext, parent: SpanContext | None, attributes: dict[str, Any]) -> None:
+        self.context = context
+        self.parent = parent
+        self.attributes = attributes
+        self.status = _UNSET_STATUS
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+
 class RingTracer:
-    """Makes the spans of ring calls with the provider it is given (None: no tracing).
+    """Makes the spans of ring calls with the SDK provider it is given (None: no tracing).
 
     The shape: a SERVER span per RPC (:meth:`call_span`), the caller's ``traceparent``
     its parent; under it what :meth:`record_ring` adds once a ring has run. For a call
@@ -107,119 +129,152 @@ class RingTracer:
     rings (ExecuteRings, and the streamed answers of :mod:`ringd.server.stream`) each ring
     gets a child span ``ring <name>``. Every plugin that ran gets a child span of its
     ring span, made after the ring from the start and latency the engine recorded in its
-    :class:`PluginResult`: the ring loop carries no tracing code, no context is attached
-    per plugin, and a span the sampler dropped costs no span work at all.
+    :class:`PluginResult`: the ring loop carries no tracing code and no context is
+    attached per plugin.
+
+    Cost: the provider's sampler decides at the start of the call (``OTEL_TRACES_SAMPLER``,
+    parent-based by default); a call it does not sample does no span work at all. A
+    sampled call's spans are handed to the provider's span processors as finished
+    :class:`ReadableSpan` objects, each built once with its final attributes and times:
+    no live SDK span, lock or per-attribute validation. Processors therefore see
+    ``on_end`` only, not ``on_start`` (the batch and simple processors need nothing
+    else).
 
     Streaming hook: a streamed answer opens ``call_span(method, metadata)`` for the
     stream, keeps ``started = now_pair()`` before each ring (or chunk pass) and calls
     ``record_ring(span, outcome, *started, child=True)`` when it ends.
     """
 
-    __slots__ = ("_finished", "_new_span_id", "_resource", "_scope", "_tracer", "enabled")
+    __slots__ = ("_ids", "_processor", "_resource", "_sampler", "_scope", "enabled")
 
-    def __init__(self, provider: trace.TracerProvider | None) -> None:
+    def __init__(self, provider: TracerProvider | None) -> None:
         self.enabled = provider is not None
-        self._tracer = provider.get_tracer("ringd") if provider is not None else None
-        # With the SDK's provider, plugin spans go to its span processors as finished
-        # spans (see the module's docstring); with any other provider, through its tracer.
-        self._finished: SpanProcessor | None = None
-        if isinstance(provider, TracerProvider):
+        self._scope = InstrumentationScope("ringd")
+        if provider is not None:
+            self._sampler = provider.sampler
+            self._ids = provider.id_generator
+            self._resource = provider.resource
             # The provider's own fan-out to every processor added to it (the SDK has
             # no public accessor; it has been this attribute since the SDK's 1.0).
-            self._finished = provider._active_span_processor
-            self._new_span_id = provider.id_generator.generate_span_id
-            self._resource = provider.resource
-            self._scope = InstrumentationScope("ringd")
+            self._processor: SpanProcessor = provider._active_span_processor
 
     @contextmanager
     def call_span(
         self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
-    ) -> Iterator[trace.Span | None]:
+    ) -> Iterator[CallSpan | None]:
         """A SERVER span for one RPC, the caller's ``traceparent`` its parent.
 
         Yields None when tracing is off or the sampler did not sample the span (a
         parent-based sampler follows the caller's sampled flag): the caller then skips
-        all span work. A sampled span is the current span while the call runs, so a
-        plugin's own instrumentation (an HTTP client, say) joins the trace.
+        all span work. A sampled span is the current span while the call runs.
         """
-        tracer = self._tracer
-        if tracer is None:
+        if not self.enabled:
             yield None
             return
-        parent = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
-        span = tracer.start_span(
-            method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": method.rsplit("/", 1)[0],
-                "rpc.method": method.rsplit("/", 1)[-1],
-            },
-        )
-        if not span.is_recording():
+        parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
+        parent: SpanContext | None = trace.get_current_span(parent_context).get_span_context()
+        if parent is not None and not parent.is_valid:
+            parent = None
+        trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
+        service, _, rpc = method.rpartition("/")
+        attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+        sampling = self._sampler.should_sample(parent_context, trace_id, method, SpanKind.SERVER, attributes)
+        if not sampling.decision.is_recording():
             yield None
             return
-        token = context_api.attach(trace.set_span_in_context(span, parent))
+        if sampling.attributes:
+            attributes.update(sampling.attributes)
+        flags = TraceFlags(TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT)
+        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, sampling.trace_state)
+        span = CallSpan(context, parent, attributes)
+        started = time.time_ns()
+        token = context_api.attach(trace.set_span_in_context(NonRecordingSpan(context), parent_context))
         try:
             yield span
         except BaseException as exc:
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             context_api.detach(token)
-            span.end()
+            self._finish(
+                method, context, parent, SpanKind.SERVER, attributes, span.status, started, time.time_ns()
+            )
+
+    def _finish(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        status: Status,
+        start_ns: int,
+        end_ns: int,
+    ) -> None:
+        self._processor.on_end(
+            ReadableSpan(
+                name=name,
+                context=context,
+                parent=parent,
+                resource=self._resource,
+                attributes=attributes,
+                kind=kind,
+                status=status,
+                start_time=start_ns,
+                end_time=end_ns,
+                instrumentation_scope=self._scope,
+            )
+        )
 
     def record_ring(
         self,
-        span: trace.Span | None,
+        span: CallSpan | None,
         ring_outcome: RingOutcome,
         started_ns: int,
         started_perf: float,
         *,
         child: bool = False,
     ) -> None:
-        """Record one ring under ``span``: annotate it (or, with ``child``, a new
+        """Record one ring under ``span``: annotate it (or, with ``child``, add a
         ``ring <name>`` child span from ``started`` to now) and add a span per plugin.
 
-        ``started_ns``/``started_perf`` are :func:`now_pair` taken when the ring began;
-        with ``child`` they are the ring span's start. No-op for an unsampled call.
+        ``started_ns``/``started_perf`` are :func:`now_pair` taken when the ring began.
+        No-op for an unsampled call (``span`` None).
         """
-        tracer = self._tracer
-        if span is None or tracer is None:
+        if span is None:
             return
         ring = ring_outcome.ring.value
         if child:
-            target = tracer.start_span(
+            parent = span.context
+            ring_context = SpanContext(
+                parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags, parent.trace_state
+            )
+            self._finish(
                 f"ring {ring}",
-                context=trace.set_span_in_context(span),
-                start_time=started_ns,
-                attributes=_ring_attributes(ring_outcome),
+                ring_context,
+                parent,
+                SpanKind.INTERNAL,
+                _ring_attributes(ring_outcome),
+                _UNSET_STATUS,
+                started_ns,
+                time.time_ns(),
             )
         else:
-            target = span
-            target.set_attributes(_ring_attributes(ring_outcome))
-        finished = self._finished
-        if finished is not None:
-            self._finished_plugin_spans(finished, target, ring, ring_outcome, started_ns, started_perf)
-        else:
-            self._plugin_spans(tracer, target, ring, ring_outcome, started_ns, started_perf)
-        if child:
-            target.end()
+            ring_context = span.context
+            span.attributes.update(_ring_attributes(ring_outcome))
+        self._plugin_spans(ring_context, ring, ring_outcome, started_ns, started_perf)
 
-    def _finished_plugin_spans(
+    def _plugin_spans(
         self,
-        processor: SpanProcessor,
-        ring_span: trace.Span,
+        parent: SpanContext,
         ring: str,
         ring_outcome: RingOutcome,
         started_ns: int,
         started_perf: float,
     ) -> None:
         """A finished span per plugin that ran, straight to the provider's processors."""
-        parent = ring_span.get_span_context()
         trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
-        new_span_id, resource, scope = self._new_span_id, self._resource, self._scope
+        new_span_id, finish = self._ids.generate_span_id, self._finish
         now = time.time_ns()
         for result in ring_outcome.results:
             if result.outcome is PluginOutcome.SKIPPED:
@@ -231,65 +286,22 @@ class RingTracer:
             else:  # refused before it ran (failed load, open circuit): an instant
                 begun = ended = now
             error = result.error
-            processor.on_end(
-                ReadableSpan(
-                    name=f"plugin {result.plugin}",
-                    context=SpanContext(trace_id, new_span_id(), False, flags, state),
-                    parent=parent,
-                    resource=resource,
-                    attributes={
-                        "ringd.ring": ring,
-                        "ringd.plugin.name": result.plugin,
-                        "ringd.plugin.version": result.version,
-                        "ringd.plugin.outcome": result.outcome.value,
-                        "ringd.plugin.action": action.value if action is not None else "",
-                    },
-                    kind=SpanKind.INTERNAL,
-                    status=_error_status(error) if error else _UNSET,
-                    start_time=begun,
-                    end_time=ended,
-                    instrumentation_scope=scope,
-                )
-            )
-
-    @staticmethod
-    def _plugin_spans(
-        tracer: trace.Tracer,
-        ring_span: trace.Span,
-        ring: str,
-        ring_outcome: RingOutcome,
-        started_ns: int,
-        started_perf: float,
-    ) -> None:
-        """A span per plugin that ran, through any provider's tracer."""
-        parent = trace.set_span_in_context(ring_span)
-        for result in ring_outcome.results:
-            if result.outcome is PluginOutcome.SKIPPED:
-                continue
-            action = result.action
-            begun = started_ns + int((result.started - started_perf) * 1e9) if result.started else None
-            plugin_span = tracer.start_span(
+            finish(
                 f"plugin {result.plugin}",
-                context=parent,
-                start_time=begun,
-                attributes={
+                SpanContext(trace_id, new_span_id(), False, flags, state),
+                parent,
+                SpanKind.INTERNAL,
+                {
                     "ringd.ring": ring,
                     "ringd.plugin.name": result.plugin,
                     "ringd.plugin.version": result.version,
                     "ringd.plugin.outcome": result.outcome.value,
                     "ringd.plugin.action": action.value if action is not None else "",
                 },
+                Status(StatusCode.ERROR, error) if error else _UNSET_STATUS,
+                begun,
+                ended,
             )
-            if result.error:
-                plugin_span.set_status(_error_status(result.error))
-            plugin_span.end(end_time=None if begun is None else begun + int(result.latency_ms * 1e6))
-
-
-_UNSET = Status(StatusCode.UNSET)
-
-
-def _error_status(description: str) -> Status:
-    return Status(StatusCode.ERROR, description)
 
 
 def _ring_attributes(ring_outcome: RingOutcome) -> dict[str, str | int]:

@@ -241,3 +241,45 @@ async def test_always_off_from_the_environment_traces_nothing(sampled_by_env, ex
     await call_ingress(server, None)
 
     assert exporter.get_finished_spans() == ()
+
+
+# ---------------------------------------------------------------------- what reaches the collector
+
+
+async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve, exporter):
+    """ringd's cached encoder (``ringd.server.otlp``) on real spans of ringd: the same request."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
+    from ringd.server.otlp import AttributeCache, encode_spans
+
+    provider = tracer_provider_from_env({}, exporters=[exporter])
+    assert provider is not None
+    server = await serve(
+        [
+            entry("auth", "ingress"),
+            entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
+            entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
+        ],
+        tracer_provider=provider,
+    )
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    for metadata in ((), (("traceparent", traceparent),)):
+        await server.engine().ExecuteRing(
+            ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5, metadata=metadata
+        )
+        request = ring_request(pb.PLUGIN_HOOK_INGRESS, CHAT)
+        rings = engine_pb.ExecuteRingsRequest(
+            rings=[pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT], context=request.context
+        )
+        await server.engine().ExecuteRings(rings, timeout=5, metadata=metadata)
+    provider.force_flush()
+    spans = exporter.get_finished_spans()
+    # Per round: ExecuteRing = call + 2 plugins; ExecuteRings = call + 2 rings + 3 plugins.
+    assert len(spans) == 2 * (3 + 6)
+    assert any(span.status.status_code == StatusCode.ERROR for span in spans)
+    assert any(span.parent is not None and span.parent.is_remote for span in spans)
+
+    cache = AttributeCache()
+    first, again = encode_spans(spans, cache), encode_spans(spans, cache)  # the second from the cache
+
+    assert first == reference(spans)
+    assert again == reference(spans)
