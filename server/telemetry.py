@@ -29,6 +29,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -179,12 +180,14 @@ class RingTracer:
         service, _, rpc = method.rpartition("/")
         attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
         sampling = self._sampler.should_sample(parent_context, trace_id, method, SpanKind.SERVER, attributes)
-        if not sampling.decision.is_recording():
+        if sampling.decision is Decision.DROP:
             yield None
             return
         if sampling.attributes:
             attributes.update(sampling.attributes)
-        flags = TraceFlags(TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT)
+        flags = TraceFlags(
+            TraceFlags.SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
+        )
         context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, sampling.trace_state)
         span = CallSpan(context, parent, attributes)
         started = time.time_ns()
