@@ -249,7 +249,7 @@ async def test_always_off_from_the_environment_traces_nothing(sampled_by_env, ex
 async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve, exporter):
     """ringd's cached encoder (``ringd.server.otlp``) on real spans of ringd: the same request."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
-    from ringd.server.otlp import AttributeCache, encode_spans
+    from ringd.server.otlp import SpanEncoder
 
     provider = tracer_provider_from_env({}, exporters=[exporter])
     assert provider is not None
@@ -278,8 +278,46 @@ async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve
     assert any(span.status.status_code == StatusCode.ERROR for span in spans)
     assert any(span.parent is not None and span.parent.is_remote for span in spans)
 
-    cache = AttributeCache()
-    first, again = encode_spans(spans, cache), encode_spans(spans, cache)  # the second from the cache
+    encoder = SpanEncoder()
+    first, again = encoder.encode_spans(spans), encoder.encode_spans(spans)  # the second from the caches
 
     assert first == reference(spans)
     assert again == reference(spans)
+
+
+def test_the_otlp_encoder_matches_on_what_ringd_does_not_make_itself():
+    """Trace state, no scope, a second resource, events, unhashable attributes, long names."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, Status, TraceFlags, TraceState
+    from ringd.server.otlp import SpanEncoder
+
+    resources = [
+        Resource.create({"service.name": "ringd"}),
+        Resource.create({"service.name": "other"}, "s://1"),
+    ]
+    spans = []
+    for i in range(40):
+        context = SpanContext(
+            (i + 1) << 70, i + 1, False, TraceFlags(1), TraceState([("vendor", "x")]) if i % 3 == 0 else None
+        )
+        parent = SpanContext((i + 1) << 70, 1000 + i, i % 2 == 0, TraceFlags(1)) if i % 4 else None
+        spans.append(
+            ReadableSpan(
+                name="n" * (200 if i % 5 == 0 else 3),
+                context=context,
+                parent=parent,
+                resource=resources[i % 2],
+                attributes={"k": i % 3, "many": ("a", "b"), "f": 0.5} if i % 7 else {"unhashable": {"a": 1}},  # type: ignore[dict-item]
+                events=[Event("e", {"x": 1}, timestamp=5)] if i % 6 == 0 else (),
+                kind=SpanKind(i % 5),
+                status=Status(StatusCode.ERROR, "bad" * (i % 2)) if i % 5 == 1 else Status(StatusCode.OK),
+                start_time=i,
+                end_time=2**63 + i,
+                instrumentation_scope=InstrumentationScope("ringd", "1", "s://2") if i % 8 else None,
+            )
+        )
+
+    assert SpanEncoder().encode_spans(spans) == reference(spans)
