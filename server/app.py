@@ -70,6 +70,7 @@ class RingdServer:
         self._admission: RingAdmission | None = None
         self._stopped = False
         self.metrics: MetricsEndpoint | None = None  # issue 14: the Prometheus endpoint, if configured
+        self.reloads = {"ok": 0, "failed": 0}  # issue 14: reloads by result, for the metrics endpoint
 
     @property
     def settings(self) -> ServerSettings:
@@ -192,8 +193,13 @@ class RingdServer:
     async def reload(self) -> Generation:
         """Re-read the config and hot-swap the plugins (server settings need a restart)."""
         loader = self._config_loader
-        config = await asyncio.to_thread(loader) if loader is not None else self.config
-        generation = await self.engine.reload(config)
+        try:
+            config = await asyncio.to_thread(loader) if loader is not None else self.config
+            generation = await self.engine.reload(config)
+        except Exception:  # counted for the metrics endpoint, then raised unchanged
+            self.reloads["failed"] += 1
+            raise
+        self.reloads["ok"] += 1
         self.config = config
         return generation
 

@@ -95,7 +95,7 @@ class SpanEncoder:
             body = bytearray(_field(0x0A, _encode_resource(resource).SerializeToString()))
             for scope, encoded in scopes_of[key].items():
                 # Present even for no scope (an empty message), as the exporter's encoder does.
-                scope_body = bytearray(_field(0x0A, _encode_instrumentation_scope(scope).SerializeToString()))
+                scope_body = bytearray(_field(0x0A, _encode_instrumentation_scope(scope).SerializeToString()))  # type: ignore[arg-type]
                 for item in encoded:
                     scope_body += item
                 if scope is not None and scope.schema_url:
@@ -148,7 +148,7 @@ class SpanEncoder:
         encoded_status = self._statuses.get(key)
         if encoded_status is None:
             code: Any = key[0].value
-            message = Status(code=code, message=key[1]).SerializeToString()
+            message = Status(code=code, message=key[1] or "").SerializeToString()
             encoded_status = self._remember(self._statuses, key, _field(0x7A, message))
         parts.append(encoded_status)
         return _field(0x12, b"".join(parts))
