@@ -238,7 +238,7 @@ async def test_reload_results_and_store_failures_are_counted(serve, workspace):
     for _ in range(2):
         await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=10)
     workspace.config_path.write_text("plugins: [unclosed\n")  # a reload of this must fail
-    with pytest.raises(Exception, match="ringd.yaml"):
+    with pytest.raises(Exception, match=r"ringd\.yaml"):
         await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=10)
 
     found = samples((await asyncio.to_thread(scrape, address))[2])
