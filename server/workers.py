@@ -25,6 +25,7 @@ import time
 from types import FrameType
 
 from ringd.server.config import RingdConfig
+from ringd.server.metrics import MergedEndpoint, serve_merged_for_workers
 
 SUPERVISOR_ENV = "RINGD_SUPERVISOR_PID"
 WORKER_ENV = "RINGD_WORKER_INDEX"
@@ -77,6 +78,27 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
         base += ["--listen", address]
     for address in args.admin_listen or ():
         base += ["--admin-listen", address]
+    metrics_listen = config.server.metrics_listen
+    try:
+        # One scrape for every worker: the supervisor serves the merged view on the
+        # configured port; worker i serves its own on PORT + 1 + i (ringd.server.metrics).
+        merged = serve_merged_for_workers(metrics_listen, args.workers) if metrics_listen else None
+    except (ValueError, OSError) as exc:
+        print(f"ringd: metrics on {metrics_listen}: {exc}", file=sys.stderr)
+        for sock in reserved:
+            sock.close()
+        return 2
+    try:
+        return _run_workers(args, base, reserved, merged)
+    finally:
+        if merged is not None:
+            merged.close()
+
+
+def _run_workers(
+    args: argparse.Namespace, base: list[str], reserved: list[socket.socket], merged: MergedEndpoint | None
+) -> int:
+    """Start the workers, relay their output and signals, wait for them; the exit code."""
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
     workers = [
         subprocess.Popen(base, env={**env, WORKER_ENV: str(index)}, stdout=subprocess.PIPE, text=True)
@@ -94,6 +116,8 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
         for sock in reserved:
             sock.close()
     print(f"ringd supervisor {os.getpid()}: {args.workers} workers", flush=True)
+    if merged is not None:
+        print(f"metrics on http://{merged.address}/metrics (every worker, merged)", flush=True)
     print(banner, end="", flush=True)
     for worker in workers:
         threading.Thread(target=_relay, args=(worker,), daemon=True).start()
