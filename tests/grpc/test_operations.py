@@ -286,6 +286,7 @@ async def test_every_dashboard_query_names_a_metric_that_ringd_exports(serve):
     queries = dashboard_queries(dashboard)
     titles = {panel["title"] for panel in dashboard["panels"]}
     assert {"Rings per second", "p99 latency by plugin", "Blocks by type", "Breaker state"} <= titles
+    assert {"Ring latency by ring", "Reloads and store errors"} <= titles
     assert len(queries) >= 4
     for query in queries:
         named = set(re.findall(r"\bringd_[a-z0-9_]+", query))
