@@ -9,9 +9,10 @@ number lives, and :class:`RingdCollector` turns that snapshot into metric famili
 
 The endpoint is a small HTTP server on the server's own event loop (so a scrape
 never reads the engine's state from another thread), on ``server.metrics_listen``
-only: off unless set. Under ``--workers N`` each worker serves its own port,
-``port + worker index``, and labels every sample with ``worker``; point Prometheus
-at all N ports (see the README's operations section).
+only: off unless set. Under ``--workers N`` the supervisor serves the configured port
+(:class:`MergedEndpoint`: every worker's page fetched and merged at scrape time) and
+worker ``i`` serves its own on ``port + 1 + i``, labelling every sample with ``worker``
+(see the README's operations section).
 """
 
 from __future__ import annotations

@@ -4,14 +4,13 @@ Plugin spans are recorded from the engine's per-plugin results after the ring
 (start and end times are the plugin's own), so the engine carries no tracing
 code and a ring costs nothing extra when its span is not sampled.
 
-What a sampled call costs was measured (``make bench`` case c, and the in-process
-figures in the README): most of it is the SDK making six span objects and the OTLP
-exporter encoding them, in Python, on the process that serves the rings. Two things
-cut it: a plugin span is handed to the span processors as a finished
-:class:`ReadableSpan` (it already has its start and end: no live span, no lock, no
-sampler call, no context), and :class:`RingdOTLPSpanExporter` encodes spans with the
-encoded attributes of repeated attribute sets cached (a plugin's span attributes
-repeat call after call).
+What a sampled call costs was measured (``make bench`` case c, profiled): most of it
+was the SDK making six live span objects and the OTLP exporter encoding them, in
+Python, in the process that serves the rings. Now every span is handed to the span
+processors as a finished :class:`ReadableSpan` (the call's span is sampled at the
+start, but only its identity exists until it ends; a plugin span already has its start
+and end: no live span, lock, attribute validation or sampler call per span), and
+:class:`~ringd.server.otlp.RingdOTLPSpanExporter` encodes with cached bytes.
 """
 
 from __future__ import annotations
