@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from ringd.sdk import PluginAction, PluginHook, PluginResponse
+from ringd.server.results import UNENCODABLE_ERROR_TYPE
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Upper bounds (seconds) of the ring latency histogram's buckets; +Inf is implied."""
@@ -34,7 +35,14 @@ class RingStats:
         """Count one ring that took ``seconds`` and ended with ``action``."""
         self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.sum_s += seconds
-        self.actions[action] += 1
+        try:
+            self.actions[action] += 1
+        except KeyError:
+            # A response whose action a plugin overwrote with garbage: the servicer cannot
+            # encode it and answers the 500 plugin_error block instead (RingOutcome.unencodable).
+            self.actions[PluginAction.BLOCK] += 1
+            self.blocks[UNENCODABLE_ERROR_TYPE] = self.blocks.get(UNENCODABLE_ERROR_TYPE, 0) + 1
+            return
         if action is PluginAction.BLOCK:
             error_type = (decision.error_type if decision is not None else None) or ""
             self.blocks[error_type] = self.blocks.get(error_type, 0) + 1

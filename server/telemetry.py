@@ -298,7 +298,7 @@ class RingTracer:
                     "ringd.plugin.name": result.plugin,
                     "ringd.plugin.version": result.version,
                     "ringd.plugin.outcome": result.outcome.value,
-                    "ringd.plugin.action": action.value if action is not None else "",
+                    "ringd.plugin.action": _action_name(action),
                 },
                 Status(StatusCode.ERROR, error) if error else _UNSET_STATUS,
                 begun,
@@ -306,11 +306,21 @@ class RingTracer:
             )
 
 
+def _action_name(action: object) -> str:
+    """A plugin result's action for a span: its value, "" for none, garbage as text."""
+    if isinstance(action, PluginAction):
+        return action.value
+    return "" if action is None else str(action)
+
+
 def _ring_attributes(ring_outcome: RingOutcome) -> dict[str, str | int]:
     """The ring span's attributes: ring, action, deciding plugin, request id, block."""
+    action = ring_outcome.action
     attributes: dict[str, str | int] = {
         "ringd.ring": ring_outcome.ring.value,
-        "ringd.action": ring_outcome.action.value,
+        # str(): a plugin may have overwritten its response's action with garbage (the
+        # servicer then answers a 500 block); the span shows what the plugin returned.
+        "ringd.action": action.value if isinstance(action, PluginAction) else str(action),
         "ringd.config_version": ring_outcome.config_version,
     }
     request_id = ring_outcome.context.request_id

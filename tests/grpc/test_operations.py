@@ -370,3 +370,29 @@ def test_worker_metrics_ports_and_a_merged_view_that_reports_a_silent_worker(mon
         merged.close()
     assert status == 200
     assert value(samples(text), "ringd_worker_up", worker_address=silent) == 0
+
+
+GARBAGE_ACTION = """
+from ringd.sdk import BasePlugin, PluginResponse
+
+class Garbage(BasePlugin):
+    async def execute(self, ctx):
+        response = PluginResponse.passthrough()
+        response.action = "explode"  # what no ring can answer: served as a 500 plugin_error block
+        return response
+"""
+
+
+async def test_a_ring_answered_with_the_unencodable_block_counts_as_that_block(serve, workspace):
+    workspace.plugin("garbage.py", GARBAGE_ACTION)
+    running = await serve(
+        [entry("garbage", entrypoint="garbage.py:Garbage")], server={"metrics_listen": "127.0.0.1:0"}
+    )
+    assert running.server.metrics is not None
+
+    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=10)
+
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    found = samples((await asyncio.to_thread(scrape, running.server.metrics.address))[2])
+    assert value(found, "ringd_ring_outcomes_total", ring="pre_flight", action="block") == 1
+    assert value(found, "ringd_ring_blocks_total", ring="pre_flight", error_type="plugin_error") == 1

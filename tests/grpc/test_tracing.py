@@ -321,3 +321,28 @@ def test_the_otlp_encoder_matches_on_what_ringd_does_not_make_itself():
         )
 
     assert SpanEncoder().encode_spans(spans) == reference(spans)
+
+
+async def test_a_garbage_action_is_traced_as_returned_and_answered_as_a_block(serve, workspace, exporter):
+    workspace.plugin(
+        "garbage.py",
+        """
+        from ringd.sdk import BasePlugin, PluginResponse
+
+        class Garbage(BasePlugin):
+            async def execute(self, ctx):
+                response = PluginResponse.passthrough()
+                response.action = "explode"
+                return response
+        """,
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = await serve([entry("garbage", entrypoint="garbage.py:Garbage")], tracer_provider=provider)
+
+    answer = await server.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5)
+
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    spans = spans_by_name(exporter)
+    assert spans[RING_SPAN].attributes["ringd.action"] == "explode"
+    assert spans["plugin garbage"].attributes["ringd.plugin.action"] == "explode"
