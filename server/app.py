@@ -77,6 +77,7 @@ class RingdServer:
         self._stopped = False
         self._default_admin_socket: Path | None = None
         self.metrics: MetricsEndpoint | None = None  # issue 14: the Prometheus endpoint, if configured
+        self.reloads = {"ok": 0, "failed": 0}  # issue 14: reloads by result, for the metrics endpoint
 
     @property
     def settings(self) -> ServerSettings:
@@ -240,8 +241,13 @@ class RingdServer:
     async def reload(self) -> Generation:
         """Re-read the config and hot-swap the plugins (server settings need a restart)."""
         loader = self._config_loader
-        config = await asyncio.to_thread(loader) if loader is not None else self.config
-        generation = await self.engine.reload(config)
+        try:
+            config = await asyncio.to_thread(loader) if loader is not None else self.config
+            generation = await self.engine.reload(config)
+        except Exception:  # counted for the metrics endpoint, then raised unchanged
+            self.reloads["failed"] += 1
+            raise
+        self.reloads["ok"] += 1
         self.config = config
         return generation
 

@@ -32,6 +32,7 @@ from ringd.server.generations import (
 )
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
 from ringd.server.ring import RingRunner
+from ringd.server.ringstats import RingStats
 from ringd.server.stream import StreamLimits, StreamOutcome, StreamSession
 from ringd.server.threads import PluginThreads
 
@@ -77,6 +78,11 @@ class Engine:
         self._threads = PluginThreads(plugin_threads)
         self._runner = RingRunner(self.state, clock, self._threads)
         self._generations = Generations()
+
+    @property
+    def ring_stats(self) -> dict[PluginHook, RingStats]:
+        """Per-ring latency, actions and blocks by error type since start (read by a scrape)."""
+        return self._runner.ring_stats
 
     @property
     def running(self) -> LoadedPlugin | None:

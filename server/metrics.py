@@ -9,9 +9,10 @@ number lives, and :class:`RingdCollector` turns that snapshot into metric famili
 
 The endpoint is a small HTTP server on the server's own event loop (so a scrape
 never reads the engine's state from another thread), on ``server.metrics_listen``
-only: off unless set. Under ``--workers N`` each worker serves its own port,
-``port + worker index``, and labels every sample with ``worker``; point Prometheus
-at all N ports (see the README's operations section).
+only: off unless set. Under ``--workers N`` the supervisor serves the configured port
+(:class:`MergedEndpoint`: every worker's page fetched and merged at scrape time) and
+worker ``i`` serves its own on ``port + 1 + i``, labelling every sample with ``worker``
+(see the README's operations section).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 from ringd.sdk import PluginHook
+from ringd.server.ringstats import LATENCY_BUCKETS_S
 
 from ringd import __version__
 
@@ -49,6 +52,8 @@ MERGED_ENV = "RINGD_METRICS_MERGED"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("active", "disabled", "circuit_open", "failed")
 _QUANTILES = (("0.5", "p50_latency_ms"), ("0.95", "p95_latency_ms"), ("0.99", "p99_latency_ms"))
+_STORE_OPERATIONS = ("get", "set", "delete", "incr", "purge")
+_BUCKET_LABELS = tuple(repr(bound) for bound in LATENCY_BUCKETS_S)
 _READ_TIMEOUT_S = 5.0
 _MAX_REQUEST_BYTES = 8192
 
@@ -80,6 +85,24 @@ class EngineSample:
     background_depth: int | None = None
     grpc_calls: dict[str, int] = field(default_factory=dict)
     """Calls of this process's gRPC servers by result: started, succeeded, failed."""
+    rings: list[RingSample] = field(default_factory=list)
+    reloads: dict[str, int] = field(default_factory=dict)
+    """Reloads (SIGHUP or admin RPC) by result: ok, failed."""
+    store_errors: dict[str, int] | None = None
+    """Failures the store raised, by operation; None for a store that does not count them."""
+
+
+@dataclass(frozen=True, slots=True)
+class RingSample:
+    """One ring's figures since start (``Engine.ring_stats``), copied at the scrape."""
+
+    ring: str
+    buckets: list[int]
+    """Rings per latency bucket of ``LATENCY_BUCKETS_S`` (not cumulative), +Inf last."""
+    sum_s: float
+    actions: dict[str, int]
+    blocks: dict[str, int]
+    """BLOCK outcomes by error type."""
 
 
 def read_engine(server: RingdServer) -> EngineSample:
@@ -106,6 +129,17 @@ def read_engine(server: RingdServer) -> EngineSample:
                 )
             )
     background = server._background  # None before start; the property raises
+    rings = [
+        RingSample(
+            ring=ring.value,
+            buckets=list(stats.buckets),
+            sum_s=stats.sum_s,
+            actions={action.value: count for action, count in stats.actions.items()},
+            blocks=dict(stats.blocks),
+        )
+        for ring, stats in engine.ring_stats.items()
+    ]
+    store_errors = getattr(server.state.extra.get("store"), "errors", None)
     return EngineSample(
         config_version=generation.version,
         generation=generation.number,
@@ -113,6 +147,9 @@ def read_engine(server: RingdServer) -> EngineSample:
         inflight_rings=server.inflight_rings,
         background_depth=background.pending if background is not None else None,
         grpc_calls=_grpc_server_calls(),
+        rings=rings,
+        reloads=dict(server.reloads),
+        store_errors=dict(store_errors) if isinstance(store_errors, dict) else None,
     )
 
 
@@ -190,7 +227,59 @@ class RingdCollector(Collector):
             for result, count in sample.grpc_calls.items():
                 calls.add_metric([*values, result], count)
             yield calls
+        if sample.reloads:
+            reloads = family(
+                CounterMetricFamily,
+                "ringd_reloads",
+                "Config reloads (SIGHUP or admin RPC) by result: ok, or failed (the old generation serves).",
+                ["result"],
+            )
+            for result in ("ok", "failed"):
+                reloads.add_metric([*values, result], sample.reloads.get(result, 0))
+            yield reloads
+        if sample.store_errors is not None:
+            store_errors = family(
+                CounterMetricFamily,
+                "ringd_store_errors",
+                "Failures the plugin store raised (unreachable, bad value, ...), by operation.",
+                ["operation"],
+            )
+            for operation in _STORE_OPERATIONS:
+                store_errors.add_metric([*values, operation], sample.store_errors.get(operation, 0))
+            yield store_errors
+        yield from self._ring_families(sample.rings, names, values)
         yield from self._plugin_families(sample.plugins, names, values)
+
+    @staticmethod
+    def _ring_families(rings: list[RingSample], names: list[str], values: list[str]) -> Iterator[Metric]:
+        labels = [*names, "ring"]
+        latency = HistogramMetricFamily(
+            "ringd_ring_latency_seconds",
+            "Time the ring's plugins took, per ring run (the ring loop, without decoding and encoding).",
+            labels=labels,
+        )
+        outcomes = CounterMetricFamily(
+            "ringd_ring_outcomes", "Rings run, by the action they answered.", labels=[*labels, "action"]
+        )
+        blocks = CounterMetricFamily(
+            "ringd_ring_blocks",
+            "Rings that ended in BLOCK, by the block's error type.",
+            labels=[*labels, "error_type"],
+        )
+        for ring in rings:
+            key = [*values, ring.ring]
+            cumulative, buckets = 0, []
+            for bound, count in zip((*_BUCKET_LABELS, "+Inf"), ring.buckets, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric(key, buckets=buckets, sum_value=ring.sum_s)
+            for action, count in ring.actions.items():
+                outcomes.add_metric([*key, action], count)
+            for error_type, count in sorted(ring.blocks.items()):
+                blocks.add_metric([*key, error_type], count)
+        yield latency
+        yield outcomes
+        yield blocks
 
     @staticmethod
     def _plugin_families(

@@ -44,6 +44,7 @@ from ringd.server.breaker import CLOSED
 from ringd.server.exceptions import describe
 from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
+from ringd.server.ringstats import RingStats, ring_stats
 from ringd.server.threads import PluginThreads
 
 _log = logging.getLogger("ringd.engine")
@@ -58,13 +59,15 @@ _UNAVAILABLE = (503, "plugin_unavailable", "is unavailable")
 class RingRunner:
     """Runs rings on a generation's slots; ``running`` is the plugin on the event loop now."""
 
-    __slots__ = ("_clock", "running", "state", "threads")
+    __slots__ = ("_clock", "ring_stats", "running", "state", "threads")
 
     def __init__(self, state: PluginState, clock: Callable[[], float], threads: PluginThreads) -> None:
         self.state = state
         self._clock = clock
         self.threads = threads
         self.running: LoadedPlugin | None = None
+        self.ring_stats: dict[PluginHook, RingStats] = ring_stats()
+        """Per-ring latency, actions and blocks, for the metrics endpoint."""
 
     async def run(
         self,
@@ -81,9 +84,10 @@ class RingRunner:
         """
         ctx.state = self.state
         perf = time.perf_counter
+        ring_started = perf()
         # The caller's deadline on the perf_counter clock, so one reading per plugin
         # serves both its latency and its time budget.
-        deadline_perf = None if deadline is None else deadline - self._clock() + perf()
+        deadline_perf = None if deadline is None else deadline - self._clock() + ring_started
         results: list[PluginResult] = []
         action = PluginAction.PASSTHROUGH
         decision: PluginResponse | None = None
@@ -129,6 +133,7 @@ class RingRunner:
                 )
                 decided_by, action = name, PluginAction.BLOCK
                 break
+        self.ring_stats[ring].observe(perf() - ring_started, action, decision)
         return RingOutcome(
             ring=ring,
             action=action,

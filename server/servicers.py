@@ -188,12 +188,15 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             _encode(self._background.submit(ctx), json_form, response)
         elif self._tracer.enabled:
             deadline = self._deadline(context)
-            with self._tracer.ring_span(
+            with self._tracer.call_span(
                 f"{ENGINE_SERVICE.full_name}/ExecuteRing", context.invocation_metadata()
             ) as span:
-                wall_ns, perf = now_pair()
-                ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
-                self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
+                if span is None:  # not sampled: no span work at all
+                    ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
+                else:
+                    wall_ns, perf = now_pair()
+                    ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
+                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
             _encode(ring_outcome, json_form, response)
         else:
             ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=self._deadline(context))
@@ -209,19 +212,26 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         background = rings[-1] is PluginHook.BACKGROUND
         response = engine_pb.ExecuteRingsResponse()
         last: RingOutcome | None = None
-        with self._tracer.ring_span(
+        with self._tracer.call_span(
             f"{ENGINE_SERVICE.full_name}/ExecuteRings", context.invocation_metadata()
         ) as span:
-            wall_ns, perf = now_pair()
+            if span is not None:
+                span.set_attribute("ringd.rings", tuple(ring.value for ring in rings))
+                if ctx.request_id:
+                    span.set_attribute("ringd.request_id", ctx.request_id)
             foreground = rings[:-1] if background else rings
             run = self._engine.run_rings(foreground, ctx, deadline=self._deadline(context))
+            started = now_pair() if span is not None else _UNTRACED
             async with contextlib.aclosing(run):
                 async for ring_outcome in run:
-                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
+                    if span is not None:  # a child span per ring, from when it began to now
+                        self._tracer.record_ring(span, ring_outcome, *started, child=True)
                     # Encoded as each ring ends: the context is shared and flows on.
                     last = _encode(ring_outcome, json_form, response.outcomes.add())
                     if last.ended:  # the engine's own stop, or its block for an unencodable ring
                         break
+                    if span is not None:
+                        started = now_pair()
         if background and not (last is not None and last.ended):
             _encode(self._background.submit(ctx), json_form, response.outcomes.add())
         return response
@@ -246,7 +256,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         deadline = self._deadline(context)
         method = f"{ENGINE_SERVICE.full_name}/StreamRing"
         with (
-            self._tracer.ring_span(method, context.invocation_metadata()) as span,
+            self._tracer.call_span(method, context.invocation_metadata()) as span,
             self._engine.open_stream(ctx, deadline=deadline, limits=self._stream_limits) as session,
         ):
             wall_ns, perf = now_pair()
@@ -306,6 +316,9 @@ def _release(chunks: list[dict[str, Any]]) -> engine_pb.StreamRingResponse:
     return engine_pb.StreamRingResponse(
         release=engine_pb.StreamRelease(chunks=[orjson.dumps(c) for c in chunks])
     )
+
+
+_UNTRACED = (0, 0.0)
 
 
 def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:

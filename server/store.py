@@ -53,6 +53,33 @@ RETURNING CAST(value AS INTEGER)
 """
 
 
+class CountFailures:
+    """``with counter:`` counts an exception leaving the block under its operation name.
+
+    Each store keeps one per operation, all sharing the store's ``errors`` dict (read by
+    the metrics endpoint); the exception goes on unchanged. A cancellation is not a
+    failure of the store and is not counted.
+    """
+
+    __slots__ = ("counts", "operation")
+
+    def __init__(self, counts: dict[str, int], operation: str) -> None:
+        self.counts = counts
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is not None and issubclass(kind, Exception):
+            self.counts[self.operation] = self.counts.get(self.operation, 0) + 1
+
+
+def failure_counters(errors: dict[str, int]) -> dict[str, CountFailures]:
+    """One :class:`CountFailures` per store operation, counting into ``errors``."""
+    return {op: CountFailures(errors, op) for op in ("get", "set", "delete", "incr", "purge")}
+
+
 def _encode(key: str, value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
@@ -161,6 +188,9 @@ class SqliteStore:
         self._conn = conn
         self.path = path
         self._purger: asyncio.Task[None] | None = None
+        self.errors: dict[str, int] = {}
+        """Failures the store raised, by operation (get, set, delete, incr, purge)."""
+        self._counted = failure_counters(self.errors)
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> SqliteStore:
@@ -193,10 +223,11 @@ class SqliteStore:
 
     async def purge_expired(self) -> int:
         """Delete the keys whose TTL has passed (per-window counters pile up otherwise)."""
-        cursor = await self._conn.execute(
-            "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),)
-        )
-        return cursor.rowcount
+        with self._counted["purge"]:
+            cursor = await self._conn.execute(
+                "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),)
+            )
+            return cursor.rowcount
 
     async def _purge_periodically(self) -> None:
         while True:
@@ -216,38 +247,42 @@ class SqliteStore:
         await self._conn.close()
 
     async def get_state(self, key: str, default: Any = None) -> Any:
-        # execute_fetchall finishes the statement in one step: a statement left open
-        # between calls would hold SQLite's implicit transaction open, and other
-        # rings' acknowledged writes would join it uncommitted.
-        rows = await self._conn.execute_fetchall(
-            "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (key, time.time()),
-        )
-        return default if not rows else json.loads(next(iter(rows))[0])
+        with self._counted["get"]:
+            # execute_fetchall finishes the statement in one step: a statement left open
+            # between calls would hold SQLite's implicit transaction open, and other
+            # rings' acknowledged writes would join it uncommitted.
+            rows = await self._conn.execute_fetchall(
+                "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            )
+            return default if not rows else json.loads(next(iter(rows))[0])
 
     async def set_state(self, key: str, value: Any, ttl_s: float | None = None) -> None:
-        await self._conn.execute(
-            "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-            (key, _encode(key, value), _expiry(ttl_s)),
-        )
+        with self._counted["set"]:
+            await self._conn.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                (key, _encode(key, value), _expiry(ttl_s)),
+            )
 
     async def delete(self, key: str) -> bool:
-        cursor = await self._conn.execute(
-            "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (key, time.time()),
-        )
-        return cursor.rowcount > 0
+        with self._counted["delete"]:
+            cursor = await self._conn.execute(
+                "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            )
+            return cursor.rowcount > 0
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        if not isinstance(amount, int) or isinstance(amount, bool):
-            raise StoreError(f"incr amount must be an integer, got {amount!r}")
-        params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
-        rows = await self._conn.execute_fetchall(_INCR, params)  # one step: see get_state
-        row = next(iter(rows), None)
-        if row is None:
-            raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
-        return int(row[0])
+        with self._counted["incr"]:
+            if not isinstance(amount, int) or isinstance(amount, bool):
+                raise StoreError(f"incr amount must be an integer, got {amount!r}")
+            params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
+            rows = await self._conn.execute_fetchall(_INCR, params)  # one step: see get_state
+            row = next(iter(rows), None)
+            if row is None:
+                raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
+            return int(row[0])
 
 
 async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore | RedisStore:

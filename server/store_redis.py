@@ -30,7 +30,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from ringd.sdk import StoreError
-from ringd.server.store import _encode
+from ringd.server.store import _encode, failure_counters
 
 DEFAULT_KEY_PREFIX = "ringd:"
 
@@ -97,6 +97,9 @@ class RedisStore:
         self.url = redact_url(url)
         self.key_prefix = key_prefix
         self._incr = client.register_script(_INCR_SCRIPT)
+        self.errors: dict[str, int] = {}
+        """Failures the store raised, by operation (get, set, delete, incr)."""
+        self._counted = failure_counters(self.errors)
 
     @classmethod
     async def open(
@@ -161,48 +164,52 @@ class RedisStore:
         return StoreError(f"redis store at {self.url} failed on key {key!r}: {exc}")
 
     async def get_state(self, key: str, default: Any = None) -> Any:
-        try:
-            raw = await self._client.get(self.key_prefix + key)
-        except redis_errors.RedisError as exc:
-            raise self._failure(key, exc) from exc
-        if raw is None:
-            return default
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise StoreError(f"value at key {key!r} in {self.url} is not JSON: {exc}") from exc
+        with self._counted["get"]:
+            try:
+                raw = await self._client.get(self.key_prefix + key)
+            except redis_errors.RedisError as exc:
+                raise self._failure(key, exc) from exc
+            if raw is None:
+                return default
+            try:
+                return json.loads(raw)
+            except ValueError as exc:
+                raise StoreError(f"value at key {key!r} in {self.url} is not JSON: {exc}") from exc
 
     async def set_state(self, key: str, value: Any, ttl_s: float | None = None) -> None:
-        encoded = _encode(key, value)
-        ttl_ms = _ttl_ms(ttl_s)
-        try:
-            await self._client.set(self.key_prefix + key, encoded, px=ttl_ms)
-        except redis_errors.RedisError as exc:
-            raise self._failure(key, exc) from exc
+        with self._counted["set"]:
+            encoded = _encode(key, value)
+            ttl_ms = _ttl_ms(ttl_s)
+            try:
+                await self._client.set(self.key_prefix + key, encoded, px=ttl_ms)
+            except redis_errors.RedisError as exc:
+                raise self._failure(key, exc) from exc
 
     async def delete(self, key: str) -> bool:
-        try:
-            removed = await self._client.delete(self.key_prefix + key)
-        except redis_errors.RedisError as exc:
-            raise self._failure(key, exc) from exc
-        return int(removed) > 0
+        with self._counted["delete"]:
+            try:
+                removed = await self._client.delete(self.key_prefix + key)
+            except redis_errors.RedisError as exc:
+                raise self._failure(key, exc) from exc
+            return int(removed) > 0
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        if not isinstance(amount, int) or isinstance(amount, bool):
-            raise StoreError(f"incr amount must be an integer, got {amount!r}")
-        ttl_ms = _ttl_ms(ttl_s)
-        args = [amount, "" if ttl_ms is None else ttl_ms]
-        try:
-            value = await self._incr(keys=[self.key_prefix + key], args=args)
-        except redis_errors.ResponseError as exc:
-            if "not an integer" in str(exc):  # INCRBY's "value is not an integer or out of range"
-                raise StoreError(
-                    f"cannot incr key {key!r}: its value is not an integer (or the sum is out of range)"
-                ) from exc
-            raise self._failure(key, exc) from exc
-        except redis_errors.RedisError as exc:
-            raise self._failure(key, exc) from exc
-        return int(value)
+        with self._counted["incr"]:
+            if not isinstance(amount, int) or isinstance(amount, bool):
+                raise StoreError(f"incr amount must be an integer, got {amount!r}")
+            ttl_ms = _ttl_ms(ttl_s)
+            args = [amount, "" if ttl_ms is None else ttl_ms]
+            try:
+                value = await self._incr(keys=[self.key_prefix + key], args=args)
+            except redis_errors.ResponseError as exc:
+                if "not an integer" in str(exc):  # INCRBY's "value is not an integer or out of range"
+                    raise StoreError(
+                        f"cannot incr key {key!r}: its value is not an integer (or the sum is out of range)"
+                    ) from exc
+                raise self._failure(key, exc) from exc
+            except redis_errors.RedisError as exc:
+                raise self._failure(key, exc) from exc
+            return int(value)
 
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisStore", "redact_url"]

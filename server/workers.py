@@ -30,6 +30,7 @@ from types import FrameType
 from ringd.sdk import StoreError
 from ringd.server.config import RingdConfig
 from ringd.server.launch import ReadyPipe, ServeFailed, wait_ready, write_ready
+from ringd.server.metrics import MergedEndpoint, serve_merged_for_workers
 from ringd.server.store import open_store
 
 SUPERVISOR_ENV = "RINGD_SUPERVISOR_PID"
@@ -119,6 +120,27 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
         base += ["--listen", address]
     for address in args.admin_listen or ():
         base += ["--admin-listen", address]
+    metrics_listen = config.server.metrics_listen
+    try:
+        # One scrape for every worker: the supervisor serves the merged view on the
+        # configured port; worker i serves its own on PORT + 1 + i (ringd.server.metrics).
+        merged = serve_merged_for_workers(metrics_listen, args.workers) if metrics_listen else None
+    except (ValueError, OSError) as exc:
+        print(f"ringd: metrics on {metrics_listen}: {exc}", file=sys.stderr)
+        for sock in reserved:
+            sock.close()
+        return 2
+    try:
+        return _run_workers(args, base, reserved, merged)
+    finally:
+        if merged is not None:
+            merged.close()
+
+
+def _run_workers(
+    args: argparse.Namespace, base: list[str], reserved: list[socket.socket], merged: MergedEndpoint | None
+) -> int:
+    """Start the workers, relay their output and signals, wait for them; the exit code."""
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
     stopping: list[int] = []
     children: dict[str, tuple[subprocess.Popen[bytes], ReadyPipe]] = {}
@@ -155,6 +177,8 @@ def serve_workers(args: argparse.Namespace, config: RingdConfig) -> int:
             pipe.close()
     first = ready["worker 0"]
     print(f"ringd supervisor {os.getpid()}: {args.workers} workers ready", flush=True)
+    if merged is not None:
+        print(f"metrics on http://{merged.address}/metrics (every worker, merged)", flush=True)
     if args.ready_fd is not None:
         write_ready(
             args.ready_fd,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ringd.client import Client
-from ringd.server.metrics import MergedEndpoint
 from support.process import RingdProcess, StartRingd
 
 RINGD = str(Path(sys.executable).with_name("ringd"))
@@ -167,19 +167,20 @@ class WhoAmI(BasePlugin):
 """
 
 
-def free_port_pair() -> int:
-    """A port P with P + 1 free too (the metrics ports of two workers)."""
+def free_ports(count: int) -> int:
+    """A port P with P + 1 ... P + count - 1 free too (the supervisor's and the workers' metrics)."""
     for _ in range(50):
-        with socket.socket() as first:
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket())
             first.bind(("127.0.0.1", 0))
             port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no two consecutive free ports")
+            try:
+                for offset in range(1, count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no {count} consecutive free ports")
 
 
 def metric_samples(address: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -192,9 +193,9 @@ def metric_samples(address: str) -> dict[tuple[str, frozenset[tuple[str, str]]],
     }
 
 
-def test_workers_serve_metrics_on_consecutive_ports_and_log_json_lines(workdir: Path) -> None:
+def test_workers_serve_one_merged_scrape_and_log_json_lines(workdir: Path) -> None:
     (workdir / "whoami.py").write_text(LOGGING_PLUGIN)
-    port = free_port_pair()
+    port = free_ports(3)
     args = ["--config", "ringd.yaml", "--listen", "127.0.0.1:0", "--workers", "2"]
     args += ["--log-format", "json", "--metrics-listen", f"127.0.0.1:{port}"]
     supervisor = RingdProcess(*args, cwd=workdir).start()
@@ -209,36 +210,38 @@ def test_workers_serve_metrics_on_consecutive_ports_and_log_json_lines(workdir: 
                 pids.add(client.execute_ring("pre_flight", {}, request_id=f"call-{rings}").metadata["pid"])
         assert len(pids) == 2
 
-        # One port per worker (port + worker index), every sample labelled with its worker.
+        # Each worker serves its own page on port + 1 + worker index, its samples labelled.
         calls = {}
         for index in (0, 1):
-            found = metric_samples(f"127.0.0.1:{port + index}")
+            found = metric_samples(f"127.0.0.1:{port + 1 + index}")
             key = frozenset({"worker": str(index), "plugin": "whoami", "ring": "pre_flight"}.items())
             calls[index] = found[("ringd_plugin_calls_total", key)]
             assert calls[index] >= 1, "each worker served some of the rings"
         assert sum(calls.values()) == rings
 
-        # The supervisor's merged view (ringd.server.metrics.MergedEndpoint): one scrape,
-        # every worker, each family once.
-        merged = MergedEndpoint("127.0.0.1:0", [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"])
-        try:
-            with urllib.request.urlopen(f"http://{merged.address}/metrics", timeout=10) as reply:
-                text = reply.read().decode()
-        finally:
-            merged.close()
+        # The supervisor serves the configured port: one scrape, every worker, each family once.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
         assert text.count("# TYPE ringd_plugin_calls_total counter") == 1
+        assert text.count("# TYPE ringd_ring_latency_seconds histogram") == 1
         found = {
             (s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text)
             for s in family.samples
         }
+        ring_counts = 0.0
         for index in (0, 1):
             key = frozenset({"worker": str(index), "plugin": "whoami", "ring": "pre_flight"}.items())
             assert found[("ringd_plugin_calls_total", key)] == calls[index]
-            up = frozenset({"worker_address": f"127.0.0.1:{port + index}"}.items())
+            ring = frozenset({"worker": str(index), "ring": "pre_flight"}.items())
+            ring_counts += found[("ringd_ring_latency_seconds_count", ring)]
+            up = frozenset({"worker_address": f"127.0.0.1:{port + 1 + index}"}.items())
             assert found[("ringd_worker_up", up)] == 1
+        assert ring_counts == rings
     finally:
         assert supervisor.stop() == 0, supervisor.log()
+    with pytest.raises(OSError):  # the supervisor closed the merged endpoint on its way out
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
     lines = [json.loads(line) for line in supervisor.log().splitlines() if line.strip()]
     handled = [line for line in lines if line["logger"] == "plugin.whoami"]

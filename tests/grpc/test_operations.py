@@ -191,6 +191,17 @@ async def test_the_metrics_endpoint_shows_live_plugin_ring_and_server_figures(se
     assert value(found, "ringd_inflight_rings") == 0
     assert value(found, "ringd_background_queue_depth") == 0
     assert value(found, "ringd_grpc_server_calls_total", result="started") >= 5
+    # Per ring: latency histogram, outcomes by action, blocks by error type.
+    assert value(found, "ringd_ring_latency_seconds_count", ring="pre_flight") == 3
+    assert value(found, "ringd_ring_latency_seconds_bucket", ring="pre_flight", le="+Inf") == 3
+    assert value(found, "ringd_ring_latency_seconds_sum", ring="pre_flight") > 0
+    assert value(found, "ringd_ring_latency_seconds_count", ring="post_flight") == 2
+    assert value(found, "ringd_ring_latency_seconds_count", ring="ingress") == 0
+    assert value(found, "ringd_ring_outcomes_total", ring="pre_flight", action="block") == 3
+    assert value(found, "ringd_ring_outcomes_total", ring="post_flight", action="passthrough") == 2
+    assert value(found, "ringd_ring_blocks_total", ring="pre_flight", error_type="denied") == 3
+    assert value(found, "ringd_reloads_total", result="ok") == 0
+    assert value(found, "ringd_store_errors_total", operation="set") == 0
 
     # Scrape time means live: a reload and more calls show at the next scrape.
     await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=10)
@@ -198,6 +209,45 @@ async def test_the_metrics_endpoint_shows_live_plugin_ring_and_server_figures(se
     found = samples((await asyncio.to_thread(scrape, address))[2])
     assert value(found, "ringd_config_generation", config_version="v1") == 2
     assert value(found, "ringd_plugin_calls_total", **passer) == 4  # unchanged plugin: kept its stats
+    assert value(found, "ringd_reloads_total", result="ok") == 1
+    assert value(found, "ringd_ring_latency_seconds_count", ring="pre_flight") == 4  # kept across the reload
+
+
+STORE_ABUSER = """
+from ringd.sdk import BasePlugin, PluginResponse, StoreError
+
+class StoreAbuser(BasePlugin):
+    async def execute(self, ctx):
+        store = ctx.state.extra["store"]
+        try:
+            await store.incr("counter", amount="one")  # not an integer: the store refuses it
+        except StoreError:
+            pass  # the plugin copes; the operator still sees the failure counted
+        await store.set_state("fine", 1)
+        return PluginResponse.passthrough()
+"""
+
+
+async def test_reload_results_and_store_failures_are_counted(serve, workspace):
+    workspace.plugin("abuser.py", STORE_ABUSER)
+    running = await serve(
+        [entry("abuser", entrypoint="abuser.py:StoreAbuser")], server={"metrics_listen": "127.0.0.1:0"}
+    )
+    assert running.server.metrics is not None
+    address = running.server.metrics.address
+    for _ in range(2):
+        await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=10)
+    workspace.config_path.write_text("plugins: [unclosed\n")  # a reload of this must fail
+    with pytest.raises(Exception, match=r"ringd\.yaml"):
+        await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=10)
+
+    found = samples((await asyncio.to_thread(scrape, address))[2])
+
+    assert value(found, "ringd_store_errors_total", operation="incr") == 2
+    assert value(found, "ringd_store_errors_total", operation="set") == 0
+    assert value(found, "ringd_reloads_total", result="failed") == 1
+    assert value(found, "ringd_reloads_total", result="ok") == 0
+    assert value(found, "ringd_config_generation", config_version="v1") == 1  # the old one serves on
 
 
 async def test_the_metrics_endpoint_answers_only_get_metrics(serve):
@@ -236,6 +286,7 @@ async def test_every_dashboard_query_names_a_metric_that_ringd_exports(serve):
     queries = dashboard_queries(dashboard)
     titles = {panel["title"] for panel in dashboard["panels"]}
     assert {"Rings per second", "p99 latency by plugin", "Blocks by type", "Breaker state"} <= titles
+    assert {"Ring latency by ring", "Reloads and store errors"} <= titles
     assert len(queries) >= 4
     for query in queries:
         named = set(re.findall(r"\bringd_[a-z0-9_]+", query))
@@ -319,3 +370,29 @@ def test_worker_metrics_ports_and_a_merged_view_that_reports_a_silent_worker(mon
         merged.close()
     assert status == 200
     assert value(samples(text), "ringd_worker_up", worker_address=silent) == 0
+
+
+GARBAGE_ACTION = """
+from ringd.sdk import BasePlugin, PluginResponse
+
+class Garbage(BasePlugin):
+    async def execute(self, ctx):
+        response = PluginResponse.passthrough()
+        response.action = "explode"  # what no ring can answer: served as a 500 plugin_error block
+        return response
+"""
+
+
+async def test_a_ring_answered_with_the_unencodable_block_counts_as_that_block(serve, workspace):
+    workspace.plugin("garbage.py", GARBAGE_ACTION)
+    running = await serve(
+        [entry("garbage", entrypoint="garbage.py:Garbage")], server={"metrics_listen": "127.0.0.1:0"}
+    )
+    assert running.server.metrics is not None
+
+    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=10)
+
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    found = samples((await asyncio.to_thread(scrape, running.server.metrics.address))[2])
+    assert value(found, "ringd_ring_outcomes_total", ring="pre_flight", action="block") == 1
+    assert value(found, "ringd_ring_blocks_total", ring="pre_flight", error_type="plugin_error") == 1

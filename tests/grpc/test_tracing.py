@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from ringd.client import AsyncClient
+from ringd.server.telemetry import tracer_provider_from_env
 from support.rpc import ring_request
 from support.workspace import entry
 
@@ -110,17 +111,51 @@ async def test_execute_rings_traces_every_ring_under_one_span(traced, exporter):
     request = engine_pb.ExecuteRingsRequest(
         rings=[pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT], context=ring_request(1, CHAT).context
     )
+    request.context.request_id = "req-rings"
 
     await traced.engine().ExecuteRings(request, timeout=5)
 
+    finished = exporter.get_finished_spans()
     spans = spans_by_name(exporter)
-    ring = spans["ringd.v1.PluginEngineService/ExecuteRings"]
-    children = [
-        s for s in exporter.get_finished_spans() if s.parent and s.parent.span_id == ring.context.span_id
-    ]
-    assert [s.name for s in children] == ["plugin auth", "plugin redactor", "plugin flaky", "plugin guard"]
-    assert children[0].attributes["ringd.ring"] == "ingress"
-    assert children[-1].attributes["ringd.ring"] == "pre_flight"
+    call = spans["ringd.v1.PluginEngineService/ExecuteRings"]
+    assert call.kind == SpanKind.SERVER
+    assert call.attributes["ringd.request_id"] == "req-rings"
+    assert list(call.attributes["ringd.rings"]) == ["ingress", "pre_flight"]
+
+    def children(parent) -> list:
+        return [s for s in finished if s.parent and s.parent.span_id == parent.context.span_id]
+
+    assert [s.name for s in children(call)] == ["ring ingress", "ring pre_flight"]
+    ingress, pre_flight = children(call)
+    assert ingress.attributes["ringd.ring"] == "ingress"
+    assert ingress.attributes["ringd.action"] == "passthrough"
+    assert ingress.attributes["ringd.request_id"] == "req-rings"
+    assert "ringd.block.status_code" not in ingress.attributes
+    assert pre_flight.attributes["ringd.ring"] == "pre_flight"
+    assert pre_flight.attributes["ringd.action"] == "block"
+    assert pre_flight.attributes["ringd.decided_by"] == "guard"
+    assert pre_flight.attributes["ringd.block.status_code"] == 403
+    assert pre_flight.attributes["ringd.block.error_type"] == "denied"
+    assert call.start_time <= ingress.start_time <= ingress.end_time <= pre_flight.start_time
+    assert pre_flight.end_time <= call.end_time
+    assert [s.name for s in children(ingress)] == ["plugin auth"]
+    assert [s.name for s in children(pre_flight)] == ["plugin redactor", "plugin flaky", "plugin guard"]
+    for ring_span in (ingress, pre_flight):
+        for plugin in children(ring_span):
+            assert plugin.attributes["ringd.ring"] == ring_span.attributes["ringd.ring"]
+            assert ring_span.start_time <= plugin.start_time <= plugin.end_time <= ring_span.end_time
+
+
+async def test_the_ring_span_names_the_request_and_the_block(traced, exporter):
+    request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT)
+    request.context.request_id = "req-42"
+
+    await traced.engine().ExecuteRing(request, timeout=5)
+
+    ring = spans_by_name(exporter)[RING_SPAN]
+    assert ring.attributes["ringd.request_id"] == "req-42"
+    assert ring.attributes["ringd.block.status_code"] == 403
+    assert ring.attributes["ringd.block.error_type"] == "denied"
 
 
 async def test_the_python_client_sends_the_current_trace_context(traced, exporter):
@@ -145,3 +180,169 @@ async def test_the_python_client_sends_the_current_trace_context(traced, exporte
     assert rings[1].context.trace_id != caller.trace_id
     assert rings[1].parent is None
     gateway.shutdown()
+
+
+# ---------------------------------------------------------------------- sampling from OTEL_TRACES_SAMPLER
+
+
+@pytest.fixture
+def sampled_by_env(serve, exporter, monkeypatch):
+    """A server whose provider ringd builds from the environment (as ``ringd serve`` does)."""
+
+    async def start(sampler: str, arg: str | None = None):
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+        if arg is None:
+            monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+        else:
+            monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+        provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "none"}, exporters=[exporter])
+        assert provider is not None
+        server = await serve([entry("auth", "ingress")], tracer_provider=provider)
+        server.flush = provider.force_flush  # ringd exports in batches: flush before reading
+        return server
+
+    return start
+
+
+async def call_ingress(server, flags: str | None) -> None:
+    metadata = () if flags is None else (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-{flags}"),)
+    answer = await server.engine().ExecuteRing(
+        ring_request(pb.PLUGIN_HOOK_INGRESS, CHAT), timeout=5, metadata=metadata
+    )
+    assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
+    server.flush()
+
+
+async def test_a_parent_that_is_not_sampled_yields_no_spans(sampled_by_env, exporter):
+    server = await sampled_by_env("parentbased_traceidratio", "1.0")
+
+    await call_ingress(server, "00")  # the caller decided not to sample
+    assert exporter.get_finished_spans() == ()
+
+    await call_ingress(server, "01")  # the caller sampled: so does ringd
+    assert sorted(s.name for s in exporter.get_finished_spans()) == ["plugin auth", RING_SPAN]
+
+
+async def test_the_ratio_from_the_environment_decides_for_root_spans(sampled_by_env, exporter):
+    server = await sampled_by_env("parentbased_traceidratio", "0")
+
+    for _ in range(5):
+        await call_ingress(server, None)  # no traceparent: the ratio (0) decides
+    assert exporter.get_finished_spans() == ()
+
+    await call_ingress(server, "01")  # a sampled parent still wins over the ratio
+    assert {s.context.trace_id for s in exporter.get_finished_spans()} == {int(TRACE_ID, 16)}
+
+
+async def test_always_off_from_the_environment_traces_nothing(sampled_by_env, exporter):
+    server = await sampled_by_env("always_off")
+
+    await call_ingress(server, "01")
+    await call_ingress(server, None)
+
+    assert exporter.get_finished_spans() == ()
+
+
+# ---------------------------------------------------------------------- what reaches the collector
+
+
+async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve, exporter):
+    """ringd's cached encoder (``ringd.server.otlp``) on real spans of ringd: the same request."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
+    from ringd.server.otlp import SpanEncoder
+
+    provider = tracer_provider_from_env({}, exporters=[exporter])
+    assert provider is not None
+    server = await serve(
+        [
+            entry("auth", "ingress"),
+            entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
+            entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
+        ],
+        tracer_provider=provider,
+    )
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    for metadata in ((), (("traceparent", traceparent),)):
+        await server.engine().ExecuteRing(
+            ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5, metadata=metadata
+        )
+        request = ring_request(pb.PLUGIN_HOOK_INGRESS, CHAT)
+        rings = engine_pb.ExecuteRingsRequest(
+            rings=[pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT], context=request.context
+        )
+        await server.engine().ExecuteRings(rings, timeout=5, metadata=metadata)
+    provider.force_flush()
+    spans = exporter.get_finished_spans()
+    # Per round: ExecuteRing = call + 2 plugins; ExecuteRings = call + 2 rings + 3 plugins.
+    assert len(spans) == 2 * (3 + 6)
+    assert any(span.status.status_code == StatusCode.ERROR for span in spans)
+    assert any(span.parent is not None and span.parent.is_remote for span in spans)
+
+    encoder = SpanEncoder()
+    first, again = encoder.encode_spans(spans), encoder.encode_spans(spans)  # the second from the caches
+
+    assert first == reference(spans)
+    assert again == reference(spans)
+
+
+def test_the_otlp_encoder_matches_on_what_ringd_does_not_make_itself():
+    """Trace state, no scope, a second resource, events, unhashable attributes, long names."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, Status, TraceFlags, TraceState
+    from ringd.server.otlp import SpanEncoder
+
+    resources = [
+        Resource.create({"service.name": "ringd"}),
+        Resource.create({"service.name": "other"}, "s://1"),
+    ]
+    spans = []
+    for i in range(40):
+        context = SpanContext(
+            (i + 1) << 70, i + 1, False, TraceFlags(1), TraceState([("vendor", "x")]) if i % 3 == 0 else None
+        )
+        parent = SpanContext((i + 1) << 70, 1000 + i, i % 2 == 0, TraceFlags(1)) if i % 4 else None
+        spans.append(
+            ReadableSpan(
+                name="n" * (200 if i % 5 == 0 else 3),
+                context=context,
+                parent=parent,
+                resource=resources[i % 2],
+                attributes={"k": i % 3, "many": ("a", "b"), "f": 0.5} if i % 7 else {"unhashable": {"a": 1}},  # type: ignore[dict-item]
+                events=[Event("e", {"x": 1}, timestamp=5)] if i % 6 == 0 else (),
+                kind=SpanKind(i % 5),
+                status=Status(StatusCode.ERROR, "bad" * (i % 2)) if i % 5 == 1 else Status(StatusCode.OK),
+                start_time=i,
+                end_time=2**63 + i,
+                instrumentation_scope=InstrumentationScope("ringd", "1", "s://2") if i % 8 else None,
+            )
+        )
+
+    assert SpanEncoder().encode_spans(spans) == reference(spans)
+
+
+async def test_a_garbage_action_is_traced_as_returned_and_answered_as_a_block(serve, workspace, exporter):
+    workspace.plugin(
+        "garbage.py",
+        """
+        from ringd.sdk import BasePlugin, PluginResponse
+
+        class Garbage(BasePlugin):
+            async def execute(self, ctx):
+                response = PluginResponse.passthrough()
+                response.action = "explode"
+                return response
+        """,
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = await serve([entry("garbage", entrypoint="garbage.py:Garbage")], tracer_provider=provider)
+
+    answer = await server.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5)
+
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    spans = spans_by_name(exporter)
+    assert spans[RING_SPAN].attributes["ringd.action"] == "explode"
+    assert spans["plugin garbage"].attributes["ringd.plugin.action"] == "explode"
