@@ -446,6 +446,49 @@ def ring_outcome_to_proto(
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
 
 
+def _echo_object(request: pb.PluginContext, target: Any, prefix: str, json_form: bool) -> bool:
+    """Copy the request's ``<prefix>_json`` or ``<prefix>_struct`` as sent, when it is in the
+    answer's form; False when it is in the other form (the caller encodes the decoded value)."""
+    kind = request.WhichOneof(prefix)
+    if kind is None:
+        return True
+    if json_form and kind == f"{prefix}_json":
+        setattr(target, kind, getattr(request, kind))  # the caller's bytes: no re-encoding
+        return True
+    if not json_form and kind == f"{prefix}_struct":
+        getattr(target, kind).CopyFrom(getattr(request, kind))
+        return True
+    return False
+
+
+def queued_to_proto(
+    ring_outcome: RingOutcome,
+    request: pb.PluginContext,
+    json_form: bool,
+    target: engine_pb.ExecuteRingResponse,
+) -> None:
+    """Fill the acknowledgement of a BACKGROUND ring accepted onto the queue.
+
+    Its body, response and metadata are the request's (the contract), copied from the
+    request message as the caller sent them, so the acknowledgement encodes nothing
+    again: raw JSON bytes go back as they came, Structs and metadata are copied in C.
+    Only a part sent in the other form than the answer's is encoded from ``ring_outcome``.
+    """
+    ctx = ring_outcome.context
+    target.ring = RING_TO_PROTO[ring_outcome.ring]
+    target.action = ACTION_TO_PROTO[ring_outcome.action]
+    target.config_version = ring_outcome.config_version
+    target.generation = ring_outcome.generation
+    target.queued = ring_outcome.queued
+    if request.WhichOneof("body") is None:
+        _set_object(target, "body", ctx.body, json_form, "body")  # an absent body answers {}
+    else:
+        _echo_object(request, target, "body", json_form)  # a body sets the answer's form
+    if not _echo_object(request, target, "response", json_form) and ctx.response is not None:
+        _set_object(target, "response", ctx.response, json_form, "response")
+    target.metadata.MergeFrom(request.metadata)
+
+
 STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {
     "active": pb.PLUGIN_STATUS_ACTIVE,
     "disabled": pb.PLUGIN_STATUS_DISABLED,
