@@ -446,7 +446,7 @@ def ring_outcome_to_proto(
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
 
 
-def _echo_object(request: pb.PluginContext, target: Any, prefix: str, json_form: bool) -> bool:
+def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> bool:
     """Copy the request's ``<prefix>_json`` or ``<prefix>_struct`` as sent, when it is in the
     answer's form; False when it is in the other form (the caller encodes the decoded value)."""
     kind = request.WhichOneof(prefix)
