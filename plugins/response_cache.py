@@ -80,6 +80,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import orjson
 from ringd.plugins._common import ConfigReader, map_response_texts, require_store
 from ringd.plugins._seal import (
     CONFIG_KEY,
@@ -165,16 +166,16 @@ def cache_key(
     ignore_fields: Iterable[str] = DEFAULT_IGNORED_FIELDS,
 ) -> str:
     """The SHA-256 hex digest identifying ``body`` (for ``tenant``) in the cache."""
-    ignored = set(ignore_fields)
+    ignored = ignore_fields if isinstance(ignore_fields, frozenset | set) else frozenset(ignore_fields)
     request = {key: _canonical(value) for key, value in body.items() if key not in ignored}
-    canonical = json.dumps(
-        {"request": request, "tenant": tenant},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
-    )
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    keyed = {"request": request, "tenant": tenant}
+    try:
+        canonical = orjson.dumps(keyed, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate, a huge int): the slow path
+        canonical = json.dumps(
+            keyed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _namespace(reader: ConfigReader) -> str:
