@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 from google.protobuf import struct_pb2
-from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState, RequestInfo
+from ringd.sdk import (
+    Headers,
+    PluginAction,
+    PluginContext,
+    PluginHook,
+    PluginResponse,
+    PluginState,
+    RequestInfo,
+)
 from ringd.server.exceptions import EncodeError, RequestError
 from ringd.server.generations import PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
@@ -217,7 +225,27 @@ def context_from_proto(
     metadata = {
         key: _value_to_py(metadata_in[key], 0, depth, (f"{field}.metadata", key)) for key in metadata_in
     }
+    if message.HasField("request"):
+        request = message.request
+        headers_in = request.headers
+        if len(headers_in) > limits.max_headers:
+            raise RequestError(
+                f"{field}.request.headers has {len(headers_in)} entries; the limit is {limits.max_headers}",
+                field=f"{field}.request.headers",
+            )
+        headers = Headers()
+        # Names lower-cased here, so the dict is filled in C rather than per name in Headers.__setitem__.
+        dict.update(headers, {name.lower(): headers_in[name] for name in headers_in})
+        request_info = RequestInfo(
+            method=request.method,
+            path=request.path,
+            headers=headers,
+            client_address=request.client_address,
+        )
+    else:
+        request_info = RequestInfo()
     ctx = PluginContext(
+        request=request_info,
         body=body,
         metadata=metadata,
         session_id=message.session_id or "default",
@@ -225,20 +253,6 @@ def context_from_proto(
         response=response,
         request_id=message.request_id,
     )
-    if message.HasField("request"):
-        request = message.request
-        if len(request.headers) > limits.max_headers:
-            raise RequestError(
-                f"{field}.request.headers has {len(request.headers)} entries;"
-                f" the limit is {limits.max_headers}",
-                field=f"{field}.request.headers",
-            )
-        ctx.request = RequestInfo(
-            method=request.method,
-            path=request.path,
-            headers={name.lower(): request.headers[name] for name in request.headers},
-            client_address=request.client_address,
-        )
     return ctx, json_form
 
 
