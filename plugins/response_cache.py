@@ -250,7 +250,7 @@ class ResponseCacheLookup(BasePlugin):
         sealed = ctx.metadata.get("_pii_mapping")
         if isinstance(cached, dict) and sealed is not None:
             try:
-                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+                mapping = open_sealed(sealed, key=self.keys.cipher(ctx), request_id=ctx.request_id)
             except SealError as exc:
                 _log.warning(
                     "%s: cannot restore PII in a cached answer, treated as a miss: %s", self.name, exc
@@ -306,7 +306,7 @@ class ResponseCacheStore(BasePlugin):
         sealed = ctx.metadata.get("_pii_mapping")
         if sealed is not None:
             try:
-                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+                mapping = open_sealed(sealed, key=self.keys.cipher(ctx), request_id=ctx.request_id)
             except SealError as exc:
                 return PluginResponse.passthrough(f"not stored: {exc}")
             pattern = originals_pattern(mapping)
