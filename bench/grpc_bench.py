@@ -143,6 +143,8 @@ def group_cpu_seconds(pgid: int) -> float:
     Far less noisy than throughput on a shared machine: another process's load slows
     the server down, but does not add to its own CPU time.
     """
+    if not os.path.isdir("/proc"):
+        return 0.0  # not Linux: the CPU columns read 0
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
