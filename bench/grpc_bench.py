@@ -393,7 +393,7 @@ def main() -> int:
     print()
     print(f"h2load: {n} requests per run, {args.clients} connections x {args.streams} streams, 1 thread")
     print(
-        f"{'case':<50} {'echo/s':>7} {'ringd/s':>7} {'ratio':>5} {'target':>6}"
+        f"{'case':<56} {'echo/s':>7} {'ringd/s':>7} {'ratio':>5} {'target':>6}"
         f" {'p50/p99 ms echo':>16} {'ringd':>12} {'CPU us/req echo':>15} {'ringd':>6} {'ratio':>5}"
     )
     for row in rows:
@@ -401,7 +401,7 @@ def main() -> int:
         echo, ringd = row.echo, row.ringd
         cpu_ratio = echo.cpu_us / ringd.cpu_us if ringd.cpu_us else 0.0
         print(
-            f"{row.case:<50} {echo.rps:>7,.0f} {ringd.rps:>7,.0f} {row.ratio:>5.2f} {target:>6}"
+            f"{row.case:<56} {echo.rps:>7,.0f} {ringd.rps:>7,.0f} {row.ratio:>5.2f} {target:>6}"
             f" {echo.p50_ms:>7.2f}/{echo.p99_ms:<8.2f} {ringd.p50_ms:>5.2f}/{ringd.p99_ms:<6.2f}"
             f" {echo.cpu_us:>15.0f} {ringd.cpu_us:>6.0f} {cpu_ratio:>5.2f}"
         )
