@@ -162,12 +162,14 @@ def main() -> int:
     stream, expected = messages(chunks)
     runs: dict[str, dict[str, Run]] = {}
     try:
-        with process([PYTHON, str(HERE / "echo_server.py")], cwd=work, env=env) as address:
+        with process([PYTHON, str(HERE / "echo_server.py")], cwd=work, env=env) as echo_server:
+            address = echo_server.address
             runs["echo"] = {
                 "load": best_of(address, rounds, streams, stream, None),
                 "single": best_of(address, rounds, 1, stream, None),
             }
-        with serve_ringd(ringd_args(work / "stream.yaml"), cwd=work, env=env) as address:
+        with serve_ringd(ringd_args(work / "stream.yaml"), cwd=work, env=env) as ringd_server:
+            address = ringd_server.address
             runs["ringd"] = {
                 "load": best_of(address, rounds, streams, stream, expected),
                 "single": best_of(address, rounds, 1, stream, expected),

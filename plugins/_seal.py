@@ -76,7 +76,7 @@ def parse_key(text: str, source: str) -> bytes:
 class KeySource:
     """Where one plugin takes its sealing key from: config, environment, or the process's own."""
 
-    __slots__ = ("_key", "_logger", "_plugin")
+    __slots__ = ("_cipher", "_key", "_logger", "_plugin")
 
     def __init__(self, reader: ConfigReader) -> None:
         """Read ``pii_key`` from the plugin's config, else ``RINGD_PII_KEY``.
@@ -84,6 +84,7 @@ class KeySource:
         Raises:
             ValueError: a configured key that is not 32 bytes of base64 or hex.
         """
+        self._cipher: tuple[bytes, AESGCM] | None = None
         configured = reader.get_str(CONFIG_KEY, None)
         if configured is not None:
             self._key: bytes | None = parse_key(configured, f"{reader.plugin}: config {CONFIG_KEY!r}")
@@ -114,18 +115,32 @@ class KeySource:
             )
         return bytes(key)
 
+    def cipher(self, ctx: PluginContext) -> AESGCM:
+        """The key as a ready cipher, made once per key (making one costs about as much as
+        sealing a mapping)."""
+        key = self.key(ctx)
+        cached = self._cipher
+        if cached is None or cached[0] != key:
+            cached = self._cipher = (key, AESGCM(key))
+        return cached[1]
+
 
 def _associated(request_id: str) -> bytes:
     return _PURPOSE + request_id.encode("utf-8", "surrogatepass")
 
 
-def seal(mapping: Mapping[str, str], *, key: bytes, request_id: str) -> str:
-    """``mapping`` encrypted and authenticated under ``key``, bound to ``request_id``."""
+def _aead(key: bytes | AESGCM) -> AESGCM:
+    return key if isinstance(key, AESGCM) else AESGCM(key)
+
+
+def seal(mapping: Mapping[str, str], *, key: bytes | AESGCM, request_id: str) -> str:
+    """``mapping`` encrypted and authenticated under ``key`` (its bytes, or
+    :meth:`KeySource.cipher`), bound to ``request_id``."""
     nonce = os.urandom(_NONCE_BYTES)
     plaintext = json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":")).encode(
         "utf-8", "surrogatepass"
     )
-    sealed = AESGCM(key).encrypt(nonce, plaintext, _associated(request_id))
+    sealed = _aead(key).encrypt(nonce, plaintext, _associated(request_id))
     return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
 
 
@@ -134,7 +149,7 @@ def is_sealed(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(_PREFIX)
 
 
-def open_sealed(token: Any, *, key: bytes, request_id: str) -> dict[str, str]:
+def open_sealed(token: Any, *, key: bytes | AESGCM, request_id: str) -> dict[str, str]:
     """The mapping sealed in ``token``.
 
     Raises:
@@ -152,7 +167,7 @@ def open_sealed(token: Any, *, key: bytes, request_id: str) -> dict[str, str]:
     if len(raw) <= _NONCE_BYTES + 16:
         raise SealError("the sealed PII mapping is too short")
     try:
-        plaintext = AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(request_id))
+        plaintext = _aead(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(request_id))
     except InvalidTag:
         raise SealError(
             "the sealed PII mapping does not open: it was changed, sealed for another request_id, "

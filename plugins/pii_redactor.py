@@ -178,7 +178,7 @@ class PiiRedactor(BasePlugin):
             return PluginResponse.passthrough()
         if self.keys is not None:
             ctx.metadata["_pii_mapping"] = seal(
-                masker.mapping, key=self.keys.key(ctx), request_id=ctx.request_id
+                masker.mapping, key=self.keys.cipher(ctx), request_id=ctx.request_id
             )
         masked = sum(counts.values())
         return PluginResponse.modify(body=new_body, message=f"masked {masked} value(s)")

@@ -41,6 +41,8 @@ Config of ``response_cache`` (lookup):
         the key.
     pii_key (str | None, default None): the key that opens ``_pii_mapping``, as
         ``pii_redactor``'s (``RINGD_PII_KEY`` when unset).
+    miss_ttl_s (float, default 1.0): how long a miss is remembered in this
+        process (see "Misses" below); 0 asks the store every time.
 
 Config of ``response_cache_store``:
     namespace (str, default ``"response_cache"``): as above.
@@ -48,6 +50,18 @@ Config of ``response_cache_store``:
     max_entry_bytes (int, default 1048576): answers whose JSON is larger are
         not stored.
     pii_key (str | None, default None): as above.
+
+Misses: a lookup that finds nothing is remembered in this process for
+``miss_ttl_s``, so a repeated miss is answered without a round trip to the store
+(SQLite's worker thread, or Redis). This is safe because a remembered miss can only
+ever turn a would-be hit into a miss (one more upstream call), never serve a wrong or
+stale answer: hits are always read from the store, so expiry, other replicas' writes
+and deletions are seen as before. ``response_cache_store`` in this process forgets the
+key when it stores an answer, so this process sees its own writes at once; an answer
+stored by another replica (or another ``--workers`` process) is seen within
+``miss_ttl_s``, which is shorter than the upstream call that would produce one. The
+index lives in the shared :class:`PluginState` (``extra["response_cache.misses"]``),
+keyed by namespace, so it outlives a reload; it holds at most 10,000 keys.
 
 Metadata written:
     ``_cache_key`` (str): the key's SHA-256 hex digest (lookup; absent when skipped).
@@ -62,9 +76,11 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import orjson
 from ringd.plugins._common import ConfigReader, map_response_texts, require_store
 from ringd.plugins._seal import (
     CONFIG_KEY,
@@ -82,6 +98,54 @@ _log = logging.getLogger("plugin.response_cache")
 DEFAULT_NAMESPACE = "response_cache"
 DEFAULT_IGNORED_FIELDS = ("user", "metadata", "store", "stream_options", "service_tier")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+MISSES_KEY = "response_cache.misses"
+"""Where the in-process miss indexes live in ``PluginState.extra`` (one per namespace)."""
+MISS_INDEX_SIZE = 10_000
+
+
+class RecentMisses:
+    """Keys this process looked up and did not find, each remembered until a deadline.
+
+    ``writes`` counts the keys forgotten because an answer was stored: a lookup whose
+    store read overlapped such a write does not remember its miss (the answer may have
+    landed just after the read).
+    """
+
+    __slots__ = ("_until", "writes")
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self.writes = 0
+
+    def __contains__(self, digest: str) -> bool:
+        until = self._until.get(digest)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._until[digest]
+        return False
+
+    def remember(self, digest: str, until: float) -> None:
+        """Remember a miss of ``digest`` until ``until`` (``time.monotonic()`` seconds)."""
+        entries = self._until
+        if len(entries) >= MISS_INDEX_SIZE and digest not in entries:
+            del entries[next(iter(entries))]  # the oldest: dicts keep insertion order
+        entries[digest] = until
+
+    def forget(self, digest: str) -> None:
+        """An answer for ``digest`` is being stored: ask the store again from now on."""
+        self.writes += 1
+        self._until.pop(digest, None)
+
+
+def recent_misses(state: Any, namespace: str) -> RecentMisses:
+    """The miss index of ``namespace`` in the shared plugin state (made on first use)."""
+    indexes: dict[str, RecentMisses] = state.extra.setdefault(MISSES_KEY, {})
+    index = indexes.get(namespace)
+    if index is None:
+        index = indexes[namespace] = RecentMisses()
+    return index
 
 
 def _canonical(value: Any) -> Any:
@@ -102,16 +166,16 @@ def cache_key(
     ignore_fields: Iterable[str] = DEFAULT_IGNORED_FIELDS,
 ) -> str:
     """The SHA-256 hex digest identifying ``body`` (for ``tenant``) in the cache."""
-    ignored = set(ignore_fields)
+    ignored = ignore_fields if isinstance(ignore_fields, frozenset | set) else frozenset(ignore_fields)
     request = {key: _canonical(value) for key, value in body.items() if key not in ignored}
-    canonical = json.dumps(
-        {"request": request, "tenant": tenant},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
-    )
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    keyed = {"request": request, "tenant": tenant}
+    try:
+        canonical = orjson.dumps(keyed, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate, a huge int): the slow path
+        canonical = json.dumps(
+            keyed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _namespace(reader: ConfigReader) -> str:
@@ -136,7 +200,15 @@ class ResponseCacheLookup(BasePlugin):
         super().__init__(config)
         reader = ConfigReader(self.name, self.config)
         reader.reject_unknown(
-            {"namespace", "max_temperature", "default_temperature", "per_tenant", "ignore_fields", CONFIG_KEY}
+            {
+                "namespace",
+                "max_temperature",
+                "default_temperature",
+                "per_tenant",
+                "ignore_fields",
+                "miss_ttl_s",
+                CONFIG_KEY,
+            }
         )
         self.namespace = _namespace(reader)
         self.max_temperature = reader.get_number("max_temperature", None, exclusive=False)
@@ -146,6 +218,7 @@ class ResponseCacheLookup(BasePlugin):
             reader.get_str_list("ignore_fields", list(DEFAULT_IGNORED_FIELDS)) or ()
         )
         self.keys = KeySource(reader)
+        self.miss_ttl_s = reader.get_number("miss_ttl_s", 1.0, exclusive=False) or 0.0
 
     def _cacheable(self, body: Mapping[str, Any]) -> bool:
         if self.max_temperature is None:
@@ -166,11 +239,18 @@ class ResponseCacheLookup(BasePlugin):
         tenant = ctx.metadata.get("tenant") if self.per_tenant else None
         digest = cache_key(ctx.body, str(tenant) if tenant is not None else None, self.ignore_fields)
         ctx.metadata["_cache_key"] = digest
+        misses = recent_misses(ctx.state, self.namespace) if self.miss_ttl_s else None
+        if misses is not None and digest in misses:
+            ctx.metadata["_cache_status"] = "miss"
+            return PluginResponse.passthrough()
+        writes = misses.writes if misses is not None else 0
         cached = await store.get_state(f"{self.namespace}:{digest}")
+        if cached is None and misses is not None and misses.writes == writes:
+            misses.remember(digest, time.monotonic() + self.miss_ttl_s)
         sealed = ctx.metadata.get("_pii_mapping")
         if isinstance(cached, dict) and sealed is not None:
             try:
-                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+                mapping = open_sealed(sealed, key=self.keys.cipher(ctx), request_id=ctx.request_id)
             except SealError as exc:
                 _log.warning(
                     "%s: cannot restore PII in a cached answer, treated as a miss: %s", self.name, exc
@@ -226,7 +306,7 @@ class ResponseCacheStore(BasePlugin):
         sealed = ctx.metadata.get("_pii_mapping")
         if sealed is not None:
             try:
-                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+                mapping = open_sealed(sealed, key=self.keys.cipher(ctx), request_id=ctx.request_id)
             except SealError as exc:
                 return PluginResponse.passthrough(f"not stored: {exc}")
             pattern = originals_pattern(mapping)
@@ -236,6 +316,9 @@ class ResponseCacheStore(BasePlugin):
         size = len(encoded.encode("utf-8", "surrogatepass"))
         if size > self.max_entry_bytes:
             return PluginResponse.passthrough(f"answer too large to cache ({size} bytes)")
+        misses = recent_misses(ctx.state, self.namespace)
+        misses.forget(digest)
         await store.set_state(f"{self.namespace}:{digest}", stored, ttl_s=self.ttl_s)
+        misses.forget(digest)  # a lookup that read while the write was on its way
         ctx.metadata["_cache_stored"] = True
         return PluginResponse.passthrough()

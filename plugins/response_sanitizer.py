@@ -191,7 +191,7 @@ class ResponseSanitizer(BasePlugin):
         sealed = ctx.metadata.get("_pii_mapping")
         if self.keys is not None and sealed is not None:
             try:
-                mapping = open_sealed(sealed, key=self.keys.key(ctx), request_id=ctx.request_id)
+                mapping = open_sealed(sealed, key=self.keys.cipher(ctx), request_id=ctx.request_id)
             except SealError as exc:
                 # The answer goes on with its placeholders; the reason is reported (never the data).
                 report["restore_error"] = str(exc)

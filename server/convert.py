@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 from google.protobuf import struct_pb2
-from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginState, RequestInfo
+from ringd.sdk import (
+    Headers,
+    PluginAction,
+    PluginContext,
+    PluginHook,
+    PluginResponse,
+    PluginState,
+    RequestInfo,
+)
 from ringd.server.exceptions import EncodeError, RequestError
 from ringd.server.generations import PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
@@ -218,7 +226,27 @@ def context_from_proto(
     metadata = {
         key: _value_to_py(metadata_in[key], 0, depth, (f"{field}.metadata", key)) for key in metadata_in
     }
+    if message.HasField("request"):
+        request = message.request
+        headers_in = request.headers
+        if len(headers_in) > limits.max_headers:
+            raise RequestError(
+                f"{field}.request.headers has {len(headers_in)} entries; the limit is {limits.max_headers}",
+                field=f"{field}.request.headers",
+            )
+        headers = Headers()
+        # Names lower-cased here, so the dict is filled in C rather than per name in Headers.__setitem__.
+        dict.update(headers, {name.lower(): headers_in[name] for name in headers_in})
+        request_info = RequestInfo(
+            method=request.method,
+            path=request.path,
+            headers=headers,
+            client_address=request.client_address,
+        )
+    else:
+        request_info = RequestInfo()
     ctx = PluginContext(
+        request=request_info,
         body=body,
         metadata=metadata,
         session_id=message.session_id or "default",
@@ -226,20 +254,6 @@ def context_from_proto(
         response=response,
         request_id=message.request_id,
     )
-    if message.HasField("request"):
-        request = message.request
-        if len(request.headers) > limits.max_headers:
-            raise RequestError(
-                f"{field}.request.headers has {len(request.headers)} entries;"
-                f" the limit is {limits.max_headers}",
-                field=f"{field}.request.headers",
-            )
-        ctx.request = RequestInfo(
-            method=request.method,
-            path=request.path,
-            headers={name.lower(): request.headers[name] for name in request.headers},
-            client_address=request.client_address,
-        )
     return ctx, json_form
 
 
@@ -506,6 +520,49 @@ def ring_outcome_to_proto(
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
+
+
+def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> bool:
+    """Copy the request's ``<prefix>_json`` or ``<prefix>_struct`` as sent, when it is in the
+    answer's form; False when it is in the other form (the caller encodes the decoded value)."""
+    kind = request.WhichOneof(prefix)
+    if kind is None:
+        return True
+    if json_form and kind == f"{prefix}_json":
+        setattr(target, kind, getattr(request, kind))  # the caller's bytes: no re-encoding
+        return True
+    if not json_form and kind == f"{prefix}_struct":
+        getattr(target, kind).CopyFrom(getattr(request, kind))
+        return True
+    return False
+
+
+def queued_to_proto(
+    ring_outcome: RingOutcome,
+    request: pb.PluginContext,
+    json_form: bool,
+    target: engine_pb.ExecuteRingResponse,
+) -> None:
+    """Fill the acknowledgement of a BACKGROUND ring accepted onto the queue.
+
+    Its body, response and metadata are the request's (the contract), copied from the
+    request message as the caller sent them, so the acknowledgement encodes nothing
+    again: raw JSON bytes go back as they came, Structs and metadata are copied in C.
+    Only a part sent in the other form than the answer's is encoded from ``ring_outcome``.
+    """
+    ctx = ring_outcome.context
+    target.ring = RING_TO_PROTO[ring_outcome.ring]
+    target.action = ACTION_TO_PROTO[ring_outcome.action]
+    target.config_version = ring_outcome.config_version
+    target.generation = ring_outcome.generation
+    target.queued = ring_outcome.queued
+    if request.WhichOneof("body") is None:
+        _set_object(target, "body", ctx.body, json_form, "body")  # an absent body answers {}
+    else:
+        _echo_object(request, target, "body", json_form)  # a body sets the answer's form
+    if not _echo_object(request, target, "response", json_form) and ctx.response is not None:
+        _set_object(target, "response", ctx.response, json_form, "response")
+    target.metadata.MergeFrom(request.metadata)
 
 
 STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {

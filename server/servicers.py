@@ -184,8 +184,8 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         ctx, json_form = self._context(request.context)
         logs.bind_request(ctx.request_id, ring.value)  # this call's log lines carry its id
         response = engine_pb.ExecuteRingResponse()
-        if ring is PluginHook.BACKGROUND:
-            _encode(self._background.submit(ctx), json_form, response)
+        if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
+            convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
         elif self._tracer.enabled:
             deadline = self._deadline(context)
             with self._tracer.call_span(

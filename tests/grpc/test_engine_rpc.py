@@ -364,6 +364,21 @@ async def test_a_queued_background_answer_carries_the_requests_body_response_and
     assert metadata_of(answer) == {"tenant": "acme"}, "the request's metadata, not the ring's"
 
 
+async def test_a_queued_background_answer_gives_back_the_callers_json_bytes_as_sent(serve):
+    running = await serve([entry("usage", "background", config={"set_metadata": {"late": True}})])
+    # Spacing, key order and a number form that a re-encoding would all change.
+    body = b'{ "messages": [ {"content": "hello", "role": "user"} ],\n  "model": "gpt-4o", "t": 1.0 }'
+    upstream = b'{"usage": {"total_tokens": 7},   "id": "chatcmpl-1"}'
+    request = ring_request(pb.PLUGIN_HOOK_BACKGROUND, metadata={"tenant": "acme"})
+    request.context.body_json, request.context.response_json = body, upstream
+
+    answer = await running.engine().ExecuteRing(request, timeout=5)
+
+    assert answer.queued is True
+    assert (answer.body_json, answer.response_json) == (body, upstream)
+    assert metadata_of(answer) == {"tenant": "acme"}
+
+
 async def test_a_queued_background_answer_of_execute_rings_carries_the_context_the_ring_got(serve):
     running = await serve(
         [

@@ -80,6 +80,56 @@ async def test_entries_expire(make_ctx, chat, completion) -> None:
     assert (await lookup.execute(make_ctx(body))).action is PluginAction.PASSTHROUGH
 
 
+async def test_a_miss_is_remembered_in_this_process_until_its_ttl(make_ctx, chat, completion, store) -> None:
+    body = chat(("user", "What is the capital of France?"), temperature=0)
+    first = make_ctx(body)
+    assert (await ResponseCacheLookup({"miss_ttl_s": 60}).execute(first)).action is PluginAction.PASSTHROUGH
+    digest = first.metadata["_cache_key"]
+
+    # Another replica stores the answer: this process keeps answering its remembered miss...
+    await store.set_state(f"response_cache:{digest}", completion("Paris"), ttl_s=60)
+    again = make_ctx(body)
+    assert (await ResponseCacheLookup({"miss_ttl_s": 60}).execute(again)).action is PluginAction.PASSTHROUGH
+    assert again.metadata["_cache_status"] == "miss"
+    # ...which never hides the answer from a lookup that does not remember misses.
+    fresh = await ResponseCacheLookup({"miss_ttl_s": 0}).execute(make_ctx(body))
+    assert fresh.action is PluginAction.CACHE_HIT
+    assert fresh.response == completion("Paris")
+
+
+async def test_a_remembered_miss_expires_and_the_store_is_asked_again(
+    make_ctx, chat, completion, store
+) -> None:
+    lookup = ResponseCacheLookup({"miss_ttl_s": 0.1})
+    body = chat(("user", "What is the capital of Spain?"), temperature=0)
+    first = make_ctx(body)
+    await lookup.execute(first)
+    await store.set_state(f"response_cache:{first.metadata['_cache_key']}", completion("Madrid"), ttl_s=60)
+    await asyncio.sleep(0.2)
+    hit = await lookup.execute(make_ctx(body))
+    assert hit.action is PluginAction.CACHE_HIT
+    assert hit.response == completion("Madrid")
+
+
+async def test_a_store_in_this_process_ends_the_remembered_miss_at_once(make_ctx, chat, completion) -> None:
+    body = chat(("user", "What is the capital of Italy?"), temperature=0)
+    first = make_ctx(body)
+    await ResponseCacheLookup({"miss_ttl_s": 60}).execute(first)
+    post = make_ctx(body, metadata=dict(first.metadata), response=completion("Rome"))
+    await ResponseCacheStore().execute(post)
+    # A new lookup instance (as after a reload) shares the process's miss index.
+    hit = await ResponseCacheLookup({"miss_ttl_s": 60}).execute(make_ctx(body))
+    assert hit.action is PluginAction.CACHE_HIT
+    assert hit.response == completion("Rome")
+
+
+def test_miss_ttl_must_be_a_number_at_least_zero() -> None:
+    with pytest.raises(ValueError, match=r"miss_ttl_s.*must be a number >= 0"):
+        ResponseCacheLookup({"miss_ttl_s": -1})
+    with pytest.raises(ValueError, match=r"miss_ttl_s.*must be a number >= 0"):
+        ResponseCacheLookup({"miss_ttl_s": "soon"})
+
+
 async def test_hot_requests_skip_the_cache(make_ctx, chat) -> None:
     lookup = ResponseCacheLookup({"max_temperature": 0.5})
     hot = make_ctx(chat(("user", "write a poem"), temperature=0.9))
