@@ -13,7 +13,6 @@ from typing import Any
 
 import openai
 import pytest
-
 from support.gateways import CANARY, TEST_KEY, Gateway, Ringd, StartGateway
 
 GATEWAYS = ["go", "node"]
@@ -65,9 +64,11 @@ def test_streamed_answer_has_pii_restored_and_secrets_removed(
     # The upstream saw the placeholder, the client gets the address back, never the secret.
     assert "alice@example.com" not in json.dumps(upstream_calls(gateway))
     assert text.startswith("echo: Write to alice@example.com about the launch and use ")
-    assert SECRET not in text and "sk-" not in text
+    assert SECRET not in text
+    assert "sk-" not in text
     assert len(chunks) > 2, "the answer must arrive as several events"
-    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens > 0
 
 
 @pytest.mark.parametrize("kind", GATEWAYS)
@@ -98,7 +99,9 @@ def test_a_mid_stream_block_is_the_sdks_error(kind: str, ringd: Ringd, start_gat
 
 @pytest.mark.parametrize("kind", GATEWAYS)
 @pytest.mark.parametrize("fail_open", [True, False], ids=["fail-open", "fail-closed"])
-def test_ringd_restarted_mid_stream(kind: str, fail_open: bool, ringd: Ringd, start_gateway: StartGateway) -> None:
+def test_ringd_restarted_mid_stream(
+    kind: str, fail_open: bool, ringd: Ringd, start_gateway: StartGateway
+) -> None:
     gateway = start_gateway(kind, ringd, fail_open)
     client = sdk(gateway)
     prompt = "Count slowly from one to twenty for me"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support.process import RingdProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,8 @@ def node_gateway_script() -> Path:
     node = ROOT / "clients" / "node"
     hidden = node / "node_modules" / ".package-lock.json"
     if not hidden.exists() or any(
-        (node / name).stat().st_mtime > hidden.stat().st_mtime for name in ("package.json", "package-lock.json")
+        (node / name).stat().st_mtime > hidden.stat().st_mtime
+        for name in ("package.json", "package-lock.json")
     ):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=node, check=True, timeout=600)
     return node / "examples" / "gateway.js"
@@ -124,7 +126,9 @@ class Gateway:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGD_", "UPSTREAM_", "PORT"))}
         full_env.update(env)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         found = None
         while found is None:
@@ -155,9 +159,7 @@ StartGateway = Callable[[str, Ringd, bool], Gateway]
 
 
 @pytest.fixture
-def start_gateway(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[StartGateway]:
+def start_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartGateway]:
     """``start_gateway(kind, ringd, fail_open)``: a running Go or Node gateway."""
     started: list[Gateway] = []
 

@@ -361,7 +361,13 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
       traceparent: callOptions.traceparent,
       tracestate: callOptions.tracestate,
     });
-    res.on('close', () => stream.cancel()); // the client went away: ringd frees the stream
+    let clientGone = false;
+    res.on('close', () => {
+      if (res.writableFinished) return;
+      clientGone = true; // the client went away: ringd frees the stream, the upstream is dropped
+      stream.cancel();
+      upstream.destroy();
+    });
     /** Writes one reply; true when the stream is over (block or done). */
     const handleReply = (reply) => {
       if (reply.kind === 'release') {
@@ -398,6 +404,7 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
       }
       throw Object.assign(new Error('StreamRing ended without done'), { code: status.INTERNAL });
     } catch (err) {
+      if (clientGone) return; // nobody left to answer
       if (typeof err.code !== 'number') throw err; // not a gRPC error: a bug, answered 500
       log(`ringd stream_ring: ${status[err.code] || err.code}: ${err.details || err.message}`);
       stream.cancel();
