@@ -222,6 +222,54 @@ export interface RingdClientOptions {
 /** A gRPC failure: compare `code` with `status` (UNAVAILABLE: ringd down). */
 export type RingdCallError = ServiceError;
 
+/** StreamRing's reply to a chunk (or to `end`): chunks to write to the client now, each as `data: <chunk>\n\n`. */
+export interface StreamRelease {
+  kind: 'release';
+  /** chat.completion.chunk objects as UTF-8 JSON bytes; may be empty (text held back). */
+  chunks: Buffer[];
+}
+
+interface StreamEndBase {
+  /** How many chunks ringd released over the whole call. */
+  releasedChunks: number;
+  results: PluginResult[];
+  metadata: JsonObject;
+  configVersion: string;
+  generation: number;
+  /** True when ringd queued BACKGROUND on the assembled answer (do not call it yourself). */
+  backgroundQueued: boolean;
+}
+
+/** The stream is blocked (the last reply): an HTTP error when releasedChunks is 0, else an SSE error event. */
+export interface StreamBlockReply extends StreamEndBase {
+  kind: 'block';
+  block: BlockInfo;
+  decidedBy: string;
+}
+
+/** The stream finished (the last reply): write `data: [DONE]`. */
+export interface StreamDoneReply extends StreamEndBase {
+  kind: 'done';
+  /** The assembled chat.completion as the client received it. */
+  answer: JsonObject;
+  answerJson: Buffer;
+}
+
+export type StreamReply = StreamRelease | StreamBlockReply | StreamDoneReply;
+
+/** One streamed answer through POST_FLIGHT (RingdClient.streamRing). */
+export declare class RingStream implements AsyncIterable<StreamReply> {
+  /** One upstream chunk: its JSON (string, bytes or object) or the raw SSE event (`data: {...}`). */
+  send(chunk: string | Uint8Array | JsonObject): void;
+  /** The upstream is over: ringd answers a release (the held tail), then done or block. */
+  end(): void;
+  /** The next reply (exactly one per chunk, in order), or undefined after the last; rejects with a RingdCallError. */
+  recv(): Promise<StreamReply | undefined>;
+  /** Cancels the call; ringd drops what it held. */
+  cancel(): void;
+  [Symbol.asyncIterator](): AsyncIterator<StreamReply>;
+}
+
 export declare class RingdClient {
   /** @param target host:port or unix:/path (default 127.0.0.1:50051). */
   constructor(target?: string, options?: RingdClientOptions);
@@ -230,6 +278,11 @@ export declare class RingdClient {
   executeRing(ring: RingLike, context?: RingContext, options?: CallOptions): Promise<RingOutcome>;
   /** Runs the rings in order in one call; stops at the first block or cache hit (the last outcome has the verdict). */
   executeRings(rings: RingLike[], context?: RingContext, options?: CallOptions): Promise<RingOutcome[]>;
+  /**
+   * POST_FLIGHT on a streamed answer: sends `open` with the context (body, ROUTING's
+   * metadata, request, requestId; no response). No default deadline.
+   */
+  streamRing(context?: RingContext, options?: CallOptions): RingStream;
   listPlugins(ring?: RingLike, options?: CallOptions): Promise<ListPluginsResult>;
   reloadConfig(options?: CallOptions): Promise<ReloadResult>;
   setPluginEnabled(name: string, enabled: boolean, options?: CallOptions): Promise<PluginInfo>;
@@ -244,5 +297,7 @@ export declare function carry(outcome: RingOutcome, context?: RingContext): Ring
 export declare function buildContext(context?: RingContext): object;
 /** A RingOutcome from a decoded ringd.v1.ExecuteRingResponse (proto-loader form). */
 export declare function parseOutcome(message: object): RingOutcome;
+/** A StreamReply from a decoded ringd.v1.StreamRingResponse (proto-loader form). */
+export declare function parseStreamReply(message: object): StreamReply;
 export declare function toValue(value: JsonValue): object;
 export declare function fromValue(value: object): JsonValue;

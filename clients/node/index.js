@@ -343,6 +343,98 @@ function pluginInfo(info) {
   };
 }
 
+/** A StreamRingResponse as the client's StreamReply (see index.d.ts). */
+function parseStreamReply(message) {
+  const results = (list) =>
+    (list || []).map((result) => ({
+      plugin: result.plugin,
+      version: result.version,
+      action: lowerEnum(result.action, 'PLUGIN_ACTION_'),
+      outcome: lowerEnum(result.outcome, 'PLUGIN_OUTCOME_'),
+      latencyMs: latencyMs(result.latency),
+      error: result.error,
+      message: result.message,
+    }));
+  if (message.kind === 'release') {
+    return { kind: 'release', chunks: (message.release.chunks || []).map((chunk) => Buffer.from(chunk)) };
+  }
+  if (message.kind === 'block') {
+    const blocked = message.block;
+    return {
+      kind: 'block',
+      block: blockInfo(blocked.block || {}),
+      decidedBy: blocked.decidedBy,
+      releasedChunks: Number(blocked.releasedChunks),
+      results: results(blocked.results),
+      metadata: fromMap(blocked.metadata),
+      configVersion: blocked.configVersion,
+      generation: Number(blocked.generation),
+      backgroundQueued: Boolean(blocked.backgroundQueued),
+    };
+  }
+  const done = message.done;
+  const answerJson = Buffer.from(done.answerJson);
+  return {
+    kind: 'done',
+    answer: JSON.parse(answerJson.toString('utf8')),
+    answerJson,
+    releasedChunks: Number(done.releasedChunks),
+    results: results(done.results),
+    metadata: fromMap(done.metadata),
+    configVersion: done.configVersion,
+    generation: Number(done.generation),
+    backgroundQueued: Boolean(done.backgroundQueued),
+  };
+}
+
+/**
+ * One streamed answer through ringd's POST_FLIGHT (the StreamRing call); made by
+ * RingdClient.streamRing, which sends `open`. send() each upstream event, end() when
+ * the upstream is over; the replies come out of `for await (const reply of stream)`
+ * or, one at a time, `await stream.recv()` (undefined after the last). A failed
+ * call rejects the iteration with a grpc ServiceError (`code`, `details`).
+ */
+class RingStream {
+  constructor(call) {
+    this._call = call;
+    this._ended = false;
+    this._replies = (async function* replies() {
+      for await (const message of call) yield parseStreamReply(message);
+    })();
+  }
+
+  /** Sends one upstream chunk: the chunk's JSON (string, Buffer or object) or the raw SSE event. */
+  send(chunk) {
+    let data = chunk;
+    if (typeof chunk === 'string') data = Buffer.from(chunk);
+    else if (!Buffer.isBuffer(chunk) && !(chunk instanceof Uint8Array)) data = Buffer.from(JSON.stringify(chunk));
+    this._call.write({ chunk: { data } });
+  }
+
+  /** The upstream is over: ringd answers a release (the held tail), then done or block. */
+  end() {
+    if (this._ended) return;
+    this._ended = true;
+    this._call.write({ end: {} });
+    this._call.end();
+  }
+
+  /** The next reply, or undefined after the last. */
+  async recv() {
+    const next = await this._replies.next();
+    return next.done ? undefined : next.value;
+  }
+
+  /** Cancels the call: ringd drops what it held. Harmless after the stream finished. */
+  cancel() {
+    this._call.cancel();
+  }
+
+  [Symbol.asyncIterator]() {
+    return this._replies;
+  }
+}
+
 /** A client of one ringd server (one channel shared by every service). */
 class RingdClient {
   /**
@@ -372,6 +464,33 @@ class RingdClient {
     const request = { rings: rings.map(ringEnum), context: buildContext(context) };
     const reply = await this._call(this._engine, 'ExecuteRings', request, options, false);
     return reply.outcomes.map(parseOutcome);
+  }
+
+  /**
+   * POST_FLIGHT on a streamed answer: opens a StreamRing call and sends `open` with
+   * `context` (body, ROUTING's metadata, request, requestId, sessionId; no response).
+   * No default deadline (a stream lasts as long as the upstream's answer): pass
+   * `deadlineMs` or `signal` to bound it.
+   */
+  streamRing(context = {}, options = {}) {
+    const metadata = new grpc.Metadata();
+    if (options.traceparent) metadata.set('traceparent', options.traceparent);
+    if (options.tracestate) metadata.set('tracestate', options.tracestate);
+    for (const [key, value] of Object.entries(options.metadata || {})) metadata.set(key, value);
+    const callOptions = {};
+    if (options.deadlineMs && Number.isFinite(options.deadlineMs)) {
+      callOptions.deadline = Date.now() + options.deadlineMs;
+    }
+    const opening = buildContext(context);
+    delete opening.responseJson;
+    const call = this._engine.StreamRing(metadata, callOptions);
+    call.write({ open: { context: opening } });
+    const stream = new RingStream(call);
+    if (options.signal) {
+      if (options.signal.aborted) call.cancel();
+      else options.signal.addEventListener('abort', () => call.cancel(), { once: true });
+    }
+    return stream;
   }
 
   /** Lists the loaded plugins (of one ring, when given). */
@@ -439,6 +558,8 @@ class RingdClient {
 
 module.exports = {
   RingdClient,
+  RingStream,
+  parseStreamReply,
   Ring,
   Action,
   RINGS,

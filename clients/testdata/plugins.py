@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from ringd.sdk import BasePlugin, PluginContext, PluginResponse
+from ringd.sdk import BasePlugin, PluginContext, PluginResponse, StreamText
 
 
 def _last_message(body: dict[str, Any]) -> str:
@@ -113,6 +113,33 @@ class Stamp(BasePlugin):
                 "tenant": ctx.metadata.get("tenant"),
                 "route": ctx.metadata.get("route"),
             }
+        return PluginResponse.passthrough()
+
+
+class Censor(BasePlugin):
+    """POST_FLIGHT, streams: "darn" becomes "d**n"; "forbidden" blocks with 451 `test_censored`."""
+
+    name = "censor"
+    version = "1.0.0"
+    stream_holdback_chars = 16
+
+    @staticmethod
+    def _censor(text: str) -> str | PluginResponse:
+        if "forbidden" in text:
+            return PluginResponse.block(451, "test_censored", "the answer said a forbidden word")
+        return text.replace("darn", "d**n")
+
+    async def on_chunk(self, ctx: PluginContext, text: StreamText) -> str | PluginResponse:
+        return self._censor(text)
+
+    async def execute(self, ctx: PluginContext) -> PluginResponse:
+        for choice in (ctx.response or {}).get("choices") or []:
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                censored = self._censor(message["content"])
+                if isinstance(censored, PluginResponse):
+                    return censored
+                message["content"] = censored
         return PluginResponse.passthrough()
 
 

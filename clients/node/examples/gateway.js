@@ -14,6 +14,15 @@
  *    carried from ROUTING's answer; its final response is what the client gets.
  * 4. BACKGROUND, fire and forget, after the client has its answer.
  *
+ * With `"stream": true` the answer is server-sent events: the upstream's events go
+ * through ringd's StreamRing (POST_FLIGHT chunk by chunk; ringd queues BACKGROUND
+ * itself), each released chunk is written as `data: <chunk>` at once, then
+ * `data: [DONE]`. A block before anything was released is a plain HTTP error, after
+ * that an SSE error event and a clean close. A CACHE_HIT is replayed as SSE. ringd
+ * failing mid-stream: fail-open relays the rest of the upstream's events unprocessed
+ * (header x-ringd-bypassed when nothing was written yet); fail-closed ends the stream
+ * with an error event of type ringd_unavailable.
+ *
  * ringd unreachable (or any gRPC error but INVALID_ARGUMENT): 503
  * {error: {type: "ringd_unavailable"}}; with fail-open the rings are skipped, the
  * client's body goes upstream unchanged and the answer carries the header
@@ -81,6 +90,88 @@ function readBody(req) {
   });
 }
 
+/** POSTs the chat request to the upstream; resolves to its http.IncomingMessage. */
+function openUpstream(upstreamUrl, bodyJson, headers) {
+  const url = new URL(`${upstreamUrl.replace(/\/+$/, '')}/v1/chat/completions`);
+  const transport = url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = transport.request(
+      url,
+      {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json', 'content-length': bodyJson.length },
+      },
+      resolve,
+    );
+    req.on('error', reject);
+    req.end(bodyJson);
+  });
+}
+
+/** Server-sent events from a readable: each event's lines, without the blank line that ends it. */
+async function* sseEvents(readable) {
+  let buffer = '';
+  for await (const piece of readable) {
+    buffer += piece.toString('utf8').replace(/\r\n?/g, '\n');
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const event = buffer.slice(0, end).replace(/^\n+/, '');
+      buffer = buffer.slice(end + 2);
+      if (event) yield event;
+    }
+  }
+  if (buffer.trim()) yield buffer.trim();
+}
+
+const isDone = (event) => event.replace(/^data:/, '').trim() === '[DONE]';
+
+/** Writes server-sent events to the client; status and headers go out with the first. */
+class SseWriter {
+  constructor(res, headers) {
+    this.res = res;
+    this.headers = headers;
+    this.started = false;
+  }
+
+  event(lines) {
+    if (!this.started) {
+      this.started = true;
+      this.res.writeHead(200, { ...this.headers, 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      this.res.flushHeaders();
+    }
+    this.res.write(`${lines}\n\n`); // node's http writes (flushes) each chunk at once
+  }
+
+  data(payload) {
+    this.event(`data: ${Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload)}`);
+  }
+
+  /** OpenAI's error shape: data: {"error": {...}}. */
+  error(statusCode, type, message) {
+    this.data({ error: { message, type, code: statusCode } });
+  }
+
+  close() {
+    this.res.end();
+  }
+}
+
+/** A cached chat.completion as chunk events (role and content, finish, usage) and [DONE]. */
+function replaySSE(res, cached, headers) {
+  const out = new SseWriter(res, headers);
+  const base = { id: cached.id, object: 'chat.completion.chunk', created: cached.created, model: cached.model };
+  for (const choice of cached.choices || []) {
+    const message = choice.message || {};
+    const delta = { role: 'assistant', content: message.content ?? null };
+    if (Array.isArray(message.tool_calls)) delta.tool_calls = message.tool_calls.map((call, index) => ({ ...call, index }));
+    out.data({ ...base, choices: [{ index: choice.index, delta, finish_reason: null }] });
+    out.data({ ...base, choices: [{ index: choice.index, delta: {}, finish_reason: choice.finish_reason }] });
+  }
+  if (cached.usage) out.data({ ...base, choices: [], usage: cached.usage });
+  out.event('data: [DONE]');
+  out.close();
+}
+
 /** POSTs the chat request to the upstream; resolves to {statusCode, headers, bytes}. */
 function postUpstream(upstreamUrl, bodyJson, headers) {
   const url = new URL(`${upstreamUrl.replace(/\/+$/, '')}/v1/chat/completions`);
@@ -139,9 +230,11 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
     }
     if (req.method !== 'POST') throw new HttpError(405, 'method_not_allowed', 'use POST');
     const raw = await readBody(req);
-    if (!parseObject(raw)) {
+    const parsed = parseObject(raw);
+    if (!parsed) {
       throw new HttpError(400, 'invalid_request_error', 'the body must be a JSON object');
     }
+    const streaming = parsed.stream === true;
 
     const requestId = req.headers['x-request-id'] || randomUUID();
     const callOptions = { deadlineMs, traceparent: req.headers.traceparent, tracestate: req.headers.tracestate };
@@ -174,11 +267,21 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
         return;
       }
       if (last.action === Action.CACHE_HIT) {
+        if (streaming) {
+          replaySSE(res, last.cachedResponse, { ...answerHeaders, 'x-ringd-cache': 'hit' });
+          background(carry(last, { ...context, responseJson: last.cachedResponseJson }), callOptions);
+          return;
+        }
         sendJSON(res, 200, last.cachedResponseJson, { ...answerHeaders, 'x-ringd-cache': 'hit' });
         background(carry(last, { ...context, responseJson: last.cachedResponseJson }), callOptions);
         return;
       }
       context = carry(last, context); // final body (MODIFY included) and metadata
+    }
+
+    if (streaming) {
+      await handleStream(req, res, context, bypassed, answerHeaders, callOptions);
+      return;
     }
 
     // 2. The upstream gets ringd's final body.
@@ -222,6 +325,102 @@ function createHandler({ client, upstreamUrl, failOpen = false, deadlineMs = 200
 
     // 4. BACKGROUND: after the answer, not awaited.
     if (!bypassed.length) background(context, callOptions);
+  }
+
+  /** A "stream": true request: the upstream's events through StreamRing, one chunk and one reply at a time. */
+  async function handleStream(req, res, context, bypassed, answerHeaders, callOptions) {
+    let upstream;
+    try {
+      upstream = await openUpstream(upstreamUrl, context.bodyJson, {
+        'x-request-id': context.requestId,
+        ...(req.headers.traceparent ? { traceparent: req.headers.traceparent } : {}),
+      });
+    } catch (err) {
+      throw new HttpError(502, 'upstream_unavailable', `upstream: ${err.message}`);
+    }
+    const contentType = upstream.headers['content-type'] || '';
+    if (upstream.statusCode < 200 || upstream.statusCode >= 300 || !contentType.startsWith('text/event-stream')) {
+      // An upstream error (or an answer that is not a stream) is the client's answer as it is.
+      res.writeHead(upstream.statusCode, { ...answerHeaders, 'content-type': contentType || 'application/json' });
+      upstream.pipe(res);
+      return;
+    }
+    const events = sseEvents(upstream);
+    const relay = async () => {
+      for (let next = await events.next(); !next.done; next = await events.next()) out.event(next.value);
+      out.close();
+    };
+    const out = new SseWriter(res, answerHeaders);
+    if (bypassed.length) {
+      answerHeaders['x-ringd-bypassed'] = bypassed.join(',');
+      await relay();
+      return;
+    }
+    // POST_FLIGHT chunk by chunk; BACKGROUND is ringd's (queued on the assembled answer).
+    const stream = client.streamRing(context, {
+      traceparent: callOptions.traceparent,
+      tracestate: callOptions.tracestate,
+    });
+    let clientGone = false;
+    res.on('close', () => {
+      if (res.writableFinished) return;
+      clientGone = true; // the client went away: ringd frees the stream, the upstream is dropped
+      stream.cancel();
+      upstream.destroy();
+    });
+    /** Writes one reply; true when the stream is over (block or done). */
+    const handleReply = (reply) => {
+      if (reply.kind === 'release') {
+        for (const chunk of reply.chunks) out.data(chunk);
+        return false;
+      }
+      if (reply.kind === 'block') {
+        const { statusCode, errorType, message, headers } = reply.block;
+        if (reply.releasedChunks === 0 && !out.started) {
+          sendError(res, statusCode, errorType, message, { ...headers, ...answerHeaders });
+          return true;
+        }
+        out.error(statusCode, errorType, message);
+      } else {
+        out.event('data: [DONE]');
+      }
+      out.close();
+      return true;
+    };
+    try {
+      for (let next = await events.next(); !next.done; next = await events.next()) {
+        if (isDone(next.value)) break; // ours is written after `done`
+        stream.send(next.value);
+        const reply = await stream.recv();
+        if (!reply) throw Object.assign(new Error('StreamRing ended early'), { code: status.INTERNAL });
+        if (handleReply(reply)) {
+          upstream.destroy();
+          return;
+        }
+      }
+      stream.end();
+      for (let reply = await stream.recv(); reply; reply = await stream.recv()) {
+        if (handleReply(reply)) return;
+      }
+      throw Object.assign(new Error('StreamRing ended without done'), { code: status.INTERNAL });
+    } catch (err) {
+      if (clientGone) return; // nobody left to answer
+      if (typeof err.code !== 'number') throw err; // not a gRPC error: a bug, answered 500
+      log(`ringd stream_ring: ${status[err.code] || err.code}: ${err.details || err.message}`);
+      stream.cancel();
+      if (failOpen) {
+        if (!out.started) answerHeaders['x-ringd-bypassed'] = 'post_flight';
+        await relay();
+        return;
+      }
+      if (!out.started) {
+        if (err.code === status.INVALID_ARGUMENT) throw new HttpError(400, 'invalid_request_error', err.details);
+        throw new HttpError(503, 'ringd_unavailable', `plugin service unavailable (${status[err.code]})`);
+      }
+      out.error(503, 'ringd_unavailable', `plugin service unavailable (${status[err.code]})`);
+      out.close();
+      upstream.destroy();
+    }
   }
 
   function background(context, callOptions) {

@@ -12,6 +12,15 @@
 //     carried from ROUTING's answer; its final response is what the client gets.
 //  4. BACKGROUND, fire and forget, after the client has its answer.
 //
+// With "stream": true the answer is server-sent events (stream.go): the upstream's
+// events go through ringd's StreamRing (POST_FLIGHT chunk by chunk, BACKGROUND queued
+// by ringd); each released chunk is written and flushed as `data: <chunk>`, then
+// `data: [DONE]`. A block before anything was released is a plain HTTP error, after
+// that an SSE error event and a clean close. A CACHE_HIT is replayed as SSE. ringd
+// failing mid-stream: fail-open relays the rest of the upstream's events unprocessed
+// (header X-Ringd-Bypassed when nothing was written yet); fail-closed ends the
+// stream with an error event of type ringd_unavailable.
+//
 // ringd unreachable (or any gRPC error but INVALID_ARGUMENT): 503
 // {"error": {"type": "ringd_unavailable"}}; with fail-open the rings are skipped, the
 // client's body goes upstream unchanged and the answer carries the header
@@ -150,6 +159,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) error {
 	if err := json.Unmarshal(raw, &probe); err != nil || probe == nil {
 		return &httpError{http.StatusBadRequest, "invalid_request_error", "the body must be a JSON object"}
 	}
+	streaming, _ := probe["stream"].(bool)
 
 	requestID := r.Header.Get("X-Request-Id")
 	if requestID == "" {
@@ -186,11 +196,20 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 			w.Header().Set("X-Ringd-Cache", "hit")
+			if streaming {
+				replaySSE(w, cached)
+				g.background(ctx, ringd.WithResponse(ringd.Carry(pctx, last), cached))
+				return nil
+			}
 			writeJSON(w, http.StatusOK, cached)
 			g.background(ctx, ringd.WithResponse(ringd.Carry(pctx, last), cached))
 			return nil
 		}
 		pctx = ringd.Carry(pctx, last) // final body (MODIFY included) and metadata
+	}
+
+	if streaming {
+		return g.serveStream(ctx, w, r, pctx, bypassed, requestID, traceparent)
 	}
 
 	// 2. The upstream gets ringd's final body.
@@ -260,11 +279,11 @@ func (g *Gateway) background(ctx context.Context, pctx *ringdv1.PluginContext) {
 	}()
 }
 
-func (g *Gateway) postUpstream(ctx context.Context, body []byte, requestID, traceparent string) (int, []byte, error) {
+func (g *Gateway) openUpstream(ctx context.Context, body []byte, requestID, traceparent string) (*http.Response, error) {
 	url := strings.TrimRight(g.UpstreamURL, "/") + "/v1/chat/completions"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Request-Id", requestID)
@@ -275,7 +294,11 @@ func (g *Gateway) postUpstream(ctx context.Context, body []byte, requestID, trac
 	if client == nil {
 		client = http.DefaultClient
 	}
-	resp, err := client.Do(req)
+	return client.Do(req)
+}
+
+func (g *Gateway) postUpstream(ctx context.Context, body []byte, requestID, traceparent string) (int, []byte, error) {
+	resp, err := g.openUpstream(ctx, body, requestID, traceparent)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -35,3 +35,23 @@ export async function call(client: RingdClient): Promise<number> {
   const [last] = (await client.executeRings(['ingress'], { body: { model: 'm' } })).slice(-1);
   return answer(last).status;
 }
+
+// StreamReply narrows on `kind`: chunks on a release, block on a block, answer on done.
+export async function relay(client: RingdClient, events: string[], write: (line: string) => void): Promise<number> {
+  const stream = client.streamRing({ body: { model: 'm', stream: true } });
+  for (const event of events) {
+    stream.send(event);
+    const reply = await stream.recv();
+    if (reply === undefined) return 500;
+    if (reply.kind === 'block') return reply.releasedChunks === 0 ? reply.block.statusCode : 200;
+    if (reply.kind === 'done') return 200;
+    // @ts-expect-error answer exists only on done
+    void reply.answer;
+    for (const chunk of reply.chunks) write(`data: ${chunk.toString('utf8')}\n\n`);
+  }
+  stream.end();
+  for await (const reply of stream) {
+    if (reply.kind === 'done') return reply.answer.object === 'chat.completion' ? 200 : 502;
+  }
+  return 500;
+}
