@@ -183,10 +183,10 @@ class RingRunner:
         """
         instance = loaded.instance
         breaker = loaded.breaker
-        if instance is None or (breaker.state is not CLOSED and not breaker.admit(time.perf_counter())):
+        if instance is None or (breaker.state is not CLOSED and not breaker.admit(_perf())):
             result, block = self._unavailable(loaded)
             return result, None, block
-        started = time.perf_counter()
+        started = _perf()
         budget = loaded.timeout_s
         cut_by_deadline = deadline_perf is not None and deadline_perf - started < budget
         if cut_by_deadline:
@@ -215,7 +215,7 @@ class RingRunner:
                 hook.check is None and isinstance(response, hook.returns)
             ):
                 # ``settle`` of a valid return, inline: this is most calls of every ring.
-                latency_ms = (time.perf_counter() - started) * 1000.0
+                latency_ms = (_perf() - started) * 1000.0
                 loaded.metrics.observe(latency_ms)
                 if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
                     breaker.on_success(started)
@@ -465,6 +465,7 @@ def _servable(response: PluginResponse) -> str | None:
 
 
 _PASS = PluginAction.PASSTHROUGH
+_perf = time.perf_counter
 
 EXECUTE = PluginCall(
     method="execute",
