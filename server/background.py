@@ -31,7 +31,7 @@ class BackgroundQueue:
 
     @property
     def pending(self) -> int:
-        """Rings waiting or running."""
+        """Rings waiting in the queue (not counting those a worker is running)."""
         return self._queue.qsize()
 
     def submit(self, ctx: PluginContext) -> RingOutcome:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ringd.sdk import BasePlugin, PluginHook, PluginMetrics
 from ringd.server.breaker import CircuitBreaker
-from ringd.server.config import DEFAULT_FAIL_POLICY, FailPolicy, PluginEntry, RingdConfig
+from ringd.server.config import DEFAULT_FAIL_POLICY, FailPolicy, PluginEntry, RingdConfig, StreamMode
 from ringd.server.exceptions import PluginLoadError, ReloadError, describe
 from ringd.server.loader import entry_fingerprint, load_entry_class
 
@@ -267,6 +267,10 @@ async def _load(entry: PluginEntry, fingerprint: str, config: RingdConfig) -> Lo
     if not isinstance(ring, PluginHook):
         error = f"class attribute hook is {ring!r}, not a PluginHook; set 'hook' in the entry"
         return _failed(entry, PluginHook.PRE_FLIGHT, fingerprint, error, cls)
+    if entry.stream_mode is not StreamMode.AFTER and ring is not PluginHook.POST_FLIGHT:
+        # The config checks an entry that names its hook; this is the class-hooked case.
+        error = f"field 'stream_mode' applies to post_flight plugins only; its ring is {ring.value!r}"
+        return _failed(entry, ring, fingerprint, error, cls)
     stage = "construction"
     try:
         instance = cls(dict(entry.config))

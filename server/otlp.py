@@ -36,7 +36,6 @@ _CACHE_LIMIT = 4096
 """Distinct entries kept per cache; past it a cache starts again (a bound, not an LRU)."""
 _HAS_IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
 _IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
-_FIXED64 = Struct("<Q")
 _TIMES_AND_FLAGS = Struct("<BQBQHI")  # start (field 7), end (field 8), flags (field 16: a 2-byte tag)
 _START_TAG, _END_TAG, _FLAGS_TAG = 0x39, 0x41, 0x0185  # (field << 3) | wire type; 0x0185 is 0x85 0x01 LE
 

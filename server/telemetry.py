@@ -125,8 +125,8 @@ class RingTracer:
 
     The shape: a SERVER span per RPC (:meth:`call_span`), the caller's ``traceparent``
     its parent; under it what :meth:`record_ring` adds once a ring has run. For a call
-    of one ring (ExecuteRing) the server span *is* the ring span; for a call of several
-    rings (ExecuteRings, and the streamed answers of :mod:`ringd.server.stream`) each ring
+    of one ring (ExecuteRing, and a streamed answer's POST_FLIGHT in StreamRing) the
+    server span *is* the ring span; for a call of several rings (ExecuteRings) each ring
     gets a child span ``ring <name>``. Every plugin that ran gets a child span of its
     ring span, made after the ring from the start and latency the engine recorded in its
     :class:`PluginResult`: the ring loop carries no tracing code and no context is
@@ -140,9 +140,9 @@ class RingTracer:
     ``on_end`` only, not ``on_start`` (the batch and simple processors need nothing
     else).
 
-    Streaming hook: a streamed answer opens ``call_span(method, metadata)`` for the
-    stream, keeps ``started = now_pair()`` before each ring (or chunk pass) and calls
-    ``record_ring(span, outcome, *started, child=True)`` when it ends.
+    StreamRing opens ``call_span(method, metadata)`` for the stream, takes
+    ``now_pair()`` when it starts and calls ``record_ring(span, outcome, *started)`` with
+    the stream's POST_FLIGHT outcome when it ends (the server span is its ring span).
     """
 
     __slots__ = ("_ids", "_processor", "_resource", "_sampler", "_scope", "enabled")

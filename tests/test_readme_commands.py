@@ -170,3 +170,31 @@ def test_the_plugin_and_its_test_from_the_readme_pass(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_every_ringd_yaml_sample_in_the_readme_is_a_valid_config(tmp_path: Path) -> None:
+    """Each ```yaml block that shows a whole ringd.yaml passes `ringd check-config` as written."""
+    blocks = [
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+        if block.lstrip().startswith("# ringd.yaml") or block.lstrip().startswith("version:")
+    ]
+    assert blocks, "the README shows no ringd.yaml"
+    # The plugin files the samples name, as the README shows them (```python blocks that
+    # start with their path, e.g. "# plugins/shout.py").
+    for code in re.findall(r"```python\n(# (plugins/\S+\.py).*?)```", README.read_text(), re.S):
+        target = tmp_path / code[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(code[0])
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"sample{index}.yaml"
+        path.write_text(block)
+        checked = subprocess.run(
+            [str(BIN / "ringd"), "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert checked.returncode == 0, f"README sample {index}:\n{block}\n{checked.stdout}{checked.stderr}"

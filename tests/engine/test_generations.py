@@ -409,3 +409,33 @@ async def test_a_reload_that_only_changes_priorities_reorders_the_ring(with_tagg
     outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext())
     assert [r.plugin for r in outcome.results] == ["b", "a"]
     assert instances(engine) == before, "a priority change keeps the instances (and their stats)"
+
+
+async def test_stream_mode_on_a_class_hooked_plugin_outside_post_flight_fails_its_load(
+    workspace, make_engine
+):
+    # The entry names no hook, so the config cannot check stream_mode; the load does.
+    workspace.plugin(
+        "early.py",
+        """
+        from ringd.sdk import BasePlugin, PluginHook
+
+        class Early(BasePlugin):
+            hook = PluginHook.PRE_FLIGHT
+        """,
+    )
+    engine = await make_engine(
+        workspace.config(
+            """
+            version: v1
+            plugins:
+              - {name: early, entrypoint: early.py:Early, stream_mode: buffer}
+            """
+        )
+    )
+    loaded = engine.generation.slots["early"].loaded
+    assert loaded.instance is None
+    assert (
+        loaded.load_error
+        == "field 'stream_mode' applies to post_flight plugins only; its ring is 'pre_flight'"
+    )
