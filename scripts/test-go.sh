@@ -52,12 +52,14 @@ replace github.com/ringd/ringd/clients/go => $root/clients/go
 GOMOD
 echo "a separate module ($work): go mod tidy, go build, go vet, go test against ringd"
 (cd "$work" && go mod tidy && go build -o tinygateway . && go vet ./...)
+# ringd writes one JSON line to --ready-fd once it serves (its machine-readable ready signal).
 RINGD_STORE="$work/ringd.db" RINGD_LOG_LEVEL=WARNING "$ringd_bin" serve \
-  --config "$root/clients/testdata/ringd-test.yaml" --listen 127.0.0.1:0 >"$work/ringd.out" 2>"$work/ringd.err" &
+  --config "$root/clients/testdata/ringd-test.yaml" --listen 127.0.0.1:0 --ready-fd 3 \
+  3>"$work/ready.json" >"$work/ringd.out" 2>"$work/ringd.err" &
 ringd_pid=$!
 target=""
 for _ in $(seq 1 300); do
-  target=$(sed -n 's/^listening on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$work/ringd.out" | head -n 1)
+  target=$(sed -n 's/.*"listen": *\[ *"\(127\.0\.0\.1:[0-9]*\)".*/\1/p' "$work/ready.json" | head -n 1)
   [ -n "$target" ] && break
   if ! kill -0 "$ringd_pid" 2>/dev/null; then
     cat "$work/ringd.err" >&2
@@ -68,7 +70,7 @@ for _ in $(seq 1 300); do
 done
 if [ -z "$target" ]; then
   cat "$work/ringd.err" >&2
-  echo "FAIL: ringd did not print where it listens within 30 s" >&2
+  echo "FAIL: ringd gave no ready signal within 30 s" >&2
   exit 1
 fi
 (cd "$work" && RINGD_TARGET=$target go test -count=1 ./...)
