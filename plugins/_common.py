@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ringd.sdk import PluginContext, Store
+from ringd.sdk import PluginContext, PluginResponse, Store
 
 # A content part carries text when its type is one of these (OpenAI chat uses "text",
 # the Responses API "input_text"/"output_text").
@@ -355,3 +355,13 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
 def glob_match(pattern: re.Pattern[str], value: str) -> bool:
     """Whether the whole of ``value`` matches a pattern from :func:`compile_glob`."""
     return pattern.match(value) is not None
+
+
+def prompt_too_large(plugin: str, total: int, max_scan_chars: int) -> PluginResponse:
+    """The 413 a scanner answers for a prompt over its ``max_scan_chars`` (``oversize: block``)."""
+    return PluginResponse.block(
+        status_code=413,
+        error_type="prompt_too_large",
+        message=f"the prompt has {total} characters of text; {plugin} scans at most "
+        f"{max_scan_chars} (config max_scan_chars)",
+    )

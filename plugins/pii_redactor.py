@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts
+from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts, prompt_too_large
 from ringd.plugins._detect import (
     DEFAULT_MAX_SCAN_CHARS,
     KINDS,
@@ -131,12 +131,7 @@ class PiiRedactor(BasePlugin):
         scanned = texts
         if total > self.max_scan_chars:
             if self.oversize == "block":
-                return PluginResponse.block(
-                    status_code=413,
-                    error_type="prompt_too_large",
-                    message=f"the prompt has {total} characters of text; {self.name} scans at most "
-                    f"{self.max_scan_chars} (config max_scan_chars)",
-                )
+                return prompt_too_large(self.name, total, self.max_scan_chars)
             scanned = scan_prefix(texts, self.max_scan_chars)
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)

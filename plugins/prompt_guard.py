@@ -61,7 +61,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ringd.plugins._common import ConfigReader, iter_message_texts
+from ringd.plugins._common import ConfigReader, iter_message_texts, prompt_too_large
 from ringd.plugins._detect import DEFAULT_MAX_SCAN_CHARS, SCAN_CHUNK_CHARS, WINDOW_OVERLAP_CHARS, scan_prefix
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
@@ -260,12 +260,7 @@ class PromptGuard(BasePlugin):
         total = sum(len(text) for _, text in texts)
         if total > self.max_scan_chars:
             if self.oversize == "block":
-                return PluginResponse.block(
-                    status_code=413,
-                    error_type="prompt_too_large",
-                    message=f"the prompt has {total} characters of text; {self.name} scans at most "
-                    f"{self.max_scan_chars} (config max_scan_chars)",
-                )
+                return prompt_too_large(self.name, total, self.max_scan_chars)
             cut = scan_prefix([text for _, text in texts], self.max_scan_chars)
             texts = [(role, text) for (role, _), text in zip(texts, cut, strict=True)]
             ctx.metadata["prompt_guard_truncated"] = True

@@ -573,10 +573,10 @@ STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {
 }
 
 
-def stream_outcome_to_proto(
-    stream_outcome: StreamOutcome, background_queued: bool, target: engine_pb.StreamRingResponse
-) -> None:
+def stream_outcome_to_proto(stream_outcome: StreamOutcome, target: engine_pb.StreamRingResponse) -> None:
     """Fill the last message of a stream: ``done``, or ``block`` when the stream was blocked.
+
+    ``background_queued`` is the servicer's to set, once it has queued BACKGROUND.
 
     Raises:
         EncodeError: the answer or metadata holds what the wire cannot carry.
@@ -603,7 +603,6 @@ def stream_outcome_to_proto(
     end.released_chunks = stream_outcome.released_chunks
     end.config_version = ring_outcome.config_version
     end.generation = ring_outcome.generation
-    end.background_queued = background_queued
     for result in ring_outcome.results:
         _result_to_proto(result, end.results.add(), strict=not withheld)
     if not withheld:

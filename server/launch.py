@@ -233,14 +233,16 @@ def start_serve(
     cwd: Path | str | None = None,
     env: Mapping[str, str] | None = None,
     start_new_session: bool = False,
+    program: Sequence[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], Ready]:
     """Start ``ringd serve ARGS --ready-fd N`` and return the process once it is ready.
 
     ``log`` receives the process's stderr (appended); on failure its last lines are
-    in the :class:`ServeFailed` message and the process has been killed.
+    in the :class:`ServeFailed` message and the process has been killed. ``program``
+    is the ringd command to run (default: this interpreter's), e.g. an installed one.
     """
     pipe = ReadyPipe()
-    command = [*ringd_command(), "serve", *args, *pipe.args]
+    command = [*(program or ringd_command()), "serve", *args, *pipe.args]
     stderr_file = log.open("ab") if log is not None else None
     try:
         process = subprocess.Popen(

@@ -4,8 +4,7 @@ The request a log line belongs to travels in a :class:`contextvars.ContextVar`:
 the servicer calls :func:`bind_request` once it has decoded a call's context, and
 every line logged by that call's task afterwards (ringd's own, a plugin's
 ``self.logger``) carries its ``request_id`` and ring. A plugin's logger is named
-``plugin.<name>``, so its lines name the plugin too; code that knows which plugin
-runs can also say so with :func:`bind_plugin`.
+``plugin.<name>``, so its lines name the plugin too.
 
 Each gRPC call runs in its own task, and a task starts with a copy of the context,
 so one call's request id never leaks into another's lines.
@@ -42,7 +41,6 @@ class LogContext(NamedTuple):
 
     request_id: str = ""
     ring: str = ""
-    plugin: str = ""
 
 
 _CURRENT: contextvars.ContextVar[LogContext | None] = contextvars.ContextVar(
@@ -53,17 +51,6 @@ _CURRENT: contextvars.ContextVar[LogContext | None] = contextvars.ContextVar(
 def bind_request(request_id: str, ring: str) -> None:
     """Tag the current task's log lines with a request id and ring (the servicer calls this)."""
     _CURRENT.set(LogContext(request_id, ring))
-
-
-def bind_plugin(plugin: str) -> contextvars.Token[LogContext | None]:
-    """Tag the current task's log lines with the plugin that runs; undo with :func:`unbind`."""
-    current = _CURRENT.get() or LogContext()
-    return _CURRENT.set(LogContext(request_id=current.request_id, ring=current.ring, plugin=plugin))
-
-
-def unbind(token: contextvars.Token[LogContext | None]) -> None:
-    """Restore the log context from before :func:`bind_plugin`."""
-    _CURRENT.reset(token)
 
 
 def current() -> LogContext | None:
@@ -89,9 +76,7 @@ class JsonFormatter(logging.Formatter):
                 line["request_id"] = _clip(bound.request_id)
             if bound.ring:
                 line["ring"] = bound.ring
-            if bound.plugin:
-                line["plugin"] = bound.plugin
-        if "plugin" not in line and record.name.startswith(_PLUGIN_LOGGER_PREFIX):
+        if record.name.startswith(_PLUGIN_LOGGER_PREFIX):
             line["plugin"] = record.name.removeprefix(_PLUGIN_LOGGER_PREFIX).split(".", 1)[0]
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)

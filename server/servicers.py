@@ -288,13 +288,13 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             self._tracer.record_ring(span, stream_outcome.ring_outcome, wall_ns, perf)
             last = engine_pb.StreamRingResponse()
             try:
-                convert.stream_outcome_to_proto(stream_outcome, False, last)
+                convert.stream_outcome_to_proto(stream_outcome, last)
             except EncodeError as problem:  # the engine's block for an answer the wire cannot carry
                 stream_outcome = dataclasses.replace(
                     stream_outcome, ring_outcome=stream_outcome.ring_outcome.unencodable(str(problem))
                 )
                 last.Clear()
-                convert.stream_outcome_to_proto(stream_outcome, False, last)
+                convert.stream_outcome_to_proto(stream_outcome, last)
             queued = False
             if stream_outcome.background:
                 try:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ringd.server.launch import start_serve, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,26 +68,18 @@ def test_build_gives_an_sdist_and_a_wheel_of_namespaced_packages(dist: Path) -> 
 def served(venv: Path, tmp_path: Path) -> Iterator[str]:
     """The installed `ringd serve` (default pipeline) on an ephemeral port, in an empty folder."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RINGD_", "OTEL_"))}
-    process = subprocess.Popen(
-        [venv / "bin" / "ringd", "serve", "--listen", "127.0.0.1:0"],
+    env["RINGD_RUNTIME_DIR"] = str(tmp_path / "run")  # its admin socket, in this test's folder
+    process, ready = start_serve(
+        ["--listen", "127.0.0.1:0"],
+        program=[str(venv / "bin" / "ringd")],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        log=tmp_path / "ringd.stderr",
     )
     try:
-        address = None
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("listening on "):
-                address = line.split()[-1]
-                break
-        assert address, process.stderr.read() if process.stderr else "no output"
-        yield address
+        yield ready.address
     finally:
-        process.terminate()
-        process.communicate(timeout=30)
+        stop_process(process, 30)
 
 
 def test_the_installed_command_reports_its_version(venv: Path) -> None:
