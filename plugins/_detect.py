@@ -226,6 +226,7 @@ _CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", _A)
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", _A)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", _A)
+_IPV4_CORE = re.compile(r"\.\d{1,3}\.\d", _A)  # in every IPv4 address; searched for its dots
 _IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])", _A)
 
 # Digit groups with a separator between them: one way to read a run of digits, so no
@@ -396,7 +397,7 @@ class Detector:
                         spans.add("iban", index, iban.end(), text)
         if "ip_address" in wanted:
             for start, end, digits in clusters:
-                if digits >= 4 and plain.find(".", start, end) != -1:
+                if digits >= 4 and _IPV4_CORE.search(plain, start, end):
                     for match in _IPV4.finditer(plain, start, end):
                         spans.add("ip_address", match.start(), match.end(), text)
             if ":" in plain:
