@@ -301,7 +301,7 @@ _CLASS_MAP = str.maketrans(
         for code in range(128)
     }
 )
-_DIGIT_CLUSTER = re.compile("1(?:2*1){3}[12]*")  # runs with 4+ digits; fewer cannot match
+_DIGIT_CLUSTER = re.compile("1(?:2*+1){3,}+")  # runs with 4+ digits, to the last; fewer cannot match
 _SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
 _IBAN_START = re.compile("3311")
 _IPV6_HINT = re.compile("4[013]{0,4}4")
@@ -587,11 +587,9 @@ def _digit_clusters(classes: str) -> list[tuple[int, int, int]]:
     size = len(classes)
     for run in _DIGIT_CLUSTER.finditer(classes):
         start, end = run.span()
-        end = classes.rfind("1", start, end) + 1
-        digits = classes.count("1", start, end)
-        first = start
-        while start > 0 and first - start < 2 and classes[start - 1] == "2":
-            start -= 1
+        digits = run.group().count("1")
+        if start and classes[start - 1] == "2":
+            start -= 2 if start > 1 and classes[start - 2] == "2" else 1
         clusters.append((start, min(size, end + 1), digits))
     return clusters
 

@@ -60,10 +60,13 @@ from ringd.plugins._detect import (
     find_all_yielding,
     placeholder_for,
     scan_prefix,
+    substitute,
     substitute_yielding,
 )
 from ringd.plugins._seal import CONFIG_KEY, KeySource, seal
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+
+_SUBSTITUTE_AT_ONCE = 1024  # findings masked without yielding (substitute_yielding's chunk)
 
 
 class _Masker:
@@ -155,10 +158,16 @@ class PiiRedactor(BasePlugin):
             if "[" in text:
                 taken.update(PLACEHOLDERS.findall(text))
         masker = _Masker(taken)
-        masked_texts = [
-            await substitute_yielding(text, findings, masker)
-            for text, findings in zip(texts, found, strict=True)
-        ]
+        masked = sum(counts.values())
+        if masked <= _SUBSTITUTE_AT_ONCE:
+            masked_texts = [
+                substitute(text, findings, masker) for text, findings in zip(texts, found, strict=True)
+            ]
+        else:
+            masked_texts = [
+                await substitute_yielding(text, findings, masker)
+                for text, findings in zip(texts, found, strict=True)
+            ]
         pending = iter(zip(texts, masked_texts, strict=True))
 
         def mask(text: str, _role: str) -> str:
@@ -175,5 +184,4 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["_pii_mapping"] = seal(
                 masker.mapping, key=self.keys.cipher(ctx), request_id=ctx.request_id
             )
-        masked = sum(counts.values())
         return PluginResponse.modify(body=new_body, message=f"masked {masked} value(s)")
