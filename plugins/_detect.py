@@ -33,6 +33,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
+from operator import add, itemgetter, methodcaller, sub
 from typing import NamedTuple
 
 KINDS: tuple[str, ...] = ("secret", "email", "credit_card", "iban", "ip_address", "phone")
@@ -254,6 +255,14 @@ _IPV6_FORMS = re.compile(
 # An "@" with a local-part character before it and a domain's first character after it:
 # the only places an address can be, found in C ("@@@@" or "a@ b" cost nothing in Python).
 _EMAIL_AT = re.compile(r"@(?<=[\w.%+-]@)(?=[^\W_])")
+# A whole address, for texts dense with "@": from the start of a run of local-part
+# characters (64 at most, then "@"), leading dots left out (group 1: the local part).
+# Scanning a text costs ~25 ns a character, less than the Python per "@" of _emails
+# once there is an "@" every 90 characters or so.
+_EMAIL_WHOLE = re.compile(
+    r"(?<![\w.%+-])(?=[\w.%+-]{1,64}+@)\.*+([\w%+-][\w.%+-]*+)@" + _EMAIL_DOMAIN.pattern
+)
+_DENSE_AT_CHARS = 90
 # The local part read backwards from the "@" in the reversed text: 65 characters means too long.
 _EMAIL_LOCAL_REVERSED = re.compile(r"[\w.%+-]{1,65}")
 # Anchored token patterns with their literal anchor first, so the regex engine's literal
@@ -301,7 +310,6 @@ _CLASS_MAP = str.maketrans(
         for code in range(128)
     }
 )
-_DIGIT_CLUSTER = re.compile("1(?:2*+1){3,}+")  # runs with 4+ digits, to the last; fewer cannot match
 _SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
 _IBAN_START = re.compile("3311")
 _IPV6_HINT = re.compile("4[013]{0,4}4")
@@ -330,25 +338,45 @@ class _Spans:
     tens of thousands).
     """
 
-    __slots__ = ("found", "taken")
+    __slots__ = ("block_ends", "block_starts", "found", "taken")
 
     def __init__(self, size: int) -> None:
         self.taken = bytearray(size)
         self.found: list[Finding] = []
+        # Findings added at once by add_disjoint, as sorted bounds (not marked in taken).
+        self.block_starts: list[int] = []
+        self.block_ends: list[int] = []
 
-    def add(self, kind: str, start: int, end: int, text: str) -> None:
+    def add(self, kind: str, start: int, end: int, text: str) -> bool:
+        """Add a finding unless it is empty or overlaps one already taken; whether it was added."""
         if end <= start or self.taken.find(1, start, end) != -1:
-            return
+            return False
+        if self.block_starts:
+            index = bisect_right(self.block_starts, end - 1) - 1
+            if index >= 0 and self.block_ends[index] > start:
+                return False
         self.taken[start:end] = b"\x01" * (end - start)
         self.found.append(Finding(kind, start, end, text[start:end]))
+        return True
+
+    def add_disjoint(self, kind: str, starts: list[int], ends: list[int], text: str) -> None:
+        """Add findings in order, none empty, none overlapping another, before any other.
+
+        The findings are made by C-level maps; their bounds are kept sorted for
+        :meth:`add` to check by bisection.
+        """
+        if self.found:
+            raise ValueError("add_disjoint is for the first findings only")
+        values = map(text.__getitem__, map(slice, starts, ends))
+        self.found.extend(map(tuple.__new__, repeat(Finding), zip(repeat(kind), starts, ends, values)))
+        self.block_starts, self.block_ends = starts, ends
 
     def in_order(self) -> list[Finding]:
         """The findings ordered by position."""
         return sorted(self.found, key=_start)
 
 
-def _start(finding: Finding) -> int:
-    return finding.start
+_start = itemgetter(1)  # a Finding's start
 
 
 class Detector:
@@ -384,12 +412,11 @@ class Detector:
         if wanted.isdisjoint(("credit_card", "iban", "ip_address", "phone")):
             return spans.in_order()
         classes = plain.translate(_CLASS_MAP)
-        clusters = _digit_clusters(classes) if not wanted.isdisjoint(_DIGIT_KINDS) else []
+        clusters = _Clusters(classes) if not wanted.isdisjoint(_DIGIT_KINDS) else _NO_CLUSTERS
         if "credit_card" in wanted:
             candidates = [
                 match
-                for start, end, digits in clusters
-                if digits >= 13
+                for start, end in clusters.with_digits(13)
                 for match in _CREDIT_CARD.finditer(plain, start, end)
             ]
             for match in compress(candidates, _cards_ok(list(map(_GROUP, candidates)))):
@@ -402,8 +429,8 @@ class Detector:
                     if iban and iban_valid(iban.group()):
                         spans.add("iban", index, iban.end(), text)
         if "ip_address" in wanted:
-            for start, end, digits in clusters:
-                if digits >= 4 and _IPV4_CORE.search(plain, start, end):
+            if "." in plain:
+                for start, end in clusters.holding(map(_START, _IPV4_CORE.finditer(plain)), 4):
                     for match in _IPV4.finditer(plain, start, end):
                         spans.add("ip_address", match.start(), match.end(), text)
             if ":" in plain:
@@ -411,8 +438,7 @@ class Detector:
         if "phone" in wanted:
             candidates = [
                 match
-                for start, end, digits in clusters
-                if digits >= 7
+                for start, end in clusters.with_digits(7)
                 for match in _PHONE_LINEAR.finditer(plain, start, end)
             ]
             for match in compress(candidates, map(_PHONE_OK, map(_GROUP, candidates))):
@@ -576,22 +602,62 @@ async def substitute_yielding(
 _DIGIT_KINDS = ("credit_card", "ip_address", "phone")
 
 
-def _digit_clusters(classes: str) -> list[tuple[int, int, int]]:
-    """``(start, end, digit count)`` of each run of digits and separators with 4+ digits.
+class _Clusters:
+    """The runs of digits and separators with enough digits, as ``(start, end)`` bounds to scan.
 
     ``end`` is one past the character after the last digit, so lookaheads in the
-    patterns see that character; ``start`` takes in up to two separators before the
-    first digit (a phone number's ``+`` or ``(``).
+    patterns see that character; ``start`` is two characters before the first digit
+    (a phone number's ``+`` or ``(``: a pattern cannot match from a character there
+    that is not a separator, as it would need a digit or separator after it). The
+    runs with at least so many digits come from a regex of their own, so a text of
+    short numbers (tens of thousands) costs no Python per number.
     """
-    clusters: list[tuple[int, int, int]] = []
-    size = len(classes)
-    for run in _DIGIT_CLUSTER.finditer(classes):
-        start, end = run.span()
-        digits = run.group().count("1")
-        if start and classes[start - 1] == "2":
-            start -= 2 if start > 1 and classes[start - 2] == "2" else 1
-        clusters.append((start, min(size, end + 1), digits))
-    return clusters
+
+    __slots__ = ("classes", "digits", "runs")
+
+    def __init__(self, classes: str) -> None:
+        self.classes = classes
+        self.runs: list[re.Match[str]] | None = None  # the runs with 7+ digits, once asked for
+        self.digits: list[int] = []
+
+    def _bounds(self, runs: list[re.Match[str]]) -> tuple[list[int], list[int]]:
+        starts = list(map(sub, map(_START, runs), repeat(2)))
+        ends = list(map(add, map(_END, runs), repeat(1)))
+        if runs:  # runs are 4+ characters apart and in order: only the first and last need a clamp
+            starts[0] = max(0, starts[0])
+            ends[-1] = min(len(self.classes), ends[-1])
+        return starts, ends
+
+    def with_digits(self, least: int) -> list[tuple[int, int]]:
+        """The bounds of the clusters with ``least`` (7 or more) digits or more, in order."""
+        if self.runs is None:
+            self.runs = list(_CLUSTERS_WITH[7].finditer(self.classes))
+            self.digits = list(map(str.count, map(_GROUP, self.runs), repeat("1")))
+        runs = self.runs if least <= 7 else list(compress(self.runs, map(least.__le__, self.digits)))
+        starts, ends = self._bounds(runs)
+        return list(zip(starts, ends, strict=True))
+
+    def holding(self, positions: Iterable[int], least: int) -> list[tuple[int, int]]:
+        """The bounds of the clusters with ``least`` digits or more holding one of ``positions``."""
+        wanted = list(positions)
+        if not wanted:
+            return []
+        runs = list(_CLUSTERS_WITH[least].finditer(self.classes))
+        starts, ends = self._bounds(runs)
+        held: dict[int, None] = {}
+        for position in wanted:
+            index = bisect_right(starts, position) - 1
+            if index >= 0 and position < ends[index]:
+                held[index] = None
+        return [(starts[index], ends[index]) for index in held]
+
+
+# Runs of digits and separators with n digits or more (from the first digit to the last).
+_CLUSTERS_WITH = {least: re.compile(f"1(?:2*+1){{{least - 1},}}+") for least in (4, 7)}
+_NO_CLUSTERS = _Clusters("")
+_START = re.Match.start
+_END = re.Match.end
+_LOCAL_START = methodcaller("start", 1)
 
 
 def _secrets(text: str, plain: str, spans: _Spans) -> None:
@@ -674,7 +740,11 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
     # Internationalised addresses (jürgen@müller.de) are matched on the original text.
     reversed_text: str | None = None
     size = len(text)
-    for at_match in _EMAIL_AT.finditer(text):
+    ats = list(_EMAIL_AT.finditer(text))
+    if len(ats) * _DENSE_AT_CHARS > size:
+        _dense_emails(text, spans)
+        return
+    for at_match in ats:
         at = at_match.start()
         if reversed_text is None:
             reversed_text = text[::-1]
@@ -689,6 +759,28 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
             start += 1
         if start < at:
             spans.add("email", start, domain.end(), text)
+
+
+def _dense_emails(text: str, spans: _Spans) -> None:
+    """:func:`_emails` by one scan of :data:`_EMAIL_WHOLE`: the same addresses.
+
+    Each "@" of _emails has one candidate, from the start of the run of local-part
+    characters before it; the scan tries those starts in order. Two candidates
+    overlap only when one's local part is the other's domain, and then the later
+    one is refused if the earlier was taken; if the earlier was refused (it overlaps
+    a secret), the scan goes on right after its "@".
+    """
+    position = 0
+    search = _EMAIL_WHOLE.search
+    if not spans.found:  # nothing to overlap: every address found is taken
+        matches = list(_EMAIL_WHOLE.finditer(text))
+        spans.add_disjoint("email", list(map(_LOCAL_START, matches)), list(map(_END, matches)), text)
+        return
+    match = search(text)
+    while match is not None:
+        start, end = match.start(1), match.end()
+        position = end if spans.add("email", start, end, text) else match.end(1) + 1
+        match = search(text, position)
 
 
 def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
