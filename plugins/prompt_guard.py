@@ -147,16 +147,18 @@ _BUILTIN_WORDS: dict[str, tuple[frozenset[str], ...]] = {
         ("new_instructions", ("new updated revised real", "instruction instructions")),
     )
 }
+_ALL_BUILTIN_WORDS = frozenset().union(*(group for groups in _BUILTIN_WORDS.values() for group in groups))
 _ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
 _NON_WORD = re.compile(r"\W+")
 _LONGEST_WORD = 64  # the longest word of _BUILTIN_WORDS is far shorter
 
 
-def _words(text: str) -> set[str]:
-    """The words of ``text``: its maximal runs of word characters (as ``\\w`` means)."""
+def _words(text: str) -> frozenset[str]:
+    """The words of ``text`` (maximal runs of word characters, as ``\\w`` means) that
+    :data:`_BUILTIN_WORDS` holds."""
     if text.isascii():
-        return set(text.translate(_ASCII_NON_WORD).split())
-    return set(_NON_WORD.split(text))
+        return _ALL_BUILTIN_WORDS.intersection(text.translate(_ASCII_NON_WORD).split())
+    return _ALL_BUILTIN_WORDS.intersection(_NON_WORD.split(text))
 
 
 # Invisible characters an attacker can hide inside a word: soft hyphen, zero-width
@@ -268,9 +270,7 @@ class PromptGuard(BasePlugin):
                 self._builtin_words.append((index, _BUILTIN_WORDS.get(rule, ())))
                 compiled = re.compile(regex)
                 for anchor in anchors:
-                    entry = _Anchored(
-                        index, compiled, _is_word(anchor[0]), False, _BUILTIN_WORDS.get(rule, ())
-                    )
+                    entry = _Anchored(index, compiled, _is_word(anchor[0]), False, builtin=True)
                     self._anchors.setdefault(anchor, []).append(entry)
         # The anchors to search for, by the set of built-in rules a text's words allow
         # (at most 2**6 sets; an anchor used by built-in rules only is left out when none
