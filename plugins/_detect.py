@@ -32,7 +32,7 @@ import asyncio
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import add, itemgetter, methodcaller, sub
 from typing import NamedTuple
 
@@ -58,16 +58,26 @@ class Finding(NamedTuple):
     @property
     def identity(self) -> str:
         """The value normalised so that one email, card or phone written two ways is one value."""
-        if self.kind in {"credit_card", "phone"}:
-            return self.value.translate(_NOT_DIGIT_OR_PLUS)
-        if self.kind == "iban":
-            return self.value.replace(" ", "").upper()
-        if self.kind in {"email", "ip_address"}:
-            return self.value.casefold()
-        return self.value
+        return IDENTITY[self.kind](self.value)
 
 
 _NOT_DIGIT_OR_PLUS = str.maketrans("", "", " .-()/")
+
+
+def _iban_identity(value: str) -> str:
+    return value.replace(" ", "").upper()
+
+
+_WITHOUT_PUNCTUATION = methodcaller("translate", _NOT_DIGIT_OR_PLUS)
+IDENTITY: dict[str, Callable[[str], str]] = {
+    "secret": str.__str__,
+    "email": str.casefold,
+    "credit_card": _WITHOUT_PUNCTUATION,
+    "iban": _iban_identity,
+    "ip_address": str.casefold,
+    "phone": _WITHOUT_PUNCTUATION,
+}
+""":attr:`Finding.identity` by kind, from the value: for ``map`` over many values at once."""
 
 # --------------------------------------------------------------------------- validators
 
@@ -453,19 +463,28 @@ class Detector:
         """
         if len(texts) < 2:
             return [self.find(text) for text in texts]
-        results: list[list[Finding]] = []
         found = self.find(_SEPARATOR.join(texts))
-        starts = list(map(_start, found))
-        offset = 0
+        results: list[list[Finding]] = [[] for _ in texts]
+        if not found:
+            return results
+        offsets: list[int] = []
+        position = 0
         for text in texts:
-            first = bisect_left(starts, offset)
-            last = bisect_left(starts, offset + len(text) + 1)
-            if first < last and found[last - 1].end > offset + len(text):
+            offsets.append(position)
+            position += len(text) + 1
+        index = 0
+        while index < len(found):
+            # The findings of one text: those starting before the next text's offset.
+            text_index = bisect_right(offsets, found[index].start) - 1
+            offset = offsets[text_index]
+            bound = offset + len(texts[text_index])
+            last = bisect_left(found, bound + 1, index, key=_start)
+            if found[last - 1].end > bound:
                 # Cannot happen with the patterns above; if one ever reaches across a
                 # separator, scanning text by text is still right.
                 return [self.find(text) for text in texts]
-            results.append(_shifted(found[first:last], -offset))
-            offset += len(text) + 1
+            results[text_index] = _shifted(found[index:last], -offset)
+            index = last
         return results
 
     def replace(self, text: str, placeholder: Callable[[Finding], str]) -> tuple[str, list[Finding]]:
@@ -482,16 +501,45 @@ def substitute(text: str, findings: list[Finding], placeholder: Callable[[Findin
 
     Returns ``text`` itself (the same object) when ``findings`` is empty.
     """
+    return replaced(text, findings, list(map(placeholder, findings)))
+
+
+def replaced(text: str, findings: Sequence[Finding], replacements: Sequence[str]) -> str:
+    """``text`` with each of its ``findings`` (in order) replaced by the replacement at its index.
+
+    Returns ``text`` itself (the same object) when ``findings`` is empty. The pieces
+    are cut and interleaved by C-level maps and slice assignments.
+    """
     if not findings:
         return text
-    pieces: list[str] = []
-    position = 0
-    for finding in findings:
-        pieces.append(text[position : finding.start])
-        pieces.append(placeholder(finding))
-        position = finding.end
-    pieces.append(text[position:])
+    ends = list(map(_END_OF, findings))
+    cuts = map(slice, chain((0,), ends), chain(map(_start, findings), (len(text),)))
+    pieces = [""] * (2 * len(findings) + 1)
+    pieces[0::2] = map(text.__getitem__, cuts)
+    pieces[1::2] = replacements
     return "".join(pieces)
+
+
+async def replaced_yielding(
+    text: str, findings: Sequence[Finding], replacements: Sequence[str], chunk: int = 8192
+) -> str:
+    """:func:`replaced`, yielding to the event loop after every ``chunk`` findings."""
+    if len(findings) <= chunk:
+        return replaced(text, findings, replacements)
+    parts: list[str] = []
+    position = 0
+    for low in range(0, len(findings), chunk):
+        part = findings[low : low + chunk]
+        # The text from ``position`` to the chunk's last finding, its findings replaced.
+        shift = -position
+        piece = replaced(
+            text[position : part[-1].end], _shifted(list(part), shift), replacements[low : low + chunk]
+        )
+        parts.append(piece)
+        position = part[-1].end
+        await asyncio.sleep(0)
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------- big inputs
@@ -568,6 +616,8 @@ def _shifted(findings: list[Finding], offset: int) -> list[Finding]:
     """``findings`` with ``offset`` added to their bounds (made by C-level maps)."""
     if not offset or not findings:
         return findings
+    if len(findings) < 16:
+        return [Finding(kind, start + offset, end + offset, value) for kind, start, end, value in findings]
     return list(
         map(
             tuple.__new__,
@@ -597,21 +647,16 @@ def scan_prefix(texts: Sequence[str], max_chars: int) -> list[str]:
 
 
 async def substitute_yielding(
-    text: str, findings: list[Finding], placeholder: Callable[[Finding], str], chunk: int = 1024
+    text: str, findings: list[Finding], placeholder: Callable[[Finding], str], chunk: int = 8192
 ) -> str:
     """:func:`substitute`, yielding to the event loop after every ``chunk`` findings."""
     if len(findings) <= chunk:
         return substitute(text, findings, placeholder)
-    pieces: list[str] = []
-    position = 0
-    for index, finding in enumerate(findings, 1):
-        pieces.append(text[position : finding.start])
-        pieces.append(placeholder(finding))
-        position = finding.end
-        if index % chunk == 0:
-            await asyncio.sleep(0)
-    pieces.append(text[position:])
-    return "".join(pieces)
+    replacements: list[str] = []
+    for low in range(0, len(findings), chunk):
+        replacements.extend(map(placeholder, findings[low : low + chunk]))
+        await asyncio.sleep(0)
+    return await replaced_yielding(text, findings, replacements, chunk)
 
 
 _DIGIT_KINDS = ("credit_card", "ip_address", "phone")
