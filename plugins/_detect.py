@@ -846,10 +846,14 @@ def _dense_emails(text: str, spans: _Spans) -> None:
 def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
     size = len(plain)
     searched_to = -1
-    for hint in _IPV6_HINT.finditer(classes):
-        colon = hint.start()
-        if colon < searched_to:
-            continue
+    # The hints' positions by C-level maps; Python only visits those past what is searched.
+    hints = list(map(_START, _IPV6_HINT.finditer(classes)))
+    index = -1
+    while True:
+        index = bisect_left(hints, searched_to, index + 1)  # the next hint, not before searched_to
+        if index == len(hints):
+            return
+        colon = hints[index]
         # An address is at most 39 characters and has at most 4 before its first colon,
         # so a window that finds none also rules out addresses starting up to 44
         # characters before its end.
