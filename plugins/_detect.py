@@ -146,14 +146,13 @@ def _phone_ok(value: str) -> bool:
 # 7 to 15 digits; then a "+" or "(" accepts; otherwise a date, a number without a
 # separator, a decimal (one dot and nothing else) or thousands grouping rejects.
 _PHONE_OK = re.compile(
-    r"(?=(?:\D*\d){7,15}\D*\Z)"
+    r"(?=(?:\D*+\d){7,15}+\D*+\Z)"
     r"(?:\+|(?=[^(]*\()"
     r"|(?!(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})\Z)"
     r"(?=[^ .-]*[ .-])(?![^ .-]*\.[^ .-]*\Z)(?!\d{1,3}(?:[ .-]\d{3})*\Z))",
     re.ASCII,
 ).match
 _GROUP = re.Match.group
-_STRIP_CARD_SEPARATORS = str.maketrans("", "", " -")
 _LUHN_BLOCK = 20  # even, and wider than the 19 digits a card has at most
 
 
@@ -168,7 +167,10 @@ def _cards_ok(values: list[str]) -> list[bool]:
     """
     if not values:
         return []
-    digits = list(map(str.translate, values, repeat(_STRIP_CARD_SEPARATORS)))
+    # (str.replace twice costs a quarter of str.translate with a deleting table)
+    digits = list(
+        map(str.replace, map(str.replace, values, repeat(" "), repeat("")), repeat("-"), repeat(""))
+    )
     run = "".join(map(str.zfill, digits, repeat(_LUHN_BLOCK)))
     mixed = bytearray(run, "ascii")
     mixed[0::2] = run[0::2].translate(_DOUBLED).encode("ascii")
