@@ -680,7 +680,7 @@ class _Clusters:
     def __init__(self, classes: str) -> None:
         self.classes = classes
         self.runs: list[re.Match[str]] | None = None  # the runs with 7+ digits, once asked for
-        self.digits: list[int] = []
+        self.digits: list[int] = []  # their digit counts, once asked for (many runs only)
 
     def _bounds(self, runs: list[re.Match[str]]) -> tuple[list[int], list[int]]:
         starts = list(map(sub, map(_START, runs), repeat(2)))
@@ -694,8 +694,18 @@ class _Clusters:
         """The bounds of the clusters with ``least`` (7 or more) digits or more, in order."""
         if self.runs is None:
             self.runs = list(_CLUSTERS_WITH[7].finditer(self.classes))
-            self.digits = list(map(str.count, map(_GROUP, self.runs), repeat("1")))
-        runs = self.runs if least <= 7 else list(compress(self.runs, map(least.__le__, self.digits)))
+        runs = self.runs
+        if len(runs) < 32:  # few: a plain loop costs less than building the maps
+            size = len(self.classes)
+            return [
+                (max(0, run.start() - 2), min(size, run.end() + 1))
+                for run in runs
+                if least <= 7 or run.group().count("1") >= least
+            ]
+        if least > 7:
+            if not self.digits:
+                self.digits = list(map(str.count, map(_GROUP, runs), repeat("1")))
+            runs = list(compress(runs, map(least.__le__, self.digits)))
         starts, ends = self._bounds(runs)
         return list(zip(starts, ends, strict=True))
 
