@@ -514,6 +514,15 @@ def replaced(text: str, findings: Sequence[Finding], replacements: Sequence[str]
     """
     if not findings:
         return text
+    if len(findings) < 8:  # few: a plain loop costs less than building the maps
+        pieces: list[str] = []
+        position = 0
+        for finding, replacement in zip(findings, replacements, strict=True):
+            pieces.append(text[position : finding.start])
+            pieces.append(replacement)
+            position = finding.end
+        pieces.append(text[position:])
+        return "".join(pieces)
     ends = list(map(_END_OF, findings))
     cuts = map(slice, chain((0,), ends), chain(map(_start, findings), (len(text),)))
     pieces = [""] * (2 * len(findings) + 1)

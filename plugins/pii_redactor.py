@@ -65,6 +65,7 @@ from ringd.plugins._detect import (
     Finding,
     find_all_yielding,
     placeholder_for,
+    replaced,
     replaced_yielding,
     scan_prefix,
 )
@@ -209,16 +210,23 @@ class PiiRedactor(BasePlugin):
             if "[" in text:
                 taken.update(PLACEHOLDERS.findall(text))
         masker = _Masker(taken)
-        placeholders: list[str] = []
-        for low in range(0, len(flat), _MASK_CHUNK):
-            placeholders += masker.assign(flat[low : low + _MASK_CHUNK])
-            if len(flat) > _MASK_CHUNK:
+        if len(flat) <= _MASK_CHUNK:
+            placeholders = masker.assign(flat)
+        else:
+            placeholders = []
+            for low in range(0, len(flat), _MASK_CHUNK):
+                placeholders += masker.assign(flat[low : low + _MASK_CHUNK])
                 await asyncio.sleep(0)
         masked_texts: list[str] = []
         low = 0
         for text, findings in zip(texts, found, strict=True):
             high = low + len(findings)
-            masked_texts.append(await replaced_yielding(text, findings, placeholders[low:high], _MASK_CHUNK))
+            if len(findings) <= _MASK_CHUNK:
+                masked_texts.append(replaced(text, findings, placeholders[low:high]))
+            else:
+                masked_texts.append(
+                    await replaced_yielding(text, findings, placeholders[low:high], _MASK_CHUNK)
+                )
             low = high
         pending = iter(zip(texts, masked_texts, strict=True))
 
