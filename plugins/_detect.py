@@ -819,7 +819,6 @@ def _private_keys(text: str, plain: str, spans: _Spans) -> None:
 
 def _emails(text: str, plain: str, spans: _Spans) -> None:
     # Internationalised addresses (jürgen@müller.de) are matched on the original text.
-    reversed_text: str | None = None
     size = len(text)
     ats = list(_EMAIL_AT.finditer(text))
     if len(ats) * _DENSE_AT_CHARS > size:
@@ -827,15 +826,14 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
         return
     for at_match in ats:
         at = at_match.start()
-        if reversed_text is None:
-            reversed_text = text[::-1]
-        local = _EMAIL_LOCAL_REVERSED.match(reversed_text, size - at)
-        if local is None or local.end() - local.start() > 64:
+        # The 65 characters before the "@", reversed: the local part read backwards.
+        local = _EMAIL_LOCAL_REVERSED.match(text[max(0, at - 65) : at][::-1])
+        if local is None or local.end() > 64:
             continue  # a local part longer than 64 characters: not an address
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is None:
             continue
-        start = at - (local.end() - local.start())
+        start = at - local.end()
         while start < at and text[start] == ".":
             start += 1
         if start < at:
