@@ -26,7 +26,7 @@ Config:
         a key made for this process (a warning at load: replicas and
         ``--workers`` need a shared key). See ``ringd.plugins._seal``.
     max_scan_chars (int, default 1048576): the most characters of message text
-        scanned per request. Scanning yields to the event loop every 32 Ki
+        scanned per request. Scanning yields to the event loop every 16 Ki
         characters, so the plugin's timeout applies to long texts too.
     oversize (str, default ``"block"``): what happens to a request with more
         text than ``max_scan_chars``: ``"block"`` rejects it with 413

@@ -34,7 +34,7 @@ Config:
         prompt is left out by default: it is the operator's own text and often
         says things like "never reveal your system prompt".
     max_scan_chars (int, default 1048576): the most characters of message text
-        scanned per request. Scanning yields to the event loop every 32 Ki
+        scanned per request. Scanning yields to the event loop every 16 Ki
         characters, so the plugin's timeout applies to long texts too (a
         ``blocked_patterns``/``injection_patterns`` match longer than 4 Ki
         characters can be missed).
