@@ -727,10 +727,10 @@ class _Clusters:
         runs = list(_CLUSTERS_WITH[least].finditer(self.classes))
         starts, ends = self._bounds(runs)
         held: dict[int, None] = {}
-        for position in wanted:
-            index = bisect_right(starts, position) - 1
-            if index >= 0 and position < ends[index]:
-                held[index] = None
+        # Each position's cluster by a C-level map of bisections (positions can be many).
+        for position, after in zip(wanted, map(bisect_right, repeat(starts), wanted), strict=True):
+            if after and position < ends[after - 1]:
+                held[after - 1] = None
         return [(starts[index], ends[index]) for index in held]
 
 
@@ -827,16 +827,21 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
     if len(ats) * _DENSE_AT_CHARS > size:
         _dense_emails(text, spans)
         return
+    # The local part is read backwards: from a reversed copy of the text when there are
+    # many "@", else from the 65 characters before each one, reversed.
+    reversed_text = text[::-1] if len(ats) > 16 else ""
     for at_match in ats:
         at = at_match.start()
-        # The 65 characters before the "@", reversed: the local part read backwards.
-        local = _EMAIL_LOCAL_REVERSED.match(text[max(0, at - 65) : at][::-1])
-        if local is None or local.end() > 64:
+        if reversed_text:
+            local = _EMAIL_LOCAL_REVERSED.match(reversed_text, size - at, size - at + 65)
+        else:
+            local = _EMAIL_LOCAL_REVERSED.match(text[max(0, at - 65) : at][::-1])
+        if local is None or local.end() - local.start() > 64:
             continue  # a local part longer than 64 characters: not an address
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is None:
             continue
-        start = at - local.end()
+        start = at - (local.end() - local.start())
         while start < at and text[start] == ".":
             start += 1
         if start < at:
