@@ -140,6 +140,46 @@ def make_owner_only(path: Path, what: str) -> None:
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another connection's (or process's) lock."""
 
+FAST_VALUE_BYTES = 64 * 1024
+"""Values up to this size (encoded) are written on the event loop; larger ones in the thread."""
+
+CHECKPOINT_EVERY_WRITES = 1000
+"""Writes on the event loop between two WAL checkpoints (run in the thread, never on the loop)."""
+
+_GET = "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_SET = (
+    "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+_DELETE = "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds (SQLITE_BUSY or _LOCKED,
+    extended codes included): the statement did nothing, and the thread may retry it."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
+
+
+def _open_loop_connection(target: str, synchronous: str) -> sqlite3.Connection:
+    """The connection used on the event loop: it never waits for a lock, never checkpoints.
+
+    ``busy_timeout=0``: a lock held by another connection answers SQLITE_BUSY at once
+    (the call then goes to the thread). ``wal_autocheckpoint=0``: a commit here never
+    copies the WAL back into the database; :class:`SqliteStore` runs checkpoints in
+    its thread instead. Used on the loop thread only (made in a worker thread, hence
+    ``check_same_thread=False``).
+    """
+    conn = sqlite3.connect(target, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
 
 async def _enter_wal(conn: aiosqlite.Connection) -> None:
     """Switch the file to WAL mode (a no-op when it is already), riding out other openers.
@@ -179,22 +219,54 @@ class SqliteStore:
     Open it once with :meth:`open` and :meth:`close` it on shutdown. Every write
     commits before it returns, so an acknowledged write survives the process
     being killed.
+
+    Two connections to the file: short operations (every read, and writes of values up
+    to :data:`FAST_VALUE_BYTES` when ``synchronous`` is OFF or NORMAL, so a commit never
+    waits for the disk) run directly on the event loop, a few microseconds of C each,
+    on a connection that never waits for a lock (``busy_timeout=0``) and never
+    checkpoints. When another connection or process holds the lock it needs, SQLite
+    answers SQLITE_BUSY at once, nothing was done, and the call goes to aiosqlite's
+    worker thread, whose connection waits for locks up to :data:`BUSY_TIMEOUT_S`.
+    Large values, ``synchronous`` FULL or EXTRA, the purge and the WAL checkpoints
+    (every :data:`CHECKPOINT_EVERY_WRITES` writes on the loop) run in that thread.
     """
 
     PURGE_EVERY_S = 60.0
     """How often keys past their TTL are deleted (they read as absent before that)."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: str,
+        loop_conn: sqlite3.Connection | None = None,
+        *,
+        loop_writes: bool = False,
+    ) -> None:
         self._conn = conn
         self.path = path
+        self._loop_conn = loop_conn
+        self._loop_writes = loop_conn is not None and loop_writes
+        self._unchecked_writes = 0
+        self._checkpointer: asyncio.Task[None] | None = None
+        self.loop_calls = 0
+        """Operations done on the event loop's connection."""
+        self.thread_calls = 0
+        """Operations sent to the worker thread (a busy lock, a large value, no loop connection)."""
         self._purger: asyncio.Task[None] | None = None
         self.errors: dict[str, int] = {}
         """Failures the store raised, by operation (get, set, delete, incr, purge)."""
         self._counted = failure_counters(self.errors)
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> SqliteStore:
-        """Open (creating if needed) the database at ``path``."""
+    async def open(
+        cls, path: str | Path, *, synchronous: str = "NORMAL", loop_connection: bool = True
+    ) -> SqliteStore:
+        """Open (creating if needed) the database at ``path``.
+
+        ``loop_connection=False`` sends every operation to the worker thread (the
+        event-loop connection is never made; ``:memory:`` never has one either: each
+        connection to it is a database of its own).
+        """
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise StoreError(f"store synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         quiet_aiosqlite()
@@ -216,7 +288,14 @@ class SqliteStore:
             # process alive after the error (a worker that never exits).
             await conn.close()
             raise StoreError(f"cannot open SQLite store {target!r}: {exc}") from exc
-        store = cls(conn, target)
+        loop_conn = None
+        if loop_connection and target != ":memory:":
+            try:
+                loop_conn = await asyncio.to_thread(_open_loop_connection, target, synchronous.upper())
+            except Exception as exc:  # as the thread's connection: the store's error, naming the file
+                await conn.close()
+                raise StoreError(f"cannot open SQLite store {target!r}: {exc}") from exc
+        store = cls(conn, target, loop_conn, loop_writes=synchronous.upper() in {"OFF", "NORMAL"})
         await store.purge_expired()
         store._purger = asyncio.create_task(store._purge_periodically(), name="ringd-store-purge")
         return store
@@ -237,40 +316,93 @@ class SqliteStore:
             except Exception as exc:  # a failed purge only delays the clean-up: log and retry later
                 _log.warning("SQLite store %s: purging expired keys failed: %s", self.path, exc)
 
+    def _wrote_on_loop(self) -> None:
+        """Count a write on the loop's connection; every so many, checkpoint in the thread."""
+        self._unchecked_writes += 1
+        if self._unchecked_writes >= CHECKPOINT_EVERY_WRITES and self._checkpointer is None:
+            self._unchecked_writes = 0
+            self._checkpointer = asyncio.create_task(self._checkpoint(), name="ringd-store-checkpoint")
+
+    async def _checkpoint(self) -> None:
+        try:
+            # PASSIVE: copies what no reader still needs, waits for no lock, blocks no writer.
+            await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as exc:  # a missed checkpoint only lets the WAL grow until the next one
+            _log.warning("SQLite store %s: WAL checkpoint failed: %s", self.path, exc)
+        finally:
+            self._checkpointer = None
+
     async def close(self) -> None:
-        """Stop the purge and close the connection (idempotent)."""
+        """Stop the purge and close the connections (idempotent)."""
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
             self._purger = None
+        if self._checkpointer is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointer
+        loop_conn, self._loop_conn = self._loop_conn, None
+        self._loop_writes = False
+        if loop_conn is not None:
+            await asyncio.to_thread(loop_conn.close)
         await self._conn.close()
 
     async def get_state(self, key: str, default: Any = None) -> Any:
         with self._counted["get"]:
+            params = (key, time.time())
+            loop_conn = self._loop_conn
+            if loop_conn is not None:
+                try:
+                    # fetchall finishes the statement in one step: a statement left open
+                    # between calls would hold a read transaction (and its snapshot) open.
+                    rows: Any = loop_conn.execute(_GET, params).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    self.loop_calls += 1
+                    return default if not rows else json.loads(rows[0][0])
+            self.thread_calls += 1
             # execute_fetchall finishes the statement in one step: a statement left open
             # between calls would hold SQLite's implicit transaction open, and other
             # rings' acknowledged writes would join it uncommitted.
-            rows = await self._conn.execute_fetchall(
-                "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (key, time.time()),
-            )
+            rows = await self._conn.execute_fetchall(_GET, params)
             return default if not rows else json.loads(next(iter(rows))[0])
 
     async def set_state(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         with self._counted["set"]:
-            await self._conn.execute(
-                "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                (key, _encode(key, value), _expiry(ttl_s)),
-            )
+            params = (key, _encode(key, value), _expiry(ttl_s))
+            loop_conn = self._loop_conn
+            if self._loop_writes and loop_conn is not None and len(params[1]) <= FAST_VALUE_BYTES:
+                try:
+                    loop_conn.execute(_SET, params)
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    self.loop_calls += 1
+                    self._wrote_on_loop()
+                    return
+            self.thread_calls += 1
+            await self._conn.execute(_SET, params)
 
     async def delete(self, key: str) -> bool:
         with self._counted["delete"]:
-            cursor = await self._conn.execute(
-                "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (key, time.time()),
-            )
+            params = (key, time.time())
+            loop_conn = self._loop_conn
+            if self._loop_writes and loop_conn is not None:
+                try:
+                    deleted = loop_conn.execute(_DELETE, params).rowcount
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    self.loop_calls += 1
+                    self._wrote_on_loop()
+                    return deleted > 0
+            self.thread_calls += 1
+            cursor = await self._conn.execute(_DELETE, params)
             return cursor.rowcount > 0
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
@@ -278,7 +410,21 @@ class SqliteStore:
             if not isinstance(amount, int) or isinstance(amount, bool):
                 raise StoreError(f"incr amount must be an integer, got {amount!r}")
             params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
-            rows = await self._conn.execute_fetchall(_INCR, params)  # one step: see get_state
+            loop_conn = self._loop_conn
+            rows: Any = None
+            if self._loop_writes and loop_conn is not None:
+                try:
+                    # One statement in autocommit: SQLITE_BUSY means it changed nothing.
+                    rows = loop_conn.execute(_INCR, params).fetchall()  # one step: see get_state
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    self.loop_calls += 1
+                    self._wrote_on_loop()
+            if rows is None:
+                self.thread_calls += 1
+                rows = await self._conn.execute_fetchall(_INCR, params)
             row = next(iter(rows), None)
             if row is None:
                 raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
