@@ -179,23 +179,24 @@ class AuditLog(BasePlugin):
         self._room = asyncio.Event()
         self._room.set()
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self._failure: Exception | None = None
 
     async def on_load(self) -> None:
         """Open the file for appending (raises if it cannot be opened) and start the writer."""
         self._fd = await asyncio.to_thread(_open_owner_only, self.path)
+        self._closing = False
         self._writer = asyncio.create_task(self._write_queued(), name=f"{self.name}-writer")
 
     async def on_unload(self) -> None:
         """Write every queued line, then close the file."""
-        writer, self._writer = self._writer, None
+        writer = self._writer
         if writer is not None:
-            self._wake.set()
+            self._closing = True  # the writer writes what is queued, then returns
             self._hurry.set()
-            await self.flush()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            self._wake.set()
+            await writer
+            self._writer = None
         if self._queued:  # queued while the writer stopped: written here, never dropped
             await self._write_batch()
         fd, self._fd = self._fd, None
@@ -218,7 +219,7 @@ class AuditLog(BasePlugin):
         """The writer task: each round gathers lines for FLUSH_INTERVAL_S, then writes them."""
         while True:
             await self._wake.wait()
-            if not self._hurry.is_set():
+            if not (self._hurry.is_set() or self._closing):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), self.FLUSH_INTERVAL_S)
             self._wake.clear()
@@ -228,6 +229,8 @@ class AuditLog(BasePlugin):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            if self._closing and not self._queued:
+                return
 
     async def _write_batch(self) -> None:
         batch, self._queued, self._queued_bytes = self._queued, [], 0
