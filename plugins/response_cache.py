@@ -312,8 +312,11 @@ class ResponseCacheStore(BasePlugin):
             pattern = originals_pattern(mapping)
             stored = copy.deepcopy(ctx.response)
             map_response_texts(stored, lambda text: mask_originals(text, mapping, pattern))
-        encoded = json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
-        size = len(encoded.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(orjson.dumps(stored))  # compact UTF-8, as the store's JSON but ~15x faster
+        except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate, a huge int)
+            encoded = json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
+            size = len(encoded.encode("utf-8", "surrogatepass"))
         if size > self.max_entry_bytes:
             return PluginResponse.passthrough(f"answer too large to cache ({size} bytes)")
         misses = recent_misses(ctx.state, self.namespace)

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -429,6 +430,48 @@ class SqliteStore:
             if row is None:
                 raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
             return int(row[0])
+
+    async def incr_many(self, items: Sequence[tuple[str, int]], ttl_s: float | None = None) -> list[int]:
+        """``incr`` of each ``(key, amount)`` with one ``ttl_s``; the new values, in order.
+
+        Not part of :class:`ringd.sdk.Store` (the built-in plugins use it when a store has
+        it): on the event loop's connection the increments are one transaction, one lock
+        and one commit instead of one each. When that cannot be (the lock is busy, a value
+        is not an integer, writes go to the thread), nothing of it is kept and the items
+        are applied one ``incr`` after another, exactly as separate calls would.
+        """
+        loop_conn = self._loop_conn
+        if self._loop_writes and loop_conn is not None:
+            with self._counted["incr"]:
+                for _, amount in items:
+                    if not isinstance(amount, int) or isinstance(amount, bool):
+                        raise StoreError(f"incr amount must be an integer, got {amount!r}")
+                expires_at, now = _expiry(ttl_s), time.time()
+                try:
+                    loop_conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    try:
+                        values = []
+                        for key, amount in items:
+                            params = {"key": key, "amount": amount, "expires_at": expires_at, "now": now}
+                            rows = loop_conn.execute(_INCR, params).fetchall()
+                            if not rows:
+                                break
+                            values.append(int(rows[0][0]))
+                        else:
+                            loop_conn.execute("COMMIT")
+                            self.loop_calls += 1
+                            self._wrote_on_loop()
+                            return values
+                        loop_conn.execute("ROLLBACK")  # not an integer: the calls below say which
+                    except BaseException:
+                        if loop_conn.in_transaction:
+                            loop_conn.execute("ROLLBACK")
+                        raise
+        return [await self.incr(key, amount, ttl_s) for key, amount in items]
 
 
 async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore | RedisStore:
