@@ -145,7 +145,13 @@ FAST_VALUE_BYTES = 64 * 1024
 """Values up to this size (encoded) are written on the event loop; larger ones in the thread."""
 
 CHECKPOINT_EVERY_WRITES = 1000
-"""Writes on the event loop between two WAL checkpoints (run in the thread, never on the loop)."""
+"""Writes on the event loop between two WAL checkpoints (run in a thread, never on the loop)."""
+
+WAL_RESTART_FRAMES = 4096
+"""A WAL this long (16 MiB in 4 KiB pages) is checkpointed in RESTART mode, so it starts over."""
+
+CHECKPOINT_BUSY_S = 0.2
+"""How long a RESTART checkpoint waits for other connections' locks before it gives up."""
 
 _GET = "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
 _SET = (
@@ -214,6 +220,25 @@ def _prepare_file(path: Path) -> None:
         make_owner_only(file, "SQLite store file")
 
 
+def _checkpoint_file(target: str) -> None:
+    """Copy the WAL back into the database, on a connection of its own (in a worker thread).
+
+    PASSIVE first: it waits for nothing and blocks nobody. Writes on the event loop go
+    on meanwhile, so under steady traffic the WAL is never wholly copied at the moment
+    a write starts, which is when SQLite starts the log over; once it is
+    :data:`WAL_RESTART_FRAMES` long, a RESTART checkpoint holds the write lock while it
+    copies the rest (writes meanwhile get SQLITE_BUSY and go to the store's thread) and
+    the next write starts the log from the beginning.
+    """
+    conn = sqlite3.connect(target, timeout=CHECKPOINT_BUSY_S, isolation_level=None)
+    try:
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames >= WAL_RESTART_FRAMES:
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    finally:
+        conn.close()
+
+
 class SqliteStore:
     """The default store: one SQLite file in WAL mode, shared by worker processes.
 
@@ -228,8 +253,9 @@ class SqliteStore:
     checkpoints. When another connection or process holds the lock it needs, SQLite
     answers SQLITE_BUSY at once, nothing was done, and the call goes to aiosqlite's
     worker thread, whose connection waits for locks up to :data:`BUSY_TIMEOUT_S`.
-    Large values, ``synchronous`` FULL or EXTRA, the purge and the WAL checkpoints
-    (every :data:`CHECKPOINT_EVERY_WRITES` writes on the loop) run in that thread.
+    Large values, ``synchronous`` FULL or EXTRA and the purge run in that thread, the
+    WAL checkpoints (every :data:`CHECKPOINT_EVERY_WRITES` writes on the loop, see
+    :func:`_checkpoint_file`) in another one.
     """
 
     PURGE_EVERY_S = 60.0
@@ -253,6 +279,8 @@ class SqliteStore:
         """Operations done on the event loop's connection."""
         self.thread_calls = 0
         """Operations sent to the worker thread (a busy lock, a large value, no loop connection)."""
+        self.checkpoints = 0
+        """WAL checkpoints run for the loop's writes (finished or failed)."""
         self._purger: asyncio.Task[None] | None = None
         self.errors: dict[str, int] = {}
         """Failures the store raised, by operation (get, set, delete, incr, purge)."""
@@ -326,12 +354,12 @@ class SqliteStore:
 
     async def _checkpoint(self) -> None:
         try:
-            # PASSIVE: copies what no reader still needs, waits for no lock, blocks no writer.
-            await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            await asyncio.to_thread(_checkpoint_file, self.path)
         except Exception as exc:  # a missed checkpoint only lets the WAL grow until the next one
             _log.warning("SQLite store %s: WAL checkpoint failed: %s", self.path, exc)
         finally:
             self._checkpointer = None
+            self.checkpoints += 1
 
     async def close(self) -> None:
         """Stop the purge and close the connections (idempotent)."""
