@@ -13,8 +13,9 @@ blocked), and the audit log writes into the temporary folder.
 
 Aims (issue 17): each plugin under 50 us per call, the cache lookup on a miss under
 100 us. Plugins that read or write the store (rate_limiter, response_cache on a first
-miss, response_cache_store, usage_accounting) pay a round trip to SQLite's worker
-thread, which depends on the machine's load more than on ringd.
+miss, response_cache_store, usage_accounting) do it on the store's event-loop
+connection; a write's cost is mostly SQLite's file-lock system calls, which depend on
+the machine's load more than on ringd.
 
     .venv/bin/python bench/plugins_bench.py [--runs N] [--loop asyncio|uvloop] [--smoke]
 """
