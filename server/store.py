@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -160,6 +161,30 @@ _SET = (
 )
 _DELETE = "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_INCR_ROWS_MAX = 16
+
+
+@functools.lru_cache(maxsize=_INCR_ROWS_MAX)
+def _incr_rows(count: int) -> str:
+    """:data:`_INCR` for ``count`` distinct keys in one statement.
+
+    Parameters: ``?1`` the expiry of new keys, ``?2`` now, then each key and amount.
+    """
+    rows = ", ".join(f"(?{3 + 2 * index}, ?{4 + 2 * index}, ?1)" for index in range(count))
+    # Only numbered placeholders are formatted in; keys and amounts are bound.
+    return f"""
+INSERT INTO kv (key, value, expires_at) VALUES {rows}
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= ?2
+                 THEN excluded.value
+                 ELSE CAST(kv.value AS INTEGER) + CAST(excluded.value AS INTEGER) END,
+    expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= ?2
+                      THEN excluded.expires_at
+                      ELSE kv.expires_at END
+    WHERE (kv.expires_at IS NOT NULL AND kv.expires_at <= ?2)
+       OR json_type(kv.value) = 'integer'
+RETURNING key, CAST(value AS INTEGER)
+"""  # noqa: S608
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -463,42 +488,35 @@ class SqliteStore:
         """``incr`` of each ``(key, amount)`` with one ``ttl_s``; the new values, in order.
 
         Not part of :class:`ringd.sdk.Store` (the built-in plugins use it when a store has
-        it): on the event loop's connection the increments are one transaction, one lock
-        and one commit instead of one each. When that cannot be (the lock is busy, a value
-        is not an integer, writes go to the thread), nothing of it is kept and the items
-        are applied one ``incr`` after another, exactly as separate calls would.
+        it). On the event loop's connection, distinct keys are one statement: one lock,
+        one commit instead of one each, atomic as a whole. Otherwise (the lock is busy,
+        writes go to the thread, a key repeats) one ``incr`` after another. Either way a
+        key whose value is not an integer raises :class:`StoreError` naming it; on the
+        loop the other keys were added.
         """
         loop_conn = self._loop_conn
-        if self._loop_writes and loop_conn is not None:
+        keys = [key for key, _ in items]
+        if self._loop_writes and loop_conn is not None and 0 < len(items) <= _INCR_ROWS_MAX:
             with self._counted["incr"]:
-                for _, amount in items:
+                params: list[Any] = [_expiry(ttl_s), time.time()]
+                for key, amount in items:
                     if not isinstance(amount, int) or isinstance(amount, bool):
                         raise StoreError(f"incr amount must be an integer, got {amount!r}")
-                expires_at, now = _expiry(ttl_s), time.time()
-                try:
-                    loop_conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                else:
+                    params += (key, amount)
+                if len(set(keys)) == len(keys):
                     try:
-                        values = []
-                        for key, amount in items:
-                            params = {"key": key, "amount": amount, "expires_at": expires_at, "now": now}
-                            rows = loop_conn.execute(_INCR, params).fetchall()
-                            if not rows:
-                                break
-                            values.append(int(rows[0][0]))
-                        else:
-                            loop_conn.execute("COMMIT")
-                            self.loop_calls += 1
-                            self._wrote_on_loop()
-                            return values
-                        loop_conn.execute("ROLLBACK")  # not an integer: the calls below say which
-                    except BaseException:
-                        if loop_conn.in_transaction:
-                            loop_conn.execute("ROLLBACK")
-                        raise
+                        rows = loop_conn.execute(_incr_rows(len(items)), params).fetchall()
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc):
+                            raise
+                    else:
+                        self.loop_calls += 1
+                        self._wrote_on_loop()
+                        values = dict(rows)
+                        for key in keys:
+                            if key not in values:
+                                raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
+                        return [int(values[key]) for key in keys]
         return [await self.incr(key, amount, ttl_s) for key, amount in items]
 
 

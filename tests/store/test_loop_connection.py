@@ -111,16 +111,29 @@ async def test_writes_keep_counting_exactly_when_the_lock_comes_and_goes(tmp_pat
         await second.close()
 
 
-async def test_incr_many_on_a_non_integer_applies_what_single_calls_would(
+async def test_incr_many_on_a_non_integer_names_it_and_adds_the_others(
     sqlite_store: SqliteStore,
 ) -> None:
     await sqlite_store.set_state("b", "text")
     with pytest.raises(StoreError, match="'b'"):
         await sqlite_store.incr_many([("a", 1), ("b", 1), ("c", 1)])
-    # As three incr calls: the first applied once, the one after the failure not at all.
     assert await sqlite_store.get_state("a") == 1
     assert await sqlite_store.get_state("b") == "text"
-    assert await sqlite_store.get_state("c") is None
+    assert await sqlite_store.get_state("c") == 1
+
+
+async def test_incr_many_with_a_repeated_key_adds_both(sqlite_store: SqliteStore) -> None:
+    assert await sqlite_store.incr_many([("a", 1), ("a", 2), ("b", 5)], ttl_s=60) == [1, 3, 5]
+
+
+async def test_incr_many_restarts_expired_counters(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.incr_many([("a", 5), ("b", 5)], ttl_s=0.05)
+    await sqlite_store.set_state("c", 7)
+    await asyncio.sleep(0.1)
+    # Expired keys start over at the amount with a fresh expiry; a live one adds.
+    assert await sqlite_store.incr_many([("a", 1), ("b", -2), ("c", 1)], ttl_s=60) == [1, -2, 8]
+    await asyncio.sleep(0.1)
+    assert await sqlite_store.get_state("a") == 1  # the new expiry is 60 s, not 0.05 s
 
 
 async def test_incr_many_rejects_a_non_integer_amount(sqlite_store: SqliteStore) -> None:
