@@ -179,12 +179,14 @@ class AuditLog(BasePlugin):
         self._room = asyncio.Event()
         self._room.set()
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._failure: Exception | None = None
 
     async def on_load(self) -> None:
         """Open the file for appending (raises if it cannot be opened) and start the writer."""
         self._fd = await asyncio.to_thread(_open_owner_only, self.path)
+        self._loop = asyncio.get_running_loop()
         self._closing = False
         self._writer = asyncio.create_task(self._write_queued(), name=f"{self.name}-writer")
 
@@ -305,6 +307,11 @@ class AuditLog(BasePlugin):
         if self._fd is None or self._writer is None:
             raise RuntimeError(f"{self.name}: the log file is not open (on_load not awaited?)")
         line = _encode_line(self.record(ctx))
+        if asyncio.get_running_loop() is not self._loop:
+            # Another thread's loop (``run_in_thread``): the queue belongs to the server's
+            # loop, so this line is written by itself, from a worker thread.
+            await asyncio.to_thread(self._write, line)
+            return PluginResponse.passthrough()
         self._queued.append(line)
         self._queued_bytes += len(line)
         self._wake.set()

@@ -207,3 +207,11 @@ async def test_lines_reach_the_file_without_a_flush(load_audit, make_ctx, tmp_pa
             break
         await asyncio.sleep(0.01)
     assert json.loads(path.read_text())["request_id"] == "on-its-own"
+
+
+async def test_calls_from_a_plugin_thread_are_written_too(load_audit, make_ctx, tmp_path) -> None:
+    # run_in_thread: execute runs on a worker thread's own event loop.
+    plugin = await load_audit()
+    await plugin.execute(make_ctx(request_id="on-the-loop"))
+    await asyncio.to_thread(asyncio.run, plugin.execute(make_ctx(request_id="on-a-thread")))
+    assert sorted(r["request_id"] for r in await lines(plugin, tmp_path)) == ["on-a-thread", "on-the-loop"]
