@@ -197,7 +197,7 @@ class AuditLog(BasePlugin):
             self._closing = True  # the writer writes what is queued, then returns
             self._hurry.set()
             self._wake.set()
-            await writer
+            await asyncio.wait([writer])  # had it failed, the lines left are written below
             self._writer = None
         if self._queued:  # queued while the writer stopped: written here, never dropped
             await self._write_batch()
