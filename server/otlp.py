@@ -41,8 +41,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import TraceState
-from ringd.server.results import PluginOutcome
-from ringd.server.telemetry import CallSpan, RingFields, action_name, plugin_times
+from ringd.server.results import PluginOutcome, PluginResult
+from ringd.server.telemetry import CallSpan, RingFields, action_name
 
 _CACHE_LIMIT = 4096
 """Distinct entries kept per cache; past it a cache starts again (a bound, not an LRU)."""
@@ -64,6 +64,8 @@ _RING_KEYS = frozenset(
 )
 
 _KIND = {kind: bytes((0x30, kind.value + 1)) for kind in SpanKind}  # field 6: OTLP's enum is the API's + 1
+_SKIPPED = PluginOutcome.SKIPPED
+_INTERNAL, _SERVER = _KIND[SpanKind.INTERNAL], _KIND[SpanKind.SERVER]
 
 
 def _varint(value: int) -> bytes:
@@ -80,6 +82,8 @@ def _field(tag: int, payload: bytes) -> bytes:
     size = len(payload)
     if size < 0x80:
         return bytes((tag, size)) + payload
+    if size < 0x4000:
+        return bytes((tag, (size & 0x7F) | 0x80, size >> 7)) + payload
     return bytes((tag,)) + _varint(size) + payload
 
 
@@ -104,7 +108,7 @@ class SpanEncoder:
         self._names: dict[str, bytes] = {}
         self._statuses: dict[tuple[Any, str | None], bytes] = {}
         self._pairs: dict[tuple[str, type, Any], bytes] = {}
-        self._plugins: dict[tuple[str, str, str, PluginOutcome, str], tuple[bytes, bytes]] = {}
+        self._plugins: dict[tuple[str, str, str, PluginOutcome, Any], tuple[bytes, bytes]] = {}
         self._ring_heads: dict[tuple[str, str, str], bytes] = {}
         self._ring_tails: dict[tuple[str | None, int | None, str], bytes] = {}
 
@@ -198,7 +202,7 @@ class SpanEncoder:
         call_id = context.span_id.to_bytes(8, "big")
         under_call = state + b"\x22\x08" + call_id
         unset = self._status(StatusCode.UNSET, None)
-        pack, internal = _TIMES_AND_FLAGS.pack, _KIND[SpanKind.INTERNAL]
+        pack, internal = _TIMES_AND_FLAGS.pack, _INTERNAL
         ids = call.child_ids()
         index = 0
         out: list[bytes] = []
@@ -226,26 +230,22 @@ class SpanEncoder:
                     )
                 )
                 under = state + b"\x22\x08" + ring_id
+            plugins = self._plugins
             for result in results:
                 outcome = result.outcome
-                if outcome is PluginOutcome.SKIPPED:
+                if outcome is _SKIPPED:
                     continue
-                key = (ring, result.plugin, result.version, outcome, action_name(result.action))
-                cached = self._plugins.get(key)
-                if cached is None:
-                    attributes = {
-                        "ringd.ring": ring,
-                        "ringd.plugin.name": key[1],
-                        "ringd.plugin.version": key[2],
-                        "ringd.plugin.outcome": outcome.value,
-                        "ringd.plugin.action": key[4],
-                    }
-                    cached = self._remember(
-                        self._plugins,
-                        key,
-                        (self._name(f"plugin {key[1]}") + internal, self._pairs_of(attributes)),
-                    )
-                begun, ended = plugin_times(result, started_ns, started_perf, ended_ns)
+                try:
+                    cached = plugins[(ring, result.plugin, result.version, outcome, result.action)]
+                except (KeyError, TypeError):  # first seen, or an action that cannot key a cache
+                    cached = self._plugin(ring, result)
+                started = result.started
+                if started:  # as telemetry.plugin_times
+                    begun = started_ns + int((started - started_perf) * 1e9)
+                    ended = begun + int(result.latency_ms * 1e6)
+                else:
+                    begun = ended = ended_ns
+                error = result.error
                 out.append(
                     _field(
                         0x12,
@@ -257,7 +257,7 @@ class SpanEncoder:
                                 cached[0],
                                 pack(_START_TAG, begun, _END_TAG, ended, _FLAGS_TAG, _HAS_IS_REMOTE),
                                 cached[1],
-                                self._status(StatusCode.ERROR, result.error) if result.error else unset,
+                                self._status(StatusCode.ERROR, error) if error else unset,
                             )
                         ),
                     )
@@ -272,13 +272,35 @@ class SpanEncoder:
                 flags |= _IS_REMOTE
         parts += (
             self._name(call.name),
-            _KIND[SpanKind.SERVER],
+            _SERVER,
             pack(_START_TAG, call.start_ns, _END_TAG, call.end_ns, _FLAGS_TAG, flags),
             call_attributes,
             self._status(call.status.status_code, call.status.description),
         )
         out.append(_field(0x12, b"".join(parts)))
         return out
+
+    def _plugin(self, ring: str, result: PluginResult) -> tuple[bytes, bytes]:
+        """A plugin span's name and kind, and its attributes, as bytes (kept per plugin,
+        version, outcome and action when the action can key the cache)."""
+        action = action_name(result.action)
+        encoded = (
+            self._name(f"plugin {result.plugin}") + _INTERNAL,
+            self._pairs_of(
+                {
+                    "ringd.ring": ring,
+                    "ringd.plugin.name": result.plugin,
+                    "ringd.plugin.version": result.version,
+                    "ringd.plugin.outcome": result.outcome.value,
+                    "ringd.plugin.action": action,
+                }
+            ),
+        )
+        key = (ring, result.plugin, result.version, result.outcome, result.action)
+        try:
+            return self._remember(self._plugins, key, encoded)  # type: ignore[no-any-return]
+        except TypeError:  # an action that cannot key the cache
+            return encoded
 
     def _call_attributes(self, call: CallSpan) -> bytes | None:
         """The call span's attributes (as :meth:`CallSpan.call_attributes` orders them);

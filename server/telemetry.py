@@ -177,7 +177,7 @@ def sampling_bounds(sampler: Sampler) -> tuple[int, int, int] | None:
     return None if bound is None else (bound, bound, bound)
 
 
-def _traceparent(value: str | bytes) -> tuple[int, int] | None:
+def parse_traceparent(value: str | bytes) -> tuple[int, int] | None:
     """The trace id and flags of a ``traceparent`` value the SDK's propagator accepts, else None."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
@@ -502,6 +502,11 @@ class RingTracer:
                 self._direct = cast(BatchSpanProcessor, processors[0])
                 self._direct_for = processors
 
+    @property
+    def queues_calls(self) -> bool:
+        """True when a sampled call reaches ringd's OTLP exporter as one record (no span objects)."""
+        return self._direct is not None and self._processors._span_processors is self._direct_for
+
     def _method(self, method: str) -> dict[str, Any]:
         attributes = self._methods.get(method)
         if attributes is None:
@@ -525,7 +530,7 @@ class RingTracer:
             if key == "traceparent":
                 traceparent = value
                 break
-        parent_flags = None if traceparent is None else _traceparent(traceparent)
+        parent_flags = None if traceparent is None else parse_traceparent(traceparent)
         if parent_flags is None:  # a root span: the root sampler decides on a new trace id
             trace_id = self._ids.generate_trace_id()
             if trace_id & _LOW_64 >= bounds[0]:
@@ -599,10 +604,11 @@ class RingTracer:
 
     def finish(self, span: CallSpan) -> None:
         """Hand an ended call to the span processors (:meth:`CallSpan.__exit__` calls this)."""
-        if self._direct is not None and self._processors._span_processors is self._direct_for:
+        direct = self._direct
+        if direct is not None and self._processors._span_processors is self._direct_for:
             # The batch processor queues what it is given (it reads only ``context``);
             # its exporter, ringd's, writes the call's spans from the record.
-            self._direct.on_end(cast(ReadableSpan, span))
+            direct.on_end(cast(ReadableSpan, span))
             return
         on_end = self._processors.on_end
         for finished in span.spans():
