@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from random import getrandbits
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -42,6 +43,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -472,6 +474,7 @@ class RingTracer:
         "_ids",
         "_methods",
         "_processors",
+        "_random_ids",
         "_sampler",
         "enabled",
         "new_span_id",
@@ -486,10 +489,12 @@ class RingTracer:
         self._bounds: tuple[int, int, int] | None = None
         self._direct: BatchSpanProcessor | None = None
         self._direct_for: tuple[SpanProcessor, ...] | None = None
+        self._random_ids = False
         if provider is not None:
             self._sampler = provider.sampler
             self._bounds = sampling_bounds(provider.sampler)
             self._ids = provider.id_generator
+            self._random_ids = type(provider.id_generator) is RandomIdGenerator
             self.new_span_id = provider.id_generator.generate_span_id
             self.resource = provider.resource
             # The provider's own fan-out to every processor added to it (the SDK has
@@ -532,9 +537,19 @@ class RingTracer:
                 break
         parent_flags = None if traceparent is None else parse_traceparent(traceparent)
         if parent_flags is None:  # a root span: the root sampler decides on a new trace id
-            trace_id = self._ids.generate_trace_id()
-            if trace_id & _LOW_64 >= bounds[0]:
-                return None
+            if self._random_ids:
+                # The SDK's ids are 128 random bits: draw the 64 the sampler reads first,
+                # so an unsampled call draws no more.
+                low = getrandbits(64)
+                if low >= bounds[0]:
+                    return None
+                trace_id = (getrandbits(64) << 64) | low
+                if not trace_id:
+                    return None  # an invalid id (one draw in 2**128): this call goes untraced
+            else:
+                trace_id = self._ids.generate_trace_id()
+                if trace_id & _LOW_64 >= bounds[0]:
+                    return None
             context = SpanContext(trace_id, self.new_span_id(), False, _SAMPLED)
             return CallSpan(self, method, context, None, Context(), self._method(method), None)
         trace_id, flags = parent_flags
