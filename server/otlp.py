@@ -87,6 +87,13 @@ def _field(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + _varint(size) + payload
 
 
+_PREFIXED = 0x4000
+_SPAN_PREFIX = [b"\x12" + _varint(size) for size in range(_PREFIXED)]
+"""Field 2 of ScopeSpans, a span: tag and length, for lengths below 16 KiB."""
+_UNSET = _field(0x7A, Status(code=Status.STATUS_CODE_UNSET, message="").SerializeToString())
+"""Field 15 of a span: status UNSET, no message."""
+
+
 def _string_attribute(key: str, value: str) -> bytes:
     """Field 9 of a span: one KeyValue with a string value (what the exporter's encoder writes)."""
     return _field(0x4A, _field(0x0A, key.encode()) + _field(0x12, _field(0x0A, value.encode())))
@@ -201,7 +208,7 @@ class SpanEncoder:
         state = _trace_state(context.trace_state)
         call_id = context.span_id.to_bytes(8, "big")
         under_call = state + b"\x22\x08" + call_id
-        unset = self._status(StatusCode.UNSET, None)
+        unset = _UNSET
         pack, internal = _TIMES_AND_FLAGS.pack, _INTERNAL
         ids = call.child_ids()
         index = 0
@@ -231,14 +238,17 @@ class SpanEncoder:
                 )
                 under = state + b"\x22\x08" + ring_id
             plugins = self._plugins
+            fixed = len(head) + 8 + len(under) + _TIMES_AND_FLAGS.size
             for result in results:
                 outcome = result.outcome
                 if outcome is _SKIPPED:
                     continue
                 try:
-                    cached = plugins[(ring, result.plugin, result.version, outcome, result.action)]
+                    name_kind, attributes = plugins[
+                        (ring, result.plugin, result.version, outcome, result.action)
+                    ]
                 except (KeyError, TypeError):  # first seen, or an action that cannot key a cache
-                    cached = self._plugin(ring, result)
+                    name_kind, attributes = self._plugin(ring, result)
                 started = result.started
                 if started:  # as telemetry.plugin_times
                     begun = started_ns + int((started - started_perf) * 1e9)
@@ -246,20 +256,20 @@ class SpanEncoder:
                 else:
                     begun = ended = ended_ns
                 error = result.error
+                status = self._status(StatusCode.ERROR, error) if error else unset
+                size = fixed + len(name_kind) + len(attributes) + len(status)
                 out.append(
-                    _field(
-                        0x12,
-                        b"".join(
-                            (
-                                head,
-                                ids[index].to_bytes(8, "big"),
-                                under,
-                                cached[0],
-                                pack(_START_TAG, begun, _END_TAG, ended, _FLAGS_TAG, _HAS_IS_REMOTE),
-                                cached[1],
-                                self._status(StatusCode.ERROR, error) if error else unset,
-                            )
-                        ),
+                    b"".join(
+                        (
+                            _SPAN_PREFIX[size] if size < _PREFIXED else b"\x12" + _varint(size),
+                            head,
+                            ids[index].to_bytes(8, "big"),
+                            under,
+                            name_kind,
+                            pack(_START_TAG, begun, _END_TAG, ended, _FLAGS_TAG, _HAS_IS_REMOTE),
+                            attributes,
+                            status,
+                        )
                     )
                 )
                 index += 1
@@ -275,7 +285,9 @@ class SpanEncoder:
             _SERVER,
             pack(_START_TAG, call.start_ns, _END_TAG, call.end_ns, _FLAGS_TAG, flags),
             call_attributes,
-            self._status(call.status.status_code, call.status.description),
+            _UNSET
+            if call.status.status_code is StatusCode.UNSET and not call.status.description
+            else self._status(call.status.status_code, call.status.description),
         )
         out.append(_field(0x12, b"".join(parts)))
         return out
