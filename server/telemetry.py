@@ -520,7 +520,7 @@ class RingTracer:
             self._methods[method] = attributes
         return attributes
 
-    def start_call(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> CallSpan | None:
+    def start_call(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> CallSpan | None:
         """The SERVER span of one RPC (use it as a context manager), or None when tracing
         is off or the sampler does not sample the call: the caller then skips all span work.
 
@@ -556,12 +556,16 @@ class RingTracer:
         if trace_id & _LOW_64 >= (bounds[1] if flags & TraceFlags.SAMPLED else bounds[2]):
             return None
         parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
-        parent = trace.get_current_span(parent_context).get_span_context()
-        context = SpanContext(trace_id, self.new_span_id(), False, _SAMPLED, parent.trace_state)
+        parent: SpanContext | None = trace.get_current_span(parent_context).get_span_context()
+        if parent is None or not parent.is_valid:  # not so for what parse_traceparent accepts
+            parent = None
+        context = SpanContext(
+            trace_id, self.new_span_id(), False, _SAMPLED, parent.trace_state if parent is not None else None
+        )
         return CallSpan(self, method, context, parent, parent_context, self._method(method), None)
 
     def _ask_sampler(
-        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
     ) -> CallSpan | None:
         """:meth:`start_call` for a sampler ringd does not know: the SDK's sampler API."""
         parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
@@ -580,7 +584,7 @@ class RingTracer:
 
     @contextmanager
     def call_span(
-        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
     ) -> Iterator[CallSpan | None]:
         """:meth:`start_call` as one context manager: yields None when not sampled."""
         span = self.start_call(method, metadata)
