@@ -520,12 +520,13 @@ class RingTracer:
             self._methods[method] = attributes
         return attributes
 
-    def start_call(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> CallSpan | None:
+    def start_call(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> CallSpan | None:
         """The SERVER span of one RPC (use it as a context manager), or None when tracing
         is off or the sampler does not sample the call: the caller then skips all span work.
 
         The caller's ``traceparent`` is its parent; a parent-based sampler follows its
-        sampled flag.
+        sampled flag. ``metadata`` is read twice for a sampled call with a parent (gRPC's
+        invocation metadata is a container, not a one-shot iterator).
         """
         bounds = self._bounds
         if bounds is None:
@@ -565,7 +566,7 @@ class RingTracer:
         return CallSpan(self, method, context, parent, parent_context, self._method(method), None)
 
     def _ask_sampler(
-        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> CallSpan | None:
         """:meth:`start_call` for a sampler ringd does not know: the SDK's sampler API."""
         parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
@@ -584,7 +585,7 @@ class RingTracer:
 
     @contextmanager
     def call_span(
-        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> Iterator[CallSpan | None]:
         """:meth:`start_call` as one context manager: yields None when not sampled."""
         span = self.start_call(method, metadata)
