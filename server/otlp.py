@@ -38,6 +38,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import TraceState
@@ -446,8 +447,34 @@ class RingdOTLPSpanExporter(OTLPSpanExporter):
         self._stub = _RawTraceServiceStub
         self._client = self._stub(self._channel)
 
+    max_spans_per_request = 4096
+    """A batch of more spans goes out as several requests: the batch processor's batch
+    size counts queued items, and a ring call is one item of several spans, so a batch of
+    512 calls of many plugins could pass a collector's 4 MiB message limit."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = SpanExportResult.SUCCESS
+        chunk: list[ReadableSpan] = []
+        count = 0
+        for item in spans:
+            size = _span_count(item)
+            if chunk and count + size > self.max_spans_per_request:
+                if self._export(chunk) is not SpanExportResult.SUCCESS:
+                    result = SpanExportResult.FAILURE
+                chunk, count = [], 0
+            chunk.append(item)
+            count += size
+        if chunk and self._export(chunk) is not SpanExportResult.SUCCESS:
+            result = SpanExportResult.FAILURE
+        return result
+
     def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
         return self._encoder.encode(data)
 
     def _count_data(self, data: Sequence[ReadableSpan | CallSpan]) -> int:
-        return sum(len(item.child_ids()) + 1 if isinstance(item, CallSpan) else 1 for item in data)
+        return sum(_span_count(item) for item in data)
+
+
+def _span_count(item: ReadableSpan | CallSpan) -> int:
+    """How many spans a queued item is: a ring call's record is several."""
+    return len(item.child_ids()) + 1 if isinstance(item, CallSpan) else 1

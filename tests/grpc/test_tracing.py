@@ -641,3 +641,32 @@ async def test_a_queued_call_is_encoded_as_its_spans_would_be(serve):
     assert first == reference(spans)
     assert again == reference(spans)
     assert capturing._count_data(calls) == len(spans)
+
+
+async def test_a_batch_of_many_calls_goes_out_in_requests_of_bounded_size(serve, collector):
+    """A queued call is several spans: a batch is split so no request passes the bound."""
+    import asyncio
+
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from ringd.server.otlp import RingdOTLPSpanExporter
+
+    class Small(RingdOTLPSpanExporter):
+        max_spans_per_request = 4
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Small(endpoint=collector.endpoint, insecure=True)))
+    server = await serve([entry("auth", "ingress"), entry("redactor")], tracer_provider=provider)
+    for _ in range(3):  # ExecuteRing of PRE_FLIGHT: the call's span and one plugin's
+        await server.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5)
+    await asyncio.to_thread(provider.force_flush)
+
+    assert [
+        sum(len(s.spans) for r in q.resource_spans for s in r.scope_spans) for q in collector.requests
+    ] == [
+        4,
+        2,
+    ]
+    assert sorted((name, len(found)) for name, found in collector.spans().items()) == [
+        ("plugin redactor", 3),
+        (RING_SPAN, 3),
+    ]
