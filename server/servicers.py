@@ -39,6 +39,7 @@ _log = logging.getLogger("ringd.server")
 
 ENGINE_SERVICE = engine_pb.DESCRIPTOR.services_by_name["PluginEngineService"]
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PluginAdminService"]
+_EXECUTE_RING = f"{ENGINE_SERVICE.full_name}/ExecuteRing"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -186,12 +187,11 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
         elif self._tracer.enabled:
             deadline = self._deadline(context)
-            with self._tracer.call_span(
-                f"{ENGINE_SERVICE.full_name}/ExecuteRing", context.invocation_metadata()
-            ) as span:
-                if span is None:  # not sampled: no span work at all
-                    ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
-                else:
+            span = self._tracer.start_call(_EXECUTE_RING, context.invocation_metadata())
+            if span is None:  # not sampled: no span work at all
+                ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
+            else:
+                with span:
                     wall_ns, perf = now_pair()
                     ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
                     self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
