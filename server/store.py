@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import orjson
 from ringd.sdk import StoreError
 
 _log = logging.getLogger("ringd.store")
@@ -82,7 +83,27 @@ def failure_counters(errors: dict[str, int]) -> dict[str, CountFailures]:
     return {op: CountFailures(errors, op) for op in ("get", "set", "delete", "incr", "purge")}
 
 
+_ORJSON_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+"""What orjson would encode but ``json`` refuses (or encodes otherwise) goes to ``json``."""
+
+
 def _encode(key: str, value: Any) -> str:
+    """Compact JSON text of ``value``; the SDK's rules: JSON types only, no NaN or infinity.
+
+    orjson first (a 1 KB answer in ~1 us, ``json`` ~8 us). It writes NaN and infinities as
+    ``null`` where ``json`` refuses them, so a value whose text holds ``null`` anywhere is
+    encoded again by ``json``, which also answers for what orjson refuses (non-string
+    keys, integers past 64 bits, lone surrogates).
+    """
+    try:
+        encoded = orjson.dumps(value, option=_ORJSON_STRICT)
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    else:
+        if b"null" not in encoded:
+            return encoded.decode()
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
