@@ -181,6 +181,7 @@ _SET = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
 _DELETE = "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_DELETE_RETURNING = f"{_DELETE} RETURNING 1"  # on the loop's connection: rows, not a rowcount
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INCR_ROWS_MAX = 16
 
@@ -423,21 +424,35 @@ class SqliteStore:
             await asyncio.to_thread(loop_conn.close)
         await self._conn.close()
 
+    def _on_loop(self, sql: str, params: Any, *, write: bool = True) -> list[Any] | None:
+        """One statement on the event loop's connection, in autocommit; its rows.
+
+        None when it cannot run there (the connection is off, writes go to the thread,
+        or another connection holds the lock: with ``busy_timeout=0`` SQLITE_BUSY comes
+        at once and the statement changed nothing): the caller then uses the thread.
+        ``fetchall`` finishes the statement in one step: a statement left open between
+        calls would hold a transaction (and its snapshot) open.
+        """
+        loop_conn = self._loop_conn
+        if loop_conn is None or (write and not self._loop_writes):
+            return None
+        try:
+            rows: list[Any] = loop_conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return None
+        self.loop_calls += 1
+        if write:
+            self._wrote_on_loop()
+        return rows
+
     async def get_state(self, key: str, default: Any = None) -> Any:
         with self._counted["get"]:
             params = (key, time.time())
-            loop_conn = self._loop_conn
-            if loop_conn is not None:
-                try:
-                    # fetchall finishes the statement in one step: a statement left open
-                    # between calls would hold a read transaction (and its snapshot) open.
-                    rows: Any = loop_conn.execute(_GET, params).fetchall()
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                else:
-                    self.loop_calls += 1
-                    return default if not rows else json.loads(rows[0][0])
+            rows: Any = self._on_loop(_GET, params, write=False)
+            if rows is not None:
+                return default if not rows else json.loads(rows[0][0])
             self.thread_calls += 1
             # execute_fetchall finishes the statement in one step: a statement left open
             # between calls would hold SQLite's implicit transaction open, and other
@@ -448,34 +463,17 @@ class SqliteStore:
     async def set_state(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         with self._counted["set"]:
             params = (key, _encode(key, value), _expiry(ttl_s))
-            loop_conn = self._loop_conn
-            if self._loop_writes and loop_conn is not None and len(params[1]) <= FAST_VALUE_BYTES:
-                try:
-                    loop_conn.execute(_SET, params)
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                else:
-                    self.loop_calls += 1
-                    self._wrote_on_loop()
-                    return
+            if len(params[1]) <= FAST_VALUE_BYTES and self._on_loop(_SET, params) is not None:
+                return
             self.thread_calls += 1
             await self._conn.execute(_SET, params)
 
     async def delete(self, key: str) -> bool:
         with self._counted["delete"]:
             params = (key, time.time())
-            loop_conn = self._loop_conn
-            if self._loop_writes and loop_conn is not None:
-                try:
-                    deleted = loop_conn.execute(_DELETE, params).rowcount
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                else:
-                    self.loop_calls += 1
-                    self._wrote_on_loop()
-                    return deleted > 0
+            rows = self._on_loop(_DELETE_RETURNING, params)
+            if rows is not None:
+                return bool(rows)
             self.thread_calls += 1
             cursor = await self._conn.execute(_DELETE, params)
             return cursor.rowcount > 0
@@ -485,18 +483,7 @@ class SqliteStore:
             if not isinstance(amount, int) or isinstance(amount, bool):
                 raise StoreError(f"incr amount must be an integer, got {amount!r}")
             params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
-            loop_conn = self._loop_conn
-            rows: Any = None
-            if self._loop_writes and loop_conn is not None:
-                try:
-                    # One statement in autocommit: SQLITE_BUSY means it changed nothing.
-                    rows = loop_conn.execute(_INCR, params).fetchall()  # one step: see get_state
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                else:
-                    self.loop_calls += 1
-                    self._wrote_on_loop()
+            rows: Any = self._on_loop(_INCR, params)
             if rows is None:
                 self.thread_calls += 1
                 rows = await self._conn.execute_fetchall(_INCR, params)
@@ -515,29 +502,21 @@ class SqliteStore:
         key whose value is not an integer raises :class:`StoreError` naming it; on the
         loop the other keys were added.
         """
-        loop_conn = self._loop_conn
         keys = [key for key, _ in items]
-        if self._loop_writes and loop_conn is not None and 0 < len(items) <= _INCR_ROWS_MAX:
+        if self._loop_writes and self._loop_conn is not None and 0 < len(items) <= _INCR_ROWS_MAX:
             with self._counted["incr"]:
                 params: list[Any] = [_expiry(ttl_s), time.time()]
                 for key, amount in items:
                     if not isinstance(amount, int) or isinstance(amount, bool):
                         raise StoreError(f"incr amount must be an integer, got {amount!r}")
                     params += (key, amount)
-                if len(set(keys)) == len(keys):
-                    try:
-                        rows = loop_conn.execute(_incr_rows(len(items)), params).fetchall()
-                    except sqlite3.OperationalError as exc:
-                        if not _is_busy(exc):
-                            raise
-                    else:
-                        self.loop_calls += 1
-                        self._wrote_on_loop()
-                        values = dict(rows)
-                        for key in keys:
-                            if key not in values:
-                                raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
-                        return [int(values[key]) for key in keys]
+                rows = self._on_loop(_incr_rows(len(items)), params) if len(set(keys)) == len(keys) else None
+                if rows is not None:
+                    values = dict(rows)
+                    for key in keys:
+                        if key not in values:
+                            raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
+                    return [int(values[key]) for key in keys]
         return [await self.incr(key, amount, ttl_s) for key, amount in items]
 
 

@@ -246,6 +246,15 @@ async def test_always_off_from_the_environment_traces_nothing(sampled_by_env, ex
 # ---------------------------------------------------------------------- what reaches the collector
 
 
+def ok_bypassed_and_blocking() -> list[dict]:
+    """Three plugins whose spans differ: an INGRESS pass, a fail-open raise, a 429 block."""
+    return [
+        entry("auth", "ingress"),
+        entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
+        entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
+    ]
+
+
 async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve, exporter):
     """ringd's cached encoder (``ringd.server.otlp``) on real spans of ringd: the same request."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
@@ -254,11 +263,7 @@ async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve
     provider = tracer_provider_from_env({}, exporters=[exporter])
     assert provider is not None
     server = await serve(
-        [
-            entry("auth", "ingress"),
-            entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
-            entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
-        ],
+        ok_bypassed_and_blocking(),
         tracer_provider=provider,
     )
     traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
@@ -519,11 +524,7 @@ async def test_ringd_s_otlp_exporter_sends_every_span_of_a_call(serve, collector
     assert provider is not None
     assert RingTracer(provider).queues_calls
     server = await serve(
-        [
-            entry("auth", "ingress"),
-            entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
-            entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
-        ],
+        ok_bypassed_and_blocking(),
         tracer_provider=provider,
     )
     request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT)
@@ -611,11 +612,7 @@ async def test_a_queued_call_is_encoded_as_its_spans_would_be(serve):
     provider = tracer_provider_from_env({}, exporters=[capturing])
     assert provider is not None
     server = await serve(
-        [
-            entry("auth", "ingress"),
-            entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
-            entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
-        ],
+        ok_bypassed_and_blocking(),
         tracer_provider=provider,
     )
     for metadata in ((), (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("tracestate", "a=1,b=2"))):
