@@ -58,8 +58,9 @@ bench-engine: $(STAMP) ## In-process cost of a ring, and of each built-in plugin
 	$(BIN)/python bench/engine_bench.py
 	$(BIN)/python bench/plugins_bench.py
 
-bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server; StreamRing vs a bidirectional echo
+bench: $(STAMP) ## h2load: ringd vs a bare grpc.aio echo server, where a call's CPU goes inside ringd; StreamRing vs a bidirectional echo
 	$(BIN)/python bench/grpc_bench.py
+	$(BIN)/python bench/inside.py
 	$(BIN)/python bench/stream_bench.py
 
 bench-slowloris: $(STAMP) ## Server RSS under many connections x never-finished streams (issue 15)
@@ -69,6 +70,7 @@ bench-smoke: $(STAMP) ## The benchmarks in a seconds-long smoke mode (so they ca
 	$(BIN)/python bench/engine_bench.py --smoke
 	$(BIN)/python bench/plugins_bench.py --smoke
 	$(BIN)/python bench/grpc_bench.py --smoke
+	$(BIN)/python bench/inside.py --smoke
 	$(BIN)/python bench/stream_bench.py --smoke
 	$(BIN)/python bench/slowloris.py --rounds 1 --connections 5 --streams 5
 

@@ -6,8 +6,9 @@ to the last has arrived, as a gateway relaying an upstream would), then the end
 message. ringd runs POST_FLIGHT with two streaming plugins (``response_sanitizer``,
 128-character look-ahead, and a rewrite plugin, 32); the echo server answers every
 message with itself. Reported: chunks per second and ringd's ratio to the echo,
-and the latency ringd adds per chunk (its per-chunk round trip minus the echo's),
-p50 and p99, under that load and on a single stream. Every ringd stream must end
+each server's CPU time per chunk (all its threads, from ``/proc``: less noisy than
+throughput on a shared machine), and the latency ringd adds per chunk (its per-chunk
+round trip minus the echo's), p50 and p99, under that load and on a single stream. Every ringd stream must end
 with its ``done`` message and the expected text, or the benchmark fails (exit 1).
 
     python bench/stream_bench.py            # 50 streams x 200 chunks, median of 5 rounds
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_bench import PYTHON, BenchError, process, ringd_args
+from grpc_bench import PYTHON, BenchError, Server, group_cpu_seconds, process, ringd_args
 from grpc_bench import ringd as serve_ringd
 
 from ringd.v1 import engine_service_pb2 as engine_pb
@@ -58,6 +60,8 @@ WORDS = [
 class Run:
     chunks_per_s: float
     latencies_ms: list[float]
+    cpu_us: float
+    """The server's CPU time (user + system, all its processes) per chunk, in microseconds."""
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -117,32 +121,37 @@ async def one_stream(
             raise BenchError("ringd released other text than expected")
 
 
-async def drive(address: str, streams: int, stream: list[bytes], check: str | None) -> Run:
+async def drive(server: Server, streams: int, stream: list[bytes], check: str | None) -> Run:
     latencies: list[float] = []
-    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, streams // 10))]
+    channels = [grpc.aio.insecure_channel(server.address) for _ in range(max(1, streams // 10))]
     try:
         await asyncio.gather(*(one_stream(channels[0], stream, [], check) for _ in range(1)))  # warm up
+        cpu_before = group_cpu_seconds(server.pgid)
         started = time.perf_counter()
         await asyncio.gather(
             *(one_stream(channels[i % len(channels)], stream, latencies, check) for i in range(streams))
         )
         elapsed = time.perf_counter() - started
+        cpu_s = group_cpu_seconds(server.pgid) - cpu_before
     finally:
         for channel in channels:
             await channel.close()
-    return Run(chunks_per_s=streams * (len(stream) - 2) / elapsed, latencies_ms=latencies)
+    chunks = streams * (len(stream) - 2)
+    return Run(chunks_per_s=chunks / elapsed, latencies_ms=latencies, cpu_us=cpu_s * 1e6 / chunks)
 
 
-def measure(address: str, streams: int, stream: list[bytes], check: str | None) -> Run:
-    return asyncio.run(drive(address, streams, stream, check))
+def measure(server: Server, streams: int, stream: list[bytes], check: str | None) -> Run:
+    return asyncio.run(drive(server, streams, stream, check))
 
 
-def best_of(address: str, rounds: int, streams: int, stream: list[bytes], check: str | None) -> Run:
-    """The median round by throughput: one short run on a shared machine is noise."""
+def best_of(server: Server, rounds: int, streams: int, stream: list[bytes], check: str | None) -> Run:
+    """The median round by throughput (CPU per chunk: its median over the rounds)."""
     runs = sorted(
-        (measure(address, streams, stream, check) for _ in range(rounds)), key=lambda r: r.chunks_per_s
+        (measure(server, streams, stream, check) for _ in range(rounds)), key=lambda r: r.chunks_per_s
     )
-    return runs[len(runs) // 2]
+    median = runs[len(runs) // 2]
+    median.cpu_us = statistics.median(run.cpu_us for run in runs)
+    return median
 
 
 def main() -> int:
@@ -163,16 +172,14 @@ def main() -> int:
     runs: dict[str, dict[str, Run]] = {}
     try:
         with process([PYTHON, str(HERE / "echo_server.py")], cwd=work, env=env) as echo_server:
-            address = echo_server.address
             runs["echo"] = {
-                "load": best_of(address, rounds, streams, stream, None),
-                "single": best_of(address, rounds, 1, stream, None),
+                "load": best_of(echo_server, rounds, streams, stream, None),
+                "single": best_of(echo_server, rounds, 1, stream, None),
             }
         with serve_ringd(ringd_args(work / "stream.yaml"), cwd=work, env=env) as ringd_server:
-            address = ringd_server.address
             runs["ringd"] = {
-                "load": best_of(address, rounds, streams, stream, expected),
-                "single": best_of(address, rounds, 1, stream, expected),
+                "load": best_of(ringd_server, rounds, streams, stream, expected),
+                "single": best_of(ringd_server, rounds, 1, stream, expected),
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -185,6 +192,10 @@ def main() -> int:
     print(
         f"  chunks/s: echo {echo['load'].chunks_per_s:,.0f}, ringd {ringd['load'].chunks_per_s:,.0f} "
         f"-> ratio {ratio:.2f} (target >= 0.6)"
+    )
+    print(
+        f"  server CPU per chunk ({streams} streams): echo {echo['load'].cpu_us:.0f} us, "
+        f"ringd {ringd['load'].cpu_us:.0f} us"
     )
     for kind, label in (("load", f"{streams} streams"), ("single", "1 stream")):
         added = [ringd[kind].percentile(q) - echo[kind].percentile(q) for q in (0.5, 0.99)]

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from ringd.plugins._batch import incr_all
 from ringd.plugins._common import ConfigReader, estimate_prompt_tokens, key_part, require_store
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
@@ -101,22 +102,28 @@ class RateLimiter(BasePlugin):
         reset_s = (window + 1) * self.window_s - now
         prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
 
-        requests = tokens = 0
-        cost = 0
+        cost = estimate_prompt_tokens(ctx.body) if tokens_limit is not None else 0
+        counted: list[tuple[str, int]] = []
         if requests_limit is not None:
-            requests = await store.incr(f"{prefix}:requests", 1, ttl_s=self.window_s)
+            counted.append((f"{prefix}:requests", 1))
         if tokens_limit is not None:
-            cost = estimate_prompt_tokens(ctx.body)
-            tokens = await store.incr(f"{prefix}:tokens", cost, ttl_s=self.window_s)
+            counted.append((f"{prefix}:tokens", cost))
+        # Both counters in one store call (one SQLite transaction).
+        values = iter(await incr_all(store, counted, ttl_s=self.window_s))
+        requests = next(values) if requests_limit is not None else 0
+        tokens = next(values) if tokens_limit is not None else 0
 
         over_requests = requests_limit is not None and requests > requests_limit
         over_tokens = tokens_limit is not None and tokens > tokens_limit
         if over_requests or over_tokens:
             # Give the counts back: a refused request does not use up the window.
-            if requests_limit is not None:
-                requests = await store.incr(f"{prefix}:requests", -1, ttl_s=self.window_s)
-            if tokens_limit is not None and cost:
-                tokens = await store.incr(f"{prefix}:tokens", -cost, ttl_s=self.window_s)
+            refund = [(key, -amount) for key, amount in counted if amount]
+            refunded = await incr_all(store, refund, ttl_s=self.window_s)
+            for (key, _), value in zip(refund, refunded, strict=True):
+                if key.endswith(":requests"):
+                    requests = value
+                else:
+                    tokens = value
 
         ctx.metadata["_rate_limiter"] = {
             "scope": self.scope,

@@ -272,6 +272,15 @@ def _successful(response: Any) -> bool:
     return isinstance(choices, list) and len(choices) > 0
 
 
+def _json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value (an upstream answer): an orjson round trip, ~4x faster
+    than ``copy.deepcopy``; ``deepcopy`` for what orjson refuses."""
+    try:
+        return orjson.loads(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return copy.deepcopy(value)
+
+
 class ResponseCacheStore(BasePlugin):
     """POST_FLIGHT (or BACKGROUND): stores the upstream answer under the lookup's key."""
 
@@ -310,10 +319,13 @@ class ResponseCacheStore(BasePlugin):
             except SealError as exc:
                 return PluginResponse.passthrough(f"not stored: {exc}")
             pattern = originals_pattern(mapping)
-            stored = copy.deepcopy(ctx.response)
+            stored = _json_copy(ctx.response)
             map_response_texts(stored, lambda text: mask_originals(text, mapping, pattern))
-        encoded = json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
-        size = len(encoded.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(orjson.dumps(stored))  # compact UTF-8, as the store's JSON but ~15x faster
+        except orjson.JSONEncodeError:  # what orjson refuses (a lone surrogate, a huge int)
+            encoded = json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
+            size = len(encoded.encode("utf-8", "surrogatepass"))
         if size > self.max_entry_bytes:
             return PluginResponse.passthrough(f"answer too large to cache ({size} bytes)")
         misses = recent_misses(ctx.state, self.namespace)

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ringd.plugins._batch import incr_all
 from ringd.plugins._common import (
     ConfigReader,
     as_count,
@@ -145,10 +146,13 @@ class UsageAccounting(BasePlugin):
         tenant = str(tenant_value) if tenant_value else self.default_tenant
 
         prefix = f"{self.key_prefix}:{key_part(tenant)}:{key_part(model)}"
-        await store.incr(f"{prefix}:requests", 1)
-        await store.incr(f"{prefix}:prompt_tokens", prompt_tokens)
-        await store.incr(f"{prefix}:completion_tokens", completion_tokens)
-        await store.incr(f"{prefix}:cost_micro_usd", cost)
+        counters = [
+            (f"{prefix}:requests", 1),
+            (f"{prefix}:prompt_tokens", prompt_tokens),
+            (f"{prefix}:completion_tokens", completion_tokens),
+            (f"{prefix}:cost_micro_usd", cost),
+        ]
+        await incr_all(store, counters)  # one store call: one SQLite transaction for the four
         ctx.metadata["usage"] = {
             "tenant": tenant,
             "model": model,

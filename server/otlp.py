@@ -4,12 +4,17 @@ The OTLP exporter turns every span into protobuf messages in Python, in the proc
 that serves the rings (its batch thread holds the GIL while it encodes): about
 40 us per span on the bench machine, most of it building messages for attribute
 sets that repeat call after call (a plugin's span attributes are the same for every
-passthrough). :func:`encode_spans` writes the same ``ExportTraceServiceRequest`` in
+passthrough). :class:`SpanEncoder` writes the same ``ExportTraceServiceRequest`` in
 protobuf's wire format directly: each distinct attribute set, name and status is
-encoded once and its bytes reused; ids and times are packed per span; protobuf
-then parses the whole batch in C. A span with events or links, or an attribute
-value that cannot key a cache, is encoded by the exporter's own code.
-``tests/grpc/test_tracing.py`` checks that both encoders produce the same message.
+encoded once and its bytes reused; ids and times are packed per span. A span with
+events or links, or an attribute value that cannot key a cache, is encoded by the
+exporter's own code. The request's bytes go to the collector as they are (no
+protobuf message is built for them).
+
+A sampled ring call reaches the exporter as one :class:`~ringd.server.telemetry.CallSpan`
+record, not as spans (see :mod:`ringd.server.telemetry`): its spans are written straight
+from the engine's per-plugin results. ``tests/grpc/test_tracing.py`` checks that both
+paths produce what the exporter's own encoder produces for the same spans.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 from struct import Struct
 from typing import Any
 
+import grpc
 from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_attributes,
     _encode_instrumentation_scope,
@@ -25,12 +31,19 @@ from opentelemetry.exporter.otlp.proto.common._internal import (
 )
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.span import TraceState
+from ringd.server.results import PluginOutcome, PluginResult
+from ringd.server.telemetry import CallSpan, RingFields, action_name
 
 _CACHE_LIMIT = 4096
 """Distinct entries kept per cache; past it a cache starts again (a bound, not an LRU)."""
@@ -38,9 +51,22 @@ _HAS_IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
 _IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
 _TIMES_AND_FLAGS = Struct("<BQBQHI")  # start (field 7), end (field 8), flags (field 16: a 2-byte tag)
 _START_TAG, _END_TAG, _FLAGS_TAG = 0x39, 0x41, 0x0185  # (field << 3) | wire type; 0x0185 is 0x85 0x01 LE
-
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_RING_KEYS = frozenset(
+    (
+        "ringd.ring",
+        "ringd.action",
+        "ringd.config_version",
+        "ringd.request_id",
+        "ringd.decided_by",
+        "ringd.block.status_code",
+        "ringd.block.error_type",
+    )
+)
 
 _KIND = {kind: bytes((0x30, kind.value + 1)) for kind in SpanKind}  # field 6: OTLP's enum is the API's + 1
+_SKIPPED = PluginOutcome.SKIPPED
+_INTERNAL, _SERVER = _KIND[SpanKind.INTERNAL], _KIND[SpanKind.SERVER]
 
 
 def _varint(value: int) -> bytes:
@@ -57,21 +83,49 @@ def _field(tag: int, payload: bytes) -> bytes:
     size = len(payload)
     if size < 0x80:
         return bytes((tag, size)) + payload
+    if size < 0x4000:
+        return bytes((tag, (size & 0x7F) | 0x80, size >> 7)) + payload
     return bytes((tag,)) + _varint(size) + payload
+
+
+_PREFIXED = 0x4000
+_SPAN_PREFIX = [b"\x12" + _varint(size) for size in range(_PREFIXED)]
+"""Field 2 of ScopeSpans, a span: tag and length, for lengths below 16 KiB."""
+_UNSET = _field(0x7A, Status(code=Status.STATUS_CODE_UNSET, message="").SerializeToString())
+"""Field 15 of a span: status UNSET, no message."""
+
+
+def _string_attribute(key: str, value: str) -> bytes:
+    """Field 9 of a span: one KeyValue with a string value (what the exporter's encoder writes)."""
+    return _field(0x4A, _field(0x0A, key.encode()) + _field(0x12, _field(0x0A, value.encode())))
+
+
+def _trace_state(state: TraceState | None) -> bytes:
+    if not state:
+        return b""
+    return _field(0x1A, ",".join(f"{k}={v}" for k, v in state.items()).encode())
 
 
 class SpanEncoder:
     """Encodes spans to OTLP wire bytes; owned by one exporter (one thread)."""
 
-    __slots__ = ("_attributes", "_names", "_statuses")
+    __slots__ = ("_attributes", "_names", "_pairs", "_plugins", "_ring_heads", "_ring_tails", "_statuses")
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[tuple[str, Any], ...], bytes] = {}
         self._names: dict[str, bytes] = {}
         self._statuses: dict[tuple[Any, str | None], bytes] = {}
+        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        self._plugins: dict[tuple[str, str, str, PluginOutcome, Any], tuple[bytes, bytes]] = {}
+        self._ring_heads: dict[tuple[str, str, str], bytes] = {}
+        self._ring_tails: dict[tuple[str | None, int | None, str], bytes] = {}
 
-    def encode_spans(self, spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    def encode_spans(self, spans: Sequence[ReadableSpan | CallSpan]) -> ExportTraceServiceRequest:
         """The OTLP export request for ``spans``, as the exporter's own encoder builds it."""
+        return ExportTraceServiceRequest.FromString(self.encode(spans))
+
+    def encode(self, spans: Sequence[ReadableSpan | CallSpan]) -> bytes:
+        """:meth:`encode_spans`, as its wire bytes."""
         # Grouped as the exporter's encoder groups them (equal resources, equal scopes), but
         # a resource is compared once per distinct object: its hash is a JSON dump of its
         # attributes, which the exporter's encoder pays per span (the SDK hands every span
@@ -88,7 +142,11 @@ class SpanEncoder:
                 if key not in resources:
                     resources[key] = resource
                     scopes_of[key] = {}
-            scopes_of[key].setdefault(span.instrumentation_scope or None, []).append(self._span(span))
+            encoded = scopes_of[key].setdefault(span.instrumentation_scope or None, [])
+            if isinstance(span, CallSpan):
+                encoded += self._call(span)
+            else:
+                encoded.append(self._span(span))
         request = bytearray()
         for key, resource in resources.items():
             body = bytearray(_field(0x0A, _encode_resource(resource).SerializeToString()))
@@ -103,7 +161,7 @@ class SpanEncoder:
             if resource.schema_url:
                 body += _field(0x1A, resource.schema_url.encode())
             request += _field(0x0A, bytes(body))
-        return ExportTraceServiceRequest.FromString(bytes(request))
+        return bytes(request)
 
     def _span(self, span: ReadableSpan) -> bytes:
         """One span as field 2 of ScopeSpans (tag and length included)."""
@@ -120,15 +178,11 @@ class SpanEncoder:
             context.trace_id.to_bytes(16, "big"),
             b"\x12\x08",
             context.span_id.to_bytes(8, "big"),
+            _trace_state(context.trace_state),
         ]
-        if context.trace_state:
-            parts.append(_field(0x1A, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode()))
         if parent is not None:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        name = self._names.get(span.name)
-        if name is None:
-            name = self._remember(self._names, span.name, _field(0x2A, span.name.encode()))
-        parts += (name, _KIND[span.kind])
+        parts += (self._name(span.name), _KIND[span.kind])
         parts.append(
             _TIMES_AND_FLAGS.pack(
                 _START_TAG, span.start_time or 0, _END_TAG, span.end_time or 0, _FLAGS_TAG, flags
@@ -142,15 +196,211 @@ class SpanEncoder:
         ):
             if count:
                 parts += (bytes((tag,)), _varint(count))
-        status = span.status
-        key = (status.status_code, status.description)
-        encoded_status = self._statuses.get(key)
-        if encoded_status is None:
-            code: Any = key[0].value
-            message = Status(code=code, message=key[1] or "").SerializeToString()
-            encoded_status = self._remember(self._statuses, key, _field(0x7A, message))
-        parts.append(encoded_status)
+        parts.append(self._status(span.status.status_code, span.status.description))
         return _field(0x12, b"".join(parts))
+
+    def _call(self, call: CallSpan) -> list[bytes]:
+        """A sampled call's spans, in :meth:`CallSpan.spans` order, each as :meth:`_span` writes it."""
+        call_attributes = self._call_attributes(call)
+        if call_attributes is None:
+            return [self._span(span) for span in call.spans()]
+        context = call.context
+        head = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08"
+        state = _trace_state(context.trace_state)
+        call_id = context.span_id.to_bytes(8, "big")
+        under_call = state + b"\x22\x08" + call_id
+        unset = _UNSET
+        pack, internal = _TIMES_AND_FLAGS.pack, _INTERNAL
+        ids = call.child_ids()
+        index = 0
+        out: list[bytes] = []
+        for fields, results, started_ns, started_perf, ended_ns, child in call.rings:
+            ring = fields[0]
+            under = under_call
+            if child:
+                ring_id = ids[index].to_bytes(8, "big")
+                index += 1
+                out.append(
+                    _field(
+                        0x12,
+                        b"".join(
+                            (
+                                head,
+                                ring_id,
+                                under_call,
+                                self._name(f"ring {ring}"),
+                                internal,
+                                pack(_START_TAG, started_ns, _END_TAG, ended_ns, _FLAGS_TAG, _HAS_IS_REMOTE),
+                                self._ring_attributes(fields),
+                                unset,
+                            )
+                        ),
+                    )
+                )
+                under = state + b"\x22\x08" + ring_id
+            plugins = self._plugins
+            fixed = len(head) + 8 + len(under) + _TIMES_AND_FLAGS.size
+            for result in results:
+                outcome = result.outcome
+                if outcome is _SKIPPED:
+                    continue
+                try:
+                    name_kind, attributes = plugins[
+                        (ring, result.plugin, result.version, outcome, result.action)
+                    ]
+                except (KeyError, TypeError):  # first seen, or an action that cannot key a cache
+                    name_kind, attributes = self._plugin(ring, result)
+                started = result.started
+                if started:  # as telemetry.plugin_times
+                    begun = started_ns + int((started - started_perf) * 1e9)
+                    ended = begun + int(result.latency_ms * 1e6)
+                else:
+                    begun = ended = ended_ns
+                error = result.error
+                status = self._status(StatusCode.ERROR, error) if error else unset
+                size = fixed + len(name_kind) + len(attributes) + len(status)
+                out.append(
+                    b"".join(
+                        (
+                            _SPAN_PREFIX[size] if size < _PREFIXED else b"\x12" + _varint(size),
+                            head,
+                            ids[index].to_bytes(8, "big"),
+                            under,
+                            name_kind,
+                            pack(_START_TAG, begun, _END_TAG, ended, _FLAGS_TAG, _HAS_IS_REMOTE),
+                            attributes,
+                            status,
+                        )
+                    )
+                )
+                index += 1
+        parent = call.parent
+        flags = _HAS_IS_REMOTE
+        parts = [head, call_id, state]
+        if parent is not None:
+            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+            if parent.is_remote:
+                flags |= _IS_REMOTE
+        parts += (
+            self._name(call.name),
+            _SERVER,
+            pack(_START_TAG, call.start_ns, _END_TAG, call.end_ns, _FLAGS_TAG, flags),
+            call_attributes,
+            _UNSET
+            if call.status.status_code is StatusCode.UNSET and not call.status.description
+            else self._status(call.status.status_code, call.status.description),
+        )
+        out.append(_field(0x12, b"".join(parts)))
+        return out
+
+    def _plugin(self, ring: str, result: PluginResult) -> tuple[bytes, bytes]:
+        """A plugin span's name and kind, and its attributes, as bytes (kept per plugin,
+        version, outcome and action when the action can key the cache)."""
+        action = action_name(result.action)
+        encoded = (
+            self._name(f"plugin {result.plugin}") + _INTERNAL,
+            self._pairs_of(
+                {
+                    "ringd.ring": ring,
+                    "ringd.plugin.name": result.plugin,
+                    "ringd.plugin.version": result.version,
+                    "ringd.plugin.outcome": result.outcome.value,
+                    "ringd.plugin.action": action,
+                }
+            ),
+        )
+        key = (ring, result.plugin, result.version, result.outcome, result.action)
+        try:
+            return self._remember(self._plugins, key, encoded)  # type: ignore[no-any-return]
+        except TypeError:  # an action that cannot key the cache
+            return encoded
+
+    def _call_attributes(self, call: CallSpan) -> bytes | None:
+        """The call span's attributes (as :meth:`CallSpan.call_attributes` orders them);
+        None for a shape written through :meth:`CallSpan.spans` instead."""
+        own = [fields for fields, _, _, _, _, child in call.rings if not child]
+        extra = call.attributes
+        if len(own) > 1 or (own and extra and not _RING_KEYS.isdisjoint(extra)):
+            return None
+        if extra and not call.base_attributes.keys().isdisjoint(extra):
+            return None
+        base = self._attributes.get((("", call.name),))
+        if base is None:
+            base = self._remember(self._attributes, (("", call.name),), self._pairs_of(call.base_attributes))
+        if not extra and not own:
+            return base
+        parts = [base]
+        if extra:
+            parts.append(self._pairs_of(extra))
+        if own:
+            parts.append(self._ring_attributes(own[0]))
+        return b"".join(parts)
+
+    def _ring_attributes(self, fields: RingFields) -> bytes:
+        """A ring's attributes (:func:`~ringd.server.telemetry.ring_attributes`), the
+        request id encoded per call and the rest from the caches."""
+        ring, action, config_version, request_id, decided_by, status_code, error_type = fields
+        head_key = (ring, action, config_version)
+        head = self._ring_heads.get(head_key)
+        if head is None:
+            head = self._remember(
+                self._ring_heads,
+                head_key,
+                self._pairs_of(
+                    {"ringd.ring": ring, "ringd.action": action, "ringd.config_version": config_version}
+                ),
+            )
+        tail_key = (decided_by, status_code, error_type)
+        tail = self._ring_tails.get(tail_key)
+        if tail is None:
+            rest: dict[str, str | int] = {}
+            if decided_by:
+                rest["ringd.decided_by"] = decided_by
+            if status_code is not None:
+                rest["ringd.block.status_code"] = status_code
+                rest["ringd.block.error_type"] = error_type
+            tail = self._remember(self._ring_tails, tail_key, self._pairs_of(rest))
+        if request_id:
+            return head + _string_attribute("ringd.request_id", request_id) + tail
+        return head + tail
+
+    def _pairs_of(self, attributes: dict[str, Any]) -> bytes:
+        """Field 9 for each attribute, in order: strings written directly, other values
+        from a cache per (key, type, value)."""
+        parts = []
+        for key, value in attributes.items():
+            if type(value) is str:
+                parts.append(_string_attribute(key, value))
+                continue
+            pair = (key, type(value), value)
+            try:
+                encoded = self._pairs.get(pair)
+            except TypeError:  # a value that cannot be hashed: encoded each time
+                encoded = None
+                pair = None  # type: ignore[assignment]
+            if encoded is None:
+                encoded = b"".join(
+                    _field(0x4A, kv.SerializeToString()) for kv in _encode_attributes({key: value}) or ()
+                )
+                if pair is not None:
+                    self._remember(self._pairs, pair, encoded)
+            parts.append(encoded)
+        return b"".join(parts)
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._names.get(name)
+        if encoded is None:
+            encoded = self._remember(self._names, name, _field(0x2A, name.encode()))
+        return encoded
+
+    def _status(self, code: StatusCode, description: str | None) -> bytes:
+        key = (code, description)
+        encoded = self._statuses.get(key)
+        if encoded is None:
+            value: Any = code.value
+            message = Status(code=value, message=description or "").SerializeToString()
+            encoded = self._remember(self._statuses, key, _field(0x7A, message))
+        return encoded
 
     def _encoded_attributes(self, attributes: Any) -> bytes | None:
         """Field 9 of a span, once per distinct set; None when a value cannot key the cache."""
@@ -169,20 +419,62 @@ class SpanEncoder:
         return encoded
 
     @staticmethod
-    def _remember(cache: dict[Any, bytes], key: Any, value: bytes) -> bytes:
+    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
         cache[key] = value
         return value
 
 
+class _RawTraceServiceStub:
+    """The trace service's client stub, sending a request already in wire bytes."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.Export: grpc.UnaryUnaryMultiCallable[bytes, ExportTraceServiceResponse] = channel.unary_unary(
+            _EXPORT, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
+        )
+
+
 class RingdOTLPSpanExporter(OTLPSpanExporter):
     """:class:`OTLPSpanExporter` (configured by the same ``OTEL_EXPORTER_OTLP_*``
-    variables) with :class:`SpanEncoder` as its encoder."""
+    variables) with :class:`SpanEncoder` as its encoder; it also takes the
+    :class:`~ringd.server.telemetry.CallSpan` records ringd's tracer queues."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._encoder = SpanEncoder()
+        # The base class makes a new client with this stub when it reconnects.
+        self._stub = _RawTraceServiceStub
+        self._client = self._stub(self._channel)
 
-    def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-        return self._encoder.encode_spans(data)
+    max_spans_per_request = 4096
+    """A batch of more spans goes out as several requests: the batch processor's batch
+    size counts queued items, and a ring call is one item of several spans, so a batch of
+    512 calls of many plugins could pass a collector's 4 MiB message limit."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = SpanExportResult.SUCCESS
+        chunk: list[ReadableSpan] = []
+        count = 0
+        for item in spans:
+            size = _span_count(item)
+            if chunk and count + size > self.max_spans_per_request:
+                if self._export(chunk) is not SpanExportResult.SUCCESS:
+                    result = SpanExportResult.FAILURE
+                chunk, count = [], 0
+            chunk.append(item)
+            count += size
+        if chunk and self._export(chunk) is not SpanExportResult.SUCCESS:
+            result = SpanExportResult.FAILURE
+        return result
+
+    def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
+        return self._encoder.encode(data)
+
+    def _count_data(self, data: Sequence[ReadableSpan | CallSpan]) -> int:
+        return sum(_span_count(item) for item in data)
+
+
+def _span_count(item: ReadableSpan | CallSpan) -> int:
+    """How many spans a queued item is: a ring call's record is several."""
+    return len(item.child_ids()) + 1 if isinstance(item, CallSpan) else 1

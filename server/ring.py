@@ -211,8 +211,10 @@ class RingRunner:
                 self.running = None
         except StopIteration as stop:  # finished without suspending: no timer needed
             response = stop.value
-            if (response.__class__ is PluginResponse and response.action is _PASS and hook is EXECUTE) or (
-                hook.check is None and isinstance(response, hook.returns)
+            if (
+                (response.__class__ is PluginResponse and response.action is _PASS and hook is EXECUTE)
+                or response.__class__ is hook.plain
+                or (hook.check is None and isinstance(response, hook.returns))
             ):
                 # ``settle`` of a valid return, inline: this is most calls of every ring.
                 latency_ms = (_perf() - started) * 1000.0
@@ -453,6 +455,8 @@ class PluginCall:
     """Further check of a return of the right type: the problem in words, or None if valid."""
     on_none: Any = None
     """What a ``None`` return stands for, if it is allowed (``execute``: a passthrough)."""
+    plain: type | None = None
+    """A return of exactly this class is valid without ``check`` (``on_chunk``: ``str``)."""
 
 
 def _servable(response: PluginResponse) -> str | None:

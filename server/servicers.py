@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import orjson
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from ringd.sdk import PluginContext, PluginHook
@@ -40,6 +39,7 @@ _log = logging.getLogger("ringd.server")
 
 ENGINE_SERVICE = engine_pb.DESCRIPTOR.services_by_name["PluginEngineService"]
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PluginAdminService"]
+_EXECUTE_RING = f"{ENGINE_SERVICE.full_name}/ExecuteRing"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -108,19 +108,19 @@ def _handle(
 
 
 def _handle_stream(
-    call: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]],
+    call: Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]],
     request_type: Any,
     gate: Gate,
     max_answer_bytes: int | None,
     max_call_metadata_bytes: int | None = None,
 ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
-    """A bidirectional stream: admitted once, each message decoded and encoded, errors mapped."""
-    what = request_type.DESCRIPTOR.full_name
-    decode = request_type.FromString
+    """A bidirectional stream: admitted once, each answer's size checked, errors mapped.
 
-    async def decoded(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
-        async for raw in raw_requests:
-            yield decode(raw)
+    The servicer's method gets the request messages as they came (bytes) and yields its
+    answers encoded: it decodes each message itself, inside this handler's error
+    mapping, which saves a generator layer per message each way.
+    """
+    what = request_type.DESCRIPTOR.full_name
 
     async def handle(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:
@@ -130,10 +130,9 @@ def _handle_stream(
         except Exception as exc:  # a refusal is mapped to its status in one place
             await errors.abort(context, exc, what)
         try:
-            replies = call(decoded(raw_requests), context)
+            replies = call(raw_requests, context)
             async with contextlib.aclosing(replies):  # type: ignore[type-var]
-                async for reply in replies:
-                    answer: bytes = reply.SerializeToString()
+                async for answer in replies:
                     if max_answer_bytes is not None and len(answer) > max_answer_bytes:
                         raise AnswerTooLargeError(
                             f"a stream message is {len(answer)} bytes, over server.max_message_bytes "
@@ -188,12 +187,11 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
         elif self._tracer.enabled:
             deadline = self._deadline(context)
-            with self._tracer.call_span(
-                f"{ENGINE_SERVICE.full_name}/ExecuteRing", context.invocation_metadata()
-            ) as span:
-                if span is None:  # not sampled: no span work at all
-                    ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
-                else:
+            span = self._tracer.start_call(_EXECUTE_RING, context.invocation_metadata())
+            if span is None:  # not sampled: no span work at all
+                ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
+            else:
+                with span:
                     wall_ns, perf = now_pair()
                     ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
                     self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
@@ -236,11 +234,13 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             _encode(self._background.submit(ctx), json_form, response.outcomes.add())
         return response
 
-    async def StreamRing(
-        self, requests: AsyncIterator[engine_pb.StreamRingRequest], context: Context
-    ) -> AsyncIterator[engine_pb.StreamRingResponse]:
+    async def StreamRing(  # type: ignore[override]  # bytes in and out: see _handle_stream
+        self, raw_requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
         """Decode the stream's messages, feed the engine's stream session, encode what it answers."""
-        first = await anext(requests, None)
+        decode = engine_pb.StreamRingRequest.FromString
+        raw = await anext(raw_requests, None)
+        first = None if raw is None else decode(raw)
         if first is None or first.WhichOneof("kind") != "open":
             got = "nothing" if first is None else (first.WhichOneof("kind") or "a message with no kind set")
             raise RequestError(f"the first message must be open, got {got}", field="open")
@@ -255,6 +255,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         )
         deadline = self._deadline(context)
         method = f"{ENGINE_SERVICE.full_name}/StreamRing"
+        release, chunk_from_proto, limits = convert.release_to_wire, convert.chunk_from_proto, self._limits
         with (
             self._tracer.call_span(method, context.invocation_metadata()) as span,
             self._engine.open_stream(ctx, deadline=deadline, limits=self._stream_limits) as session,
@@ -262,22 +263,23 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             wall_ns, perf = now_pair()
             index = 0
             stream_outcome: StreamOutcome | None = None
-            async for message in requests:
+            feed = session.feed
+            async for raw in raw_requests:
+                message = decode(raw)
                 kind = message.WhichOneof("kind")
                 if kind == "chunk":
-                    where = f"chunk[{index}]"
+                    chunk = chunk_from_proto(message.chunk.data, f"chunk[{index}]", limits)
                     index += 1
-                    chunk = convert.chunk_from_proto(message.chunk.data, where, self._limits)
                     if chunk is None:  # data: [DONE]
-                        yield _RELEASE_NOTHING
+                        yield release(())
                         continue
-                    released, stream_outcome = await session.feed(chunk)
+                    released, stream_outcome = await feed(chunk)
                     if stream_outcome is not None:
                         break
-                    yield _release(released)
+                    yield release(released)
                 elif kind == "end":
                     released, stream_outcome = await session.finish()
-                    yield _release(released)
+                    yield release(released)
                     break
                 elif kind == "open":
                     raise RequestError("open was sent twice; send it once, first", field="open")
@@ -304,18 +306,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                     _log.warning("BACKGROUND of a streamed answer dropped: %s", full)
             if queued:
                 (last.block if stream_outcome.blocked else last.done).background_queued = True
-            yield last
-
-
-_RELEASE_NOTHING = engine_pb.StreamRingResponse(release=engine_pb.StreamRelease())
-
-
-def _release(chunks: list[dict[str, Any]]) -> engine_pb.StreamRingResponse:
-    if not chunks:
-        return _RELEASE_NOTHING
-    return engine_pb.StreamRingResponse(
-        release=engine_pb.StreamRelease(chunks=[orjson.dumps(c) for c in chunks])
-    )
+            yield last.SerializeToString()
 
 
 _UNTRACED = (0, 0.0)

@@ -64,6 +64,7 @@ ON_CHUNK = PluginCall(
     returns=(str, PluginResponse),
     expected="str or PluginResponse",
     check=_chunk_return_problem,
+    plain=str,
 )
 """The streaming hook as the ring loop's call machinery sees it."""
 
@@ -303,11 +304,16 @@ class StreamSession:
             index: int = choice["index"]
             delta = choice.get("delta") or {}
             text = delta.get("content") or ""
-            final = choice.get("finish_reason") is not None or any(key not in _TEXT_KEYS for key in delta)
-            released = await self._through(index, text, final=final)
+            final = choice.get("finish_reason") is not None or not _TEXT_KEYS.issuperset(delta)
+            released = await self._through(index, text, final) if self._stages else text
             if released is None:
                 return [], self._blocked_outcome()
-            out_delta = {key: value for key, value in delta.items() if key != "content"}
+            if "content" not in delta:
+                out_delta = dict(delta)
+            elif len(delta) == 1:
+                out_delta = {}
+            else:
+                out_delta = {key: value for key, value in delta.items() if key != "content"}
             if released or ("content" in delta and out_delta):
                 out_delta["content"] = released
             state = self._choice(index)
@@ -330,7 +336,7 @@ class StreamSession:
         tail: list[dict[str, Any]] = []
         held_choices = sorted({index for stage in self._stages for index in stage.buffers})
         for index in held_choices:
-            released = await self._through(index, "", final=True)
+            released = await self._through(index, "", True)
             if released is None:
                 return [], self._blocked_outcome()
             if released:
@@ -384,65 +390,55 @@ class StreamSession:
 
     # ------------------------------------------------------------------ hold-back
 
-    async def _through(self, index: int, text: str, *, final: bool) -> str | None:
-        """Pass one choice's new text through the streaming plugins; None when one blocked."""
-        for stage in self._stages:
-            released = await self._stage(stage, index, text, final)
-            if released is None:
-                return None
-            text = released
-            if not text and not final:
-                return ""  # everything is held: the later plugins have nothing new
-        return text
+    async def _through(self, index: int, text: str, final: bool) -> str | None:
+        """Pass one choice's new text through the streaming plugins; None when one blocked.
 
-    async def _stage(self, stage: _Stage, index: int, text: str, final: bool) -> str | None:
-        buffers = stage.buffers
-        buffer = buffers.pop(index, "") + text if index in buffers else text
-        window = stage.window
-        if not buffer:
-            return ""
-        if not final and len(buffer) <= window:
-            buffers[index] = buffer
-            return ""
-        loaded = stage.loaded
-        call = self._runner.call_plugin(
-            loaded, ON_CHUNK, self._ctx, (StreamText(buffer, choice=index, final=final),), self._deadline_perf
-        )
-        if isinstance(call, PendingCall):
-            call = await call
-        result, response, block = call
-        stage.record(result)
-        if response is None:  # failed: blocks if fail-closed, else the text goes on unchanged
-            if block is not None:
-                self._block = (loaded.name, block)
+        Each plugin's hold-back (rule 2) is written out here rather than in a method per
+        plugin: this runs for every chunk, and a call that settles without suspending
+        (most do) then costs no coroutine of its own.
+        """
+        runner, ctx, deadline_perf = self._runner, self._ctx, self._deadline_perf
+        for stage in self._stages:
+            buffers = stage.buffers
+            buffer = buffers.pop(index) + text if index in buffers else text
+            window = stage.window
+            if not buffer or (not final and len(buffer) <= window):
+                if buffer:
+                    buffers[index] = buffer
+                if final:
+                    text = ""
+                    continue  # nothing new here, but the later plugins flush what they hold
+                return ""  # everything is held: the later plugins have nothing new
+            stream_text = _new_str(StreamText, buffer)  # StreamText(buffer, ...) without its keywords
+            stream_text.choice = index
+            stream_text.final = final
+            loaded = stage.loaded
+            call = runner.call_plugin(loaded, ON_CHUNK, ctx, (stream_text,), deadline_perf)
+            if isinstance(call, PendingCall):
+                call = await call
+            result, response, block = call
+            stage.record(result)
+            if response is None:  # failed: blocks if fail-closed, else the text goes on unchanged
+                if block is not None:
+                    self._block = (loaded.name, block)
+                    self._block_stage = stage
+                    return None
+                out = buffer
+            elif response.__class__ is str:
+                out = response
+            elif isinstance(response, str):
+                out = str(response)
+            elif response.action is PluginAction.BLOCK:
+                loaded.metrics.blocks += 1
+                self._block = (loaded.name, response)
                 self._block_stage = stage
                 return None
-            out = buffer
-        elif isinstance(response, str):
-            out = str(response)
-        elif response.action is PluginAction.BLOCK:
-            loaded.metrics.blocks += 1
-            self._block = (loaded.name, response)
-            self._block_stage = stage
-            return None
-        else:
-            out = buffer
-        if final or not window:
-            return out
-        cut = len(out) - window
-        if cut <= 0:
-            buffers[index] = out
-            return ""
-        # Keep whole words: cut after the last whitespace before the window, if any, so
-        # the next call sees the word at the window's edge from its start.
-        boundary = max(out.rfind(" ", 0, cut), out.rfind("\n", 0, cut), out.rfind("\t", 0, cut))
-        if boundary >= 0:
-            cut = boundary + 1
-        elif len(out) <= 2 * window:  # no whitespace yet: hold up to twice the window
-            buffers[index] = out
-            return ""
-        buffers[index] = out[cut:]
-        return out[:cut]
+            else:
+                out = buffer
+            text = out if final or not window else _cut(out, window, buffers, index)
+            if not text and not final:
+                return ""
+        return text
 
     # ------------------------------------------------------------------ helpers
 
@@ -566,6 +562,34 @@ class StreamSession:
         return StreamOutcome(
             ring_outcome=ring_outcome, answer=answer, released_chunks=self._released, background=background
         )
+
+
+def _cut(out: str, window: int, buffers: dict[int, str], index: int) -> str:
+    """Hold the last ``window`` characters of ``out`` (from a word start) in ``buffers``; return the rest."""
+    cut = len(out) - window
+    if cut <= 0:
+        buffers[index] = out
+        return ""
+    # Keep whole words: cut after the last whitespace before the window, if any, so the
+    # next call sees the word at the window's edge from its start. Newline and tab are
+    # looked for only after the last space: the latest of the three is the boundary.
+    boundary = out.rfind(" ", 0, cut)
+    newline = out.rfind("\n", boundary + 1, cut)
+    if newline >= 0:
+        boundary = newline
+    tab = out.rfind("\t", boundary + 1, cut)
+    if tab >= 0:
+        boundary = tab
+    if boundary >= 0:
+        cut = boundary + 1
+    elif len(out) <= 2 * window:  # no whitespace yet: hold up to twice the window
+        buffers[index] = out
+        return ""
+    buffers[index] = out[cut:]
+    return out[:cut]
+
+
+_new_str = str.__new__
 
 
 def _dicts(items: Any) -> Iterable[dict[str, Any]]:

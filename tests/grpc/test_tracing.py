@@ -246,6 +246,15 @@ async def test_always_off_from_the_environment_traces_nothing(sampled_by_env, ex
 # ---------------------------------------------------------------------- what reaches the collector
 
 
+def ok_bypassed_and_blocking() -> list[dict]:
+    """Three plugins whose spans differ: an INGRESS pass, a fail-open raise, a 429 block."""
+    return [
+        entry("auth", "ingress"),
+        entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
+        entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
+    ]
+
+
 async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve, exporter):
     """ringd's cached encoder (``ringd.server.otlp``) on real spans of ringd: the same request."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
@@ -254,11 +263,7 @@ async def test_the_otlp_encoder_sends_what_the_exporters_own_encoder_would(serve
     provider = tracer_provider_from_env({}, exporters=[exporter])
     assert provider is not None
     server = await serve(
-        [
-            entry("auth", "ingress"),
-            entry("flaky", fail_policy="open", config={"action": "raise", "message": "flaked"}),
-            entry("guard", config={"action": "block", "status": 429, "error_type": "slow_down"}),
-        ],
+        ok_bypassed_and_blocking(),
         tracer_provider=provider,
     )
     traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
@@ -346,3 +351,319 @@ async def test_a_garbage_action_is_traced_as_returned_and_answered_as_a_block(se
     spans = spans_by_name(exporter)
     assert spans[RING_SPAN].attributes["ringd.action"] == "explode"
     assert spans["plugin garbage"].attributes["ringd.plugin.action"] == "explode"
+
+
+# ---------------------------------------------------------------------- ringd's own sampling decision
+
+
+ENV_SAMPLERS = [
+    ("always_on", None),
+    ("always_off", None),
+    ("traceidratio", "0.3"),
+    ("parentbased_always_on", None),
+    ("parentbased_always_off", None),
+    ("parentbased_traceidratio", "0.3"),
+]
+
+
+@pytest.mark.parametrize(("name", "arg"), ENV_SAMPLERS)
+def test_ringd_decides_as_the_sdk_sampler_would(name, arg, monkeypatch):
+    """ringd decides before making any OpenTelemetry object: the same verdict as the SDK's."""
+    import random
+
+    from opentelemetry.sdk.trace.sampling import Decision
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+    from ringd.server.telemetry import sampling_bounds
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    if arg is None:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    sampler = TracerProvider().sampler
+    bounds = sampling_bounds(sampler)
+    assert bounds is not None  # every OTEL_TRACES_SAMPLER value is decided without the SDK
+
+    rng = random.Random(14)
+    verdicts = set()
+    for _ in range(400):
+        trace_id = rng.getrandbits(128) or 1
+        for flags, bound in ((None, bounds[0]), (1, bounds[1]), (0, bounds[2])):
+            parent = None
+            if flags is not None:
+                remote = SpanContext(trace_id, 0xABCDEF, True, TraceFlags(flags))
+                parent = set_span_in_context(NonRecordingSpan(remote))
+            sdk = sampler.should_sample(parent, trace_id, RING_SPAN).decision is Decision.RECORD_AND_SAMPLE
+            ours = trace_id & ((1 << 64) - 1) < bound
+            assert ours == sdk, (flags, hex(trace_id))
+            verdicts.add(ours)
+    if arg is not None:
+        assert verdicts == {True, False}  # the ratio was really exercised both ways
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"00-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{PARENT_ID}-00",
+        f"  00-{TRACE_ID}-{PARENT_ID}-03\t",
+        f"01-{TRACE_ID}-{PARENT_ID}-01-future-fields",
+        f"00-{TRACE_ID}-{PARENT_ID}-01-extra",
+        f"ff-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{TRACE_ID.upper()}-{PARENT_ID}-01",
+        f"00-{'0' * 32}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"00-{TRACE_ID}-{PARENT_ID}-01" + " " * 600,
+        f"00-{TRACE_ID}-{PARENT_ID}",
+        "garbage",
+        "",
+    ],
+)
+def test_ringd_reads_a_traceparent_as_the_sdk_propagator_does(value):
+    from opentelemetry.trace import get_current_span
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    from ringd.server.telemetry import parse_traceparent
+
+    parent = get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": value})
+    ).get_span_context()
+    expected = (parent.trace_id, int(parent.trace_flags)) if parent.is_valid else None
+    assert parse_traceparent(value) == expected
+
+
+async def test_a_sampler_ringd_does_not_know_is_asked(serve, exporter):
+    """A custom sampler (an OTEL_TRACES_SAMPLER entry point, say) decides, with its attributes."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class ByRequest(Sampler):
+        def should_sample(
+            self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None
+        ):
+            keep = not ByRequest.drop
+            return SamplingResult(
+                Decision.RECORD_AND_SAMPLE if keep else Decision.DROP,
+                {"sampled.by": "custom"} if keep else None,
+            )
+
+        def get_description(self) -> str:
+            return "ByRequest"
+
+        drop = False
+
+    provider = TracerProvider(sampler=ByRequest())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = await serve([entry("auth", "ingress")], tracer_provider=provider)
+    server.flush = provider.force_flush
+
+    await call_ingress(server, "00")  # the parent is not sampled, but this sampler ignores that
+    ByRequest.drop = True
+    await call_ingress(server, "01")
+
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["plugin auth", RING_SPAN]
+    ring = spans_by_name(exporter)[RING_SPAN]
+    assert ring.attributes["sampled.by"] == "custom"
+    assert ring.attributes["ringd.ring"] == "ingress"
+
+
+# ---------------------------------------------------------------------- ringd's exporter, end to end
+
+
+class _Collector:
+    """An OTLP/gRPC trace collector that keeps every request."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    async def Export(self, request, context):
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> dict:
+        found = {}
+        for request in self.requests:
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        found.setdefault(span.name, []).append(span)
+        return found
+
+
+@pytest.fixture
+async def collector():
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    server = grpc.aio.server()
+    sink = _Collector()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    sink.endpoint = f"http://127.0.0.1:{port}"
+    yield sink
+    await server.stop(0)
+
+
+def otlp_attributes(span) -> dict:
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
+
+
+async def test_ringd_s_otlp_exporter_sends_every_span_of_a_call(serve, collector, monkeypatch):
+    """``OTEL_TRACES_EXPORTER=otlp``: a sampled call is queued as one record and its spans
+    are written from it; the collector gets them all, with the caller's trace and state."""
+    import asyncio
+
+    from ringd.server.telemetry import RingTracer
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SERVICE_NAME": "ringd-test"})
+    assert provider is not None
+    assert RingTracer(provider).queues_calls
+    server = await serve(
+        ok_bypassed_and_blocking(),
+        tracer_provider=provider,
+    )
+    request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT)
+    request.context.request_id = "req-otlp"
+    metadata = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("tracestate", "vendor=x"))
+    await server.engine().ExecuteRing(request, timeout=5, metadata=metadata)
+    rings = engine_pb.ExecuteRingsRequest(
+        rings=[pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT], context=request.context
+    )
+    await server.engine().ExecuteRings(rings, timeout=5)
+    server.flush = lambda: None  # flushed below, off this loop
+    await call_ingress(server, "00")  # the caller did not sample it: nothing sent
+    await asyncio.to_thread(provider.force_flush)  # the exporter blocks; the collector runs on this loop
+
+    spans = collector.spans()
+    assert {name: len(found) for name, found in spans.items()} == {
+        RING_SPAN: 1,
+        "ringd.v1.PluginEngineService/ExecuteRings": 1,
+        "ring ingress": 1,
+        "ring pre_flight": 1,
+        "plugin auth": 1,
+        "plugin flaky": 2,
+        "plugin guard": 2,
+    }
+    resource = collector.requests[0].resource_spans[0].resource
+    assert {kv.key: kv.value.string_value for kv in resource.attributes}["service.name"] == "ringd-test"
+    (ring,) = spans[RING_SPAN]
+    assert ring.trace_id.hex() == TRACE_ID
+    assert ring.parent_span_id.hex() == PARENT_ID
+    assert ring.trace_state == "vendor=x"
+    assert ring.kind == ring.SPAN_KIND_SERVER
+    assert otlp_attributes(ring) == {
+        "rpc.system": "grpc",
+        "rpc.service": "ringd.v1.PluginEngineService",
+        "rpc.method": "ExecuteRing",
+        "ringd.ring": "pre_flight",
+        "ringd.action": "block",
+        "ringd.config_version": "v1",
+        "ringd.request_id": "req-otlp",
+        "ringd.decided_by": "guard",
+        "ringd.block.status_code": 429,
+        "ringd.block.error_type": "slow_down",
+    }
+    flaky, guard = spans["plugin flaky"][0], spans["plugin guard"][0]
+    for plugin in (flaky, guard):
+        assert plugin.trace_id == ring.trace_id
+        assert plugin.parent_span_id == ring.span_id
+        assert ring.start_time_unix_nano <= plugin.start_time_unix_nano <= plugin.end_time_unix_nano
+        assert plugin.end_time_unix_nano <= ring.end_time_unix_nano
+    assert otlp_attributes(flaky)["ringd.plugin.outcome"] == "bypassed"
+    assert flaky.status.code == flaky.status.STATUS_CODE_ERROR
+    assert "flaked" in flaky.status.message
+    assert otlp_attributes(guard)["ringd.plugin.action"] == "block"
+
+    (call,) = spans["ringd.v1.PluginEngineService/ExecuteRings"]
+    assert call.trace_id != ring.trace_id  # no traceparent: a trace of its own
+    assert not call.parent_span_id
+    assert list(otlp_attributes(call)["ringd.rings"].values) == [
+        type(call.attributes[0].value)(string_value=v) for v in ("ingress", "pre_flight")
+    ]
+    (ingress,), (pre_flight,) = spans["ring ingress"], spans["ring pre_flight"]
+    assert ingress.parent_span_id == pre_flight.parent_span_id == call.span_id
+    assert otlp_attributes(pre_flight)["ringd.request_id"] == "req-otlp"
+    assert spans["plugin auth"][0].parent_span_id == ingress.span_id
+    assert {s.parent_span_id for s in spans["plugin guard"]} == {ring.span_id, pre_flight.span_id}
+
+
+async def test_a_queued_call_is_encoded_as_its_spans_would_be(serve):
+    """Encoding a call's record gives what the exporter's own encoder gives for its spans."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from ringd.server.otlp import RingdOTLPSpanExporter, SpanEncoder
+    from ringd.server.telemetry import CallSpan
+
+    class Capturing(RingdOTLPSpanExporter):
+        def __init__(self) -> None:
+            super().__init__(endpoint="http://127.0.0.1:9", insecure=True)  # never sent to
+            self.items: list = []
+
+        def export(self, spans):
+            self.items.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    capturing = Capturing()
+    provider = tracer_provider_from_env({}, exporters=[capturing])
+    assert provider is not None
+    server = await serve(
+        ok_bypassed_and_blocking(),
+        tracer_provider=provider,
+    )
+    for metadata in ((), (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("tracestate", "a=1,b=2"))):
+        request = ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT)
+        request.context.request_id = "req-7"
+        await server.engine().ExecuteRing(request, timeout=5, metadata=metadata)
+        await server.engine().ExecuteRing(
+            ring_request(pb.PLUGIN_HOOK_INGRESS, CHAT), timeout=5, metadata=metadata
+        )
+        rings = engine_pb.ExecuteRingsRequest(
+            rings=[pb.PLUGIN_HOOK_INGRESS, pb.PLUGIN_HOOK_PRE_FLIGHT], context=request.context
+        )
+        await server.engine().ExecuteRings(rings, timeout=5, metadata=metadata)
+    provider.force_flush()
+
+    calls = capturing.items
+    assert len(calls) == 6
+    assert all(isinstance(call, CallSpan) for call in calls)
+    spans = [span for call in calls for span in call.spans()]
+    assert len(spans) == 2 * (3 + 2 + 6)  # per round: the call and its plugins, and so on
+    encoder = SpanEncoder()
+    first, again = encoder.encode_spans(calls), encoder.encode_spans(calls)  # the second from the caches
+    assert first == reference(spans)
+    assert again == reference(spans)
+    assert capturing._count_data(calls) == len(spans)
+
+
+async def test_a_batch_of_many_calls_goes_out_in_requests_of_bounded_size(serve, collector):
+    """A queued call is several spans: a batch is split so no request passes the bound."""
+    import asyncio
+
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from ringd.server.otlp import RingdOTLPSpanExporter
+
+    class Small(RingdOTLPSpanExporter):
+        max_spans_per_request = 4
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Small(endpoint=collector.endpoint, insecure=True)))
+    server = await serve([entry("auth", "ingress"), entry("redactor")], tracer_provider=provider)
+    for _ in range(3):  # ExecuteRing of PRE_FLIGHT: the call's span and one plugin's
+        await server.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5)
+    await asyncio.to_thread(provider.force_flush)
+
+    assert [
+        sum(len(s.spans) for r in q.resource_spans for s in r.scope_spans) for q in collector.requests
+    ] == [
+        4,
+        2,
+    ]
+    assert sorted((name, len(found)) for name, found in collector.spans().items()) == [
+        ("plugin redactor", 3),
+        (RING_SPAN, 3),
+    ]

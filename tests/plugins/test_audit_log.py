@@ -33,7 +33,9 @@ async def load_audit(tmp_path: Path) -> AsyncIterator[LoadAudit]:
         await plugin.on_unload()
 
 
-def lines(tmp_path: Path) -> list[dict[str, Any]]:
+async def lines(plugin: AuditLog, tmp_path: Path) -> list[dict[str, Any]]:
+    """The file's records once everything ``plugin`` queued is written."""
+    await plugin.flush()
     return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
 
 
@@ -58,7 +60,7 @@ async def test_one_line_per_request(load_audit, make_ctx, chat, completion, tmp_
     await plugin.execute(ctx)
     await plugin.execute(make_ctx(chat(("user", "again")), request_id="req-2"))
 
-    first, second = lines(tmp_path)
+    first, second = await lines(plugin, tmp_path)
     assert first["request_id"] == "req-1"
     assert first["session_id"] == "sess-1"
     assert first["tenant"] == "acme"
@@ -94,7 +96,7 @@ async def test_include_content(load_audit, make_ctx, chat, completion, tmp_path)
     plugin = await load_audit(include_content=True, include_client_address=False)
     parts = [{"type": "text", "text": "Ünïcödé ✓"}, {"type": "image_url", "image_url": {"url": "data:xyz"}}]
     await plugin.execute(make_ctx(chat(("user", parts)), response=completion("answer ✓")))
-    (record,) = lines(tmp_path)
+    (record,) = await lines(plugin, tmp_path)
     assert record["content"] == {
         "messages": [{"role": "user", "text": "Ünïcödé ✓"}],
         "response": ["answer ✓"],
@@ -109,7 +111,7 @@ async def test_concurrent_writes_stay_whole_lines(load_audit, make_ctx, chat, tm
     await asyncio.gather(
         *(plugin.execute(make_ctx(chat(("user", big)), request_id=f"r{i}")) for i in range(40))
     )
-    records = lines(tmp_path)
+    records = await lines(plugin, tmp_path)
     assert sorted(r["request_id"] for r in records) == sorted(f"r{i}" for i in range(40))
 
 
@@ -119,14 +121,14 @@ async def test_appends_across_reloads(load_audit, make_ctx, tmp_path) -> None:
     await first.on_unload()
     second = await load_audit()
     await second.execute(make_ctx(request_id="b"))
-    assert [r["request_id"] for r in lines(tmp_path)] == ["a", "b"]
+    assert [r["request_id"] for r in await lines(second, tmp_path)] == ["a", "b"]
     assert stat.S_IMODE((tmp_path / "audit.jsonl").stat().st_mode) == 0o600
 
 
 async def test_error_outcome_and_odd_bodies(load_audit, make_ctx, tmp_path) -> None:
     plugin = await load_audit(include_content=True)
     await plugin.execute(make_ctx({"messages": "oops"}, response={"error": {"message": "down"}}))
-    (record,) = lines(tmp_path)
+    (record,) = await lines(plugin, tmp_path)
     assert record["outcome"] == "error"
     assert record["content"] == {"messages": [], "response": []}
 
@@ -182,3 +184,34 @@ async def test_existing_audit_file_open_to_others_is_made_owner_only(tmp_path, c
     finally:
         await plugin.on_unload()
     assert "was mode 0644; made it 0600" in caplog.text
+
+
+async def test_unload_writes_every_queued_line(make_ctx, tmp_path) -> None:
+    plugin = AuditLog({"path": str(tmp_path / "audit.jsonl")})
+    plugin.MAX_QUEUED_BYTES = 4096  # some calls wait for the writer on the way
+    await plugin.on_load()
+    await asyncio.gather(*(plugin.execute(make_ctx(request_id=f"r{i}")) for i in range(500)))
+    await plugin.on_unload()  # a clean shutdown right after the calls: nothing is lost
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert sorted(json.loads(line)["request_id"] for line in text.splitlines()) == sorted(
+        f"r{i}" for i in range(500)
+    )
+
+
+async def test_lines_reach_the_file_without_a_flush(load_audit, make_ctx, tmp_path) -> None:
+    plugin = await load_audit()
+    await plugin.execute(make_ctx(request_id="on-its-own"))
+    path = tmp_path / "audit.jsonl"
+    for _ in range(1000):  # the writer's interval is 50 ms; up to 10 s on a busy machine
+        if path.read_text():
+            break
+        await asyncio.sleep(0.01)
+    assert json.loads(path.read_text())["request_id"] == "on-its-own"
+
+
+async def test_calls_from_a_plugin_thread_are_written_too(load_audit, make_ctx, tmp_path) -> None:
+    # run_in_thread: execute runs on a worker thread's own event loop.
+    plugin = await load_audit()
+    await plugin.execute(make_ctx(request_id="on-the-loop"))
+    await asyncio.to_thread(asyncio.run, plugin.execute(make_ctx(request_id="on-a-thread")))
+    assert sorted(r["request_id"] for r in await lines(plugin, tmp_path)) == ["on-a-thread", "on-the-loop"]

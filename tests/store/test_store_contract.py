@@ -7,6 +7,7 @@ once per backend; a difference between the two is a failure of one of them.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ JSON_VALUES: dict[str, Any] = {
     "false": False,
     "empty_string": "",
     "null": None,
+    "big_int": 2**70,
 }
 
 
@@ -175,8 +177,17 @@ async def test_incr_with_a_non_integer_amount_raises_store_error(store: Opened, 
 
 @pytest.mark.parametrize(
     "value",
-    [object(), {1, 2}, math.nan, math.inf, {"nested": [b"bytes"]}, {("tuple", "key"): 1}],
-    ids=["object", "set", "nan", "inf", "bytes", "tuple-key"],
+    [
+        object(),
+        {1, 2},
+        math.nan,
+        math.inf,
+        {"nested": [b"bytes"]},
+        {("tuple", "key"): 1},
+        {"answer": {"scores": [0.5, -math.inf]}},
+        {"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)},
+    ],
+    ids=["object", "set", "nan", "inf", "bytes", "tuple-key", "nested-infinity", "datetime"],
 )
 async def test_a_non_json_value_raises_store_error(store: Opened, value: Any) -> None:
     with pytest.raises(StoreError, match=r"'k'.*JSON"):

@@ -284,6 +284,21 @@ async def test_malformed_streams_are_refused_naming_the_problem(serve, streaming
     assert field in await call.details()
 
 
+@pytest.mark.parametrize("opened", [False, True])
+async def test_bytes_that_are_not_a_stream_message_are_refused(serve, streaming, opened):
+    running = await serve([streamer("swap")])
+    call = running.channel().stream_stream("/ringd.v1.PluginEngineService/StreamRing")(timeout=10)
+    messages = [open_message().SerializeToString(), b"\xff\xff\xff"] if opened else [b"\xff\xff\xff"]
+    try:
+        for message in messages:
+            await call.write(message)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the server has already refused the stream: its status says why
+
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ringd.v1.StreamRingRequest" in await call.details()
+
+
 async def test_a_stream_closed_without_end_is_refused(serve, streaming):
     running = await serve([streamer("swap")])
     call = running.engine().StreamRing(timeout=10)

@@ -1,0 +1,196 @@
+"""The SQLite store's event-loop connection: short operations run on the loop and never wait.
+
+Another connection (here a second process's writer, simulated by a thread with its own
+connection) holding the write lock sends loop-side writes to the store's thread at once:
+the loop keeps running and reads still answer (WAL readers do not wait for writers).
+Every test uses a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from ringd.sdk import StoreError
+from ringd.server import store as store_module
+from ringd.server.store import SqliteStore
+
+
+@contextmanager
+def write_lock_held(path: Path) -> Iterator[threading.Event]:
+    """Another connection holds the write lock (BEGIN IMMEDIATE) until the block ends
+    or the yielded event is set."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(30)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10), "the holder never took the lock"
+        yield release
+    finally:
+        release.set()
+        holder.join()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(tmp_path / "ringd.db")
+    yield opened
+    await opened.close()
+
+
+async def test_operations_run_on_the_loop_connection(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.set_state("k", {"v": 1})
+    assert await sqlite_store.get_state("k") == {"v": 1}
+    assert await sqlite_store.incr("n", 2) == 2
+    assert await sqlite_store.incr_many([("n", 3), ("m", 1)]) == [5, 1]
+    assert await sqlite_store.delete("k")
+    assert sqlite_store.thread_calls == 0
+    assert sqlite_store.loop_calls == 5
+
+
+async def test_a_held_write_lock_sends_writes_to_the_thread_and_the_loop_runs_on(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    await sqlite_store.set_state("before", "kept")
+    with write_lock_held(tmp_path / "ringd.db") as release:
+        incr = asyncio.create_task(sqlite_store.incr("hits", 1, ttl_s=60))
+        many = asyncio.create_task(sqlite_store.incr_many([("a", 1), ("b", 2)], ttl_s=60))
+        written = asyncio.create_task(sqlite_store.set_state("during", 1))
+        await asyncio.sleep(0.1)
+        # Had a call waited for the lock on the loop, it would have held the loop until the
+        # lock was released (and the lock is only released below, by this coroutine).
+        assert not incr.done()
+        assert not many.done()
+        assert not written.done()
+        # Reads do not wait for a writer: answered on the loop while the lock is held.
+        assert await sqlite_store.get_state("before") == "kept"
+        release.set()
+        assert await incr == 1
+        assert await many == [1, 2]
+        await written
+    assert await sqlite_store.get_state("during") == 1
+    assert sqlite_store.thread_calls >= 3  # the incr, the set, the first of incr_many (then freed)
+
+
+async def test_writes_keep_counting_exactly_when_the_lock_comes_and_goes(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    first, second = await SqliteStore.open(path), await SqliteStore.open(path)
+    try:
+
+        async def count(store: SqliteStore) -> None:
+            for _ in range(200):
+                await store.incr_many([("requests", 1), ("tokens", 10)])
+                await store.incr("single")
+
+        with write_lock_held(path) as release:
+            running = asyncio.gather(count(first), count(second))
+            await asyncio.sleep(0.05)
+            release.set()
+            await running
+        assert await first.get_state("requests") == 400
+        assert await second.get_state("tokens") == 4000
+        assert await first.get_state("single") == 400
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_incr_many_on_a_non_integer_names_it_and_adds_the_others(
+    sqlite_store: SqliteStore,
+) -> None:
+    await sqlite_store.set_state("b", "text")
+    with pytest.raises(StoreError, match="'b'"):
+        await sqlite_store.incr_many([("a", 1), ("b", 1), ("c", 1)])
+    assert await sqlite_store.get_state("a") == 1
+    assert await sqlite_store.get_state("b") == "text"
+    assert await sqlite_store.get_state("c") == 1
+
+
+async def test_incr_many_with_a_repeated_key_adds_both(sqlite_store: SqliteStore) -> None:
+    assert await sqlite_store.incr_many([("a", 1), ("a", 2), ("b", 5)], ttl_s=60) == [1, 3, 5]
+
+
+async def test_incr_many_restarts_expired_counters(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.incr_many([("a", 5), ("b", 5)], ttl_s=0.05)
+    await sqlite_store.set_state("c", 7)
+    await asyncio.sleep(0.1)
+    # Expired keys start over at the amount with a fresh expiry; a live one adds.
+    assert await sqlite_store.incr_many([("a", 1), ("b", -2), ("c", 1)], ttl_s=60) == [1, -2, 8]
+    await asyncio.sleep(0.1)
+    assert await sqlite_store.get_state("a") == 1  # the new expiry is 60 s, not 0.05 s
+
+
+async def test_incr_many_rejects_a_non_integer_amount(sqlite_store: SqliteStore) -> None:
+    with pytest.raises(StoreError, match="integer"):
+        await sqlite_store.incr_many([("a", 1), ("b", 1.5)])  # type: ignore[list-item]
+    assert await sqlite_store.get_state("a") is None
+
+
+async def test_large_values_are_written_by_the_thread(sqlite_store: SqliteStore) -> None:
+    big = "x" * (store_module.FAST_VALUE_BYTES + 1)
+    await sqlite_store.set_state("big", big)
+    assert sqlite_store.thread_calls == 1
+    assert await sqlite_store.get_state("big") == big
+
+
+async def test_synchronous_full_writes_in_the_thread(tmp_path: Path) -> None:
+    opened = await SqliteStore.open(tmp_path / "full.db", synchronous="FULL")
+    try:
+        assert await opened.incr("n") == 1
+        await opened.set_state("k", 1)
+        assert await opened.get_state("k") == 1  # reads never wait for the disk: on the loop
+        assert opened.thread_calls == 2
+        assert opened.loop_calls == 1
+    finally:
+        await opened.close()
+
+
+async def test_without_the_loop_connection_everything_goes_to_the_thread(tmp_path: Path) -> None:
+    opened = await SqliteStore.open(tmp_path / "thread.db", loop_connection=False)
+    try:
+        assert await opened.incr_many([("a", 1), ("a", 1)]) == [1, 2]
+        await opened.set_state("k", 1)
+        assert await opened.get_state("k") == 1
+        assert opened.loop_calls == 0
+    finally:
+        await opened.close()
+
+
+async def test_the_wal_is_checkpointed_and_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_WRITES", 100)
+    monkeypatch.setattr(store_module, "WAL_RESTART_FRAMES", 100)
+    path = tmp_path / "wal.db"
+    opened = await SqliteStore.open(path)
+    try:
+        for round_ in range(1, 41):
+            for index in range(100):
+                await opened.set_state(f"k{round_}-{index}", "v" * 200)
+            async with asyncio.timeout(30):  # the checkpoint runs in a thread: wait for it
+                while opened.checkpoints < round_:
+                    await asyncio.sleep(0.01)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        # 4,000 writes of a page or more each: 16 MB of WAL were it never started over.
+        assert wal < 4_000_000, f"the WAL grew to {wal} bytes"
+        assert await opened.get_state("k40-99") == "v" * 200
+    finally:
+        await opened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM kv").fetchone()[0] == 4000
