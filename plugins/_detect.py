@@ -737,7 +737,8 @@ class _Clusters:
 # Runs of digits and separators with n digits or more (from the first digit to the last).
 # (``[12]*1`` runs to the end and steps back to the last digit: sre's fast single-character
 # repeat, where a repeated group would cost a step per digit of a long run)
-_CLUSTERS_WITH = {least: re.compile(f"1(?:2*1){{{least - 1}}}(?:[12]*1)?") for least in (4, 7)}
+# A digit right after a digit is not a run's start: when the start fails, so do the rest.
+_CLUSTERS_WITH = {least: re.compile(f"1(?<!11)(?:2*1){{{least - 1}}}(?:[12]*1)?") for least in (4, 7)}
 _NO_CLUSTERS = _Clusters("")
 _START = re.Match.start
 _END = re.Match.end
