@@ -62,6 +62,40 @@ _REASONING = re.compile(
     r"|reason(?:ing)?|evaluate|calculate|theorem|equation|implement)\b"
 )
 """Matched on the lower-cased text: an IGNORECASE alternation costs sre about 3x as much."""
+# The one-word keywords of _REASONING: with \b on both sides, each match is a whole word
+# (a maximal run of word characters), so a text's keywords are its words among these,
+# unless it has a word that starts a keyword of several words; then _REASONING runs.
+_ONE_WORD_KEYWORDS = frozenset(
+    {
+        "prove",
+        "proof",
+        "derive",
+        "derivation",
+        "analyze",
+        "analyse",
+        "analysis",
+        "compare",
+        "tradeoff",
+        "tradeoffs",
+        "optimize",
+        "optimise",
+        "algorithm",
+        "complexity",
+        "debug",
+        "refactor",
+        "architecture",
+        "reason",
+        "reasoning",
+        "evaluate",
+        "calculate",
+        "theorem",
+        "equation",
+        "implement",
+    }
+)
+_SEVERAL_WORDS_START = frozenset({"step", "explain", "trade"})
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
+_NON_WORD = re.compile(r"\W+")
 _MATCH_KEYS = {
     "tenant",
     "model",
@@ -76,16 +110,31 @@ _MATCH_KEYS = {
 
 def complexity_score(body: Mapping[str, Any]) -> float:
     """The request's complexity from 0 to 1 (see the module docstring), over user messages."""
+    return _complexity([text for _, text in iter_message_texts(body, _USER_ROLES)])
+
+
+def _reasoning_keywords(lowered: str) -> set[str]:
+    """``set(_REASONING.findall(lowered))``, by the words of ``lowered`` where that is the same."""
+    if lowered.isascii():
+        words = set(lowered.translate(_ASCII_NON_WORD).split())
+    else:
+        words = set(_NON_WORD.split(lowered))
+    if words.isdisjoint(_SEVERAL_WORDS_START):
+        return words & _ONE_WORD_KEYWORDS
+    return set(_REASONING.findall(lowered))
+
+
+def _complexity(user_texts: list[str]) -> float:
     chars = 0
     fences = 0
     questions = 0
     keywords: set[str] = set()
-    for _, text in iter_message_texts(body, _USER_ROLES):
+    for text in user_texts:
         chars += len(text)
         questions += text.count("?")
         if "```" in text or "~~~" in text:
             fences += len(_CODE_FENCE.findall(text))
-        keywords.update(_REASONING.findall(text.lower()))
+        keywords |= _reasoning_keywords(text.lower())
     code_blocks = (fences + 1) // 2
     score = (
         0.35 * min(tokens_for_chars(chars) / 1000, 1.0)
@@ -202,9 +251,14 @@ class ModelRouter(BasePlugin):
         requested_model = requested if isinstance(requested, str) else ""
         tenant_value = ctx.metadata.get("tenant")
         tenant = str(tenant_value) if tenant_value is not None else None
-        chars = sum(len(text) for _, text in iter_message_texts(body))
+        chars = 0
+        user_texts: list[str] = []
+        for role, text in iter_message_texts(body):
+            chars += len(text)
+            if role == "user":
+                user_texts.append(text)
         tokens = tokens_for_chars(chars)
-        score = complexity_score(body)
+        score = _complexity(user_texts)
         ctx.metadata["_complexity_score"] = score
 
         rule_name, model, upstream = "default", self.default_model, self.default_upstream

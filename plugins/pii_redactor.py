@@ -48,49 +48,106 @@ Metadata written:
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_right
+from collections import Counter, deque
+from itertools import chain
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts, prompt_too_large
 from ringd.plugins._detect import (
     DEFAULT_MAX_SCAN_CHARS,
+    IDENTITY,
     KINDS,
     PLACEHOLDERS,
     Detector,
     Finding,
     find_all_yielding,
     placeholder_for,
+    replaced,
+    replaced_yielding,
     scan_prefix,
-    substitute_yielding,
 )
 from ringd.plugins._seal import CONFIG_KEY, KeySource, seal
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
+_MASK_CHUNK = 8192  # findings given placeholders between two yields to the event loop
+_KIND, _VALUE = itemgetter(0), itemgetter(3)
+_FEW = 32  # fewer findings are given placeholders one by one: the maps cost more
+
 
 class _Masker:
-    """Assigns placeholders for one request: one per distinct value, numbered per kind."""
+    """Assigns placeholders for one request: one per distinct value, numbered per kind.
+
+    Works on many findings at once with C-level maps (a megabyte of addresses holds
+    tens of thousands): per kind, the values' identities, the new ones in order of
+    first appearance, numbers for those, and each finding's placeholder.
+    """
 
     __slots__ = ("by_identity", "mapping", "next_number", "taken")
 
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken
-        self.by_identity: dict[tuple[str, str], str] = {}
+        self.by_identity: dict[str, dict[str, str]] = {}  # per kind: identity -> placeholder
         self.next_number: dict[str, int] = {}
         self.mapping: dict[str, str] = {}
 
-    def __call__(self, finding: Finding) -> str:
-        identity = (finding.kind, finding.identity)
-        placeholder = self.by_identity.get(identity)
+    def assign(self, findings: list[Finding]) -> list[str]:
+        """The placeholder of each of ``findings``, taken in order (texts, then positions)."""
+        if len(findings) < _FEW:
+            return [self._one(kind, value) for kind, _, _, value in findings]
+        kinds = list(map(_KIND, findings))
+        values = list(map(_VALUE, findings))
+        placeholders = [""] * len(findings)
+        order = sorted(range(len(findings)), key=kinds.__getitem__)  # stable: in order per kind
+        sorted_kinds = list(map(kinds.__getitem__, order))
+        low = 0
+        while low < len(order):
+            kind = sorted_kinds[low]
+            high = bisect_right(sorted_kinds, kind, low)
+            indexes = order[low:high]
+            identities = list(map(IDENTITY[kind], map(values.__getitem__, indexes)))
+            known = self.by_identity.setdefault(kind, {})
+            new = [identity for identity in dict.fromkeys(identities) if identity not in known]
+            if new:
+                known.update(zip(new, self._numbered(kind, len(new)), strict=True))
+            deque(map(placeholders.__setitem__, indexes, map(known.__getitem__, identities)), maxlen=0)
+            low = high
+        deque(map(self.mapping.setdefault, placeholders, values), maxlen=0)  # the first value of each
+        return placeholders
+
+    def _one(self, kind: str, value: str) -> str:
+        known = self.by_identity.get(kind)
+        if known is None:
+            known = self.by_identity[kind] = {}
+        identity = IDENTITY[kind](value)
+        placeholder = known.get(identity)
         if placeholder is None:
-            number = self.next_number.get(finding.kind, 0)
-            while True:
-                number += 1
-                placeholder = placeholder_for(finding.kind, number)
-                if placeholder not in self.taken:
-                    break
-            self.next_number[finding.kind] = number
-            self.by_identity[identity] = placeholder
-            self.mapping[placeholder] = finding.value
+            if self.taken:
+                placeholder = self._numbered(kind, 1)[0]
+            else:
+                number = self.next_number[kind] = self.next_number.get(kind, 0) + 1
+                placeholder = placeholder_for(kind, number)
+            known[identity] = placeholder
+            self.mapping[placeholder] = value
         return placeholder
+
+    def _numbered(self, kind: str, count: int) -> list[str]:
+        """``count`` new placeholders for ``kind``, skipping those already in the prompt."""
+        number = self.next_number.get(kind, 0)
+        prefix = placeholder_for(kind, 0)[:-2]
+        if not any(name.startswith(prefix) for name in self.taken):
+            self.next_number[kind] = number + count
+            return list(map((prefix + "{}]").format, range(number + 1, number + count + 1)))
+        names: list[str] = []
+        while len(names) < count:
+            number += 1
+            name = placeholder_for(kind, number)
+            if name not in self.taken:
+                names.append(name)
+        self.next_number[kind] = number
+        return names
 
 
 class PiiRedactor(BasePlugin):
@@ -135,10 +192,8 @@ class PiiRedactor(BasePlugin):
             scanned = scan_prefix(texts, self.max_scan_chars)
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)
-        counts: dict[str, int] = {}
-        for findings in found:
-            for finding in findings:
-                counts[finding.kind] = counts.get(finding.kind, 0) + 1
+        flat = list(chain.from_iterable(found))
+        counts: dict[str, int] = dict(Counter(map(_KIND, flat)))
         ctx.metadata["pii_counts"] = counts
         if not counts:
             return PluginResponse.passthrough()
@@ -155,10 +210,24 @@ class PiiRedactor(BasePlugin):
             if "[" in text:
                 taken.update(PLACEHOLDERS.findall(text))
         masker = _Masker(taken)
-        masked_texts = [
-            await substitute_yielding(text, findings, masker)
-            for text, findings in zip(texts, found, strict=True)
-        ]
+        if len(flat) <= _MASK_CHUNK:
+            placeholders = masker.assign(flat)
+        else:
+            placeholders = []
+            for low in range(0, len(flat), _MASK_CHUNK):
+                placeholders += masker.assign(flat[low : low + _MASK_CHUNK])
+                await asyncio.sleep(0)
+        masked_texts: list[str] = []
+        low = 0
+        for text, findings in zip(texts, found, strict=True):
+            high = low + len(findings)
+            if len(findings) <= _MASK_CHUNK:
+                masked_texts.append(replaced(text, findings, placeholders[low:high]))
+            else:
+                masked_texts.append(
+                    await replaced_yielding(text, findings, placeholders[low:high], _MASK_CHUNK)
+                )
+            low = high
         pending = iter(zip(texts, masked_texts, strict=True))
 
         def mask(text: str, _role: str) -> str:
@@ -175,5 +244,4 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["_pii_mapping"] = seal(
                 masker.mapping, key=self.keys.cipher(ctx), request_id=ctx.request_id
             )
-        masked = sum(counts.values())
-        return PluginResponse.modify(body=new_body, message=f"masked {masked} value(s)")
+        return PluginResponse.modify(body=new_body, message=f"masked {len(flat)} value(s)")

@@ -109,6 +109,58 @@ _BUILTIN_INJECTION: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
 )
 
+# For each built-in rule, groups of words (maximal runs of word characters) of which a
+# text must hold one of every group for the rule to match there: every literal word of
+# the rules stands between whitespace, the anchor's word start and a ``(?!\w)`` or
+# ``\s*:``. A text whose words miss a group skips the rule's anchors altogether, so
+# ordinary prose ("do you", "new slot") costs no regex call.
+_BUILTIN_WORDS: dict[str, tuple[frozenset[str], ...]] = {
+    name: tuple(frozenset(group.split()) for group in groups)
+    for name, groups in (
+        (
+            "ignore_previous_instructions",
+            (
+                "ignore disregard forget skip override bypass",
+                "previous prior above earlier preceding foregoing original initial system developer",
+                "instruction instructions prompt prompts rules directions directives guidelines context"
+                " message messages commands",
+            ),
+        ),
+        (
+            "reveal_system_prompt",
+            (
+                "reveal print show repeat output display leak dump tell give",
+                "your the",
+                "system hidden initial instructions prompt",
+            ),
+        ),
+        ("role_override", ("dan developer bound anything",)),
+        (
+            "no_restrictions",
+            (
+                "pretend act imagine",
+                "you",
+                "without no free",
+                "restrictions rules guidelines filters limitations limits censorship content",
+            ),
+        ),
+        ("new_instructions", ("new updated revised real", "instruction instructions")),
+    )
+}
+_ALL_BUILTIN_WORDS = frozenset().union(*(group for groups in _BUILTIN_WORDS.values() for group in groups))
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
+_NON_WORD = re.compile(r"\W+")
+_LONGEST_WORD = 64  # the longest word of _BUILTIN_WORDS is far shorter
+
+
+def _words(text: str) -> frozenset[str]:
+    """The words of ``text`` (maximal runs of word characters, as ``\\w`` means) that
+    :data:`_BUILTIN_WORDS` holds."""
+    if text.isascii():
+        return _ALL_BUILTIN_WORDS.intersection(text.translate(_ASCII_NON_WORD).split())
+    return _ALL_BUILTIN_WORDS.intersection(_NON_WORD.split(text))
+
+
 # Invisible characters an attacker can hide inside a word: soft hyphen, zero-width
 # spaces and joiners, bidi controls, word joiners and the BOM.
 _INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
@@ -143,6 +195,7 @@ class _Anchored:
     pattern: re.Pattern[str] | None
     word_start: bool  # the anchor must start a word
     word_end: bool  # with no pattern: the anchor must end a word
+    builtin: bool = False  # a built-in injection rule
 
 
 def _term(term: str) -> tuple[str, re.Pattern[str] | None, bool, bool]:
@@ -210,13 +263,19 @@ class PromptGuard(BasePlugin):
                 anchor, pattern, word_start, word_end = _term(term)
                 entry = _Anchored(add_rule(category, term), pattern, word_start, word_end)
                 self._anchors.setdefault(anchor, []).append(entry)
+        self._builtin_words: list[tuple[int, tuple[frozenset[str], ...]]] = []
         if reader.get_bool("builtin_injection", True):
             for rule, anchors, regex in _BUILTIN_INJECTION:
                 index = add_rule("injection", rule)
+                self._builtin_words.append((index, _BUILTIN_WORDS.get(rule, ())))
                 compiled = re.compile(regex)
                 for anchor in anchors:
-                    entry = _Anchored(index, compiled, _is_word(anchor[0]), False)
+                    entry = _Anchored(index, compiled, _is_word(anchor[0]), False, builtin=True)
                     self._anchors.setdefault(anchor, []).append(entry)
+        # The anchors to search for, by the set of built-in rules a text's words allow
+        # (at most 2**6 sets; an anchor used by built-in rules only is left out when none
+        # of its rules is possible).
+        self._plans: dict[frozenset[int], list[tuple[str, list[_Anchored]]]] = {}
         for key, category in (("blocked_patterns", "topic"), ("injection_patterns", "injection")):
             for source in reader.get_str_list(key, []) or []:
                 try:
@@ -225,11 +284,29 @@ class PromptGuard(BasePlugin):
                     raise reader.error(key, f"valid regexes ({exc})", source) from None
                 self._patterns.append((add_rule(category, source), compiled))
 
-    def _matches(self, text: str, start: int, stop: int) -> Iterator[tuple[int, int]]:
-        """``(rule index, position)`` of the anchored rules matching normalised ``text`` at
-        positions in ``[start, stop)`` (a match may run past ``stop``)."""
+    def _plan(self, words: set[str]) -> list[tuple[str, list[_Anchored]]]:
+        """The anchors worth searching for in a text with ``words``."""
+        possible = frozenset(
+            rule
+            for rule, groups in self._builtin_words
+            if all(not words.isdisjoint(group) for group in groups)
+        )
+        plan = self._plans.get(possible)
+        if plan is None:
+            plan = self._plans[possible] = [
+                (anchor, entries)
+                for anchor, entries in self._anchors.items()
+                if not all(entry.builtin and entry.rule not in possible for entry in entries)
+            ]
+        return plan
+
+    def _matches(
+        self, text: str, start: int, stop: int, plan: list[tuple[str, list[_Anchored]]]
+    ) -> Iterator[tuple[int, int]]:
+        """``(rule index, position)`` of the anchored rules of ``plan`` matching normalised
+        ``text`` at positions in ``[start, stop)`` (a match may run past ``stop``)."""
         size = len(text)
-        for anchor, entries in self._anchors.items():
+        for anchor, entries in plan:
             position = text.find(anchor, start, stop + len(anchor) - 1)
             while position != -1:
                 after = position + len(anchor)
@@ -286,8 +363,17 @@ class PromptGuard(BasePlugin):
             position += len(text) + 1
         joined = "\x00".join(text for _, text in scanned)
         big = len(joined) > SCAN_CHUNK_CHARS
+        # The words of the whole text first: a built-in rule's match may reach past its window.
+        # Each window's words include the next few characters, so a word cut by the window's
+        # end is whole in one of them (a cut piece only lets more rules through).
+        words: set[str] = set()
         for start in range(0, len(joined), SCAN_CHUNK_CHARS):
-            for rule, at in self._matches(joined, start, min(len(joined), start + SCAN_CHUNK_CHARS)):
+            words |= _words(joined[start : start + SCAN_CHUNK_CHARS + _LONGEST_WORD])
+            if big:
+                await asyncio.sleep(0)
+        plan = self._plan(words)
+        for start in range(0, len(joined), SCAN_CHUNK_CHARS):
+            for rule, at in self._matches(joined, start, min(len(joined), start + SCAN_CHUNK_CHARS), plan):
                 blocked = flag(rule, scanned[bisect_right(offsets, at) - 1][0])
                 if blocked is not None:
                     return blocked

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ringd.plugins.model_router import ModelRouter, complexity_score
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ringd.plugins.model_router import _REASONING, ModelRouter, _reasoning_keywords, complexity_score
 from ringd.sdk import PluginAction
 
 RULES = {
@@ -140,3 +142,18 @@ async def test_no_default_model_keeps_the_request(make_ctx, chat) -> None:
 def test_config_errors_name_the_key(config, key) -> None:
     with pytest.raises(ValueError, match=rf"model_router.*{key}"):
         ModelRouter(config)
+
+
+_KEYWORD_TEXT = (
+    "prove proof proofs derive derivation analyze analyses analysis step by - explain why trade off "
+    "tradeoffs "
+    "trade-offs optimise optimize reason reasoning reasons debug theorem x é ü _ 1 . , \n"
+)
+_KEYWORD_PIECES = [*_KEYWORD_TEXT.split(" "), " ", "-", "step-by-step", "explain  why"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_KEYWORD_PIECES), max_size=25))
+def test_keywords_from_words_match_the_keyword_regex(pieces: list[str]) -> None:
+    text = "".join(pieces).lower()
+    assert _reasoning_keywords(text) == set(_REASONING.findall(text))

@@ -1,0 +1,115 @@
+"""The scanners' fast paths find what the plain rules say: batches, dense text, many findings.
+
+The detector checks card candidates in one batch (Luhn by digit sums), phone candidates by
+one regex, addresses in "@"-dense text by one whole-address scan, and pii_redactor numbers
+many findings at once; these tests hold each to the rule it replaces, on generated input.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from ringd.plugins import _detect
+from ringd.plugins._detect import Detector, luhn_valid
+from ringd.plugins._seal import open_sealed, parse_key
+from ringd.plugins.pii_redactor import PiiRedactor
+from ringd.testing import run_plugin
+
+PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _grouped(draw: st.DrawFn, digits: str) -> str:
+    separators = draw(
+        st.lists(st.sampled_from(["", "", " ", "-"]), min_size=len(digits), max_size=len(digits))
+    )
+    return (
+        "".join(digit + separator for digit, separator in zip(digits, separators[:-1], strict=False))
+        + digits[-1]
+    )
+
+
+@st.composite
+def card_candidates(draw: st.DrawFn) -> str:
+    length = draw(st.integers(13, 19))
+    if draw(st.booleans()):
+        digits = draw(st.sampled_from("0123456789")) * length  # one digit repeated: never a card
+    else:
+        digits = draw(st.text("0123456789", min_size=length, max_size=length))
+    return _grouped(draw, digits)
+
+
+@SETTINGS
+@given(st.lists(card_candidates(), min_size=1, max_size=40))
+def test_cards_checked_in_one_batch_follow_luhn(candidates: list[str]) -> None:
+    text = " or ".join(candidates)
+    found = [finding.value for finding in Detector(["credit_card"]).find(text)]
+    expected = [c for c in candidates if luhn_valid(c.replace(" ", "").replace("-", ""))]
+    assert found == expected
+
+
+@SETTINGS
+@given(st.text(" .-0123456789+()", min_size=1, max_size=30))
+def test_phone_regex_follows_the_phone_rules(text: str) -> None:
+    # Every candidate the phone pattern yields is accepted by the one-regex check
+    # exactly when the rules spelled out in _phone_ok accept it.
+    for match in _detect._PHONE_LINEAR.finditer(text):
+        candidate = match.group()
+        assert bool(_detect._PHONE_OK(candidate)) == _detect._phone_ok(candidate), candidate
+
+
+@st.composite
+def address_text(draw: st.DrawFn) -> str:
+    piece = st.sampled_from(
+        ["ana", "b.c", ".", "..", "x_1", "%", "+", "-", "@", "@@", "ex.com", "mail.example.org", " ", ", ",
+         "jürgen", "müller.de", "a" * 70, "sk-" + "Q" * 24, "\n", "#"]
+    )  # fmt: skip
+    return "".join(draw(st.lists(piece, min_size=1, max_size=40)))
+
+
+@SETTINGS
+@given(address_text(), st.integers(0, 300))
+@example("b" + "a" * 64 + "@ex.com " + "a" * 64 + "@ex.com", 0)  # local parts of 65 and 64
+@example("sk-" + "Q" * 24 + "@ex.com@mail.example.org", 0)  # the first overlaps a secret
+@example("..ana@ex.com@@b.c@ex.com", 0)
+def test_dense_and_sparse_email_scans_agree(text: str, padding: int) -> None:
+    # Dense text (an "@" every few characters) is scanned whole by one regex; the same
+    # text padded out to sparse goes "@" by "@". Both must find the same values.
+    dense = Detector().find(text)
+    sparse = Detector().find(text + " " * (len(text) * 100 + padding))
+    assert [(f.kind, f.start, f.end) for f in dense] == [(f.kind, f.start, f.end) for f in sparse]
+
+
+def test_adversarial_corpora_still_yield_their_true_values() -> None:
+    """Noise built to make the scanners work hard hides none of the real values in it."""
+    addresses = [f"user{n}.x@mail{n % 97}.example.com" for n in range(3000)]
+    emails = " ".join(addresses)
+    assert [f.value for f in Detector().find(emails)] == addresses
+
+    groups = " - ".join(f"{n % 9999} {n * 7 % 9999} {n * 13 % 999}" for n in range(2000))
+    card = "4111 1111 1111 1111"
+    text = f"{groups} ; card {card} ; {groups}"
+    assert card in [f.value for f in Detector(["credit_card"]).find(text)]
+
+    noise = ":".join(f"{n:x}" for n in range(5000)) + "::"
+    text = f"{noise} host 2001:db8::8a2e:370:7334 up {noise}"
+    assert "2001:db8::8a2e:370:7334" in [f.value for f in Detector(["ip_address"]).find(text)]
+
+
+async def test_many_values_masked_at_once_keep_numbering_and_the_first_spelling(make_ctx, chat) -> None:
+    # 40 distinct addresses (the batch path), each mentioned twice, once in capitals;
+    # [EMAIL_3] is already in the prompt, so that number is skipped.
+    addresses = [f"person{n}@example.org" for n in range(40)]
+    first = " ".join(addresses) + " see [EMAIL_3]"
+    second = " ".join(address.upper() for address in addresses)
+    ctx = make_ctx(chat(("user", first), ("user", second)))
+    outcome = await run_plugin(PiiRedactor({"mode": "mask", "restore": True, "pii_key": PII_KEY}), ctx)
+    masked_first, masked_second = (m["content"] for m in outcome.body["messages"])
+    numbers = [n for n in range(1, 42) if n != 3]
+    assert masked_first == " ".join(f"[EMAIL_{n}]" for n in numbers) + " see [EMAIL_3]"
+    assert masked_second == " ".join(f"[EMAIL_{n}]" for n in numbers)
+    assert ctx.metadata["pii_counts"] == {"email": 80}
+    mapping = open_sealed(
+        ctx.metadata["_pii_mapping"], key=parse_key(PII_KEY, "test key"), request_id=ctx.request_id
+    )
+    assert mapping == {f"[EMAIL_{n}]": address for n, address in zip(numbers, addresses, strict=True)}
