@@ -10,8 +10,10 @@ waits on the disk, a request pays no thread round trip, and lines from concurren
 requests never interleave. ``on_unload`` (a reload, a clean shutdown) writes every
 queued line before it closes the file; a process killed outright can lose the
 last ~50 ms of lines. When more than 8 MiB of lines wait (a disk slower than the
-traffic), calls wait for the writer instead of queueing more. A failed write is
-logged and the next call raises it (the plugin's error metrics count it).
+traffic), calls wait for the writer instead of queueing more. A failed write (a full
+disk, a lost mount) keeps its lines, in order, and is retried every 50 ms; meanwhile
+every call raises (its line is queued too), so the plugin's fail policy and error
+metrics see it, and nothing acknowledged is lost or written twice while the process lives.
 
 A record::
 
@@ -228,32 +230,64 @@ class AuditLog(BasePlugin):
             self._hurry.clear()
             waiters, self._flush_waiters = self._flush_waiters, []
             await self._write_batch()
+            failure = self._failure
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_result(None)
-            if self._closing and not self._queued:
-                return
+                    if failure is None:
+                        waiter.set_result(None)
+                    else:
+                        problem = f"{self.name}: writing to {self.path} failed: {failure}"
+                        waiter.set_exception(RuntimeError(problem))
+            if self._closing and (not self._queued or failure is not None):
+                return  # on_unload tries the rest once more, then closes
+            if failure is not None:
+                self._wake.set()  # retried after FLUSH_INTERVAL_S, with or without new calls
 
     async def _write_batch(self) -> None:
-        batch, self._queued, self._queued_bytes = self._queued, [], 0
-        self._room.set()
-        if not batch:
-            return
-        try:
-            await asyncio.to_thread(self._write, b"".join(batch))
-        except Exception as exc:  # reported by the next call; the writer goes on
-            _log.error("%s: writing %d records to %s failed: %s", self.name, len(batch), self.path, exc)
-            self._failure = exc
+        """Write the queued lines; on failure keep them, in order, for the next round.
 
-    def _write(self, data: bytes) -> None:
+        While writes fail every call raises (the plugin's fail policy decides), and the
+        lines already queued wait at the front of the queue: a full disk or a lost mount
+        loses no acknowledged line while the process lives. The queue stays bounded:
+        past ``MAX_QUEUED_BYTES`` calls wait (and time out) until a write succeeds.
+        """
+        batch, self._queued = self._queued, []
+        if not batch:
+            self._queued_bytes = 0
+            self._room.set()
+            return
+        data = b"".join(batch)
+        written = [0]
+        try:
+            await asyncio.to_thread(self._write, data, written)
+        except Exception as exc:  # kept and retried; every call reports it meanwhile
+            if self._failure is None:  # logged once per failing spell, not every round
+                _log.error("%s: writing %d records to %s failed: %s", self.name, len(batch), self.path, exc)
+            self._failure = exc
+            self._queued.insert(0, data[written[0] :])  # what a short write left, never twice
+            self._queued_bytes -= written[0]
+            return
+        if self._failure is not None:
+            _log.warning(
+                "%s: writing to %s works again; %d records written", self.name, self.path, len(batch)
+            )
+            self._failure = None
+        self._queued_bytes -= len(data)
+        if self._queued_bytes <= self.MAX_QUEUED_BYTES:
+            self._room.set()
+
+    def _write(self, data: bytes, written: list[int] | None = None) -> None:
+        """Write ``data`` whole; ``written[0]`` counts the bytes written, for a retry after a failure."""
         with self._lock:
             fd = self._fd
             if fd is None:
                 raise RuntimeError(f"{self.name}: the log file is closed")
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                count = os.write(fd, view)
+                view = view[count:]
+                if written is not None:
+                    written[0] += count
 
     def record(self, ctx: PluginContext) -> dict[str, Any]:
         """The audit record of ``ctx`` (see the module docstring)."""
@@ -319,7 +353,7 @@ class AuditLog(BasePlugin):
             self._room.clear()
             self._hurry.set()
             await self._room.wait()
-        failure, self._failure = self._failure, None
-        if failure is not None:
+        failure = self._failure
+        if failure is not None:  # this line is queued too, and written once the file works again
             raise RuntimeError(f"{self.name}: writing to {self.path} failed: {failure}") from failure
         return PluginResponse.passthrough()

@@ -215,3 +215,40 @@ async def test_calls_from_a_plugin_thread_are_written_too(load_audit, make_ctx, 
     await plugin.execute(make_ctx(request_id="on-the-loop"))
     await asyncio.to_thread(asyncio.run, plugin.execute(make_ctx(request_id="on-a-thread")))
     assert sorted(r["request_id"] for r in await lines(plugin, tmp_path)) == ["on-a-thread", "on-the-loop"]
+
+
+async def test_a_failing_write_keeps_its_lines_and_fails_calls_until_the_file_works(
+    load_audit, make_ctx, chat, tmp_path
+) -> None:
+    """A real write failure (the file size limit, EFBIG, with a short write before it):
+    no acknowledged line is lost or written twice, and calls fail while writes fail."""
+    import resource
+    import signal
+
+    plugin = await load_audit()
+    for index in range(3):
+        await plugin.execute(make_ctx(chat(("user", "hello")), request_id=f"before-{index}"))
+    size = len((await plugin.flush(), (tmp_path / "audit.jsonl").read_bytes())[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    messages: list[str] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 200, hard))  # room for part of a line
+        for index in range(20):
+            try:
+                await plugin.execute(make_ctx(chat(("user", "hello")), request_id=f"during-{index}"))
+            except RuntimeError as exc:
+                messages.append(str(exc))
+            await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="failed"):
+            await plugin.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert messages  # while the file refused writes, calls said so
+    assert all("writing to" in message and "File too large" in message for message in messages)
+    await plugin.flush()  # the writer's next round writes what was kept
+    await plugin.execute(make_ctx(chat(("user", "hello")), request_id="after"))  # calls work again
+    ids = [record["request_id"] for record in await lines(plugin, tmp_path)]
+    expected = [f"before-{i}" for i in range(3)] + [f"during-{i}" for i in range(20)] + ["after"]
+    assert ids == expected
