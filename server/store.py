@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
-import orjson
 from ringd.sdk import StoreError
 
 _log = logging.getLogger("ringd.store")
@@ -83,27 +82,12 @@ def failure_counters(errors: dict[str, int]) -> dict[str, CountFailures]:
     return {op: CountFailures(errors, op) for op in ("get", "set", "delete", "incr", "purge")}
 
 
-_ORJSON_STRICT = (
-    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
-"""What orjson would encode but ``json`` refuses (or encodes otherwise) goes to ``json``."""
-
-
 def _encode(key: str, value: Any) -> str:
-    """Compact JSON text of ``value``; the SDK's rules: JSON types only, no NaN or infinity.
+    """Compact JSON text of ``value``: JSON types only, no NaN or infinity (the SDK's rules).
 
-    orjson first (a 1 KB answer in ~1 us, ``json`` ~8 us). It writes NaN and infinities as
-    ``null`` where ``json`` refuses them, so a value whose text holds ``null`` anywhere is
-    encoded again by ``json``, which also answers for what orjson refuses (non-string
-    keys, integers past 64 bits, lone surrogates).
+    ``json``, not orjson: orjson also encodes UUIDs, enums and more, and writes NaN as
+    ``null``, so the store would accept values the contract refuses.
     """
-    try:
-        encoded = orjson.dumps(value, option=_ORJSON_STRICT)
-    except TypeError:  # orjson.JSONEncodeError
-        pass
-    else:
-        if b"null" not in encoded:
-            return encoded.decode()
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -294,8 +278,10 @@ class SqliteStore:
     being killed.
 
     Two connections to the file: short operations (every read, and writes of values up
-    to :data:`FAST_VALUE_BYTES` when ``synchronous`` is OFF or NORMAL, so a commit never
-    waits for the disk) run directly on the event loop, a few microseconds of C each,
+    to :data:`FAST_VALUE_BYTES` when ``synchronous`` is OFF or NORMAL, so a commit does
+    not wait for the disk; the write that starts the WAL over after one of this store's
+    checkpoints, which syncs the new log's header, goes to the thread) run directly on
+    the event loop, a few microseconds of C each,
     on a connection that never waits for a lock (``busy_timeout=0``) and never
     checkpoints. When another connection or process holds the lock it needs, SQLite
     answers SQLITE_BUSY at once, nothing was done, and the call goes to aiosqlite's
@@ -322,6 +308,9 @@ class SqliteStore:
         self._loop_writes = loop_conn is not None and loop_writes
         self._unchecked_writes = 0
         self._checkpointer: asyncio.Task[None] | None = None
+        self._restart_pending = False
+        """A checkpoint ended: writes go to the thread until one has started the WAL over there
+        (SQLite syncs the new log's header then, which the event loop must not wait for)."""
         self.loop_calls = 0
         """Operations done on the event loop's connection."""
         self.thread_calls = 0
@@ -393,15 +382,22 @@ class SqliteStore:
                 _log.warning("SQLite store %s: purging expired keys failed: %s", self.path, exc)
 
     def _wrote_on_loop(self) -> None:
-        """Count a write on the loop's connection; every so many, checkpoint in the thread."""
+        """Count a write (on the loop's connection, or the thread's); every so many, checkpoint."""
         self._unchecked_writes += 1
         if self._unchecked_writes >= CHECKPOINT_EVERY_WRITES and self._checkpointer is None:
             self._unchecked_writes = 0
             self._checkpointer = asyncio.create_task(self._checkpoint(), name="ringd-store-checkpoint")
 
+    def _wrote_in_thread(self) -> None:
+        """Count a write done in the thread; the first after a checkpoint started the WAL over."""
+        self._restart_pending = False
+        if self._loop_writes:  # otherwise the thread's connection checkpoints by itself
+            self._wrote_on_loop()
+
     async def _checkpoint(self) -> None:
         try:
             await asyncio.to_thread(_checkpoint_file, self.path)
+            self._restart_pending = True
         except Exception as exc:  # a missed checkpoint only lets the WAL grow until the next one
             _log.warning("SQLite store %s: WAL checkpoint failed: %s", self.path, exc)
         finally:
@@ -415,11 +411,11 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
             self._purger = None
-        if self._checkpointer is not None:
+        self._loop_writes = False  # no more writes on the loop, so no new checkpoint starts
+        while self._checkpointer is not None:
             with contextlib.suppress(Exception):
                 await self._checkpointer
         loop_conn, self._loop_conn = self._loop_conn, None
-        self._loop_writes = False
         if loop_conn is not None:
             await asyncio.to_thread(loop_conn.close)
         await self._conn.close()
@@ -434,7 +430,7 @@ class SqliteStore:
         calls would hold a transaction (and its snapshot) open.
         """
         loop_conn = self._loop_conn
-        if loop_conn is None or (write and not self._loop_writes):
+        if loop_conn is None or (write and (self._restart_pending or not self._loop_writes)):
             return None
         try:
             rows: list[Any] = loop_conn.execute(sql, params).fetchall()
@@ -467,6 +463,7 @@ class SqliteStore:
                 return
             self.thread_calls += 1
             await self._conn.execute(_SET, params)
+            self._wrote_in_thread()
 
     async def delete(self, key: str) -> bool:
         with self._counted["delete"]:
@@ -476,6 +473,7 @@ class SqliteStore:
                 return bool(rows)
             self.thread_calls += 1
             cursor = await self._conn.execute(_DELETE, params)
+            self._wrote_in_thread()
             return cursor.rowcount > 0
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
@@ -487,6 +485,7 @@ class SqliteStore:
             if rows is None:
                 self.thread_calls += 1
                 rows = await self._conn.execute_fetchall(_INCR, params)
+                self._wrote_in_thread()
             row = next(iter(rows), None)
             if row is None:
                 raise StoreError(f"cannot incr key {key!r}: its value is not an integer")

@@ -194,3 +194,36 @@ async def test_the_wal_is_checkpointed_and_starts_over(
         await opened.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM kv").fetchone()[0] == 4000
+
+
+async def test_after_a_checkpoint_the_write_that_starts_the_wal_over_runs_in_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first write after a whole-log checkpoint starts the WAL over, and SQLite syncs
+    the new log's header then: that write goes to the thread, not the event loop."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_WRITES", 50)
+    path = tmp_path / "restart.db"
+    wal = path.with_name(path.name + "-wal")
+    opened = await SqliteStore.open(path)
+
+    def salts() -> bytes:
+        return wal.read_bytes()[16:24]  # the WAL header's salts: new ones when the log starts over
+
+    try:
+        for index in range(50):
+            await opened.set_state(f"k{index}", index)
+        async with asyncio.timeout(30):
+            while opened.checkpoints < 1:
+                await asyncio.sleep(0.01)
+        before, loop_calls, thread_calls = salts(), opened.loop_calls, opened.thread_calls
+        await opened.set_state("first", 1)
+        assert (opened.loop_calls, opened.thread_calls) == (loop_calls, thread_calls + 1)
+        restarted = salts()
+        assert restarted != before  # the thread's write started the log over
+        await opened.set_state("second", 2)
+        assert (opened.loop_calls, opened.thread_calls) == (loop_calls + 1, thread_calls + 1)
+        assert salts() == restarted  # and the loop's next write did not
+        assert await opened.get_state("first") == 1
+        assert await opened.get_state("second") == 2
+    finally:
+        await opened.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
 import math
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,13 @@ if TYPE_CHECKING:  # fixtures' types; pytest provides the objects
 # Short TTLs keep the suite fast; the sleeps leave a wide margin past them.
 TTL_S = 0.15
 PAST_TTL_S = 0.35
+
+
+class _Colour(enum.Enum):
+    """A plain enum: not JSON (json refuses it; orjson would write its value)."""
+
+    RED = "red"
+
 
 JSON_VALUES: dict[str, Any] = {
     "dict": {"a": 1, "nested": {"b": [1, 2, {"c": None}], "deeper": {"x": {"y": {"z": "end"}}}}},
@@ -186,8 +195,10 @@ async def test_incr_with_a_non_integer_amount_raises_store_error(store: Opened, 
         {("tuple", "key"): 1},
         {"answer": {"scores": [0.5, -math.inf]}},
         {"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)},
+        {"id": uuid.UUID(int=7)},
+        {"colour": _Colour.RED},
     ],
-    ids=["object", "set", "nan", "inf", "bytes", "tuple-key", "nested-infinity", "datetime"],
+    ids=["object", "set", "nan", "inf", "bytes", "tuple-key", "nested-infinity", "datetime", "uuid", "enum"],
 )
 async def test_a_non_json_value_raises_store_error(store: Opened, value: Any) -> None:
     with pytest.raises(StoreError, match=r"'k'.*JSON"):
