@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ringd.plugins._common import ConfigReader
@@ -137,9 +138,12 @@ def seal(mapping: Mapping[str, str], *, key: bytes | AESGCM, request_id: str) ->
     """``mapping`` encrypted and authenticated under ``key`` (its bytes, or
     :meth:`KeySource.cipher`), bound to ``request_id``."""
     nonce = os.urandom(_NONCE_BYTES)
-    plaintext = json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogatepass"
-    )
+    try:
+        plaintext = orjson.dumps(dict(mapping))  # compact UTF-8 JSON, as json's below
+    except orjson.JSONEncodeError:  # a lone surrogate: json writes it, surrogatepass encodes it
+        plaintext = json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass"
+        )
     sealed = _aead(key).encrypt(nonce, plaintext, _associated(request_id))
     return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
 
@@ -173,7 +177,13 @@ def open_sealed(token: Any, *, key: bytes | AESGCM, request_id: str) -> dict[str
             "the sealed PII mapping does not open: it was changed, sealed for another request_id, "
             f"or sealed with another key (replicas and --workers need one shared {KEY_ENV})"
         ) from None
-    mapping = json.loads(plaintext)
+    try:
+        mapping = orjson.loads(plaintext)
+    except orjson.JSONDecodeError:  # lone surrogates (sealed through json above), or not JSON
+        try:
+            mapping = json.loads(plaintext)  # bytes: decoded with surrogatepass
+        except ValueError:
+            raise SealError("the sealed PII mapping is not JSON") from None
     if not isinstance(mapping, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
     ):

@@ -361,3 +361,20 @@ async def test_missing_key_warns_that_replicas_need_one(make_ctx, chat, caplog, 
     assert "RINGD_PII_KEY" in caplog.text
     assert "replicas" in caplog.text
     assert is_sealed(ctx.metadata["_pii_mapping"])
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {},
+        {"[EMAIL_1]": "jürgen@müller.de", "[PHONE_1]": "+49 30 1234567"},
+        {"[SECRET_1]": "sk-\u2028line-separator-✓-🚀"},
+        {"[EMAIL_1]": "lone \ud800 surrogate@example.com"},  # orjson refuses it: json seals it
+    ],
+    ids=["empty", "non-ascii", "separators-emoji", "lone-surrogate"],
+)
+def test_a_sealed_mapping_opens_to_what_was_sealed(mapping: dict[str, str]) -> None:
+    from ringd.plugins._seal import seal
+
+    key = parse_key(PII_KEY, "test key")
+    assert open_sealed(seal(mapping, key=key, request_id="req-9"), key=key, request_id="req-9") == mapping
