@@ -236,8 +236,7 @@ class AuditLog(BasePlugin):
                     if failure is None:
                         waiter.set_result(None)
                     else:
-                        problem = f"{self.name}: writing to {self.path} failed: {failure}"
-                        waiter.set_exception(RuntimeError(problem))
+                        waiter.set_exception(self._failed(failure))
             if self._closing and (not self._queued or failure is not None):
                 return  # on_unload tries the rest once more, then closes
             if failure is not None:
@@ -275,6 +274,10 @@ class AuditLog(BasePlugin):
         self._queued_bytes -= len(data)
         if self._queued_bytes <= self.MAX_QUEUED_BYTES:
             self._room.set()
+
+    def _failed(self, failure: Exception) -> RuntimeError:
+        """What a call or a flush raises while writes to the file fail."""
+        return RuntimeError(f"{self.name}: writing to {self.path} failed: {failure}")
 
     def _write(self, data: bytes, written: list[int] | None = None) -> None:
         """Write ``data`` whole; ``written[0]`` counts the bytes written, for a retry after a failure."""
@@ -355,5 +358,5 @@ class AuditLog(BasePlugin):
             await self._room.wait()
         failure = self._failure
         if failure is not None:  # this line is queued too, and written once the file works again
-            raise RuntimeError(f"{self.name}: writing to {self.path} failed: {failure}") from failure
+            raise self._failed(failure) from failure
         return PluginResponse.passthrough()

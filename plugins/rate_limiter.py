@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 
 from ringd.plugins._batch import incr_all
 from ringd.plugins._common import ConfigReader, estimate_prompt_tokens, key_part, require_store
-from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, Store
 
 _ANONYMOUS = "_anonymous"
 _LIMIT_KEYS = ("requests_per_window", "tokens_per_window")
@@ -89,6 +89,11 @@ class RateLimiter(BasePlugin):
             self.overrides[caller] = (requests, tokens)
         self._clock: Callable[[], float] = time.time  # replaceable in tests
 
+    async def _add(self, store: Store, prefix: str, amounts: dict[str, int]) -> dict[str, int]:
+        """Add ``amounts`` to the window's counters ``<prefix>:<kind>`` (one store call); their new values."""
+        keys = [(f"{prefix}:{kind}", amount) for kind, amount in amounts.items()]
+        return dict(zip(amounts, await incr_all(store, keys, ttl_s=self.window_s), strict=True))
+
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Count the request in its window; 429 when a limit is passed."""
         store = require_store(ctx, self.name)
@@ -102,28 +107,22 @@ class RateLimiter(BasePlugin):
         reset_s = (window + 1) * self.window_s - now
         prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
 
-        cost = estimate_prompt_tokens(ctx.body) if tokens_limit is not None else 0
-        counted: list[tuple[str, int]] = []
+        counted: dict[str, int] = {}
         if requests_limit is not None:
-            counted.append((f"{prefix}:requests", 1))
+            counted["requests"] = 1
         if tokens_limit is not None:
-            counted.append((f"{prefix}:tokens", cost))
-        # Both counters in one store call (one SQLite transaction).
-        values = iter(await incr_all(store, counted, ttl_s=self.window_s))
-        requests = next(values) if requests_limit is not None else 0
-        tokens = next(values) if tokens_limit is not None else 0
+            counted["tokens"] = estimate_prompt_tokens(ctx.body)
+        cost = counted.get("tokens", 0)
+        counts = await self._add(store, prefix, counted)  # both in one store call
+        requests, tokens = counts.get("requests", 0), counts.get("tokens", 0)
 
         over_requests = requests_limit is not None and requests > requests_limit
         over_tokens = tokens_limit is not None and tokens > tokens_limit
         if over_requests or over_tokens:
             # Give the counts back: a refused request does not use up the window.
-            refund = [(key, -amount) for key, amount in counted if amount]
-            refunded = await incr_all(store, refund, ttl_s=self.window_s)
-            for (key, _), value in zip(refund, refunded, strict=True):
-                if key.endswith(":requests"):
-                    requests = value
-                else:
-                    tokens = value
+            refund = {kind: -amount for kind, amount in counted.items() if amount}
+            counts.update(await self._add(store, prefix, refund))
+            requests, tokens = counts.get("requests", 0), counts.get("tokens", 0)
 
         ctx.metadata["_rate_limiter"] = {
             "scope": self.scope,

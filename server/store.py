@@ -37,23 +37,6 @@ CREATE TABLE IF NOT EXISTS kv (
 ) WITHOUT ROWID
 """
 
-# One statement, so it is atomic for every connection and process sharing the file:
-# a missing or expired key starts at `amount` with a fresh expiry; a live integer
-# grows and keeps its expiry; anything else updates no row, and RETURNING is empty.
-_INCR = """
-INSERT INTO kv (key, value, expires_at) VALUES (:key, :amount, :expires_at)
-ON CONFLICT (key) DO UPDATE SET
-    value = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now
-                 THEN excluded.value
-                 ELSE CAST(kv.value AS INTEGER) + :amount END,
-    expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now
-                      THEN excluded.expires_at
-                      ELSE kv.expires_at END
-    WHERE (kv.expires_at IS NOT NULL AND kv.expires_at <= :now)
-       OR json_type(kv.value) = 'integer'
-RETURNING CAST(value AS INTEGER)
-"""
-
 
 class CountFailures:
     """``with counter:`` counts an exception leaving the block under its operation name.
@@ -92,6 +75,12 @@ def _encode(key: str, value: Any) -> str:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise StoreError(f"value for key {key!r} is not JSON-serialisable: {exc}") from exc
+
+
+def _amount(amount: Any) -> int:
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise StoreError(f"incr amount must be an integer, got {amount!r}")
+    return amount
 
 
 def _expiry(ttl_s: float | None) -> float | None:
@@ -172,9 +161,13 @@ _INCR_ROWS_MAX = 16
 
 @functools.lru_cache(maxsize=_INCR_ROWS_MAX)
 def _incr_rows(count: int) -> str:
-    """:data:`_INCR` for ``count`` distinct keys in one statement.
+    """The increment of ``count`` distinct keys in one statement (``incr`` is ``count=1``).
 
-    Parameters: ``?1`` the expiry of new keys, ``?2`` now, then each key and amount.
+    One statement, so it is atomic for every connection and process sharing the file:
+    a missing or expired key starts at its amount with a fresh expiry; a live integer
+    grows and keeps its expiry; anything else updates no row and is absent from what
+    RETURNING gives, ``(key, value)`` rows. Parameters: ``?1`` the expiry of new keys,
+    ``?2`` now, then each key and amount.
     """
     rows = ", ".join(f"(?{3 + 2 * index}, ?{4 + 2 * index}, ?1)" for index in range(count))
     # Only numbered placeholders are formatted in; keys and amounts are bound.
@@ -381,7 +374,7 @@ class SqliteStore:
             except Exception as exc:  # a failed purge only delays the clean-up: log and retry later
                 _log.warning("SQLite store %s: purging expired keys failed: %s", self.path, exc)
 
-    def _wrote_on_loop(self) -> None:
+    def _count_write(self) -> None:
         """Count a write (on the loop's connection, or the thread's); every so many, checkpoint."""
         self._unchecked_writes += 1
         if self._unchecked_writes >= CHECKPOINT_EVERY_WRITES and self._checkpointer is None:
@@ -392,7 +385,7 @@ class SqliteStore:
         """Count a write done in the thread; the first after a checkpoint started the WAL over."""
         self._restart_pending = False
         if self._loop_writes:  # otherwise the thread's connection checkpoints by itself
-            self._wrote_on_loop()
+            self._count_write()
 
     async def _checkpoint(self) -> None:
         try:
@@ -440,7 +433,7 @@ class SqliteStore:
             return None
         self.loop_calls += 1
         if write:
-            self._wrote_on_loop()
+            self._count_write()
         return rows
 
     async def get_state(self, key: str, default: Any = None) -> Any:
@@ -478,18 +471,16 @@ class SqliteStore:
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         with self._counted["incr"]:
-            if not isinstance(amount, int) or isinstance(amount, bool):
-                raise StoreError(f"incr amount must be an integer, got {amount!r}")
-            params = {"key": key, "amount": amount, "expires_at": _expiry(ttl_s), "now": time.time()}
-            rows: Any = self._on_loop(_INCR, params)
+            params = (_expiry(ttl_s), time.time(), key, _amount(amount))
+            rows: Any = self._on_loop(_incr_rows(1), params)
             if rows is None:
                 self.thread_calls += 1
-                rows = await self._conn.execute_fetchall(_INCR, params)
+                rows = await self._conn.execute_fetchall(_incr_rows(1), params)
                 self._wrote_in_thread()
             row = next(iter(rows), None)
             if row is None:
                 raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
-            return int(row[0])
+            return int(row[1])
 
     async def incr_many(self, items: Sequence[tuple[str, int]], ttl_s: float | None = None) -> list[int]:
         """``incr`` of each ``(key, amount)`` with one ``ttl_s``; the new values, in order.
@@ -502,14 +493,12 @@ class SqliteStore:
         loop the other keys were added.
         """
         keys = [key for key, _ in items]
-        if self._loop_writes and self._loop_conn is not None and 0 < len(items) <= _INCR_ROWS_MAX:
+        if 1 < len(items) <= _INCR_ROWS_MAX and len(set(keys)) == len(keys):
             with self._counted["incr"]:
                 params: list[Any] = [_expiry(ttl_s), time.time()]
                 for key, amount in items:
-                    if not isinstance(amount, int) or isinstance(amount, bool):
-                        raise StoreError(f"incr amount must be an integer, got {amount!r}")
-                    params += (key, amount)
-                rows = self._on_loop(_incr_rows(len(items)), params) if len(set(keys)) == len(keys) else None
+                    params += (key, _amount(amount))
+                rows = self._on_loop(_incr_rows(len(items)), params)
                 if rows is not None:
                     values = dict(rows)
                     for key in keys:
