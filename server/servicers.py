@@ -40,6 +40,7 @@ _log = logging.getLogger("ringd.server")
 ENGINE_SERVICE = engine_pb.DESCRIPTOR.services_by_name["PluginEngineService"]
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PluginAdminService"]
 _EXECUTE_RING = f"{ENGINE_SERVICE.full_name}/ExecuteRing"
+_STREAM_RING = f"{ENGINE_SERVICE.full_name}/StreamRing"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -185,19 +186,17 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         response = engine_pb.ExecuteRingResponse()
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
             convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
-        elif self._tracer.enabled:
+        else:
             deadline = self._deadline(context)
-            span = self._tracer.start_call(_EXECUTE_RING, context.invocation_metadata())
-            if span is None:  # not sampled: no span work at all
+            tracer = self._tracer
+            span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
+            if span is None:  # tracing off, or not sampled: no span work at all
                 ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
             else:
                 with span:
                     wall_ns, perf = now_pair()
                     ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
-                    self._tracer.record_ring(span, ring_outcome, wall_ns, perf)
-            _encode(ring_outcome, json_form, response)
-        else:
-            ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=self._deadline(context))
+                    tracer.record_ring(span, ring_outcome, wall_ns, perf)
             _encode(ring_outcome, json_form, response)
         return response
 
@@ -254,7 +253,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             first.open.context, self._limits, self._engine.state, "open.context"
         )
         deadline = self._deadline(context)
-        method = f"{ENGINE_SERVICE.full_name}/StreamRing"
+        method = _STREAM_RING
         release, chunk_from_proto, limits = convert.release_to_wire, convert.chunk_from_proto, self._limits
         with (
             self._tracer.call_span(method, context.invocation_metadata()) as span,

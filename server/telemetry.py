@@ -404,8 +404,7 @@ def ring_fields(ring_outcome: RingOutcome) -> RingFields:
     """What a ring's span shows of its verdict (taken when the ring ends: the outcome's
     context, with the whole body, is not kept for the export)."""
     action = ring_outcome.action
-    decision = ring_outcome.decision
-    blocked = action is PluginAction.BLOCK and decision is not None
+    block = ring_outcome.decision if action is PluginAction.BLOCK else None
     return (
         ring_outcome.ring.value,
         # str(): a plugin may have overwritten its response's action with garbage (the
@@ -414,8 +413,8 @@ def ring_fields(ring_outcome: RingOutcome) -> RingFields:
         ring_outcome.config_version,
         ring_outcome.context.request_id or None,
         ring_outcome.decided_by or None,
-        decision.status_code if blocked and decision is not None else None,
-        (decision.error_type or "") if blocked and decision is not None else "",
+        block.status_code if block is not None else None,
+        (block.error_type or "") if block is not None else "",
     )
 
 
@@ -556,10 +555,7 @@ class RingTracer:
         trace_id, flags = parent_flags
         if trace_id & _LOW_64 >= (bounds[1] if flags & TraceFlags.SAMPLED else bounds[2]):
             return None
-        parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
-        parent: SpanContext | None = trace.get_current_span(parent_context).get_span_context()
-        if parent is None or not parent.is_valid:  # not so for what parse_traceparent accepts
-            parent = None
+        parent_context, parent = _parent(metadata)
         context = SpanContext(
             trace_id, self.new_span_id(), False, _SAMPLED, parent.trace_state if parent is not None else None
         )
@@ -569,10 +565,7 @@ class RingTracer:
         self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> CallSpan | None:
         """:meth:`start_call` for a sampler ringd does not know: the SDK's sampler API."""
-        parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
-        parent: SpanContext | None = trace.get_current_span(parent_context).get_span_context()
-        if parent is not None and not parent.is_valid:
-            parent = None
+        parent_context, parent = _parent(metadata)
         trace_id = parent.trace_id if parent is not None else self._ids.generate_trace_id()
         base = self._method(method)
         sampling = self._sampler.should_sample(parent_context, trace_id, method, SpanKind.SERVER, dict(base))
@@ -624,15 +617,21 @@ class RingTracer:
 
     def finish(self, span: CallSpan) -> None:
         """Hand an ended call to the span processors (:meth:`CallSpan.__exit__` calls this)."""
-        direct = self._direct
-        if direct is not None and self._processors._span_processors is self._direct_for:
+        if self.queues_calls:
             # The batch processor queues what it is given (it reads only ``context``);
             # its exporter, ringd's, writes the call's spans from the record.
-            direct.on_end(cast(ReadableSpan, span))
+            cast(BatchSpanProcessor, self._direct).on_end(cast(ReadableSpan, span))
             return
         on_end = self._processors.on_end
         for finished in span.spans():
             on_end(finished)
+
+
+def _parent(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[Context, SpanContext | None]:
+    """The caller's trace context from its metadata, and its span (None unless valid)."""
+    parent_context = _PROPAGATOR.extract(metadata or (), getter=_GETTER)
+    parent = trace.get_current_span(parent_context).get_span_context()
+    return parent_context, parent if parent is not None and parent.is_valid else None
 
 
 def _takes_calls(processor: SpanProcessor) -> bool:

@@ -6,6 +6,8 @@ A SERVER span per ExecuteRing with a child span per plugin; the caller's W3C
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -373,30 +375,36 @@ def test_ringd_decides_as_the_sdk_sampler_would(name, arg, monkeypatch):
 
     from opentelemetry.sdk.trace.sampling import Decision
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
-    from ringd.server.telemetry import sampling_bounds
+    from ringd.server.telemetry import RingTracer, sampling_bounds
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
     if arg is None:
         monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
     else:
         monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
-    sampler = TracerProvider().sampler
-    bounds = sampling_bounds(sampler)
-    assert bounds is not None  # every OTEL_TRACES_SAMPLER value is decided without the SDK
+    provider = TracerProvider()
+    sampler = provider.sampler
+    assert sampling_bounds(sampler) is not None  # every OTEL_TRACES_SAMPLER value is decided without the SDK
+    tracer = RingTracer(provider)
+
+    def sdk_samples(trace_id: int, parent: Any) -> bool:
+        return sampler.should_sample(parent, trace_id, RING_SPAN).decision is Decision.RECORD_AND_SAMPLE
 
     rng = random.Random(14)
     verdicts = set()
     for _ in range(400):
         trace_id = rng.getrandbits(128) or 1
-        for flags, bound in ((None, bounds[0]), (1, bounds[1]), (0, bounds[2])):
-            parent = None
-            if flags is not None:
-                remote = SpanContext(trace_id, 0xABCDEF, True, TraceFlags(flags))
-                parent = set_span_in_context(NonRecordingSpan(remote))
-            sdk = sampler.should_sample(parent, trace_id, RING_SPAN).decision is Decision.RECORD_AND_SAMPLE
-            ours = trace_id & ((1 << 64) - 1) < bound
-            assert ours == sdk, (flags, hex(trace_id))
+        for flags in (1, 0):  # a caller's traceparent, sampled or not: the same trace id both ways
+            remote = SpanContext(trace_id, 0xABCDEF, True, TraceFlags(flags))
+            traceparent = f"00-{trace_id:032x}-{0xABCDEF:016x}-{flags:02x}"
+            ours = tracer.start_call(RING_SPAN, [("traceparent", traceparent)]) is not None
+            parent = set_span_in_context(NonRecordingSpan(remote))
+            assert ours == sdk_samples(trace_id, parent), (flags, hex(trace_id))
             verdicts.add(ours)
+        root = tracer.start_call(RING_SPAN, [])  # no parent: ringd draws the trace id itself
+        if root is not None:
+            assert sdk_samples(root.context.trace_id, None), hex(root.context.trace_id)
+        verdicts.add(root is not None)
     if arg is not None:
         assert verdicts == {True, False}  # the ratio was really exercised both ways
 
@@ -651,7 +659,12 @@ async def test_a_batch_of_many_calls_goes_out_in_requests_of_bounded_size(serve,
         max_spans_per_request = 4
 
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Small(endpoint=collector.endpoint, insecure=True)))
+    # No timed export during the test (the default 5 s timer could split the three calls
+    # into two batches on a slow machine): the three calls leave in one force_flush.
+    processor = BatchSpanProcessor(
+        Small(endpoint=collector.endpoint, insecure=True), schedule_delay_millis=600_000
+    )
+    provider.add_span_processor(processor)
     server = await serve([entry("auth", "ingress"), entry("redactor")], tracer_provider=provider)
     for _ in range(3):  # ExecuteRing of PRE_FLIGHT: the call's span and one plugin's
         await server.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5)
