@@ -365,3 +365,15 @@ def prompt_too_large(plugin: str, total: int, max_scan_chars: int) -> PluginResp
         message=f"the prompt has {total} characters of text; {plugin} scans at most "
         f"{max_scan_chars} (config max_scan_chars)",
     )
+
+
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
+_NON_WORD = re.compile(r"\W+")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``: maximal runs of word characters, as ``\\w`` means (C-level
+    ``translate`` and ``split`` for ASCII text, one regex split otherwise; may hold "")."""
+    if text.isascii():
+        return text.translate(_ASCII_NON_WORD).split()
+    return _NON_WORD.split(text)

@@ -55,11 +55,6 @@ class Finding(NamedTuple):
     end: int
     value: str
 
-    @property
-    def identity(self) -> str:
-        """The value normalised so that one email, card or phone written two ways is one value."""
-        return IDENTITY[self.kind](self.value)
-
 
 _NOT_DIGIT_OR_PLUS = str.maketrans("", "", " .-()/")
 
@@ -77,7 +72,8 @@ IDENTITY: dict[str, Callable[[str], str]] = {
     "ip_address": str.casefold,
     "phone": _WITHOUT_PUNCTUATION,
 }
-""":attr:`Finding.identity` by kind, from the value: for ``map`` over many values at once."""
+"""A finding's value normalised by kind, so that one email, card or phone written two ways
+is one value (``map`` over many values at once)."""
 
 # --------------------------------------------------------------------------- validators
 

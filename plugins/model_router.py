@@ -51,6 +51,7 @@ from ringd.plugins._common import (
     glob_match,
     iter_message_texts,
     tokens_for_chars,
+    words,
 )
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
@@ -94,8 +95,6 @@ _ONE_WORD_KEYWORDS = frozenset(
     }
 )
 _SEVERAL_WORDS_START = frozenset({"step", "explain", "trade"})
-_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
-_NON_WORD = re.compile(r"\W+")
 _MATCH_KEYS = {
     "tenant",
     "model",
@@ -115,12 +114,9 @@ def complexity_score(body: Mapping[str, Any]) -> float:
 
 def _reasoning_keywords(lowered: str) -> set[str]:
     """``set(_REASONING.findall(lowered))``, by the words of ``lowered`` where that is the same."""
-    if lowered.isascii():
-        words = set(lowered.translate(_ASCII_NON_WORD).split())
-    else:
-        words = set(_NON_WORD.split(lowered))
-    if words.isdisjoint(_SEVERAL_WORDS_START):
-        return words & _ONE_WORD_KEYWORDS
+    found = set(words(lowered))
+    if found.isdisjoint(_SEVERAL_WORDS_START):
+        return found & _ONE_WORD_KEYWORDS
     return set(_REASONING.findall(lowered))
 
 
@@ -255,7 +251,7 @@ class ModelRouter(BasePlugin):
         user_texts: list[str] = []
         for role, text in iter_message_texts(body):
             chars += len(text)
-            if role == "user":
+            if role in _USER_ROLES:
                 user_texts.append(text)
         tokens = tokens_for_chars(chars)
         score = _complexity(user_texts)

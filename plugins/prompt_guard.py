@@ -61,7 +61,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ringd.plugins._common import ConfigReader, iter_message_texts, prompt_too_large
+from ringd.plugins._common import ConfigReader, iter_message_texts, prompt_too_large, words
 from ringd.plugins._detect import DEFAULT_MAX_SCAN_CHARS, SCAN_CHUNK_CHARS, WINDOW_OVERLAP_CHARS, scan_prefix
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
@@ -148,17 +148,13 @@ _BUILTIN_WORDS: dict[str, tuple[frozenset[str], ...]] = {
     )
 }
 _ALL_BUILTIN_WORDS = frozenset().union(*(group for groups in _BUILTIN_WORDS.values() for group in groups))
-_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
-_NON_WORD = re.compile(r"\W+")
 _LONGEST_WORD = 64  # the longest word of _BUILTIN_WORDS is far shorter
 
 
 def _words(text: str) -> frozenset[str]:
     """The words of ``text`` (maximal runs of word characters, as ``\\w`` means) that
     :data:`_BUILTIN_WORDS` holds."""
-    if text.isascii():
-        return _ALL_BUILTIN_WORDS.intersection(text.translate(_ASCII_NON_WORD).split())
-    return _ALL_BUILTIN_WORDS.intersection(_NON_WORD.split(text))
+    return _ALL_BUILTIN_WORDS.intersection(words(text))
 
 
 # Invisible characters an attacker can hide inside a word: soft hyphen, zero-width

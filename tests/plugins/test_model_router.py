@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ringd.plugins.model_router import _REASONING, ModelRouter, _reasoning_keywords, complexity_score
+from ringd.plugins.model_router import (
+    _ONE_WORD_KEYWORDS,
+    _REASONING,
+    _SEVERAL_WORDS_START,
+    ModelRouter,
+    _reasoning_keywords,
+    complexity_score,
+)
 from ringd.sdk import PluginAction
 
 RULES = {
@@ -149,7 +158,16 @@ _KEYWORD_TEXT = (
     "tradeoffs "
     "trade-offs optimise optimize reason reasoning reasons debug theorem x é ü _ 1 . , \n"
 )
-_KEYWORD_PIECES = [*_KEYWORD_TEXT.split(" "), " ", "-", "step-by-step", "explain  why"]
+# Every word the keyword regex spells (and the word path's tables), so a keyword missing
+# from or misspelt in the tables fails here.
+_KEYWORD_PIECES = [
+    *_KEYWORD_TEXT.split(" "),
+    *sorted({*re.findall(r"[a-z]{2,}", _REASONING.pattern), *_ONE_WORD_KEYWORDS, *_SEVERAL_WORDS_START}),
+    " ",
+    "-",
+    "step-by-step",
+    "explain  why",
+]
 
 
 @settings(max_examples=300, deadline=None)

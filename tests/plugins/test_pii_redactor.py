@@ -378,3 +378,41 @@ def test_a_sealed_mapping_opens_to_what_was_sealed(mapping: dict[str, str]) -> N
 
     key = parse_key(PII_KEY, "test key")
     assert open_sealed(seal(mapping, key=key, request_id="req-9"), key=key, request_id="req-9") == mapping
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 8, 9, 40])
+async def test_masking_in_chunks_gives_what_one_pass_gives(make_ctx, chat, monkeypatch, chunk) -> None:
+    """More findings than one chunk (8,192 in production, a few here): the text between
+    and after the chunks is kept, placeholders stay numbered across them."""
+    from ringd.plugins import pii_redactor
+
+    text = " and ".join(f"u{index}@example.com, card 4111 1111 1111 1111" for index in range(12)) + " -- end."
+    body = chat(("user", text), ("user", "again u3@example.com, tail kept"))
+    whole_ctx = make_ctx(copy.deepcopy(body))
+    whole = await PiiRedactor({"restore": True, "pii_key": PII_KEY}).execute(whole_ctx)
+    monkeypatch.setattr(pii_redactor, "_MASK_CHUNK", chunk)
+    chunked_ctx = make_ctx(copy.deepcopy(body))
+    chunked = await PiiRedactor({"restore": True, "pii_key": PII_KEY}).execute(chunked_ctx)
+    assert whole.body is not None
+    assert chunked.body == whole.body
+    assert whole.body["messages"][0]["content"].endswith("[CREDIT_CARD_1] -- end.")
+    assert whole.body["messages"][1]["content"] == "again [EMAIL_4], tail kept"
+    assert opened_mapping(chunked_ctx) == opened_mapping(whole_ctx)
+    assert (
+        chunked_ctx.metadata["pii_counts"]
+        == whole_ctx.metadata["pii_counts"]
+        == {"email": 13, "credit_card": 12}
+    )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 8, 9, 100])
+async def test_replaced_yielding_equals_replaced(chunk) -> None:
+    from ringd.plugins._detect import Detector, replaced, replaced_yielding
+
+    text = "x " + " | ".join(f"p{index}@example.com" for index in range(20)) + " trailing text"
+    findings = Detector(["email"]).find(text)
+    replacements = [f"<{index}>" for index in range(len(findings))]
+    assert await replaced_yielding(text, findings, replacements, chunk) == replaced(
+        text, findings, replacements
+    )
+    assert replaced(text, findings, replacements).endswith("<19> trailing text")
