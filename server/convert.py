@@ -27,6 +27,7 @@ from ringd.sdk import (
     PluginState,
     RequestInfo,
 )
+from ringd.server import wire
 from ringd.server.exceptions import EncodeError, RequestError
 from ringd.server.generations import PluginSlot
 from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
@@ -587,26 +588,14 @@ def release_to_wire(chunks: Sequence[dict[str, Any]]) -> bytes:
     for chunk in chunks:
         data = orjson.dumps(chunk)
         length = len(data)
-        head = _TAG_1_BYTES + (_VARINTS[length] if length < _SHORT else _varint(length))
+        head = _TAG_1_BYTES + wire.length(length)
         parts += (head, data)
         size += len(head) + length
-    return b"".join((_TAG_1_BYTES, _VARINTS[size] if size < _SHORT else _varint(size), *parts))
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while number >= 0x80:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
+    return b"".join((_TAG_1_BYTES, wire.length(size), *parts))
 
 
 _TAG_1_BYTES = b"\x0a"
 """Field 1, length-delimited: ``StreamRingResponse.release`` and ``StreamRelease.chunks`` alike."""
-_SHORT = 1 << 14
-_VARINTS = [_varint(number) for number in range(_SHORT)]
-"""The varint of every length below 16 KiB (one or two bytes), looked up rather than computed."""
 _RELEASE_NOTHING = _TAG_1_BYTES + b"\x00"
 """``release`` set and empty: everything is held back for now."""
 

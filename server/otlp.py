@@ -42,8 +42,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import TraceState
+from ringd.server import wire
 from ringd.server.results import PluginOutcome, PluginResult
-from ringd.server.telemetry import CallSpan, RingFields, action_name
+from ringd.server.telemetry import CallSpan, RingFields, plugin_attributes, plugin_times
 
 _CACHE_LIMIT = 4096
 """Distinct entries kept per cache; past it a cache starts again (a bound, not an LRU)."""
@@ -69,41 +70,22 @@ _SKIPPED = PluginOutcome.SKIPPED
 _INTERNAL, _SERVER = _KIND[SpanKind.INTERNAL], _KIND[SpanKind.SERVER]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field (``tag`` is its one-byte key)."""
-    size = len(payload)
-    if size < 0x80:
-        return bytes((tag, size)) + payload
-    if size < 0x4000:
-        return bytes((tag, (size & 0x7F) | 0x80, size >> 7)) + payload
-    return bytes((tag,)) + _varint(size) + payload
-
-
-_PREFIXED = 0x4000
-_SPAN_PREFIX = [b"\x12" + _varint(size) for size in range(_PREFIXED)]
-"""Field 2 of ScopeSpans, a span: tag and length, for lengths below 16 KiB."""
-_UNSET = _field(0x7A, Status(code=Status.STATUS_CODE_UNSET, message="").SerializeToString())
+_SPAN_TAG = b"\x12"
+"""Field 2 of ScopeSpans, a span."""
+_UNSET = wire.field(0x7A, Status(code=Status.STATUS_CODE_UNSET, message="").SerializeToString())
 """Field 15 of a span: status UNSET, no message."""
 
 
 def _string_attribute(key: str, value: str) -> bytes:
     """Field 9 of a span: one KeyValue with a string value (what the exporter's encoder writes)."""
-    return _field(0x4A, _field(0x0A, key.encode()) + _field(0x12, _field(0x0A, value.encode())))
+    any_value = wire.field(0x0A, value.encode())
+    return wire.field(0x4A, wire.field(0x0A, key.encode()) + wire.field(0x12, any_value))
 
 
 def _trace_state(state: TraceState | None) -> bytes:
     if not state:
         return b""
-    return _field(0x1A, ",".join(f"{k}={v}" for k, v in state.items()).encode())
+    return wire.field(0x1A, ",".join(f"{k}={v}" for k, v in state.items()).encode())
 
 
 class SpanEncoder:
@@ -149,18 +131,19 @@ class SpanEncoder:
                 encoded.append(self._span(span))
         request = bytearray()
         for key, resource in resources.items():
-            body = bytearray(_field(0x0A, _encode_resource(resource).SerializeToString()))
+            body = bytearray(wire.field(0x0A, _encode_resource(resource).SerializeToString()))
             for scope, encoded in scopes_of[key].items():
                 # Present even for no scope (an empty message), as the exporter's encoder does.
-                scope_body = bytearray(_field(0x0A, _encode_instrumentation_scope(scope).SerializeToString()))  # type: ignore[arg-type]
+                scope_message = _encode_instrumentation_scope(scope)  # type: ignore[arg-type]
+                scope_body = bytearray(wire.field(0x0A, scope_message.SerializeToString()))
                 for item in encoded:
                     scope_body += item
                 if scope is not None and scope.schema_url:
-                    scope_body += _field(0x1A, scope.schema_url.encode())
-                body += _field(0x12, bytes(scope_body))
+                    scope_body += wire.field(0x1A, scope.schema_url.encode())
+                body += wire.field(0x12, bytes(scope_body))
             if resource.schema_url:
-                body += _field(0x1A, resource.schema_url.encode())
-            request += _field(0x0A, bytes(body))
+                body += wire.field(0x1A, resource.schema_url.encode())
+            request += wire.field(0x0A, bytes(body))
         return bytes(request)
 
     def _span(self, span: ReadableSpan) -> bytes:
@@ -168,7 +151,7 @@ class SpanEncoder:
         attributes = self._encoded_attributes(span.attributes)
         context = span.context
         if attributes is None or span.events or span.links or context is None:
-            return _field(0x12, _encode_span(span).SerializeToString())
+            return wire.field(0x12, _encode_span(span).SerializeToString())
         parent = span.parent
         flags = _HAS_IS_REMOTE
         if parent is not None and parent.is_remote:
@@ -195,9 +178,9 @@ class SpanEncoder:
             (0x70, span.dropped_links),
         ):
             if count:
-                parts += (bytes((tag,)), _varint(count))
+                parts += (bytes((tag,)), wire.varint(count))
         parts.append(self._status(span.status.status_code, span.status.description))
-        return _field(0x12, b"".join(parts))
+        return wire.field(0x12, b"".join(parts))
 
     def _call(self, call: CallSpan) -> list[bytes]:
         """A sampled call's spans, in :meth:`CallSpan.spans` order, each as :meth:`_span` writes it."""
@@ -221,7 +204,7 @@ class SpanEncoder:
                 ring_id = ids[index].to_bytes(8, "big")
                 index += 1
                 out.append(
-                    _field(
+                    wire.field(
                         0x12,
                         b"".join(
                             (
@@ -250,19 +233,14 @@ class SpanEncoder:
                     ]
                 except (KeyError, TypeError):  # first seen, or an action that cannot key a cache
                     name_kind, attributes = self._plugin(ring, result)
-                started = result.started
-                if started:  # as telemetry.plugin_times
-                    begun = started_ns + int((started - started_perf) * 1e9)
-                    ended = begun + int(result.latency_ms * 1e6)
-                else:
-                    begun = ended = ended_ns
+                begun, ended = plugin_times(result, started_ns, started_perf, ended_ns)
                 error = result.error
                 status = self._status(StatusCode.ERROR, error) if error else unset
                 size = fixed + len(name_kind) + len(attributes) + len(status)
                 out.append(
                     b"".join(
                         (
-                            _SPAN_PREFIX[size] if size < _PREFIXED else b"\x12" + _varint(size),
+                            _SPAN_TAG + wire.length(size),
                             head,
                             ids[index].to_bytes(8, "big"),
                             under,
@@ -286,28 +264,17 @@ class SpanEncoder:
             _SERVER,
             pack(_START_TAG, call.start_ns, _END_TAG, call.end_ns, _FLAGS_TAG, flags),
             call_attributes,
-            _UNSET
-            if call.status.status_code is StatusCode.UNSET and not call.status.description
-            else self._status(call.status.status_code, call.status.description),
+            self._status(call.status.status_code, call.status.description),
         )
-        out.append(_field(0x12, b"".join(parts)))
+        out.append(wire.field(0x12, b"".join(parts)))
         return out
 
     def _plugin(self, ring: str, result: PluginResult) -> tuple[bytes, bytes]:
         """A plugin span's name and kind, and its attributes, as bytes (kept per plugin,
         version, outcome and action when the action can key the cache)."""
-        action = action_name(result.action)
         encoded = (
             self._name(f"plugin {result.plugin}") + _INTERNAL,
-            self._pairs_of(
-                {
-                    "ringd.ring": ring,
-                    "ringd.plugin.name": result.plugin,
-                    "ringd.plugin.version": result.version,
-                    "ringd.plugin.outcome": result.outcome.value,
-                    "ringd.plugin.action": action,
-                }
-            ),
+            self._pairs_of(plugin_attributes(ring, result)),
         )
         key = (ring, result.plugin, result.version, result.outcome, result.action)
         try:
@@ -380,7 +347,7 @@ class SpanEncoder:
                 pair = None  # type: ignore[assignment]
             if encoded is None:
                 encoded = b"".join(
-                    _field(0x4A, kv.SerializeToString()) for kv in _encode_attributes({key: value}) or ()
+                    wire.field(0x4A, kv.SerializeToString()) for kv in _encode_attributes({key: value}) or ()
                 )
                 if pair is not None:
                     self._remember(self._pairs, pair, encoded)
@@ -390,7 +357,7 @@ class SpanEncoder:
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)
         if encoded is None:
-            encoded = self._remember(self._names, name, _field(0x2A, name.encode()))
+            encoded = self._remember(self._names, name, wire.field(0x2A, name.encode()))
         return encoded
 
     def _status(self, code: StatusCode, description: str | None) -> bytes:
@@ -399,7 +366,7 @@ class SpanEncoder:
         if encoded is None:
             value: Any = code.value
             message = Status(code=value, message=description or "").SerializeToString()
-            encoded = self._remember(self._statuses, key, _field(0x7A, message))
+            encoded = self._remember(self._statuses, key, wire.field(0x7A, message))
         return encoded
 
     def _encoded_attributes(self, attributes: Any) -> bytes | None:
@@ -414,7 +381,7 @@ class SpanEncoder:
         if encoded is None:
             pairs = _encode_attributes(attributes) or ()
             encoded = self._remember(
-                self._attributes, key, b"".join(_field(0x4A, pair.SerializeToString()) for pair in pairs)
+                self._attributes, key, b"".join(wire.field(0x4A, pair.SerializeToString()) for pair in pairs)
             )
         return encoded
 

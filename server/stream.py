@@ -308,12 +308,7 @@ class StreamSession:
             released = await self._through(index, text, final) if self._stages else text
             if released is None:
                 return [], self._blocked_outcome()
-            if "content" not in delta:
-                out_delta = dict(delta)
-            elif len(delta) == 1:
-                out_delta = {}
-            else:
-                out_delta = {key: value for key, value in delta.items() if key != "content"}
+            out_delta = {key: value for key, value in delta.items() if key != "content"}
             if released or ("content" in delta and out_delta):
                 out_delta["content"] = released
             state = self._choice(index)
