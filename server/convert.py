@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -485,20 +485,115 @@ def ring_outcome_to_proto(
         EncodeError: the final context holds something the wire cannot carry; the
             engine's :meth:`RingOutcome.unencodable` is the answer then.
     """
-    withheld = ring_outcome.context_withheld
-    ctx = ring_outcome.context
-    if not withheld:
+    _check_context(ring_outcome)
+    strict = not ring_outcome.context_withheld
+    for result in ring_outcome.results:
+        _result_to_proto(result, target.results.add(), strict=strict)
+    _fill_outcome(ring_outcome, json_form, target)
+
+
+def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool) -> bytes:
+    """The ``ExecuteRingResponse`` :func:`ring_outcome_to_proto` fills, encoded.
+
+    The per-plugin results, one per plugin of every call, are written as wire bytes
+    (:func:`_results_to_wire`), the rest by protobuf; the results come after the other
+    fields rather than in field-number order, which is the same message to every
+    protobuf decoder (``tests/grpc/test_answer_wire.py`` decodes both and compares).
+
+    Raises:
+        EncodeError: as :func:`ring_outcome_to_proto`.
+    """
+    _check_context(ring_outcome)
+    results = _results_to_wire(ring_outcome.results, strict=not ring_outcome.context_withheld)
+    target = engine_pb.ExecuteRingResponse()
+    _fill_outcome(ring_outcome, json_form, target)
+    return target.SerializeToString() + results
+
+
+def _check_context(ring_outcome: RingOutcome) -> None:
+    if not ring_outcome.context_withheld:
+        ctx = ring_outcome.context
         if not isinstance(ctx.body, dict):
             raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
         if not isinstance(ctx.metadata, dict):
             raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
+
+
+_RESULT_TAG = b"\x6a"
+"""``ExecuteRingResponse.results`` (field 13), length-delimited."""
+_LATENCY_TAG = b"\x2a"
+"""``PluginResult.latency`` (field 5), length-delimited."""
+_NANOS_TAG = b"\x10"
+"""``Duration.nanos`` (field 2), varint."""
+_RESULT_HEADS: dict[tuple[Any, ...], bytes] = {}
+"""A result's fields before its latency (plugin, version, action, outcome), encoded, by
+their values: the same few per plugin of the current generation."""
+_MAX_RESULT_HEADS = 4096
+
+
+def _results_to_wire(results: Sequence[PluginResult], strict: bool) -> bytes:
+    """``results`` as the bytes protobuf makes of them as ``ExecuteRingResponse.results``.
+
+    A result without error or message text (almost all of them) is its cached head and
+    its latency; any other is encoded by protobuf (:func:`_result_to_proto`), so text
+    checks and their errors are those of the message path.
+    """
+    parts: list[bytes] = []
+    for result in results:
+        action = result.action
+        latency_ms = result.latency_ms
+        nanos = int(latency_ms * 1e6) if latency_ms.__class__ is float else -1
+        if result.error or result.message or not (action is None or action.__class__ is PluginAction):
+            body = _result_wire(result, strict)
+        elif not 0 <= nanos < 1_000_000_000:
+            body = _result_wire(result, strict)  # a second or more: seconds and nanos, by protobuf
+        else:
+            key = (result.plugin, result.version, action, result.outcome)
+            head = _RESULT_HEADS.get(key)
+            if head is None:
+                if len(_RESULT_HEADS) >= _MAX_RESULT_HEADS:
+                    _RESULT_HEADS.clear()
+                head = _RESULT_HEADS[key] = _result_wire(replace(result, latency_ms=0.0), strict)
+            if latency_ms:  # set, as protobuf sets it: the Duration is present even at 0 ns
+                if nanos:
+                    nanos_bytes = _short_varint(nanos)
+                    body = head + _LATENCY_TAG + _LENGTHS[len(nanos_bytes) + 1] + _NANOS_TAG + nanos_bytes
+                else:
+                    body = head + _LATENCY_TAG + b"\x00"
+            else:
+                body = head
+        parts += (_RESULT_TAG, wire.length(len(body)), body)
+    return b"".join(parts)
+
+
+_LENGTHS = [bytes((size,)) for size in range(8)]
+"""The one-byte length of a Duration holding only nanos (1 + at most 5 bytes)."""
+
+
+def _short_varint(number: int) -> bytes:
+    """The varint of ``0 <= number < 2**30`` (nanoseconds of a Duration)."""
+    if number < 0x4000:
+        return wire.length(number)  # one or two bytes, from its table
+    if number < 0x200000:
+        return bytes((number & 0x7F | 0x80, number >> 7 & 0x7F | 0x80, number >> 14))
+    return wire.varint(number)
+
+
+def _result_wire(result: PluginResult, strict: bool) -> bytes:
+    message = pb.PluginResult()
+    _result_to_proto(result, message, strict=strict)
+    return message.SerializeToString()
+
+
+def _fill_outcome(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> None:
+    """Every field of the answer but the results."""
+    withheld = ring_outcome.context_withheld
+    ctx = ring_outcome.context
     target.ring = RING_TO_PROTO[ring_outcome.ring]
     target.action = _action_to_proto(ring_outcome.action, "the action a plugin returned")
     target.config_version = ring_outcome.config_version
     target.generation = ring_outcome.generation
     target.queued = ring_outcome.queued
-    for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add(), strict=not withheld)
     decision = ring_outcome.decision
     if decision is not None:
         decision_to_proto(decision, target.decision)
