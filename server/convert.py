@@ -169,6 +169,10 @@ def _json_depth_ok(data: Any, limit: int) -> bool:
     return True
 
 
+_NOT_OPENING = bytes(byte for byte in range(256) if byte not in b"{[")
+"""Every byte but ``{`` and ``[``: deleted, what is left are the brackets that open a level."""
+
+
 def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
@@ -176,8 +180,9 @@ def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
         raise RequestError(f"{where} is not valid UTF-8 JSON: {exc}", field=where) from None
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}", field=where)
-    # Counting brackets is cheap; walk the tree only when it could be too deep.
-    if raw.count(b"{") + raw.count(b"[") > limit and not _json_depth_ok(data, limit):
+    # Counting brackets is cheap (one pass that keeps only them); walk the tree only
+    # when it could be too deep.
+    if len(raw.translate(None, _NOT_OPENING)) > limit and not _json_depth_ok(data, limit):
         raise RequestError(f"{where} is nested deeper than {limit} levels", field=where)
     return data
 
@@ -224,9 +229,11 @@ def context_from_proto(
             f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}",
             field=f"{field}.metadata",
         )
-    metadata = {
-        key: _value_to_py(metadata_in[key], 0, depth, (f"{field}.metadata", key)) for key in metadata_in
-    }
+    if metadata_in:
+        where = f"{field}.metadata"
+        metadata = {key: _value_to_py(metadata_in[key], 0, depth, (where, key)) for key in metadata_in}
+    else:
+        metadata = {}
     if message.HasField("request"):
         request = message.request
         headers_in = request.headers

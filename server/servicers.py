@@ -182,8 +182,8 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         self, request: engine_pb.ExecuteRingRequest, context: Context
     ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
-        ctx, json_form = self._context(request.context)
-        logs.bind_request(ctx.request_id, ring.value)  # this call's log lines carry its id
+        ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
+        logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
             response = engine_pb.ExecuteRingResponse()
             convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
@@ -309,6 +309,8 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
 
 
 _UNTRACED = (0, 0.0)
+_RING_NAMES = {ring: ring.value for ring in PluginHook}
+"""Each ring's name, looked up: ``PluginHook.value`` is a Python-level property."""
 
 
 def _answer(ring_outcome: RingOutcome, json_form: bool) -> bytes:
