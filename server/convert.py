@@ -12,6 +12,7 @@ raw JSON) are read side by side.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -493,28 +494,101 @@ def ring_outcome_to_proto(
             engine's :meth:`RingOutcome.unencodable` is the answer then.
     """
     _check_context(ring_outcome)
-    strict = not ring_outcome.context_withheld
+    withheld = ring_outcome.context_withheld
     for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add(), strict=strict)
+        _result_to_proto(result, target.results.add(), strict=not withheld)
     _fill_outcome(ring_outcome, json_form, target)
+    if not withheld:
+        _fill_fields(target.metadata, ring_outcome.context.metadata, "metadata", 1)
 
 
 def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool) -> bytes:
     """The ``ExecuteRingResponse`` :func:`ring_outcome_to_proto` fills, encoded.
 
-    The per-plugin results, one per plugin of every call, are written as wire bytes
-    (:func:`_results_to_wire`), the rest by protobuf; the results come after the other
-    fields rather than in field-number order, which is the same message to every
-    protobuf decoder (``tests/grpc/test_answer_wire.py`` decodes both and compares).
+    The per-plugin results and the metadata, written anew for every call, are written as
+    wire bytes (:func:`_results_to_wire`, :func:`_metadata_to_wire`), the rest by
+    protobuf; they come after the other fields rather than in field-number order, which
+    is the same message to every protobuf decoder (``tests/grpc/test_answer_wire.py``
+    decodes both and compares).
 
     Raises:
         EncodeError: as :func:`ring_outcome_to_proto`.
     """
     _check_context(ring_outcome)
-    results = _results_to_wire(ring_outcome.results, strict=not ring_outcome.context_withheld)
+    withheld = ring_outcome.context_withheld
+    results = _results_to_wire(ring_outcome.results, strict=not withheld)
     target = engine_pb.ExecuteRingResponse()
     _fill_outcome(ring_outcome, json_form, target)
-    return target.SerializeToString() + results
+    if withheld:
+        return target.SerializeToString() + results
+    return target.SerializeToString() + results + _metadata_to_wire(ring_outcome.context.metadata)
+
+
+_METADATA_TAG = b"\x4a"
+"""``ExecuteRingResponse.metadata`` (field 9): one length-delimited entry per key."""
+_NULL = b"\x12\x02\x08\x00"
+"""An entry's value (field 2) holding ``Value.null_value`` (field 1, varint 0)."""
+_TRUE = b"\x12\x02\x20\x01"
+_FALSE = b"\x12\x02\x20\x00"
+_EMPTY_STRUCT = b"\x12\x02\x2a\x00"
+_EMPTY_LIST = b"\x12\x02\x32\x00"
+_pack_double = struct.Struct("<d").pack
+
+
+def _metadata_to_wire(metadata: dict[str, Any]) -> bytes:
+    """``metadata`` as the bytes protobuf makes of it as ``ExecuteRingResponse.metadata``.
+
+    A key with a scalar value, an empty object or an empty list (most of them) is
+    written here; any other entry is encoded by protobuf (:func:`_fill_fields`), so
+    nested values, and the checks and errors of what the wire cannot carry, are those
+    of the message path.
+    """
+    parts: list[bytes] = []
+    for key, value in metadata.items():
+        entry = _simple_entry(key, value)
+        if entry is None:
+            scratch = engine_pb.ExecuteRingResponse()
+            _fill_fields(scratch.metadata, {key: value}, "metadata", 1)
+            parts.append(scratch.SerializeToString())
+        else:
+            parts += (_METADATA_TAG, wire.length(len(entry)), entry)
+    return b"".join(parts)
+
+
+def _simple_entry(key: Any, value: Any) -> bytes | None:
+    """The map entry of ``key: value`` when both are simple to write, else None."""
+    if key.__class__ is not str:
+        return None
+    try:
+        key_bytes: bytes = key.encode()
+    except UnicodeEncodeError:
+        return None
+    kind = value.__class__
+    if kind is str:
+        try:
+            text: bytes = value.encode()
+        except UnicodeEncodeError:
+            return None
+        size = len(text)
+        if size < 0x80 - 2:  # the Value's length fits one byte
+            value_bytes = b"\x12" + bytes((size + 2, 0x1A, size)) + text
+        else:
+            inner = b"\x1a" + wire.length(size) + text
+            value_bytes = b"\x12" + wire.length(len(inner)) + inner
+    elif kind is bool:
+        value_bytes = _TRUE if value else _FALSE
+    elif kind is float or (kind is int and -(2**53) < value < 2**53):
+        number = float(value)
+        value_bytes = b"\x12\x09\x11" + _pack_double(number) if math.isfinite(number) else _NULL
+    elif value is None:
+        value_bytes = _NULL
+    elif kind is dict and not value:
+        value_bytes = _EMPTY_STRUCT
+    elif kind is list and not value:
+        value_bytes = _EMPTY_LIST
+    else:
+        return None
+    return b"\x0a" + wire.length(len(key_bytes)) + key_bytes + value_bytes
 
 
 def _check_context(ring_outcome: RingOutcome) -> None:
@@ -593,7 +667,7 @@ def _result_wire(result: PluginResult, strict: bool) -> bytes:
 
 
 def _fill_outcome(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> None:
-    """Every field of the answer but the results."""
+    """Every field of the answer but the results and the metadata."""
     withheld = ring_outcome.context_withheld
     ctx = ring_outcome.context
     target.ring = RING_TO_PROTO[ring_outcome.ring]
@@ -622,7 +696,6 @@ def _fill_outcome(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.
     _set_object(target, "body", ctx.body, json_form, "body")
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
-    _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
 
 
 def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> bool:

@@ -135,3 +135,68 @@ def test_a_withheld_context_leaves_out_a_bad_action_in_both_forms() -> None:
     assert decoded.results[0].action == 0, "left out, not guessed"
     assert decoded.block.status_code == 500
     assert not decoded.HasField("body_json")
+
+
+METADATA = {
+    "tenant": "acme",
+    "empty text": "",
+    "long text": "x" * 300,  # a Value over 127 bytes: two-byte lengths
+    "border": "y" * 125,  # the last one-byte Value length, then the first two-byte one
+    "border+1": "y" * 126,
+    "non-ASCII é 漢字": "🙂 ok",
+    "yes": True,
+    "no": False,
+    "zero": 0,
+    "negative": -5,
+    "big int": 2**60,  # past 2**53: by protobuf
+    "float": 1.5,
+    "negative zero": -0.0,
+    "nan": float("nan"),  # not finite: null, as in the JSON form
+    "inf": float("inf"),
+    "none": None,
+    "empty object": {},
+    "empty list": [],
+    "nested": {"a": [1, "two", {"three": None}], "b": {}},
+    "list": [True, 2.5, "x"],
+    "tuple": (1, 2),
+    "an action": PluginAction.BLOCK,  # a str subclass: by protobuf
+}
+
+
+@pytest.mark.parametrize("json_form", [True, False], ids=["json", "struct"])
+def test_metadata_of_every_kind_is_the_protobuf_message(json_form: bool) -> None:
+    ring_outcome = _outcome([_ok("a", 0.1)])
+    ring_outcome.context.metadata.clear()
+    ring_outcome.context.metadata.update(METADATA)
+    made = engine_pb.ExecuteRingResponse()
+    ring_outcome_to_proto(ring_outcome, json_form, made)
+
+    decoded = engine_pb.ExecuteRingResponse.FromString(ring_outcome_to_wire(ring_outcome, json_form))
+
+    assert decoded == made
+    assert decoded.SerializeToString(deterministic=True) == made.SerializeToString(deterministic=True)
+    assert set(decoded.metadata) == set(METADATA)
+    assert decoded.metadata["nan"].WhichOneof("kind") == "null_value"
+    assert decoded.metadata["no"].WhichOneof("kind") == "bool_value"
+    assert decoded.metadata["empty object"].WhichOneof("kind") == "struct_value"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"tags": {"a", "b"}},  # a set: JSON cannot carry it
+        {"text": "lone \ud800 surrogate"},
+        {"key \ud800": 1},
+        {3: "a key that is not a string"},
+        {"ok": "fine", "nested": {"deep": object()}},
+    ],
+    ids=["set", "surrogate value", "surrogate key", "int key", "nested object"],
+)
+def test_metadata_the_wire_cannot_carry_fails_both_ways_with_the_same_error(metadata: dict[Any, Any]) -> None:
+    ring_outcome = _outcome([_ok("a", 0.1)])
+    ring_outcome.context.metadata.update(metadata)
+
+    proto_error, wire_error = _errors(ring_outcome)
+
+    assert proto_error == wire_error
+    assert wire_error.startswith("metadata")
