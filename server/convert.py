@@ -713,32 +713,57 @@ def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> boo
     return False
 
 
-def queued_to_proto(
-    ring_outcome: RingOutcome,
-    request: pb.PluginContext,
-    json_form: bool,
-    target: engine_pb.ExecuteRingResponse,
-) -> None:
-    """Fill the acknowledgement of a BACKGROUND ring accepted onto the queue.
+def queued_to_wire(ring_outcome: RingOutcome, request: pb.PluginContext, json_form: bool) -> bytes:
+    """The acknowledgement of a BACKGROUND ring accepted onto the queue, encoded.
 
     Its body, response and metadata are the request's (the contract), copied from the
     request message as the caller sent them, so the acknowledgement encodes nothing
     again: raw JSON bytes go back as they came, Structs and metadata are copied in C.
     Only a part sent in the other form than the answer's is encoded from ``ring_outcome``.
+    The fields that name the ring and generation are the same for every acknowledgement
+    of a generation, so they are encoded once; the fields come in another order than
+    protobuf's own, which is the same message to every decoder.
     """
     ctx = ring_outcome.context
-    target.ring = RING_TO_PROTO[ring_outcome.ring]
-    target.action = ACTION_TO_PROTO[ring_outcome.action]
-    target.config_version = ring_outcome.config_version
-    target.generation = ring_outcome.generation
-    target.queued = ring_outcome.queued
-    if request.WhichOneof("body") is None:
+    key = (
+        ring_outcome.ring,
+        ring_outcome.action,
+        ring_outcome.config_version,
+        ring_outcome.generation,
+        ring_outcome.queued,
+    )
+    head = _QUEUED_HEADS.get(key)
+    if head is None:
+        if len(_QUEUED_HEADS) >= _MAX_QUEUED_HEADS:
+            _QUEUED_HEADS.clear()
+        head = _QUEUED_HEADS[key] = engine_pb.ExecuteRingResponse(
+            ring=RING_TO_PROTO[ring_outcome.ring],
+            action=ACTION_TO_PROTO[ring_outcome.action],
+            config_version=ring_outcome.config_version,
+            generation=ring_outcome.generation,
+            queued=ring_outcome.queued,
+        ).SerializeToString()
+    target = engine_pb.ExecuteRingResponse()
+    body_kind = request.WhichOneof("body")
+    if body_kind is None:
         _set_object(target, "body", ctx.body, json_form, "body")  # an absent body answers {}
+    elif body_kind == "body_json":  # a body sets the answer's form: the caller's bytes go back
+        body = request.body_json
+        head = b"".join((head, _BODY_JSON_TAG, wire.length(len(body)), body))
     else:
-        _echo_object(request, target, "body", json_form)  # a body sets the answer's form
+        target.body_struct.CopyFrom(request.body_struct)
     if not _echo_object(request, target, "response", json_form) and ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     target.metadata.MergeFrom(request.metadata)
+    return head + target.SerializeToString()
+
+
+_BODY_JSON_TAG = b"\x32"
+"""``ExecuteRingResponse.body_json`` (field 6), length-delimited."""
+_QUEUED_HEADS: dict[tuple[Any, ...], bytes] = {}
+"""An acknowledgement's ring, action, config version, generation and ``queued``, encoded:
+one per generation."""
+_MAX_QUEUED_HEADS = 64
 
 
 STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {

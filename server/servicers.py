@@ -185,9 +185,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
         logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
-            response = engine_pb.ExecuteRingResponse()
-            convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
-            return response.SerializeToString()
+            return convert.queued_to_wire(self._background.submit(ctx), request.context, json_form)
         deadline = self._deadline(context)
         tracer = self._tracer
         span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
