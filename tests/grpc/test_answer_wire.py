@@ -200,3 +200,76 @@ def test_metadata_the_wire_cannot_carry_fails_both_ways_with_the_same_error(meta
 
     assert proto_error == wire_error
     assert wire_error.startswith("metadata")
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """An object ``levels`` deep, alternating objects and lists."""
+    data: Any = "leaf"
+    for level in range(levels - 1):
+        data = [data] if level % 2 else {"k": data}
+    return data if isinstance(data, dict) else {"k": data}
+
+
+_SELF: dict[str, Any] = {"a": 1}
+_SELF["me"] = _SELF
+
+BODIES = {
+    "chat": {
+        "model": "gpt-4o",
+        "temperature": 0.2,
+        "max_tokens": 512,
+        "stream": False,
+        "messages": [{"role": "user", "content": "é 漢字 🙂 " * 40}, {"role": "assistant", "content": ""}],
+    },
+    "every kind": {
+        "none": None,
+        "t": True,
+        "f": False,
+        "ints": [0, -1, 2**53 - 1, 2**60],
+        "floats": [1.5, -0.0, float("nan"), float("-inf")],
+        "empty": {"o": {}, "l": [], "s": ""},
+        "tuple": (1, "two"),
+        "action": PluginAction.MODIFY,  # a str subclass: by protobuf
+        "": "an empty key",
+    },
+    "at the depth limit": _nested(32),
+    "long text": {"content": "z" * 20_000},
+}
+BAD_BODIES = {
+    "past the depth limit": _nested(33),
+    "refers to itself": _SELF,
+    "a set": {"ok": [1, 2], "tags": {"a"}},
+    "an int key": {"ok": {1: "x"}},
+    "a lone surrogate": {"messages": [{"content": "bad \ud800"}]},
+    "an object": {"when": object()},
+}
+
+
+@pytest.mark.parametrize("body", list(BODIES.values()), ids=list(BODIES))
+def test_a_struct_body_is_the_protobuf_message(body: dict[str, Any]) -> None:
+    ring_outcome = _outcome([_ok("a", 0.1)])
+    ring_outcome.context.body = body
+    made = engine_pb.ExecuteRingResponse()
+    ring_outcome_to_proto(ring_outcome, False, made)
+
+    decoded = engine_pb.ExecuteRingResponse.FromString(ring_outcome_to_wire(ring_outcome, False))
+
+    assert decoded == made
+    assert decoded.SerializeToString(deterministic=True) == made.SerializeToString(deterministic=True)
+    assert decoded.WhichOneof("body") == "body_struct"
+
+
+@pytest.mark.parametrize("body", list(BAD_BODIES.values()), ids=list(BAD_BODIES))
+def test_a_struct_body_the_wire_cannot_carry_fails_both_ways_with_the_same_error(
+    body: dict[str, Any],
+) -> None:
+    ring_outcome = _outcome([_ok("a", 0.1)])
+    ring_outcome.context.body = body
+
+    with pytest.raises(EncodeError) as by_proto:
+        ring_outcome_to_proto(ring_outcome, False, engine_pb.ExecuteRingResponse())
+    with pytest.raises(EncodeError) as by_wire:
+        ring_outcome_to_wire(ring_outcome, False)
+
+    assert str(by_proto.value) == str(by_wire.value)
+    assert str(by_wire.value).startswith("body")
