@@ -518,79 +518,10 @@ def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool) -> bytes:
     withheld = ring_outcome.context_withheld
     results = _results_to_wire(ring_outcome.results, strict=not withheld)
     target = engine_pb.ExecuteRingResponse()
+    _fill_outcome(ring_outcome, json_form, target)
     if withheld:
-        _fill_outcome(ring_outcome, json_form, target)
         return target.SerializeToString() + results
-    body = None if json_form else _struct_body_to_wire(ring_outcome.context.body)
-    _fill_outcome(ring_outcome, json_form, target, body=body is None)
-    answer = target.SerializeToString() + results + _metadata_to_wire(ring_outcome.context.metadata)
-    return answer if body is None else answer + body
-
-
-class _NotSimple(Exception):
-    """A Struct value the hand-written encoder leaves to protobuf."""
-
-
-def _struct_body_to_wire(data: Any) -> bytes | None:
-    """``ExecuteRingResponse.body_struct`` of ``data`` as wire bytes, or None to leave it to
-    protobuf (:func:`_set_object`): anything but plain JSON types within the depth limit,
-    so what the wire cannot carry fails there, with its own error."""
-    if data.__class__ is not dict:
-        return None
-    try:
-        fields = _struct_wire(data, 1)
-    except (_NotSimple, UnicodeEncodeError):
-        return None
-    return _BODY_STRUCT_TAG + wire.length(len(fields)) + fields
-
-
-_BODY_STRUCT_TAG = b"\x2a"
-"""``ExecuteRingResponse.body_struct`` (field 5), length-delimited."""
-
-
-def _struct_wire(data: dict[Any, Any], depth: int) -> bytes:
-    """A ``Struct``'s fields (``_fill_struct`` of ``data`` at ``depth``), encoded."""
-    if depth > STRUCT_DEPTH_LIMIT:
-        raise _NotSimple
-    length = wire.length
-    parts: list[bytes] = []
-    for key, item in data.items():
-        if key.__class__ is not str:
-            raise _NotSimple
-        key_bytes: bytes = key.encode()
-        value = _value_wire(item, depth)
-        entry = b"".join((b"\x0a", length(len(key_bytes)), key_bytes, b"\x12", length(len(value)), value))
-        parts += (b"\x0a", length(len(entry)), entry)
-    return b"".join(parts)
-
-
-def _value_wire(value: Any, depth: int) -> bytes:
-    """A ``Value`` (``_set_value`` of ``value`` at ``depth``), encoded."""
-    kind = value.__class__
-    if kind is str:
-        text: bytes = value.encode()
-        return b"\x1a" + wire.length(len(text)) + text
-    if kind is dict:
-        fields = _struct_wire(value, depth + 1)
-        return b"\x2a" + wire.length(len(fields)) + fields
-    if kind is list or kind is tuple:
-        if depth + 1 > STRUCT_DEPTH_LIMIT:
-            raise _NotSimple
-        length = wire.length
-        parts: list[bytes] = []
-        for item in value:
-            encoded = _value_wire(item, depth + 1)
-            parts += (b"\x0a", length(len(encoded)), encoded)
-        values = b"".join(parts)
-        return b"\x32" + length(len(values)) + values
-    if kind is bool:
-        return b"\x20\x01" if value else b"\x20\x00"
-    if kind is float or (kind is int and -(2**53) < value < 2**53):
-        number = float(value)
-        return b"\x11" + _pack_double(number) if math.isfinite(number) else b"\x08\x00"
-    if value is None:
-        return b"\x08\x00"
-    raise _NotSimple
+    return target.SerializeToString() + results + _metadata_to_wire(ring_outcome.context.metadata)
 
 
 _METADATA_TAG = b"\x4a"
@@ -735,10 +666,8 @@ def _result_wire(result: PluginResult, strict: bool) -> bytes:
     return message.SerializeToString()
 
 
-def _fill_outcome(
-    ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse, *, body: bool = True
-) -> None:
-    """Every field of the answer but the results and the metadata (and the body if not ``body``)."""
+def _fill_outcome(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> None:
+    """Every field of the answer but the results and the metadata."""
     withheld = ring_outcome.context_withheld
     ctx = ring_outcome.context
     target.ring = RING_TO_PROTO[ring_outcome.ring]
@@ -764,8 +693,7 @@ def _fill_outcome(
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
     if withheld:
         return
-    if body:
-        _set_object(target, "body", ctx.body, json_form, "body")
+    _set_object(target, "body", ctx.body, json_form, "body")
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
 
