@@ -136,26 +136,54 @@ def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) 
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         return value.string_value
+    return _other_to_py(value, kind, depth, limit, where)
+
+
+def _other_to_py(value: struct_pb2.Value, kind: str | None, depth: int, limit: int, where: Where) -> Any:
+    """A Value of ``kind`` that is not a string (the callers read strings, most values, inline)."""
     if kind == "number_value":
         number = value.number_value
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "bool_value":
-        return value.bool_value
     if kind == "struct_value":
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
-        if depth + 1 >= limit:  # the list is one level below the container holding it
-            raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
-        return [_value_to_py(item, depth + 1, limit, where) for item in value.list_value.values]
+        return _list_to_py(value.list_value, depth + 1, limit, where)
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_value":
+        return value.string_value
     return None
+
+
+def _list_to_py(list_value: struct_pb2.ListValue, depth: int, limit: int, where: Where) -> list[Any]:
+    if depth >= limit:  # the list is one level below the container holding it
+        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    items: list[Any] = []
+    for item in list_value.values:
+        kind = item.WhichOneof("kind")
+        if kind == "string_value":
+            items.append(item.string_value)
+        elif kind == "struct_value":
+            items.append(_struct_to_py(item.struct_value, depth + 1, limit, where))
+        else:
+            items.append(_other_to_py(item, kind, depth, limit, where))
+    return items
 
 
 def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Where) -> dict[str, Any]:
     if depth >= limit:
         raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
     fields = struct.fields
-    # Indexing the map is C; `.items()` goes through a Python-level ItemsView.
-    return {key: _value_to_py(fields[key], depth, limit, where) for key in fields}
+    data: dict[str, Any] = {}
+    # Indexing the map is C; `.items()` goes through a Python-level ItemsView. Strings,
+    # most values, are read here rather than through a call per value.
+    for key in fields:
+        value = fields[key]
+        kind = value.WhichOneof("kind")
+        data[key] = (
+            value.string_value if kind == "string_value" else _other_to_py(value, kind, depth, limit, where)
+        )
+    return data
 
 
 def _json_depth_ok(data: Any, limit: int) -> bool:
