@@ -32,7 +32,7 @@ import asyncio
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain, compress, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import add, itemgetter, methodcaller, sub
 from typing import NamedTuple
 
@@ -270,9 +270,25 @@ _EMAIL_AT = re.compile(r"@(?<=[\w.%+-]@)(?=[^\W_])")
 _EMAIL_WHOLE = re.compile(
     r"(?<![\w.%+-])(?=[\w.%+-]{1,64}+@)\.*+([\w%+-][\w.%+-]*+)@" + _EMAIL_DOMAIN.pattern
 )
+# _EMAIL_WHOLE as a splitter (group 1: the leading dots, group 2: the address): re.split gives
+# the addresses and the text between them as strings, whose lengths give the bounds; no
+# match object per address, no slice (a third of the cost of finditer for 30k addresses).
+_EMAIL_SPLIT = re.compile(
+    r"(?<![\w.%+-])(?=[\w.%+-]{1,64}+@)(\.*+)([\w%+-][\w.%+-]*+@" + _EMAIL_DOMAIN.pattern + ")"
+)
 _DENSE_AT_CHARS = 40
 # The local part read backwards from the "@" in the reversed text: 65 characters means too long.
 _EMAIL_LOCAL_REVERSED = re.compile(r"[\w.%+-]{1,65}")
+# The five compiled with re.ASCII, for ASCII texts: the same matches there (an ASCII
+# character is a Unicode word character, digit or letter exactly when it is an ASCII
+# one), found 1.5 to 2 times faster (a class is a bitmap, no Unicode lookups).
+_EMAIL_SCANS = {
+    is_ascii: tuple(re.compile(p.pattern, _A if is_ascii else 0) for p in patterns)
+    for is_ascii, patterns in (
+        (False, (_EMAIL_AT, _EMAIL_LOCAL_REVERSED, _EMAIL_DOMAIN, _EMAIL_WHOLE, _EMAIL_SPLIT)),
+        (True, (_EMAIL_AT, _EMAIL_LOCAL_REVERSED, _EMAIL_DOMAIN, _EMAIL_WHOLE, _EMAIL_SPLIT)),
+    )
+}
 # Anchored token patterns with their literal anchor first, so the regex engine's literal
 # search finds candidates (as str.find does) and matching runs in C; the character
 # before a match is checked in Python, per match only. A pattern runs only on a text
@@ -346,10 +362,11 @@ class _Spans:
     tens of thousands).
     """
 
-    __slots__ = ("block_ends", "block_starts", "found", "taken")
+    __slots__ = ("block_ends", "block_starts", "found", "offset", "taken")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, offset: int = 0) -> None:
         self.taken = bytearray(size)
+        self.offset = offset  # added to the findings' bounds (a window's place in its text)
         self.found: list[Finding] = []
         # Findings added at once by add_disjoint, as sorted bounds (not marked in taken).
         self.block_starts: list[int] = []
@@ -364,19 +381,28 @@ class _Spans:
             if index >= 0 and self.block_ends[index] > start:
                 return False
         self.taken[start:end] = b"\x01" * (end - start)
-        self.found.append(Finding(kind, start, end, text[start:end]))
+        offset = self.offset
+        self.found.append(Finding(kind, start + offset, end + offset, text[start:end]))
         return True
 
-    def add_disjoint(self, kind: str, starts: list[int], ends: list[int], text: str) -> None:
+    def add_disjoint(
+        self, kind: str, starts: list[int], ends: list[int], text: str, values: Iterable[str] | None = None
+    ) -> None:
         """Add findings in order, none empty, none overlapping another, before any other.
 
         The findings are made by C-level maps; their bounds are kept sorted for
-        :meth:`add` to check by bisection.
+        :meth:`add` to check by bisection. ``values`` are the texts at those bounds, when
+        already cut.
         """
         if self.found:
             raise ValueError("add_disjoint is for the first findings only")
-        values = map(text.__getitem__, map(slice, starts, ends))
-        self.found.extend(map(tuple.__new__, repeat(Finding), zip(repeat(kind), starts, ends, values)))
+        if values is None:
+            values = map(text.__getitem__, map(slice, starts, ends))
+        offset = self.offset
+        bounds = (
+            (map(add, starts, repeat(offset)), map(add, ends, repeat(offset))) if offset else (starts, ends)
+        )
+        self.found.extend(map(tuple.__new__, repeat(Finding), zip(repeat(kind), *bounds, values)))
         self.block_starts, self.block_ends = starts, ends
 
     def in_order(self) -> list[Finding]:
@@ -405,14 +431,17 @@ class Detector:
         self.kinds: tuple[str, ...] = tuple(k for k in KINDS if k in wanted)
         self._wanted = frozenset(self.kinds)
 
-    def find(self, text: str) -> list[Finding]:
-        """The findings in ``text``, ordered by position, never overlapping."""
+    def find(self, text: str, offset: int = 0) -> list[Finding]:
+        """The findings in ``text``, ordered by position, never overlapping.
+
+        ``offset`` is added to their bounds (``text`` is a window of a longer text).
+        """
         wanted = self._wanted
         if not text or not wanted:
             return []
         # One character per character: non-ASCII ones become "?", so offsets still agree.
         plain = text if text.isascii() else text.encode("ascii", "replace").decode("ascii")
-        spans = _Spans(len(text))
+        spans = _Spans(len(text), offset)
         if "secret" in wanted:
             _secrets(text, plain, spans)
         if "email" in wanted and "@" in plain:
@@ -610,12 +639,12 @@ async def _find_windowed(detector: Detector, text: str, chunk_chars: int) -> lis
         stop = min(size, start + chunk_chars)
         low = max(0, start - _WINDOW_CONTEXT_CHARS)
         window = text[low : min(size, stop + WINDOW_OVERLAP_CHARS)]
-        found = detector.find(window)
-        starts = list(map(_start, found))
+        found = detector.find(window, low)
         # Those starting in [start, stop): before, the previous window's; after, the next's.
-        mine = found[bisect_left(starts, start - low) : bisect_left(starts, stop - low)]
-        findings.extend(_shifted(mine, low))
-        start = max(stop, mine[-1].end + low) if mine else stop
+        first = bisect_left(found, start, key=_start)
+        last = bisect_left(found, stop, first, key=_start)
+        findings += found[first:last]
+        start = max(stop, found[last - 1].end) if last > first else stop
         await asyncio.sleep(0)
     return findings
 
@@ -738,7 +767,6 @@ _CLUSTERS_WITH = {least: re.compile(f"1(?<!11)(?:2*1){{{least - 1}}}(?:[12]*1)?"
 _NO_CLUSTERS = _Clusters("")
 _START = re.Match.start
 _END = re.Match.end
-_LOCAL_START = methodcaller("start", 1)
 
 
 def _secrets(text: str, plain: str, spans: _Spans) -> None:
@@ -820,9 +848,10 @@ def _private_keys(text: str, plain: str, spans: _Spans) -> None:
 def _emails(text: str, plain: str, spans: _Spans) -> None:
     # Internationalised addresses (jürgen@müller.de) are matched on the original text.
     size = len(text)
-    ats = list(_EMAIL_AT.finditer(text))
+    email_at, local_reversed, email_domain, email_whole, email_split = _EMAIL_SCANS[plain is text]
+    ats = list(email_at.finditer(text))
     if len(ats) * _DENSE_AT_CHARS > size:
-        _dense_emails(text, spans)
+        _dense_emails(text, spans, email_whole, email_split)
         return
     # The local part is read backwards: from a reversed copy of the text when there are
     # many "@", else from the 65 characters before each one, reversed.
@@ -830,12 +859,12 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
     for at_match in ats:
         at = at_match.start()
         if reversed_text:
-            local = _EMAIL_LOCAL_REVERSED.match(reversed_text, size - at, size - at + 65)
+            local = local_reversed.match(reversed_text, size - at, size - at + 65)
         else:
-            local = _EMAIL_LOCAL_REVERSED.match(text[max(0, at - 65) : at][::-1])
+            local = local_reversed.match(text[max(0, at - 65) : at][::-1])
         if local is None or local.end() - local.start() > 64:
             continue  # a local part longer than 64 characters: not an address
-        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        domain = email_domain.match(text, at + 1)
         if domain is None:
             continue
         start = at - (local.end() - local.start())
@@ -845,7 +874,12 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
             spans.add("email", start, domain.end(), text)
 
 
-def _dense_emails(text: str, spans: _Spans) -> None:
+def _dense_emails(
+    text: str,
+    spans: _Spans,
+    email_whole: re.Pattern[str] = _EMAIL_WHOLE,
+    email_split: re.Pattern[str] = _EMAIL_SPLIT,
+) -> None:
     """:func:`_emails` by one scan of :data:`_EMAIL_WHOLE`: the same addresses.
 
     Each "@" of _emails has one candidate, from the start of the run of local-part
@@ -855,10 +889,11 @@ def _dense_emails(text: str, spans: _Spans) -> None:
     a secret), the scan goes on right after its "@".
     """
     position = 0
-    search = _EMAIL_WHOLE.search
+    search = email_whole.search
     if not spans.found:  # nothing to overlap: every address found is taken
-        matches = list(_EMAIL_WHOLE.finditer(text))
-        spans.add_disjoint("email", list(map(_LOCAL_START, matches)), list(map(_END, matches)), text)
+        pieces = email_split.split(text)  # between, dots, address, between, ..., between
+        bounds = list(accumulate(map(len, pieces), initial=0))
+        spans.add_disjoint("email", bounds[2:-1:3], bounds[3:-1:3], text, pieces[2::3])
         return
     match = search(text)
     while match is not None:
