@@ -49,9 +49,8 @@ Metadata written:
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
 from collections import Counter, deque
-from itertools import chain
+from itertools import chain, compress
 from operator import itemgetter
 from typing import Any, ClassVar
 
@@ -99,23 +98,24 @@ class _Masker:
             return [self._one(kind, value) for kind, _, _, value in findings]
         kinds = list(map(_KIND, findings))
         values = list(map(_VALUE, findings))
-        placeholders = [""] * len(findings)
-        order = sorted(range(len(findings)), key=kinds.__getitem__)  # stable: in order per kind
-        sorted_kinds = list(map(kinds.__getitem__, order))
-        low = 0
-        while low < len(order):
-            kind = sorted_kinds[low]
-            high = bisect_right(sorted_kinds, kind, low)
-            indexes = order[low:high]
-            identities = list(map(IDENTITY[kind], map(values.__getitem__, indexes)))
+        present = dict.fromkeys(kinds)
+        per_kind: dict[str, list[str]] = {}
+        for kind in present:
+            # This kind's values in order: all of them when there is one kind (the usual case).
+            of_kind = values if len(present) == 1 else list(compress(values, map(kind.__eq__, kinds)))
+            identities = list(map(IDENTITY[kind], of_kind))
             known = self.by_identity.setdefault(kind, {})
-            new = [identity for identity in dict.fromkeys(identities) if identity not in known]
+            first_seen = dict.fromkeys(identities)  # in order of first appearance
+            new = list(first_seen) if not known else [i for i in first_seen if i not in known]
             if new:
                 known.update(zip(new, self._numbered(kind, len(new)), strict=True))
-            deque(map(placeholders.__setitem__, indexes, map(known.__getitem__, identities)), maxlen=0)
-            low = high
-        deque(map(self.mapping.setdefault, placeholders, values), maxlen=0)  # the first value of each
-        return placeholders
+            names = per_kind[kind] = list(map(known.__getitem__, identities))
+            deque(map(self.mapping.setdefault, names, of_kind), maxlen=0)  # the first value of each
+        if len(per_kind) == 1:
+            return per_kind[kinds[0]]
+        # Back in the findings' order: each finding takes the next placeholder of its kind.
+        pending = {kind: iter(names) for kind, names in per_kind.items()}
+        return list(map(next, map(pending.__getitem__, kinds)))
 
     def _one(self, kind: str, value: str) -> str:
         known = self.by_identity.get(kind)

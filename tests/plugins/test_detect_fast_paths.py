@@ -10,9 +10,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ringd.plugins import _detect
-from ringd.plugins._detect import Detector, luhn_valid
+from ringd.plugins._detect import Detector, Finding, luhn_valid
 from ringd.plugins._seal import open_sealed, parse_key
-from ringd.plugins.pii_redactor import PiiRedactor
+from ringd.plugins.pii_redactor import PiiRedactor, _Masker
 from ringd.testing import run_plugin
 
 PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -113,3 +113,32 @@ async def test_many_values_masked_at_once_keep_numbering_and_the_first_spelling(
         ctx.metadata["_pii_mapping"], key=parse_key(PII_KEY, "test key"), request_id=ctx.request_id
     )
     assert mapping == {f"[EMAIL_{n}]": address for n, address in zip(numbers, addresses, strict=True)}
+
+
+@st.composite
+def masker_findings(draw: st.DrawFn) -> list[Finding]:
+    # Values that collide by identity (case, spaces, punctuation), of several kinds at once.
+    values = {
+        "email": ["a@x.org", "A@X.org", "b@x.org", "c@y.net"],
+        "phone": ["+1 555 0100", "+1-555-0100", "+1 555 0199"],
+        "secret": ["sk-" + "Q" * 24, "sk-" + "q" * 24],
+        "iban": ["DE89 3704 0044 0532 0130 00", "de89370400440532013000"],
+    }
+    kinds = draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=80))
+    return [Finding(kind, 0, 0, draw(st.sampled_from(values[kind]))) for kind in kinds]
+
+
+@SETTINGS
+@given(
+    st.lists(masker_findings(), min_size=1, max_size=3),
+    st.sets(st.sampled_from(["[EMAIL_1]", "[EMAIL_3]", "[PHONE_2]", "[SECRET_1]"])),
+)
+def test_placeholders_given_in_batches_equal_one_by_one(chunks: list[list[Finding]], taken: set[str]) -> None:
+    # _Masker numbers many findings at once (per kind, by C-level maps); the rule is the
+    # one-by-one path: a value's placeholder is that of its first spelling, numbered per
+    # kind in order of first appearance, numbers already in the prompt skipped.
+    batched, single = _Masker(set(taken)), _Masker(set(taken))
+    for findings in chunks:
+        expected = [single._one(kind, value) for kind, _, _, value in findings]
+        assert batched.assign(findings) == expected
+    assert batched.mapping == single.mapping
