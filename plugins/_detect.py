@@ -548,8 +548,15 @@ def replaced(text: str, findings: Sequence[Finding], replacements: Sequence[str]
             position = finding.end
         pieces.append(text[position:])
         return "".join(pieces)
+    return _interleaved(text, findings, replacements, 0, len(text))
+
+
+def _interleaved(
+    text: str, findings: Sequence[Finding], replacements: Sequence[str], begin: int, end: int
+) -> str:
+    """``text[begin:end]`` with its ``findings`` replaced (:func:`replaced` of a stretch)."""
     ends = list(map(_END_OF, findings))
-    cuts = map(slice, chain((0,), ends), chain(map(_start, findings), (len(text),)))
+    cuts = map(slice, chain((begin,), ends), chain(map(_start, findings), (end,)))
     pieces = [""] * (2 * len(findings) + 1)
     pieces[0::2] = map(text.__getitem__, cuts)
     pieces[1::2] = replacements
@@ -567,11 +574,7 @@ async def replaced_yielding(
     for low in range(0, len(findings), chunk):
         part = findings[low : low + chunk]
         # The text from ``position`` to the chunk's last finding, its findings replaced.
-        shift = -position
-        piece = replaced(
-            text[position : part[-1].end], _shifted(list(part), shift), replacements[low : low + chunk]
-        )
-        parts.append(piece)
+        parts.append(_interleaved(text, part, replacements[low : low + chunk], position, part[-1].end))
         position = part[-1].end
         await asyncio.sleep(0)
     parts.append(text[position:])
