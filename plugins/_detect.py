@@ -382,7 +382,7 @@ class _Spans:
                 return False
         self.taken[start:end] = b"\x01" * (end - start)
         offset = self.offset
-        self.found.append(Finding(kind, start + offset, end + offset, text[start:end]))
+        self.found.append(_new_finding(Finding, (kind, start + offset, end + offset, text[start:end])))
         return True
 
     def add_disjoint(
@@ -402,7 +402,7 @@ class _Spans:
         bounds = (
             (map(add, starts, repeat(offset)), map(add, ends, repeat(offset))) if offset else (starts, ends)
         )
-        self.found.extend(map(tuple.__new__, repeat(Finding), zip(repeat(kind), *bounds, values)))
+        self.found.extend(map(_new_finding, repeat(Finding), zip(repeat(kind), *bounds, values)))
         self.block_starts, self.block_ends = starts, ends
 
     def in_order(self) -> list[Finding]:
@@ -411,6 +411,7 @@ class _Spans:
 
 
 _start = itemgetter(1)  # a Finding's start
+_new_finding = tuple.__new__  # Finding(...) without the Python frame of its __new__
 
 
 class Detector:

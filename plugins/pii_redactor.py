@@ -74,6 +74,7 @@ from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 _MASK_CHUNK = 8192  # findings given placeholders between two yields to the event loop
 _KIND, _VALUE = itemgetter(0), itemgetter(3)
 _FEW = 32  # fewer findings are given placeholders one by one: the maps cost more
+_PREFIXES = {kind: placeholder_for(kind, 0)[:-2] for kind in KINDS}  # "[EMAIL_", ...
 
 
 class _Masker:
@@ -128,7 +129,7 @@ class _Masker:
                 placeholder = self._numbered(kind, 1)[0]
             else:
                 number = self.next_number[kind] = self.next_number.get(kind, 0) + 1
-                placeholder = placeholder_for(kind, number)
+                placeholder = f"{_PREFIXES[kind]}{number}]"
             known[identity] = placeholder
             self.mapping[placeholder] = value
         return placeholder
@@ -136,7 +137,7 @@ class _Masker:
     def _numbered(self, kind: str, count: int) -> list[str]:
         """``count`` new placeholders for ``kind``, skipping those already in the prompt."""
         number = self.next_number.get(kind, 0)
-        prefix = placeholder_for(kind, 0)[:-2]
+        prefix = _PREFIXES[kind]
         if not any(name.startswith(prefix) for name in self.taken):
             self.next_number[kind] = number + count
             return list(map((prefix + "{}]").format, range(number + 1, number + count + 1)))
@@ -193,7 +194,12 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)
         flat = list(chain.from_iterable(found))
-        counts: dict[str, int] = dict(Counter(map(_KIND, flat)))
+        counts: dict[str, int] = {}
+        if len(flat) < _FEW:  # a Counter costs more than a loop over a few
+            for finding in flat:
+                counts[finding.kind] = counts.get(finding.kind, 0) + 1
+        else:
+            counts.update(Counter(map(_KIND, flat)))
         ctx.metadata["pii_counts"] = counts
         if not counts:
             return PluginResponse.passthrough()
