@@ -231,7 +231,8 @@ _TOKENS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 # Unicode letters allowed (IDN domains); an ASCII TLD or a Unicode one, two letters or more.
 _EMAIL_DOMAIN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}\b")
-_CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", _A)
+# (a separator taken possessively: had it been left out, a digit would have to stand there)
+_CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?+\d){12,18}(?!\d)", _A)
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", _A)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", _A)
@@ -239,9 +240,10 @@ _IPV4_CORE = re.compile(r"\.\d{1,3}\.\d", _A)  # in every IPv4 address; searched
 _IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])", _A)
 
 # Digit groups with a separator between them: one way to read a run of digits, so no
-# backtracking over ways to split it (the grouping rules are checked by _phone_ok).
+# backtracking over ways to split it (the grouping rules are checked by _phone_ok). A run
+# of digits is taken whole (possessive): after a shorter one comes a digit, which nothing allows.
 _PHONE_LINEAR = re.compile(
-    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d+(?:[ .-]\d\d+){0,5}(?![\w-]|\.\d)", _A
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d++(?:[ .-]\d\d++){0,5}(?![\w-]|\.\d)", _A
 )
 _HEX = "[0-9a-f]{1,4}"
 _IPV6_FORMS = re.compile(

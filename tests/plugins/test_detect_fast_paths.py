@@ -7,6 +7,8 @@ many findings at once; these tests hold each to the rule it replaces, on generat
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ringd.plugins import _detect
@@ -142,3 +144,34 @@ def test_placeholders_given_in_batches_equal_one_by_one(chunks: list[list[Findin
         expected = [single._one(kind, value) for kind, _, _, value in findings]
         assert batched.assign(findings) == expected
     assert batched.mapping == single.mapping
+
+
+# The card and phone patterns as first written (greedy, backtracking): the possessive
+# quantifiers of _detect must give the same matches.
+_CARD_BACKTRACKING = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", re.ASCII)
+_PHONE_BACKTRACKING = re.compile(
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d+(?:[ .-]\d\d+){0,5}(?![\w-]|\.\d)", re.ASCII
+)
+
+
+@SETTINGS
+@given(st.text(" .-0123456789+()a", min_size=1, max_size=120))
+@example("1234 5678 9012 3456 78 90")  # 18 digits then another group: the greedy one steps back
+@example("+1 (555) 123-4567 89")
+def test_possessive_card_and_phone_patterns_match_as_the_backtracking_ones(text: str) -> None:
+    for fast, slow in (
+        (_detect._CREDIT_CARD, _CARD_BACKTRACKING),
+        (_detect._PHONE_LINEAR, _PHONE_BACKTRACKING),
+    ):
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in slow.finditer(text)]
+
+
+@SETTINGS
+@given(address_text())
+@example("..ana@ex.com@@b.c@ex.com")
+def test_ascii_email_patterns_match_as_the_unicode_ones_on_ascii_text(text: str) -> None:
+    # ASCII texts are scanned with the email patterns compiled with re.ASCII.
+    text = text.replace("ü", "u")
+    for fast, general in zip(_detect._EMAIL_SCANS[True], _detect._EMAIL_SCANS[False], strict=True):
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in general.finditer(text)]
+        assert fast.split(text) == general.split(text)
