@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, chain, compress, repeat
 from operator import add, itemgetter, methodcaller, mod, not_, sub
 from typing import NamedTuple
@@ -361,13 +361,6 @@ _IPV6_HINT = re.compile("4[013]{0,4}4")
 _IPV6_WINDOW = 256
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _TOKEN_BEFORE = _WORD | {"-"}
-
-
-def _occurrences(haystack: str, needle: str) -> Iterator[int]:
-    index = haystack.find(needle)
-    while index != -1:
-        yield index
-        index = haystack.find(needle, index + 1)
 
 
 def _after(text: str, index: int, forbidden: frozenset[str]) -> bool:
@@ -843,13 +836,14 @@ def _assignment_possible(lowered: str) -> bool:
 
 def _private_keys(text: str, plain: str, spans: _Spans) -> None:
     """PEM private key blocks: to their END line, or over the base64 that follows."""
+    if "-----BEGIN" not in plain:
+        return
     resume = 0
     end_line = -2  # where the next "-----END" is (-1: there is none), found once per stretch
-    for index in _occurrences(plain, "-----BEGIN"):
+    # The heads by the regex's literal search: no Python per "-----BEGIN" that heads nothing.
+    for head in _PEM_HEAD.finditer(plain):
+        index = head.start()
         if index < resume:
-            continue
-        head = _PEM_HEAD.match(plain, index)
-        if head is None:
             continue
         if end_line != -1 and end_line < head.end():
             end_line = plain.find("-----END", head.end())

@@ -175,3 +175,53 @@ def test_ascii_email_patterns_match_as_the_unicode_ones_on_ascii_text(text: str)
     for fast, general in zip(_detect._EMAIL_SCANS[True], _detect._EMAIL_SCANS[False], strict=True):
         assert [m.span() for m in fast.finditer(text)] == [m.span() for m in general.finditer(text)]
         assert fast.split(text) == general.split(text)
+
+
+def _private_keys_one_by_one(plain: str) -> list[tuple[int, int]]:
+    """The PEM rule as first written: every "-----BEGIN" tried in Python, in order."""
+    spans = _detect._Spans(len(plain))
+    resume = 0
+    index = plain.find("-----BEGIN")
+    while index != -1:
+        head = _detect._PEM_HEAD.match(plain, index) if index >= resume else None
+        if head is not None:
+            end_line = plain.find("-----END", head.end())
+            end = -1
+            if end_line != -1 and plain.find("\x00", head.end(), end_line) == -1:
+                tail = _detect._PEM_TAIL.match(plain, end_line)
+                end = tail.end() if tail else -1
+            if end == -1:
+                body = _detect._PEM_BODY.match(plain, head.end())
+                end = body.end() if body else head.end()
+            spans.add("secret", index, end, plain)
+            resume = end
+        index = plain.find("-----BEGIN", index + 1)
+    return [(f.start, f.end) for f in spans.found]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "-----BEGIN",
+                "-----BEGIN RSA PRIVATE KEY-----",
+                "-----BEGIN PRIVATE KEY-----",
+                "-----",
+                "-----END RSA PRIVATE KEY-----",
+                "-----END",
+                "MIIEow",
+                "q2w3=",
+                "\n",
+                " x ",
+                "\x00",
+                "BEGIN",
+            ]
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_private_key_heads_found_by_regex_equal_every_head_tried(plain: str) -> None:
+    spans = _detect._Spans(len(plain))
+    _detect._private_keys(plain, plain, spans)
+    assert [(f.start, f.end) for f in spans.found] == _private_keys_one_by_one(plain)
