@@ -359,6 +359,7 @@ _SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
 _IBAN_START = re.compile("3311")
 _IPV6_HINT = re.compile("4[013]{0,4}4")
 _IPV6_WINDOW = 256
+_IPV6_DENSE_HINT_CHARS = 16  # a hint every fewer characters than this: one scan of the text
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _TOKEN_BEFORE = _WORD | {"-"}
 
@@ -920,6 +921,13 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
     searched_to = -1
     # The hints' positions by C-level maps; Python only visits those past what is searched.
     hints = list(map(_START, _IPV6_HINT.finditer(classes)))
+    if len(hints) * _IPV6_DENSE_HINT_CHARS > size:
+        # Hints every few characters: one scan of the whole text costs less than the windows
+        # (the same addresses: the windows find what this scan finds, a test holds them to it).
+        matches = list(_IPV6.finditer(plain))
+        for match in compress(matches, map(_ipv6_ok, map(_GROUP, matches))):
+            spans.add("ip_address", match.start(), match.end(), text)
+        return
     index = -1
     while True:
         index = bisect_left(hints, searched_to, index + 1)  # the next hint, not before searched_to
@@ -930,7 +938,12 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
         # so a window that finds none also rules out addresses starting up to 44
         # characters before its end.
         window_end = min(size, colon + _IPV6_WINDOW)
-        match = _IPV6.search(plain, max(0, colon - 5), window_end)
+        start = max(0, colon - 5)
+        match = _IPV6.search(plain, start, window_end)
+        while match is not None and match.end() == window_end < size and match.start() + 64 > window_end:
+            # Cut by the window's end: again with room for a whole address after its start.
+            window_end = min(size, match.start() + 64)
+            match = _IPV6.search(plain, start, window_end)
         if match is None:
             searched_to = window_end - 44
             continue

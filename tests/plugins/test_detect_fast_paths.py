@@ -225,3 +225,30 @@ def test_private_key_heads_found_by_regex_equal_every_head_tried(plain: str) -> 
     spans = _detect._Spans(len(plain))
     _detect._private_keys(plain, plain, spans)
     assert [(f.start, f.end) for f in spans.found] == _private_keys_one_by_one(plain)
+
+
+def _ipv6_spans(plain: str) -> list[tuple[int, int]]:
+    spans = _detect._Spans(len(plain))
+    _detect._ipv6(plain, plain, plain.translate(_detect._CLASS_MAP), spans)
+    return [(f.start, f.end) for f in spans.found]
+
+
+@st.composite
+def colon_text(draw: st.DrawFn) -> str:
+    piece = st.sampled_from(
+        ["::", ":", "a:g:", "2001:db8::1", "fe80::1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8", "abcd", "0", " ",
+         "\n", "x", "2001:db8:85a3:0:0:8a2e:370:7334", " " * 100, " " * 230, "::ffff:", "12:30"]
+    )  # fmt: skip
+    return "".join(draw(st.lists(piece, min_size=1, max_size=30)))
+
+
+@SETTINGS
+@given(colon_text(), st.integers(0, 40))
+@example("a:g: " + " " * 240 + "2001:db8:85a3:0:0:8a2e:370:7334 end", 0)  # straddles the first window's end
+def test_ipv6_found_by_windows_or_one_scan_equal_one_whole_scan(text: str, padding: int) -> None:
+    # Around sparse colon hints the IPv6 pattern runs in windows (an address cut by a
+    # window's end is searched again with room for it); with hints every few characters,
+    # over the whole text. Both find what one scan of the whole text finds.
+    for plain in (text, " " * padding + text + " " * (16 * len(text))):  # as it comes, and sparse
+        expected = [m.span() for m in _detect._IPV6.finditer(plain) if _detect._ipv6_ok(m.group())]
+        assert _ipv6_spans(plain) == expected
