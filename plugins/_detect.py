@@ -863,10 +863,16 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
     # Internationalised addresses (jürgen@müller.de) are matched on the original text.
     size = len(text)
     email_at, local_reversed, email_domain, email_whole, email_split = _EMAIL_SCANS[plain is text]
+    if text.count("@") * _DENSE_AT_CHARS > size:
+        # Perhaps dense: the candidates counted by findall (a list of the one cached "@"
+        # string, no match object per "@").
+        count = len(email_at.findall(text))
+        if not count:
+            return
+        if count * _DENSE_AT_CHARS > size:
+            _dense_emails(text, spans, email_whole, email_split)
+            return
     ats = list(email_at.finditer(text))
-    if len(ats) * _DENSE_AT_CHARS > size:
-        _dense_emails(text, spans, email_whole, email_split)
-        return
     # The local part is read backwards: from a reversed copy of the text when there are
     # many "@", else from the 65 characters before each one, reversed.
     reversed_text = text[::-1] if len(ats) > 16 else ""
