@@ -164,6 +164,10 @@ def test_possessive_card_and_phone_patterns_match_as_the_backtracking_ones(text:
         (_detect._PHONE_LINEAR, _PHONE_BACKTRACKING),
     ):
         assert [m.span() for m in fast.finditer(text)] == [m.span() for m in slow.finditer(text)]
+    # The cards are cut out by re.split: the same values, and the pieces add up to the text.
+    pieces = _detect._CARD_SPLIT.split(text)
+    assert pieces[1::2] == [m.group() for m in _CARD_BACKTRACKING.finditer(text)]
+    assert "".join(pieces) == text
 
 
 @SETTINGS
