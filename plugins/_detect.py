@@ -932,8 +932,8 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
         # Hints every few characters: one scan of the whole text costs less than the windows
         # (the same addresses: the windows find what this scan finds, a test holds them to it).
         matches = list(_IPV6.finditer(plain))
-        for match in compress(matches, map(_ipv6_ok, map(_GROUP, matches))):
-            spans.add("ip_address", match.start(), match.end(), text)
+        for address in compress(matches, map(_ipv6_ok, map(_GROUP, matches))):
+            spans.add("ip_address", address.start(), address.end(), text)
         return
     index = -1
     while True:
