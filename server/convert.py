@@ -11,10 +11,11 @@ raw JSON) are read side by side.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from ringd.sdk import (
 from ringd.server import wire
 from ringd.server.exceptions import EncodeError, RequestError
 from ringd.server.generations import PluginSlot
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
 from ringd.server.stream import StreamOutcome
 
 from ringd.v1 import admin_service_pb2 as admin_pb
@@ -634,10 +635,6 @@ _LATENCY_TAG = b"\x2a"
 """``PluginResult.latency`` (field 5), length-delimited."""
 _NANOS_TAG = b"\x10"
 """``Duration.nanos`` (field 2), varint."""
-_RESULT_HEADS: dict[tuple[Any, ...], bytes] = {}
-"""A result's fields before its latency (plugin, version, action, outcome), encoded, by
-their values: the same few per plugin of the current generation."""
-_MAX_RESULT_HEADS = 4096
 
 
 def _results_to_wire(results: Sequence[PluginResult], strict: bool) -> bytes:
@@ -657,12 +654,7 @@ def _results_to_wire(results: Sequence[PluginResult], strict: bool) -> bytes:
         elif not 0 <= nanos < 1_000_000_000:
             body = _result_wire(result, strict)  # a second or more: seconds and nanos, by protobuf
         else:
-            key = (result.plugin, result.version, action, result.outcome)
-            head = _RESULT_HEADS.get(key)
-            if head is None:
-                if len(_RESULT_HEADS) >= _MAX_RESULT_HEADS:
-                    _RESULT_HEADS.clear()
-                head = _RESULT_HEADS[key] = _result_wire(replace(result, latency_ms=0.0), strict)
+            head = _result_head(result.plugin, result.version, action, result.outcome)
             if latency_ms:  # set, as protobuf sets it: the Duration is present even at 0 ns
                 if nanos:
                     nanos_bytes = _short_varint(nanos)
@@ -686,6 +678,12 @@ def _short_varint(number: int) -> bytes:
     if number < 0x200000:
         return bytes((number & 0x7F | 0x80, number >> 7 & 0x7F | 0x80, number >> 14))
     return wire.varint(number)
+
+
+@functools.lru_cache(maxsize=4096)
+def _result_head(plugin: str, version: str, action: PluginAction | None, outcome: PluginOutcome) -> bytes:
+    """A result's fields before its latency, encoded: the same few per plugin of a generation."""
+    return _result_wire(plugin_result(plugin=plugin, version=version, outcome=outcome, action=action), True)
 
 
 def _result_wire(result: PluginResult, strict: bool) -> bytes:
@@ -753,24 +751,13 @@ def queued_to_wire(ring_outcome: RingOutcome, request: pb.PluginContext, json_fo
     protobuf's own, which is the same message to every decoder.
     """
     ctx = ring_outcome.context
-    key = (
+    head = _queued_head(
         ring_outcome.ring,
         ring_outcome.action,
         ring_outcome.config_version,
         ring_outcome.generation,
         ring_outcome.queued,
     )
-    head = _QUEUED_HEADS.get(key)
-    if head is None:
-        if len(_QUEUED_HEADS) >= _MAX_QUEUED_HEADS:
-            _QUEUED_HEADS.clear()
-        head = _QUEUED_HEADS[key] = engine_pb.ExecuteRingResponse(
-            ring=RING_TO_PROTO[ring_outcome.ring],
-            action=ACTION_TO_PROTO[ring_outcome.action],
-            config_version=ring_outcome.config_version,
-            generation=ring_outcome.generation,
-            queued=ring_outcome.queued,
-        ).SerializeToString()
     target = engine_pb.ExecuteRingResponse()
     body_kind = request.WhichOneof("body")
     if body_kind is None:
@@ -788,10 +775,21 @@ def queued_to_wire(ring_outcome: RingOutcome, request: pb.PluginContext, json_fo
 
 _BODY_JSON_TAG = b"\x32"
 """``ExecuteRingResponse.body_json`` (field 6), length-delimited."""
-_QUEUED_HEADS: dict[tuple[Any, ...], bytes] = {}
-"""An acknowledgement's ring, action, config version, generation and ``queued``, encoded:
-one per generation."""
-_MAX_QUEUED_HEADS = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _queued_head(
+    ring: PluginHook, action: PluginAction, config_version: str, generation: int, queued: bool
+) -> bytes:
+    """An acknowledgement's ring, action, config version, generation and ``queued``, encoded:
+    the same for every acknowledgement of a generation."""
+    return engine_pb.ExecuteRingResponse(
+        ring=RING_TO_PROTO[ring],
+        action=ACTION_TO_PROTO[action],
+        config_version=config_version,
+        generation=generation,
+        queued=queued,
+    ).SerializeToString()
 
 
 STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {
