@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from ringd.sdk import (
 from ringd.server import wire
 from ringd.server.exceptions import EncodeError, RequestError
 from ringd.server.generations import PluginSlot
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
 from ringd.server.stream import StreamOutcome
 
 from ringd.v1 import admin_service_pb2 as admin_pb
@@ -522,185 +521,20 @@ def ring_outcome_to_proto(
         EncodeError: the final context holds something the wire cannot carry; the
             engine's :meth:`RingOutcome.unencodable` is the answer then.
     """
-    _check_context(ring_outcome)
     withheld = ring_outcome.context_withheld
-    for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add(), strict=not withheld)
-    _fill_outcome(ring_outcome, json_form, target)
+    ctx = ring_outcome.context
     if not withheld:
-        _fill_fields(target.metadata, ring_outcome.context.metadata, "metadata", 1)
-
-
-def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool) -> bytes:
-    """The ``ExecuteRingResponse`` :func:`ring_outcome_to_proto` fills, encoded.
-
-    The per-plugin results and the metadata, written anew for every call, are written as
-    wire bytes (:func:`_results_to_wire`, :func:`_metadata_to_wire`), the rest by
-    protobuf; they come after the other fields rather than in field-number order, which
-    is the same message to every protobuf decoder (``tests/grpc/test_answer_wire.py``
-    decodes both and compares).
-
-    Raises:
-        EncodeError: as :func:`ring_outcome_to_proto`.
-    """
-    _check_context(ring_outcome)
-    withheld = ring_outcome.context_withheld
-    results = _results_to_wire(ring_outcome.results, strict=not withheld)
-    target = engine_pb.ExecuteRingResponse()
-    _fill_outcome(ring_outcome, json_form, target)
-    if withheld:
-        return target.SerializeToString() + results
-    return target.SerializeToString() + results + _metadata_to_wire(ring_outcome.context.metadata)
-
-
-_METADATA_TAG = b"\x4a"
-"""``ExecuteRingResponse.metadata`` (field 9): one length-delimited entry per key."""
-_NULL = b"\x12\x02\x08\x00"
-"""An entry's value (field 2) holding ``Value.null_value`` (field 1, varint 0)."""
-_TRUE = b"\x12\x02\x20\x01"
-_FALSE = b"\x12\x02\x20\x00"
-_EMPTY_STRUCT = b"\x12\x02\x2a\x00"
-_EMPTY_LIST = b"\x12\x02\x32\x00"
-_pack_double = struct.Struct("<d").pack
-
-
-def _metadata_to_wire(metadata: dict[str, Any]) -> bytes:
-    """``metadata`` as the bytes protobuf makes of it as ``ExecuteRingResponse.metadata``.
-
-    A key with a scalar value, an empty object or an empty list (most of them) is
-    written here; any other entry is encoded by protobuf (:func:`_fill_fields`), so
-    nested values, and the checks and errors of what the wire cannot carry, are those
-    of the message path.
-    """
-    parts: list[bytes] = []
-    for key, value in metadata.items():
-        entry = _simple_entry(key, value)
-        if entry is None:
-            scratch = engine_pb.ExecuteRingResponse()
-            _fill_fields(scratch.metadata, {key: value}, "metadata", 1)
-            parts.append(scratch.SerializeToString())
-        else:
-            parts += (_METADATA_TAG, wire.length(len(entry)), entry)
-    return b"".join(parts)
-
-
-def _simple_entry(key: Any, value: Any) -> bytes | None:
-    """The map entry of ``key: value`` when both are simple to write, else None."""
-    if key.__class__ is not str:
-        return None
-    try:
-        key_bytes: bytes = key.encode()
-    except UnicodeEncodeError:
-        return None
-    kind = value.__class__
-    if kind is str:
-        try:
-            text: bytes = value.encode()
-        except UnicodeEncodeError:
-            return None
-        size = len(text)
-        if size < 0x80 - 2:  # the Value's length fits one byte
-            value_bytes = b"\x12" + bytes((size + 2, 0x1A, size)) + text
-        else:
-            inner = b"\x1a" + wire.length(size) + text
-            value_bytes = b"\x12" + wire.length(len(inner)) + inner
-    elif kind is bool:
-        value_bytes = _TRUE if value else _FALSE
-    elif kind is float or (kind is int and -(2**53) < value < 2**53):
-        number = float(value)
-        value_bytes = b"\x12\x09\x11" + _pack_double(number) if math.isfinite(number) else _NULL
-    elif value is None:
-        value_bytes = _NULL
-    elif kind is dict and not value:
-        value_bytes = _EMPTY_STRUCT
-    elif kind is list and not value:
-        value_bytes = _EMPTY_LIST
-    else:
-        return None
-    return b"\x0a" + wire.length(len(key_bytes)) + key_bytes + value_bytes
-
-
-def _check_context(ring_outcome: RingOutcome) -> None:
-    if not ring_outcome.context_withheld:
-        ctx = ring_outcome.context
         if not isinstance(ctx.body, dict):
             raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
         if not isinstance(ctx.metadata, dict):
             raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
-
-
-_RESULT_TAG = b"\x6a"
-"""``ExecuteRingResponse.results`` (field 13), length-delimited."""
-_LATENCY_TAG = b"\x2a"
-"""``PluginResult.latency`` (field 5), length-delimited."""
-_NANOS_TAG = b"\x10"
-"""``Duration.nanos`` (field 2), varint."""
-
-
-def _results_to_wire(results: Sequence[PluginResult], strict: bool) -> bytes:
-    """``results`` as the bytes protobuf makes of them as ``ExecuteRingResponse.results``.
-
-    A result without error or message text (almost all of them) is its cached head and
-    its latency; any other is encoded by protobuf (:func:`_result_to_proto`), so text
-    checks and their errors are those of the message path.
-    """
-    parts: list[bytes] = []
-    for result in results:
-        action = result.action
-        latency_ms = result.latency_ms
-        nanos = int(latency_ms * 1e6) if latency_ms.__class__ is float else -1
-        if result.error or result.message or not (action is None or action.__class__ is PluginAction):
-            body = _result_wire(result, strict)
-        elif not 0 <= nanos < 1_000_000_000:
-            body = _result_wire(result, strict)  # a second or more: seconds and nanos, by protobuf
-        else:
-            head = _result_head(result.plugin, result.version, action, result.outcome)
-            if latency_ms:  # set, as protobuf sets it: the Duration is present even at 0 ns
-                if nanos:
-                    nanos_bytes = _short_varint(nanos)
-                    body = head + _LATENCY_TAG + _LENGTHS[len(nanos_bytes) + 1] + _NANOS_TAG + nanos_bytes
-                else:
-                    body = head + _LATENCY_TAG + b"\x00"
-            else:
-                body = head
-        parts += (_RESULT_TAG, wire.length(len(body)), body)
-    return b"".join(parts)
-
-
-_LENGTHS = [bytes((size,)) for size in range(8)]
-"""The one-byte length of a Duration holding only nanos (1 + at most 5 bytes)."""
-
-
-def _short_varint(number: int) -> bytes:
-    """The varint of ``0 <= number < 2**30`` (nanoseconds of a Duration)."""
-    if number < 0x4000:
-        return wire.length(number)  # one or two bytes, from its table
-    if number < 0x200000:
-        return bytes((number & 0x7F | 0x80, number >> 7 & 0x7F | 0x80, number >> 14))
-    return wire.varint(number)
-
-
-@functools.lru_cache(maxsize=4096)
-def _result_head(plugin: str, version: str, action: PluginAction | None, outcome: PluginOutcome) -> bytes:
-    """A result's fields before its latency, encoded: the same few per plugin of a generation."""
-    return _result_wire(plugin_result(plugin=plugin, version=version, outcome=outcome, action=action), True)
-
-
-def _result_wire(result: PluginResult, strict: bool) -> bytes:
-    message = pb.PluginResult()
-    _result_to_proto(result, message, strict=strict)
-    return message.SerializeToString()
-
-
-def _fill_outcome(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> None:
-    """Every field of the answer but the results and the metadata."""
-    withheld = ring_outcome.context_withheld
-    ctx = ring_outcome.context
     target.ring = RING_TO_PROTO[ring_outcome.ring]
     target.action = _action_to_proto(ring_outcome.action, "the action a plugin returned")
     target.config_version = ring_outcome.config_version
     target.generation = ring_outcome.generation
     target.queued = ring_outcome.queued
+    for result in ring_outcome.results:
+        _result_to_proto(result, target.results.add(), strict=not withheld)
     decision = ring_outcome.decision
     if decision is not None:
         decision_to_proto(decision, target.decision)
@@ -722,6 +556,7 @@ def _fill_outcome(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.
     _set_object(target, "body", ctx.body, json_form, "body")
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
+    _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
 
 
 def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> bool:

@@ -178,7 +178,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     def _context(self, message: Any) -> tuple[PluginContext, bool]:
         return convert.context_from_proto(message, self._limits, self._engine.state)
 
-    async def ExecuteRing(  # type: ignore[override]  # answers the response's bytes: see _answer
+    async def ExecuteRing(  # type: ignore[override]  # answers the response's bytes
         self, request: engine_pb.ExecuteRingRequest, context: Context
     ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
@@ -196,7 +196,9 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                 wall_ns, perf = now_pair()
                 ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
                 tracer.record_ring(span, ring_outcome, wall_ns, perf)
-        return _answer(ring_outcome, json_form)
+        response = engine_pb.ExecuteRingResponse()
+        _encode(ring_outcome, json_form, response)
+        return response.SerializeToString()
 
     async def ExecuteRings(
         self, request: engine_pb.ExecuteRingsRequest, context: Context
@@ -309,14 +311,6 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
 _UNTRACED = (0, 0.0)
 _RING_NAMES = {ring: ring.value for ring in PluginHook}
 """Each ring's name, looked up: ``PluginHook.value`` is a Python-level property."""
-
-
-def _answer(ring_outcome: RingOutcome, json_form: bool) -> bytes:
-    """ExecuteRing's answer to ``ring_outcome``, encoded (the engine's block if unencodable)."""
-    try:
-        return convert.ring_outcome_to_wire(ring_outcome, json_form)
-    except EncodeError as problem:
-        return convert.ring_outcome_to_wire(ring_outcome.unencodable(str(problem)), json_form)
 
 
 def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:

@@ -56,7 +56,7 @@ if os.environ.get("RINGD_INSIDE_OUT"):
 
     convert.context_from_proto = timed("context", convert.context_from_proto)
     logs.bind_request = timed("bind", logs.bind_request)
-    servicers._answer = timed("encode", servicers._answer)
+    servicers._encode = timed("encode", servicers._encode)
     engine.Engine.execute_ring = timed_async("ring", engine.Engine.execute_ring)  # type: ignore[method-assign]
     make_handler = servicers._handle
 
