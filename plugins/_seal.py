@@ -139,7 +139,8 @@ def seal(mapping: Mapping[str, str], *, key: bytes | AESGCM, request_id: str) ->
     :meth:`KeySource.cipher`), bound to ``request_id``."""
     nonce = os.urandom(_NONCE_BYTES)
     try:
-        plaintext = orjson.dumps(dict(mapping))  # compact UTF-8 JSON, as json's below
+        # compact UTF-8 JSON, as json's below
+        plaintext = orjson.dumps(mapping if type(mapping) is dict else dict(mapping))
     except orjson.JSONEncodeError:  # a lone surrogate: json writes it, surrogatepass encodes it
         plaintext = json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "surrogatepass"

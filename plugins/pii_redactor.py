@@ -49,9 +49,8 @@ Metadata written:
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
 from collections import Counter, deque
-from itertools import chain
+from itertools import chain, compress
 from operator import itemgetter
 from typing import Any, ClassVar
 
@@ -75,6 +74,7 @@ from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 _MASK_CHUNK = 8192  # findings given placeholders between two yields to the event loop
 _KIND, _VALUE = itemgetter(0), itemgetter(3)
 _FEW = 32  # fewer findings are given placeholders one by one: the maps cost more
+_PREFIXES = {kind: placeholder_for(kind, 0)[:-2] for kind in KINDS}  # "[EMAIL_", ...
 
 
 class _Masker:
@@ -99,23 +99,24 @@ class _Masker:
             return [self._one(kind, value) for kind, _, _, value in findings]
         kinds = list(map(_KIND, findings))
         values = list(map(_VALUE, findings))
-        placeholders = [""] * len(findings)
-        order = sorted(range(len(findings)), key=kinds.__getitem__)  # stable: in order per kind
-        sorted_kinds = list(map(kinds.__getitem__, order))
-        low = 0
-        while low < len(order):
-            kind = sorted_kinds[low]
-            high = bisect_right(sorted_kinds, kind, low)
-            indexes = order[low:high]
-            identities = list(map(IDENTITY[kind], map(values.__getitem__, indexes)))
+        present = dict.fromkeys(kinds)
+        per_kind: dict[str, list[str]] = {}
+        for kind in present:
+            # This kind's values in order: all of them when there is one kind (the usual case).
+            of_kind = values if len(present) == 1 else list(compress(values, map(kind.__eq__, kinds)))
+            identities = list(map(IDENTITY[kind], of_kind))
             known = self.by_identity.setdefault(kind, {})
-            new = [identity for identity in dict.fromkeys(identities) if identity not in known]
+            first_seen = dict.fromkeys(identities)  # in order of first appearance
+            new = list(first_seen) if not known else [i for i in first_seen if i not in known]
             if new:
                 known.update(zip(new, self._numbered(kind, len(new)), strict=True))
-            deque(map(placeholders.__setitem__, indexes, map(known.__getitem__, identities)), maxlen=0)
-            low = high
-        deque(map(self.mapping.setdefault, placeholders, values), maxlen=0)  # the first value of each
-        return placeholders
+            names = per_kind[kind] = list(map(known.__getitem__, identities))
+            deque(map(self.mapping.setdefault, names, of_kind), maxlen=0)  # the first value of each
+        if len(per_kind) == 1:
+            return per_kind[kinds[0]]
+        # Back in the findings' order: each finding takes the next placeholder of its kind.
+        pending = {kind: iter(names) for kind, names in per_kind.items()}
+        return list(map(next, map(pending.__getitem__, kinds)))
 
     def _one(self, kind: str, value: str) -> str:
         known = self.by_identity.get(kind)
@@ -128,7 +129,7 @@ class _Masker:
                 placeholder = self._numbered(kind, 1)[0]
             else:
                 number = self.next_number[kind] = self.next_number.get(kind, 0) + 1
-                placeholder = placeholder_for(kind, number)
+                placeholder = f"{_PREFIXES[kind]}{number}]"
             known[identity] = placeholder
             self.mapping[placeholder] = value
         return placeholder
@@ -136,7 +137,7 @@ class _Masker:
     def _numbered(self, kind: str, count: int) -> list[str]:
         """``count`` new placeholders for ``kind``, skipping those already in the prompt."""
         number = self.next_number.get(kind, 0)
-        prefix = placeholder_for(kind, 0)[:-2]
+        prefix = _PREFIXES[kind]
         if not any(name.startswith(prefix) for name in self.taken):
             self.next_number[kind] = number + count
             return list(map((prefix + "{}]").format, range(number + 1, number + count + 1)))
@@ -193,7 +194,12 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)
         flat = list(chain.from_iterable(found))
-        counts: dict[str, int] = dict(Counter(map(_KIND, flat)))
+        counts: dict[str, int] = {}
+        if len(flat) < _FEW:  # a Counter costs more than a loop over a few
+            for finding in flat:
+                counts[finding.kind] = counts.get(finding.kind, 0) + 1
+        else:
+            counts.update(Counter(map(_KIND, flat)))
         ctx.metadata["pii_counts"] = counts
         if not counts:
             return PluginResponse.passthrough()

@@ -7,12 +7,14 @@ many findings at once; these tests hold each to the rule it replaces, on generat
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ringd.plugins import _detect
-from ringd.plugins._detect import Detector, luhn_valid
+from ringd.plugins._detect import Detector, Finding, luhn_valid
 from ringd.plugins._seal import open_sealed, parse_key
-from ringd.plugins.pii_redactor import PiiRedactor
+from ringd.plugins.pii_redactor import PiiRedactor, _Masker
 from ringd.testing import run_plugin
 
 PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -113,3 +115,144 @@ async def test_many_values_masked_at_once_keep_numbering_and_the_first_spelling(
         ctx.metadata["_pii_mapping"], key=parse_key(PII_KEY, "test key"), request_id=ctx.request_id
     )
     assert mapping == {f"[EMAIL_{n}]": address for n, address in zip(numbers, addresses, strict=True)}
+
+
+@st.composite
+def masker_findings(draw: st.DrawFn) -> list[Finding]:
+    # Values that collide by identity (case, spaces, punctuation), of several kinds at once.
+    values = {
+        "email": ["a@x.org", "A@X.org", "b@x.org", "c@y.net"],
+        "phone": ["+1 555 0100", "+1-555-0100", "+1 555 0199"],
+        "secret": ["sk-" + "Q" * 24, "sk-" + "q" * 24],
+        "iban": ["DE89 3704 0044 0532 0130 00", "de89370400440532013000"],
+    }
+    kinds = draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=80))
+    return [Finding(kind, 0, 0, draw(st.sampled_from(values[kind]))) for kind in kinds]
+
+
+@SETTINGS
+@given(
+    st.lists(masker_findings(), min_size=1, max_size=3),
+    st.sets(st.sampled_from(["[EMAIL_1]", "[EMAIL_3]", "[PHONE_2]", "[SECRET_1]"])),
+)
+def test_placeholders_given_in_batches_equal_one_by_one(chunks: list[list[Finding]], taken: set[str]) -> None:
+    # _Masker numbers many findings at once (per kind, by C-level maps); the rule is the
+    # one-by-one path: a value's placeholder is that of its first spelling, numbered per
+    # kind in order of first appearance, numbers already in the prompt skipped.
+    batched, single = _Masker(set(taken)), _Masker(set(taken))
+    for findings in chunks:
+        expected = [single._one(kind, value) for kind, _, _, value in findings]
+        assert batched.assign(findings) == expected
+    assert batched.mapping == single.mapping
+
+
+# The card and phone patterns as first written (greedy, backtracking): the possessive
+# quantifiers of _detect must give the same matches.
+_CARD_BACKTRACKING = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", re.ASCII)
+_PHONE_BACKTRACKING = re.compile(
+    r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d+(?:[ .-]\d\d+){0,5}(?![\w-]|\.\d)", re.ASCII
+)
+
+
+@SETTINGS
+@given(st.text(" .-0123456789+()a", min_size=1, max_size=120))
+@example("1234 5678 9012 3456 78 90")  # 18 digits then another group: the greedy one steps back
+@example("+1 (555) 123-4567 89")
+def test_possessive_card_and_phone_patterns_match_as_the_backtracking_ones(text: str) -> None:
+    for fast, slow in (
+        (_detect._CREDIT_CARD, _CARD_BACKTRACKING),
+        (_detect._PHONE_LINEAR, _PHONE_BACKTRACKING),
+    ):
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in slow.finditer(text)]
+    # The cards are cut out by re.split: the same values, and the pieces add up to the text.
+    pieces = _detect._CARD_SPLIT.split(text)
+    assert pieces[1::2] == [m.group() for m in _CARD_BACKTRACKING.finditer(text)]
+    assert "".join(pieces) == text
+
+
+@SETTINGS
+@given(address_text())
+@example("..ana@ex.com@@b.c@ex.com")
+def test_ascii_email_patterns_match_as_the_unicode_ones_on_ascii_text(text: str) -> None:
+    # ASCII texts are scanned with the email patterns compiled with re.ASCII.
+    text = text.replace("ü", "u")
+    for fast, general in zip(_detect._EMAIL_SCANS[True], _detect._EMAIL_SCANS[False], strict=True):
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in general.finditer(text)]
+        assert fast.split(text) == general.split(text)
+
+
+def _private_keys_one_by_one(plain: str) -> list[tuple[int, int]]:
+    """The PEM rule as first written: every "-----BEGIN" tried in Python, in order."""
+    spans = _detect._Spans(len(plain))
+    resume = 0
+    index = plain.find("-----BEGIN")
+    while index != -1:
+        head = _detect._PEM_HEAD.match(plain, index) if index >= resume else None
+        if head is not None:
+            end_line = plain.find("-----END", head.end())
+            end = -1
+            if end_line != -1 and plain.find("\x00", head.end(), end_line) == -1:
+                tail = _detect._PEM_TAIL.match(plain, end_line)
+                end = tail.end() if tail else -1
+            if end == -1:
+                body = _detect._PEM_BODY.match(plain, head.end())
+                end = body.end() if body else head.end()
+            spans.add("secret", index, end, plain)
+            resume = end
+        index = plain.find("-----BEGIN", index + 1)
+    return [(f.start, f.end) for f in spans.found]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "-----BEGIN",
+                "-----BEGIN RSA PRIVATE KEY-----",
+                "-----BEGIN PRIVATE KEY-----",
+                "-----",
+                "-----END RSA PRIVATE KEY-----",
+                "-----END",
+                "MIIEow",
+                "q2w3=",
+                "\n",
+                " x ",
+                "\x00",
+                "BEGIN",
+            ]
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_private_key_heads_found_by_regex_equal_every_head_tried(plain: str) -> None:
+    spans = _detect._Spans(len(plain))
+    _detect._private_keys(plain, plain, spans)
+    assert [(f.start, f.end) for f in spans.found] == _private_keys_one_by_one(plain)
+
+
+def _ipv6_spans(plain: str) -> list[tuple[int, int]]:
+    spans = _detect._Spans(len(plain))
+    _detect._ipv6(plain, plain, plain.translate(_detect._CLASS_MAP), spans)
+    return [(f.start, f.end) for f in spans.found]
+
+
+@st.composite
+def colon_text(draw: st.DrawFn) -> str:
+    piece = st.sampled_from(
+        ["::", ":", "a:g:", "2001:db8::1", "fe80::1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8", "abcd", "0", " ",
+         "\n", "x", "2001:db8:85a3:0:0:8a2e:370:7334", " " * 100, " " * 230, "::ffff:", "12:30"]
+    )  # fmt: skip
+    return "".join(draw(st.lists(piece, min_size=1, max_size=30)))
+
+
+@SETTINGS
+@given(colon_text(), st.integers(0, 40))
+@example("a:g: " + " " * 240 + "2001:db8:85a3:0:0:8a2e:370:7334 end", 0)  # straddles the first window's end
+def test_ipv6_found_by_windows_or_one_scan_equal_one_whole_scan(text: str, padding: int) -> None:
+    # Around sparse colon hints the IPv6 pattern runs in windows (an address cut by a
+    # window's end is searched again with room for it); with hints every few characters,
+    # over the whole text. Both find what one scan of the whole text finds.
+    for plain in (text, " " * padding + text + " " * (16 * len(text))):  # as it comes, and sparse
+        expected = [m.span() for m in _detect._IPV6.finditer(plain) if _detect._ipv6_ok(m.group())]
+        assert _ipv6_spans(plain) == expected
