@@ -466,6 +466,10 @@ class Detector:
         if wanted.isdisjoint(("credit_card", "iban", "ip_address", "phone")):
             return spans.in_order()
         classes = plain.translate(_CLASS_MAP)
+        if "1" not in classes:  # no digit: no card, IBAN, phone number or IPv4 address
+            if "ip_address" in wanted and ":" in plain:
+                _ipv6(text, plain, classes, spans)
+            return spans.in_order()
         clusters = _Clusters(classes) if not wanted.isdisjoint(_DIGIT_KINDS) else _NO_CLUSTERS
         if "credit_card" in wanted:
             _cards(text, plain, clusters, spans)
