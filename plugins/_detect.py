@@ -466,6 +466,10 @@ class Detector:
         if wanted.isdisjoint(("credit_card", "iban", "ip_address", "phone")):
             return spans.in_order()
         classes = plain.translate(_CLASS_MAP)
+        if "1" not in classes:  # no digit: no card, IBAN, phone number or IPv4 address
+            if "ip_address" in wanted and ":" in plain:
+                _ipv6(text, plain, classes, spans)
+            return spans.in_order()
         clusters = _Clusters(classes) if not wanted.isdisjoint(_DIGIT_KINDS) else _NO_CLUSTERS
         if "credit_card" in wanted:
             _cards(text, plain, clusters, spans)
@@ -840,13 +844,13 @@ def _private_keys(text: str, plain: str, spans: _Spans) -> None:
     """PEM private key blocks: to their END line, or over the base64 that follows."""
     if "-----BEGIN" not in plain:
         return
-    resume = 0
     end_line = -2  # where the next "-----END" is (-1: there is none), found once per stretch
     # The heads by the regex's literal search: no Python per "-----BEGIN" that heads nothing.
-    for head in _PEM_HEAD.finditer(plain):
+    # Each search starts where the last block ended, not after the last head: a head inside
+    # a block ("...KEY-----BEGIN ... KEY-----") can end after the start of the next one.
+    head = _PEM_HEAD.search(plain)
+    while head is not None:
         index = head.start()
-        if index < resume:
-            continue
         if end_line != -1 and end_line < head.end():
             end_line = plain.find("-----END", head.end())
         end = -1
@@ -857,7 +861,7 @@ def _private_keys(text: str, plain: str, spans: _Spans) -> None:
             body = _PEM_BODY.match(plain, head.end())
             end = body.end() if body else head.end()
         spans.add("secret", index, end, text)
-        resume = end
+        head = _PEM_HEAD.search(plain, end)
 
 
 def _emails(text: str, plain: str, spans: _Spans) -> None:

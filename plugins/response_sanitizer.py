@@ -74,6 +74,10 @@ from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, Str
 _log = logging.getLogger("plugin.response_sanitizer")
 
 
+_NO_MAPPING: dict[str, str] = {}
+"""A stream without a mapping to restore from (shared: never written to)."""
+
+
 def _redaction(finding: Finding) -> str:
     return f"[REDACTED_{finding.kind.upper()}]"
 
@@ -208,9 +212,11 @@ class ResponseSanitizer(BasePlugin):
 
     def _stream_mapping(self, ctx: PluginContext, report: dict[str, Any]) -> dict[str, str]:
         """The request's PII mapping, opened once per stream (on_chunk runs per chunk)."""
+        if self.keys is None:
+            return _NO_MAPPING
         sealed = ctx.metadata.get("_pii_mapping")
-        if self.keys is None or not isinstance(sealed, str):
-            return {}
+        if not isinstance(sealed, str):
+            return _NO_MAPPING
         cache_key = (ctx.request_id, sealed)
         mapping = self._opened.get(cache_key)
         if mapping is None:
@@ -247,13 +253,14 @@ class ResponseSanitizer(BasePlugin):
         mapping = self._stream_mapping(ctx, report)
         if final:
             self._opened.pop((ctx.request_id, str(ctx.metadata.get("_pii_mapping"))), None)
-        if self.detector.kinds:
+        found = self.detector.find(out) if self.detector.kinds else None
+        if found:  # (most chunks find nothing: no more work for them)
             restored = set(mapping.values())
             # Unless final, a finding in the last word may go on in the next chunk: it waits.
             last_word = -1 if final else max(out.rfind(" "), out.rfind("\n"), out.rfind("\t"))
             findings = [
                 finding
-                for finding in self.detector.find(out)
+                for finding in found
                 if (final or finding.end <= last_word) and finding.value not in restored
             ]
             counts: dict[str, int] = report["redacted"]

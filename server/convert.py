@@ -316,6 +316,30 @@ def chunk_from_proto(data: bytes, where: str, limits: Limits) -> dict[str, Any] 
     choices = chunk.get("choices", [])
     if not isinstance(choices, list):
         raise RequestError(f"{where}.choices must be a list, got a JSON {_json_kind(choices)}", field=where)
+    # orjson makes exact types (no bool where an int is checked, no subclasses), so the
+    # checks compare classes; a choice's place in the message is written out on failure only.
+    for choice in choices:
+        if choice.__class__ is not dict:
+            break
+        index = choice.get("index")
+        if index.__class__ is not int or not 0 <= index < MAX_CHOICES:
+            break
+        delta = choice.get("delta")
+        if delta is not None and (
+            delta.__class__ is not dict or delta.get("content", "").__class__ not in _CONTENT_TYPES
+        ):
+            break
+    else:
+        return chunk
+    _bad_choice(choices, where)
+    return chunk  # not reached: _bad_choice raises
+
+
+_CONTENT_TYPES = (str, type(None))
+
+
+def _bad_choice(choices: list[Any], where: str) -> None:
+    """Raise the RequestError for the first malformed choice of ``choices``."""
     for position, choice in enumerate(choices):
         at = f"{where}.choices[{position}]"
         if not isinstance(choice, dict):
@@ -335,7 +359,6 @@ def chunk_from_proto(data: bytes, where: str, limits: Limits) -> dict[str, Any] 
             raise RequestError(
                 f"{at}.delta.content must be a string or null, got a JSON {_json_kind(content)}", field=at
             )
-    return chunk
 
 
 def _sse_data(event: bytes, where: str) -> bytes:

@@ -308,10 +308,13 @@ class StreamSession:
             released = await self._through(index, text, final) if self._stages else text
             if released is None:
                 return [], self._blocked_outcome()
-            out_delta = {key: value for key, value in delta.items() if key != "content"}
-            if released or ("content" in delta and out_delta):
+            out_delta = delta.copy()  # the delta without its content, which goes last if any
+            had_content = "content" in out_delta
+            if had_content:
+                del out_delta["content"]
+            if released or (had_content and out_delta):
                 out_delta["content"] = released
-            state = self._choice(index)
+            state = self._choices.get(index) or self._choice(index)
             state.absorb(out_delta, choice)
             if released:
                 self._add_text(state, released)

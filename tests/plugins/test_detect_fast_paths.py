@@ -220,10 +220,16 @@ def _private_keys_one_by_one(plain: str) -> list[tuple[int, int]]:
                 " x ",
                 "\x00",
                 "BEGIN",
+                "BEGIN PRIVATE KEY-----",
             ]
         ),
         max_size=30,
     ).map("".join)
+)
+# A head inside a block's END line ("KEY-----BEGIN ... KEY-----") skipped, and a head that
+# starts in its closing dashes, after the block: that key is found too.
+@example(
+    "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----BEGIN PRIVATE KEY-----BEGIN PRIVATE KEY-----\nMIIE"
 )
 def test_private_key_heads_found_by_regex_equal_every_head_tried(plain: str) -> None:
     spans = _detect._Spans(len(plain))
