@@ -152,6 +152,9 @@ WRITE_BEHIND_S = 0.05
 """How long :meth:`SqliteStore.incr_later` and :meth:`SqliteStore.set_later` writes wait
 to be committed together (one transaction for all the writes queued meanwhile)."""
 
+FLUSH_STATEMENTS_MAX = 128
+"""Statements of a flush committed in one transaction (a larger queue takes several)."""
+
 FLUSH_RETRY_S = 1.0
 """How long after a failed flush of queued writes the next one retries them."""
 
@@ -364,6 +367,8 @@ class SqliteStore:
         """Flushes of queued writes that committed (each one transaction on the loop)."""
         self.flushed_writes = 0
         """Queued writes those flushes committed."""
+        self.flush_s = 0.0
+        """Time those flushes took (on the loop, or waiting for the thread), in seconds."""
         self.errors: dict[str, int] = {}
         """Failures the store raised, by operation (get, set, delete, incr, purge)."""
         self._counted = failure_counters(self.errors)
@@ -427,9 +432,9 @@ class SqliteStore:
             except Exception as exc:  # a failed purge only delays the clean-up: log and retry later
                 _log.warning("SQLite store %s: purging expired keys failed: %s", self.path, exc)
 
-    def _count_write(self) -> None:
-        """Count a write (on the loop's connection, or the thread's); every so many, checkpoint."""
-        self._unchecked_writes += 1
+    def _count_write(self, writes: int = 1) -> None:
+        """Count writes (on the loop's connection, or the thread's); every so many, checkpoint."""
+        self._unchecked_writes += writes
         if self._unchecked_writes >= CHECKPOINT_EVERY_WRITES and self._checkpointer is None:
             self._unchecked_writes = 0
             self._checkpointer = asyncio.create_task(self._checkpoint(), name="ringd-store-checkpoint")
@@ -680,10 +685,9 @@ class SqliteStore:
             self._batches += 1
         batch = self._flushing
         failed = False
+        started = time.perf_counter()
         try:
-            refused = self._flush_on_loop(batch)
-            if refused is None:
-                refused = await self._flush_in_thread(batch)
+            refused = await self._write_statements(_queued_statements(batch, time.time()))
         except Exception as exc:  # the batch stays, and is retried before newer writes
             failed = True
             _log.warning(
@@ -704,15 +708,42 @@ class SqliteStore:
             self._committed_batches = self._batches
             self.flushes += 1
             self.flushed_writes += len(batch)
+            self.flush_s += time.perf_counter() - started
             return True
         finally:
             self._flusher = None
             if self._flushing or self._queued:
                 self._flush_soon(FLUSH_RETRY_S if failed else WRITE_BEHIND_S)
 
-    def _flush_on_loop(self, batch: dict[str, _Queued]) -> list[str] | None:
-        """``batch`` in one transaction on the loop's connection; the keys whose incr was
-        refused. None when it cannot run there (see :meth:`_on_loop`)."""
+    async def _write_statements(self, statements: list[tuple[str, list[Any], list[str]]]) -> list[str]:
+        """Run a flush's statements; the keys whose incr was refused (not an integer).
+
+        On the loop's connection, :data:`FLUSH_STATEMENTS_MAX` statements a transaction
+        (the loop runs other tasks between two), when it can write there; otherwise the
+        first in the thread (each statement atomic and committed by itself; after a
+        checkpoint, that write starts the WAL over) and the rest tried on the loop again.
+        """
+        refused: list[str] = []
+        while statements:
+            chunk = statements[:FLUSH_STATEMENTS_MAX]
+            on_loop = self._flush_on_loop(chunk)
+            if on_loop is not None:
+                refused += on_loop
+                del statements[:FLUSH_STATEMENTS_MAX]
+                if statements:
+                    await asyncio.sleep(0)  # let the loop's other tasks run between transactions
+                continue
+            sql, params, keys = statements.pop(0)
+            self.thread_calls += 1
+            rows = await self._conn.execute_fetchall(sql, params)
+            self._wrote_in_thread()
+            written = {row[0] for row in rows}
+            refused += [key for key in keys if key not in written]
+        return refused
+
+    def _flush_on_loop(self, statements: list[tuple[str, list[Any], list[str]]]) -> list[str] | None:
+        """``statements`` in one transaction on the loop's connection; the keys whose
+        incr was refused. None when it cannot run there (see :meth:`_on_loop`)."""
         conn = self._loop_conn
         if conn is None or self._restart_pending or not self._loop_writes:
             return None
@@ -724,7 +755,7 @@ class SqliteStore:
             return None
         refused: list[str] = []
         try:
-            for sql, params, keys in _queued_statements(batch, time.time()):
+            for sql, params, keys in statements:
                 rows = conn.execute(sql, params).fetchall()
                 if len(rows) < len(keys):
                     written = {row[0] for row in rows}
@@ -735,18 +766,7 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         self.loop_calls += 1
-        self._count_write()
-        return refused
-
-    async def _flush_in_thread(self, batch: dict[str, _Queued]) -> list[str]:
-        """``batch`` one statement after another in the thread (each atomic and committed)."""
-        refused: list[str] = []
-        for sql, params, keys in _queued_statements(batch, time.time()):
-            self.thread_calls += 1
-            rows = await self._conn.execute_fetchall(sql, params)
-            self._wrote_in_thread()
-            written = {row[0] for row in rows}
-            refused += [key for key in keys if key not in written]
+        self._count_write(len(statements))
         return refused
 
 
