@@ -19,7 +19,7 @@ import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiosqlite
 from ringd.sdk import StoreError
@@ -181,23 +181,33 @@ class _Queued:
         self.expires_at = expires_at
 
 
-def _queued_statements(batch: dict[str, _Queued], now: float) -> list[tuple[str, list[Any], list[str]]]:
-    """The statements writing ``batch``: ``(sql, params, incremented keys)``; the
-    increments with one expiry in statements of up to :data:`_INCR_ROWS_MAX` keys."""
-    statements: list[tuple[str, list[Any], list[str]]] = []
+class _Statement(NamedTuple):
+    """One statement of a flush: it writes ``keys``; an increment's RETURNING names the
+    keys it changed (one whose value is not an integer is missing)."""
+
+    sql: str
+    params: list[Any]
+    keys: list[str]
+    is_incr: bool
+
+
+def _queued_statements(batch: dict[str, _Queued], now: float) -> list[_Statement]:
+    """The statements writing ``batch``: each ``set_later`` one, the increments with one
+    expiry in statements of up to :data:`_INCR_ROWS_MAX` keys."""
+    statements: list[_Statement] = []
     increments: dict[float | None, list[tuple[str, int]]] = {}
     for key, queued in batch.items():
         if queued.is_incr:
             increments.setdefault(queued.expires_at, []).append((key, queued.value))
         else:
-            statements.append((_SET, [key, queued.value, queued.expires_at], []))
+            statements.append(_Statement(_SET, [key, queued.value, queued.expires_at], [key], False))
     for expires_at, items in increments.items():
         for start in range(0, len(items), _INCR_ROWS_MAX):
             chunk = items[start : start + _INCR_ROWS_MAX]
             params: list[Any] = [expires_at, now]
             for key, amount in chunk:
                 params += (key, amount)
-            statements.append((_incr_rows(len(chunk)), params, [key for key, _ in chunk]))
+            statements.append(_Statement(_incr_rows(len(chunk)), params, [key for key, _ in chunk], True))
     return statements
 
 
@@ -677,37 +687,32 @@ class SqliteStore:
             raise StoreError(f"SQLite store {self.path!r}: the writes queued before this {operation} failed")
 
     async def _flush(self) -> bool:
-        """Commit the batch a failed flush left, else the queue (which becomes the batch)."""
+        """Commit what a failed flush left, else the queue (which becomes the batch)."""
         if not self._flushing:
             if not self._queued:
                 return True
             self._flushing, self._queued = self._queued, {}
             self._batches += 1
         batch = self._flushing
+        writes = len(batch)
         failed = False
         started = time.perf_counter()
         try:
-            refused = await self._write_statements(_queued_statements(batch, time.time()))
-        except Exception as exc:  # the batch stays, and is retried before newer writes
+            await self._write_statements(_queued_statements(batch, time.time()))
+        except Exception as exc:  # what was not committed stays, retried before newer writes
             failed = True
             _log.warning(
                 "SQLite store %s: writing %d queued writes failed (retried in %g s): %s",
                 self.path,
-                len(batch),
+                len(self._flushing),
                 FLUSH_RETRY_S,
                 exc,
             )
             return False
         else:
-            for key in refused:
-                self.errors["incr"] = self.errors.get("incr", 0) + 1
-                _log.warning(
-                    "SQLite store %s: queued incr of %r dropped: its value is not an integer", self.path, key
-                )
-            self._flushing = {}
             self._committed_batches = self._batches
             self.flushes += 1
-            self.flushed_writes += len(batch)
+            self.flushed_writes += writes
             self.flush_s += time.perf_counter() - started
             return True
         finally:
@@ -715,35 +720,49 @@ class SqliteStore:
             if self._flushing or self._queued:
                 self._flush_soon(FLUSH_RETRY_S if failed else WRITE_BEHIND_S)
 
-    async def _write_statements(self, statements: list[tuple[str, list[Any], list[str]]]) -> list[str]:
-        """Run a flush's statements; the keys whose incr was refused (not an integer).
+    def _committed(self, statement: _Statement, rows: Sequence[Any]) -> None:
+        """``statement`` committed: its keys leave the batch; an increment it refused (the
+        key holds something else than an integer) is logged and counted, and dropped."""
+        for key in statement.keys:
+            del self._flushing[key]
+        if statement.is_incr and len(rows) < len(statement.keys):
+            written = {row[0] for row in rows}
+            for key in statement.keys:
+                if key not in written:
+                    self.errors["incr"] = self.errors.get("incr", 0) + 1
+                    _log.warning(
+                        "SQLite store %s: queued incr of %r dropped: its value is not an integer",
+                        self.path,
+                        key,
+                    )
+
+    async def _write_statements(self, statements: list[_Statement]) -> None:
+        """Run a flush's statements; each one's keys leave the batch once it is committed.
 
         On the loop's connection, :data:`FLUSH_STATEMENTS_MAX` statements a transaction
         (the loop runs other tasks between two), when it can write there; otherwise the
         first in the thread (each statement atomic and committed by itself; after a
         checkpoint, that write starts the WAL over) and the rest tried on the loop again.
         """
-        refused: list[str] = []
         while statements:
             chunk = statements[:FLUSH_STATEMENTS_MAX]
-            on_loop = self._flush_on_loop(chunk)
-            if on_loop is not None:
-                refused += on_loop
+            results = self._flush_on_loop(chunk)
+            if results is not None:
+                for statement, rows in zip(chunk, results, strict=True):
+                    self._committed(statement, rows)
                 del statements[:FLUSH_STATEMENTS_MAX]
                 if statements:
-                    await asyncio.sleep(0)  # let the loop's other tasks run between transactions
+                    await asyncio.sleep(0)  # the loop's other tasks run between two transactions
                 continue
-            sql, params, keys = statements.pop(0)
+            statement = statements.pop(0)
             self.thread_calls += 1
-            rows = await self._conn.execute_fetchall(sql, params)
+            written = await self._conn.execute_fetchall(statement.sql, statement.params)
             self._wrote_in_thread()
-            written = {row[0] for row in rows}
-            refused += [key for key in keys if key not in written]
-        return refused
+            self._committed(statement, list(written))
 
-    def _flush_on_loop(self, statements: list[tuple[str, list[Any], list[str]]]) -> list[str] | None:
-        """``statements`` in one transaction on the loop's connection; the keys whose
-        incr was refused. None when it cannot run there (see :meth:`_on_loop`)."""
+    def _flush_on_loop(self, statements: list[_Statement]) -> list[list[Any]] | None:
+        """``statements`` in one transaction on the loop's connection; each one's rows.
+        None when it cannot run there (see :meth:`_on_loop`): nothing was written."""
         conn = self._loop_conn
         if conn is None or self._restart_pending or not self._loop_writes:
             return None
@@ -753,13 +772,8 @@ class SqliteStore:
             if not _is_busy(exc):
                 raise
             return None
-        refused: list[str] = []
         try:
-            for sql, params, keys in statements:
-                rows = conn.execute(sql, params).fetchall()
-                if len(rows) < len(keys):
-                    written = {row[0] for row in rows}
-                    refused += [key for key in keys if key not in written]
+            results = [conn.execute(statement.sql, statement.params).fetchall() for statement in statements]
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -767,7 +781,7 @@ class SqliteStore:
             raise
         self.loop_calls += 1
         self._count_write(len(statements))
-        return refused
+        return results
 
 
 async def open_store(url: str, *, base_dir: Path | None = None) -> SqliteStore | RedisStore:
