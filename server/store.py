@@ -320,7 +320,9 @@ class SqliteStore:
 
     Open it once with :meth:`open` and :meth:`close` it on shutdown. Every write
     commits before it returns, so an acknowledged write survives the process
-    being killed.
+    being killed; except :meth:`incr_later` and :meth:`set_later`, which queue their
+    writes and commit them together a moment later (within :data:`WRITE_BEHIND_S`;
+    :meth:`close` writes the queue).
 
     Two connections to the file: short operations (every read, and writes of values up
     to :data:`FAST_VALUE_BYTES` when ``synchronous`` is OFF or NORMAL, so a commit does
@@ -579,8 +581,8 @@ class SqliteStore:
         loop the other keys were added.
         """
         keys = [key for key, _ in items]
-        if (self._queued or self._flushing) and any(
-            key in self._queued or key in self._flushing for key in keys
+        if (self._queued or self._flushing) and not (
+            self._queued.keys().isdisjoint(keys) and self._flushing.keys().isdisjoint(keys)
         ):
             await self._settle("incr")
         if 1 < len(items) <= _INCR_ROWS_MAX and len(set(keys)) == len(keys):
