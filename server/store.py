@@ -155,6 +155,9 @@ to be committed together (one transaction for all the writes queued meanwhile)."
 FLUSH_STATEMENTS_MAX = 128
 """Statements of a flush committed in one transaction (a larger queue takes several)."""
 
+QUEUED_MAX = 10_000
+"""Keys queued at most; past it (commits failing for a while) writes go at once."""
+
 FLUSH_RETRY_S = 1.0
 """How long after a failed flush of queued writes the next one retries them."""
 
@@ -613,12 +616,13 @@ class SqliteStore:
         :data:`WRITE_BEHIND_S`. The expiry of a key the write creates counts from the first
         queued ``incr``. A key whose stored value is not an integer is not changed (the
         write is dropped, logged and counted as an ``incr`` error). Without writes on the
-        loop (``synchronous`` FULL or EXTRA, no loop connection) it is :meth:`incr_many`.
+        loop (``synchronous`` FULL or EXTRA, no loop connection), or with
+        :data:`QUEUED_MAX` keys queued (commits failing), it is :meth:`incr_many`.
 
         Raises:
             StoreError: an amount is not an integer (nothing is queued).
         """
-        if not self._loop_writes:
+        if not self._loop_writes or len(self._queued) >= QUEUED_MAX:
             await self.incr_many(items, ttl_s)
             return
         with self._counted["incr"]:
@@ -642,7 +646,8 @@ class SqliteStore:
         are (a later queued write of the key replaces it). For values losing which costs
         little (``response_cache_store``'s answers). ``value`` is encoded now: changing
         it afterwards does not change what is stored. Values over :data:`FAST_VALUE_BYTES`
-        (encoded) are written at once, as :meth:`set_state` writes them.
+        (encoded), and any value while :data:`QUEUED_MAX` keys are queued, are written at
+        once, as :meth:`set_state` writes them.
 
         Raises:
             StoreError: ``value`` is not JSON or ``ttl_s`` is not a positive number.
@@ -650,7 +655,7 @@ class SqliteStore:
         with self._counted["set"]:
             encoded = _encode(key, value)
             expires_at = _expiry(ttl_s)
-        if not self._loop_writes or len(encoded) > FAST_VALUE_BYTES:
+        if not self._loop_writes or len(encoded) > FAST_VALUE_BYTES or len(self._queued) >= QUEUED_MAX:
             await self.set_state(key, value, ttl_s)
             return
         self._queued[key] = _Queued(False, encoded, expires_at)

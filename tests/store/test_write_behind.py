@@ -17,6 +17,7 @@ import pytest
 from ringd.plugins.response_cache import ResponseCacheStore
 from ringd.plugins.usage_accounting import UsageAccounting
 from ringd.sdk import PluginContext, PluginState, StoreError
+from ringd.server import store as store_module
 from ringd.server.store import SqliteStore
 
 
@@ -177,3 +178,16 @@ async def test_without_loop_writes_the_later_writes_are_immediate(tmp_path: Path
         assert store.flushes == 0
     finally:
         await store.close()
+
+
+async def test_a_full_queue_writes_at_once(
+    sqlite_store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "QUEUED_MAX", 2)
+    await sqlite_store.incr_later([("a", 1), ("b", 1)])
+    await sqlite_store.set_later("c", "x")  # two keys queued: the queue is full, so written now
+    await sqlite_store.incr_later([("d", 1)])
+    assert committed(tmp_path / "ringd.db", "c") == '"x"'
+    assert committed(tmp_path / "ringd.db", "d") == "1"
+    assert committed(tmp_path / "ringd.db", "a") is None  # still queued
+    assert [await sqlite_store.get_state(key) for key in "abcd"] == [1, 1, "x", 1]
