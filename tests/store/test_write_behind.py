@@ -191,3 +191,18 @@ async def test_a_full_queue_writes_at_once(
     assert committed(tmp_path / "ringd.db", "d") == "1"
     assert committed(tmp_path / "ringd.db", "a") is None  # still queued
     assert [await sqlite_store.get_state(key) for key in "abcd"] == [1, 1, "x", 1]
+
+
+async def test_a_failed_commit_keeps_the_writes_and_retries_them_once(sqlite_store: SqliteStore) -> None:
+    loop_conn = sqlite_store._loop_conn
+    assert loop_conn is not None
+    await sqlite_store.incr_later([("n", 2)])
+    loop_conn.execute("PRAGMA query_only=1")  # the loop's connection now refuses every write
+    assert not await sqlite_store.flush()
+    with pytest.raises(StoreError, match="queued"):
+        await sqlite_store.get_state("n")  # its write failed: no stale answer
+    await sqlite_store.incr_later([("n", 3)])  # queued behind the failed batch
+    loop_conn.execute("PRAGMA query_only=0")
+    assert await sqlite_store.flush()
+    assert await sqlite_store.get_state("n") == 5  # each amount once
+    assert sqlite_store.errors == {"get": 1}
