@@ -65,6 +65,11 @@ def failure_counters(errors: dict[str, int]) -> dict[str, CountFailures]:
     return {op: CountFailures(errors, op) for op in ("get", "set", "delete", "incr", "purge")}
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+"""``json.dumps(value, allow_nan=False, separators=(",", ":"))`` without making an encoder
+per call (~1 us of a 2 KB answer's ~5 us)."""
+
+
 def _encode(key: str, value: Any) -> str:
     """Compact JSON text of ``value``: JSON types only, no NaN or infinity (the SDK's rules).
 
@@ -72,7 +77,7 @@ def _encode(key: str, value: Any) -> str:
     ``null``, so the store would accept values the contract refuses.
     """
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"value for key {key!r} is not JSON-serialisable: {exc}") from exc
 
