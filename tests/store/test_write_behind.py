@@ -206,3 +206,20 @@ async def test_a_failed_commit_keeps_the_writes_and_retries_them_once(sqlite_sto
     assert await sqlite_store.flush()
     assert await sqlite_store.get_state("n") == 5  # each amount once
     assert sqlite_store.errors == {"get": 1}
+
+
+async def test_processes_sharing_the_file_add_their_queues(tmp_path: Path) -> None:
+    # Two stores on one file, as two --workers processes: each commits its own queue.
+    path = tmp_path / "shared.db"
+    first, second = await SqliteStore.open(path), await SqliteStore.open(path)
+    try:
+        for _ in range(50):
+            await first.incr_later([("requests", 1), ("tokens", 10)])
+            await second.incr_later([("requests", 1), ("tokens", 10)])
+            await asyncio.sleep(0)
+        assert await first.get_state("requests") >= 50  # its own queue, at once
+    finally:
+        await first.close()
+        await second.close()
+    assert committed(path, "requests") == "100"
+    assert committed(path, "tokens") == "1000"
