@@ -13,9 +13,10 @@ blocked), and the audit log writes into the temporary folder.
 
 Aims (issue 17): each plugin under 50 us per call, the cache lookup on a miss under
 100 us. Plugins that read or write the store (rate_limiter, response_cache on a first
-miss, response_cache_store, usage_accounting) do it on the store's event-loop
-connection; a write's cost is mostly SQLite's file-lock system calls, which depend on
-the machine's load more than on ringd.
+miss) do it on the store's event-loop connection; a write's cost is mostly SQLite's
+file-lock system calls, which depend on the machine's load more than on ringd.
+response_cache_store and usage_accounting queue their writes, which the store commits
+every 50 ms in one transaction between requests: the last line gives that cost.
 
     .venv/bin/python bench/plugins_bench.py [--runs N] [--loop asyncio|uvloop] [--smoke]
 """
