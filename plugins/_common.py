@@ -330,6 +330,19 @@ def tokens_for_chars(chars: int) -> int:
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """Estimated tokens of all message texts of a request (see :func:`iter_message_texts`)."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and body.get("prompt") is None:
+        # The common shape (every content a string or absent) without the generators.
+        chars = 0
+        for message in messages:
+            if isinstance(message, dict):
+                content = message.get("content")
+                if isinstance(content, str):
+                    chars += len(content)
+                elif content is not None:
+                    break
+        else:
+            return tokens_for_chars(chars)
     return tokens_for_chars(sum(len(text) for _, text in iter_message_texts(body)))
 
 

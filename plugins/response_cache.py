@@ -12,7 +12,10 @@ Two plugins share one key function:
     A mapping that does not open makes the lookup a miss.
 ``ResponseCacheStore`` (name ``response_cache_store``, POST_FLIGHT by default,
     also usable in BACKGROUND)
-    Stores ``ctx.response`` under the key the lookup put in metadata. Place it
+    Stores ``ctx.response`` under the key the lookup put in metadata (on the SQLite
+    store the write is queued and committed a moment later, ~50 ms, with other
+    requests' writes, see ``SqliteStore.set_later``; this process reads it at once,
+    other ``--workers`` processes and replicas once committed). Place it
     after ``response_sanitizer``. No personal data is stored: when the request
     carries a sealed ``_pii_mapping``, every original value that
     ``response_sanitizer`` restored is put back into its placeholder in the
@@ -81,6 +84,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
+from ringd.plugins._batch import set_later
 from ringd.plugins._common import ConfigReader, map_response_texts, require_store
 from ringd.plugins._seal import (
     CONFIG_KEY,
@@ -333,7 +337,7 @@ class ResponseCacheStore(BasePlugin):
             return PluginResponse.passthrough(f"answer too large to cache ({size} bytes)")
         misses = recent_misses(ctx.state, self.namespace)
         misses.forget(digest)
-        await store.set_state(f"{self.namespace}:{digest}", stored, ttl_s=self.ttl_s)
+        await set_later(store, f"{self.namespace}:{digest}", stored, ttl_s=self.ttl_s)
         misses.forget(digest)  # a lookup that read while the write was on its way
         ctx.metadata["_cache_stored"] = True
         return PluginResponse.passthrough()

@@ -10,7 +10,10 @@ answer served from the cache (metadata ``_cache_status == "hit"``) costs 0.
 Requests without an answer, or with an upstream error and no usage, are not
 counted.
 
-Store keys (integers, via atomic ``incr``, no expiry); ``<tenant>`` and
+Store keys (integers, no expiry; on the SQLite store the four are queued and committed
+a moment later, ~50 ms, with every other request's in one transaction, see
+``SqliteStore.incr_later``: this process reads them at once, others once committed, and
+a clean shutdown or reload writes the queue; on Redis, atomic ``incr``); ``<tenant>`` and
 ``<model>`` have ``%`` and ``:`` percent-encoded so the keys split cleanly on ``:``:
     ``<key_prefix>:<tenant>:<model>:requests``
     ``<key_prefix>:<tenant>:<model>:prompt_tokens``
@@ -36,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ringd.plugins._batch import incr_all
+from ringd.plugins._batch import incr_later
 from ringd.plugins._common import (
     ConfigReader,
     as_count,
@@ -152,7 +155,7 @@ class UsageAccounting(BasePlugin):
             (f"{prefix}:completion_tokens", completion_tokens),
             (f"{prefix}:cost_micro_usd", cost),
         ]
-        await incr_all(store, counters)  # one store call: one SQLite transaction for the four
+        await incr_later(store, counters)  # SQLite: queued, committed with other requests' counters
         ctx.metadata["usage"] = {
             "tenant": tenant,
             "model": model,

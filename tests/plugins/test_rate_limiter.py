@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from ringd.plugins._common import estimate_prompt_tokens, iter_message_texts, tokens_for_chars
 from ringd.plugins.rate_limiter import RateLimiter
 from ringd.sdk import PluginAction, PluginContext
 
@@ -149,3 +150,21 @@ def test_error_message_matches_the_brief() -> None:
     assert str(caught.value) == (
         "rate_limiter: config 'requests_per_window' must be a positive integer, got -1"
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": "x" * 9}, {"role": "assistant", "content": None}]},
+        {"messages": [{"role": "user", "content": "abc"}, "not a message", {"role": "tool"}]},
+        {"messages": [{"content": "a"}, {"content": [{"type": "text", "text": "x" * 11}, {"type": "file"}]}]},
+        {"messages": [{"content": "abcde"}], "prompt": "x" * 20},
+        {"messages": [{"content": "abcde"}, {"content": 7}]},
+        {"messages": "not a list", "prompt": ["ab", "cd"]},
+        {},
+    ],
+)
+def test_token_estimate_counts_every_message_text(body: dict) -> None:
+    # The estimate's string-content shortcut agrees with the text walk for every shape.
+    chars = sum(len(text) for _, text in iter_message_texts(body))
+    assert estimate_prompt_tokens(body) == tokens_for_chars(chars)
