@@ -17,6 +17,7 @@ from ringd.server.logs import bind_request
 from ringd.server.results import RingOutcome
 
 _log = logging.getLogger("ringd.background")
+_BACKGROUND = PluginHook.BACKGROUND.value
 
 
 class BackgroundQueue:
@@ -51,15 +52,19 @@ class BackgroundQueue:
         return queued
 
     async def _work(self) -> None:
+        queue, execute_ring = self._queue, self._engine.execute_ring
         while True:
-            ctx = await self._queue.get()
-            bind_request(ctx.request_id, PluginHook.BACKGROUND.value)  # issue 14: log lines name the request
+            try:  # a queued ring is taken without the coroutine and future of ``get``
+                ctx = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                ctx = await queue.get()
+            bind_request(ctx.request_id, _BACKGROUND)  # issue 14: log lines name the request
             try:
-                await self._engine.execute_ring(PluginHook.BACKGROUND, ctx)
+                await execute_ring(PluginHook.BACKGROUND, ctx)
             except Exception:  # a background ring has no caller to tell: log it and go on
                 _log.exception("background ring failed (request_id=%s)", ctx.request_id)
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def drain(self, grace_s: float) -> bool:
         """Wait up to ``grace_s`` for queued rings, then stop the workers; True if all ran."""

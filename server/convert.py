@@ -11,6 +11,7 @@ raw JSON) are read side by side.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,26 +136,54 @@ def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) 
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         return value.string_value
+    return _other_to_py(value, kind, depth, limit, where)
+
+
+def _other_to_py(value: struct_pb2.Value, kind: str | None, depth: int, limit: int, where: Where) -> Any:
+    """A Value of ``kind`` that is not a string (the callers read strings, most values, inline)."""
     if kind == "number_value":
         number = value.number_value
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "bool_value":
-        return value.bool_value
     if kind == "struct_value":
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
-        if depth + 1 >= limit:  # the list is one level below the container holding it
-            raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
-        return [_value_to_py(item, depth + 1, limit, where) for item in value.list_value.values]
+        return _list_to_py(value.list_value, depth + 1, limit, where)
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_value":
+        return value.string_value
     return None
+
+
+def _list_to_py(list_value: struct_pb2.ListValue, depth: int, limit: int, where: Where) -> list[Any]:
+    if depth >= limit:  # the list is one level below the container holding it
+        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    items: list[Any] = []
+    for item in list_value.values:
+        kind = item.WhichOneof("kind")
+        if kind == "string_value":
+            items.append(item.string_value)
+        elif kind == "struct_value":
+            items.append(_struct_to_py(item.struct_value, depth + 1, limit, where))
+        else:
+            items.append(_other_to_py(item, kind, depth, limit, where))
+    return items
 
 
 def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Where) -> dict[str, Any]:
     if depth >= limit:
         raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
     fields = struct.fields
-    # Indexing the map is C; `.items()` goes through a Python-level ItemsView.
-    return {key: _value_to_py(fields[key], depth, limit, where) for key in fields}
+    data: dict[str, Any] = {}
+    # Indexing the map is C; `.items()` goes through a Python-level ItemsView. Strings,
+    # most values, are read here rather than through a call per value.
+    for key in fields:
+        value = fields[key]
+        kind = value.WhichOneof("kind")
+        data[key] = (
+            value.string_value if kind == "string_value" else _other_to_py(value, kind, depth, limit, where)
+        )
+    return data
 
 
 def _json_depth_ok(data: Any, limit: int) -> bool:
@@ -169,6 +198,10 @@ def _json_depth_ok(data: Any, limit: int) -> bool:
     return True
 
 
+_NOT_OPENING = bytes(byte for byte in range(256) if byte not in b"{[")
+"""Every byte but ``{`` and ``[``: deleted, what is left are the brackets that open a level."""
+
+
 def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
@@ -176,8 +209,9 @@ def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
         raise RequestError(f"{where} is not valid UTF-8 JSON: {exc}", field=where) from None
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}", field=where)
-    # Counting brackets is cheap; walk the tree only when it could be too deep.
-    if raw.count(b"{") + raw.count(b"[") > limit and not _json_depth_ok(data, limit):
+    # Counting brackets is cheap (one pass that keeps only them); walk the tree only
+    # when it could be too deep.
+    if len(raw.translate(None, _NOT_OPENING)) > limit and not _json_depth_ok(data, limit):
         raise RequestError(f"{where} is nested deeper than {limit} levels", field=where)
     return data
 
@@ -224,9 +258,11 @@ def context_from_proto(
             f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}",
             field=f"{field}.metadata",
         )
-    metadata = {
-        key: _value_to_py(metadata_in[key], 0, depth, (f"{field}.metadata", key)) for key in metadata_in
-    }
+    if metadata_in:
+        where = f"{field}.metadata"
+        metadata = {key: _value_to_py(metadata_in[key], 0, depth, (where, key)) for key in metadata_in}
+    else:
+        metadata = {}
     if message.HasField("request"):
         request = message.request
         headers_in = request.headers
@@ -561,32 +597,57 @@ def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> boo
     return False
 
 
-def queued_to_proto(
-    ring_outcome: RingOutcome,
-    request: pb.PluginContext,
-    json_form: bool,
-    target: engine_pb.ExecuteRingResponse,
-) -> None:
-    """Fill the acknowledgement of a BACKGROUND ring accepted onto the queue.
+def queued_to_wire(ring_outcome: RingOutcome, request: pb.PluginContext, json_form: bool) -> bytes:
+    """The acknowledgement of a BACKGROUND ring accepted onto the queue, encoded.
 
     Its body, response and metadata are the request's (the contract), copied from the
     request message as the caller sent them, so the acknowledgement encodes nothing
     again: raw JSON bytes go back as they came, Structs and metadata are copied in C.
     Only a part sent in the other form than the answer's is encoded from ``ring_outcome``.
+    The fields that name the ring and generation are the same for every acknowledgement
+    of a generation, so they are encoded once; the fields come in another order than
+    protobuf's own, which is the same message to every decoder.
     """
     ctx = ring_outcome.context
-    target.ring = RING_TO_PROTO[ring_outcome.ring]
-    target.action = ACTION_TO_PROTO[ring_outcome.action]
-    target.config_version = ring_outcome.config_version
-    target.generation = ring_outcome.generation
-    target.queued = ring_outcome.queued
-    if request.WhichOneof("body") is None:
+    head = _queued_head(
+        ring_outcome.ring,
+        ring_outcome.action,
+        ring_outcome.config_version,
+        ring_outcome.generation,
+        ring_outcome.queued,
+    )
+    target = engine_pb.ExecuteRingResponse()
+    body_kind = request.WhichOneof("body")
+    if body_kind is None:
         _set_object(target, "body", ctx.body, json_form, "body")  # an absent body answers {}
+    elif body_kind == "body_json":  # a body sets the answer's form: the caller's bytes go back
+        body = request.body_json
+        head = b"".join((head, _BODY_JSON_TAG, wire.length(len(body)), body))
     else:
-        _echo_object(request, target, "body", json_form)  # a body sets the answer's form
+        target.body_struct.CopyFrom(request.body_struct)
     if not _echo_object(request, target, "response", json_form) and ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     target.metadata.MergeFrom(request.metadata)
+    return head + target.SerializeToString()
+
+
+_BODY_JSON_TAG = b"\x32"
+"""``ExecuteRingResponse.body_json`` (field 6), length-delimited."""
+
+
+@functools.lru_cache(maxsize=64)
+def _queued_head(
+    ring: PluginHook, action: PluginAction, config_version: str, generation: int, queued: bool
+) -> bytes:
+    """An acknowledgement's ring, action, config version, generation and ``queued``, encoded:
+    the same for every acknowledgement of a generation."""
+    return engine_pb.ExecuteRingResponse(
+        ring=RING_TO_PROTO[ring],
+        action=ACTION_TO_PROTO[action],
+        config_version=config_version,
+        generation=generation,
+        queued=queued,
+    ).SerializeToString()
 
 
 STATUS_TO_PROTO: dict[str, pb.PluginStatus.ValueType] = {

@@ -99,17 +99,68 @@ class RingRunner:
                     plugin_result(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
-            call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
-            if isinstance(call, PendingCall):
-                call = await call
-            result, response, block = call
+            instance = loaded.instance
+            budget = loaded.timeout_s
+            started = perf()
+            if (
+                instance is None
+                or loaded.breaker.state is not CLOSED
+                or loaded.run_in_thread
+                or budget <= 0
+                or (deadline_perf is not None and deadline_perf - started < budget)
+            ):
+                call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+                if call.__class__ is PendingCall:
+                    call = await call
+            else:
+                # ``call_plugin`` inline, for a plugin that may run its whole budget now (most
+                # calls of every ring): its steps in the same order; a plain passthrough that
+                # finishes at once is counted here, anything else by the shared helpers.
+                try:
+                    coro = instance.execute(ctx)
+                    if type(coro) is not CoroutineType:
+                        coro = _as_coroutine(coro)
+                    self.running = loaded
+                    try:
+                        first = coro.send(None)
+                    finally:
+                        self.running = None
+                except StopIteration as stop:
+                    response = stop.value
+                    if response.__class__ is PluginResponse and response.action is _PASS:
+                        latency_ms = (perf() - started) * 1000.0
+                        loaded.metrics.observe(latency_ms)
+                        breaker = loaded.breaker
+                        if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
+                            breaker.on_success(started)
+                        results.append(
+                            plugin_result(
+                                plugin=loaded.name,
+                                version=loaded.version,
+                                outcome=PluginOutcome.OK,
+                                action=_PASS,
+                                latency_ms=latency_ms,
+                                message=response.message,
+                                started=started,
+                            )
+                        )
+                        if ctx.stop_chain:
+                            decision, decided_by, action = self._stopped(loaded, ctx)
+                            break
+                        continue
+                    call = self.settle(loaded, EXECUTE, response, None, "", started, budget, False)
+                except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
+                    failure, error = self.failure(loaded, exc, budget)
+                    call = self.settle(loaded, EXECUTE, None, failure, error, started, budget, False)
+                else:
+                    call = await self._pending(loaded, EXECUTE, coro, first, started, budget, False)
+            result, response, block = call  # type: ignore[misc]
             if response is None:  # failed: ``result`` says how, ``block`` if it is fail-closed
                 results.append(result)
                 if block is not None:
                     decision, decided_by, action = block, loaded.name, PluginAction.BLOCK
                     break
                 continue
-            metrics = loaded.metrics
             kind = response.action
             result.action = kind
             result.message = response.message
@@ -120,18 +171,11 @@ class RingRunner:
                 decision, decided_by, action = response, loaded.name, PluginAction.MODIFY
             elif kind is not PluginAction.PASSTHROUGH:
                 if kind is PluginAction.BLOCK:
-                    metrics.blocks += 1
+                    loaded.metrics.blocks += 1
                 decision, decided_by, action = response, loaded.name, kind
                 break
             if ctx.stop_chain:
-                metrics.blocks += 1
-                name = loaded.name
-                decision = PluginResponse.block(
-                    status_code=403,
-                    error_type="stop_chain",
-                    message=ctx.error or f"stopped by plugin {name!r}",
-                )
-                decided_by, action = name, PluginAction.BLOCK
+                decision, decided_by, action = self._stopped(loaded, ctx)
                 break
         self.ring_stats[ring].observe(perf() - ring_started, action, decision)
         return RingOutcome(
@@ -144,6 +188,18 @@ class RingRunner:
             decision=decision,
             decided_by=decided_by,
         )
+
+    @staticmethod
+    def _stopped(loaded: LoadedPlugin, ctx: PluginContext) -> tuple[PluginResponse, str, PluginAction]:
+        """The block of a plugin that set ``ctx.stop_chain`` (rule 5): decision, decided_by, action."""
+        loaded.metrics.blocks += 1
+        name = loaded.name
+        block = PluginResponse.block(
+            status_code=403,
+            error_type="stop_chain",
+            message=ctx.error or f"stopped by plugin {name!r}",
+        )
+        return block, name, PluginAction.BLOCK
 
     def call_plugin(
         self,
@@ -233,6 +289,19 @@ class RingRunner:
         except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
             failure, error = self.failure(loaded, exc, budget)
             return self.settle(loaded, hook, None, failure, error, started, budget, cut_by_deadline)
+        return self._pending(loaded, hook, coro, first, started, budget, cut_by_deadline)
+
+    def _pending(
+        self,
+        loaded: LoadedPlugin,
+        hook: PluginCall,
+        coro: Coroutine[Any, Any, Any],
+        first: Any,
+        started: float,
+        budget: float,
+        cut_by_deadline: bool,
+    ) -> PendingCall:
+        """A call whose first step suspended: the rest of it, under the rest of its budget."""
         remaining = budget - (time.perf_counter() - started)
         rest = _within(remaining, _Resume(coro, first, self, loaded))
         return PendingCall(self, loaded, hook, rest, started, budget, cut_by_deadline)

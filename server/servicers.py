@@ -92,7 +92,8 @@ def _handle(
             await errors.abort(context, exc, what)
         try:
             reply = await call(decode(raw), context)
-            answer: bytes = reply.SerializeToString()
+            # A method answers its message, or (ExecuteRing) the message's bytes.
+            answer: bytes = reply if reply.__class__ is bytes else reply.SerializeToString()
             if max_answer_bytes is not None and len(answer) > max_answer_bytes:
                 # Past max_message_bytes gRPC core would fail the call with no useful message.
                 raise AnswerTooLargeError(
@@ -177,28 +178,27 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     def _context(self, message: Any) -> tuple[PluginContext, bool]:
         return convert.context_from_proto(message, self._limits, self._engine.state)
 
-    async def ExecuteRing(
+    async def ExecuteRing(  # type: ignore[override]  # answers the response's bytes
         self, request: engine_pb.ExecuteRingRequest, context: Context
-    ) -> engine_pb.ExecuteRingResponse:
+    ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
-        ctx, json_form = self._context(request.context)
-        logs.bind_request(ctx.request_id, ring.value)  # this call's log lines carry its id
-        response = engine_pb.ExecuteRingResponse()
+        ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
+        logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
-            convert.queued_to_proto(self._background.submit(ctx), request.context, json_form, response)
+            return convert.queued_to_wire(self._background.submit(ctx), request.context, json_form)
+        deadline = self._deadline(context)
+        tracer = self._tracer
+        span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
+        if span is None:  # tracing off, or not sampled: no span work at all
+            ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
         else:
-            deadline = self._deadline(context)
-            tracer = self._tracer
-            span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
-            if span is None:  # tracing off, or not sampled: no span work at all
+            with span:
+                wall_ns, perf = now_pair()
                 ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
-            else:
-                with span:
-                    wall_ns, perf = now_pair()
-                    ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
-                    tracer.record_ring(span, ring_outcome, wall_ns, perf)
-            _encode(ring_outcome, json_form, response)
-        return response
+                tracer.record_ring(span, ring_outcome, wall_ns, perf)
+        response = engine_pb.ExecuteRingResponse()
+        _encode(ring_outcome, json_form, response)
+        return response.SerializeToString()
 
     async def ExecuteRings(
         self, request: engine_pb.ExecuteRingsRequest, context: Context
@@ -309,6 +309,8 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
 
 
 _UNTRACED = (0, 0.0)
+_RING_NAMES = {ring: ring.value for ring in PluginHook}
+"""Each ring's name, looked up: ``PluginHook.value`` is a Python-level property."""
 
 
 def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:

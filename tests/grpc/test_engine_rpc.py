@@ -364,6 +364,25 @@ async def test_a_queued_background_answer_carries_the_requests_body_response_and
     assert metadata_of(answer) == {"tenant": "acme"}, "the request's metadata, not the ring's"
 
 
+@pytest.mark.parametrize("form", ["json", "struct"])
+async def test_a_queued_background_answer_without_a_body_answers_an_empty_one_in_the_responses_form(
+    serve, form
+):
+    running = await serve([entry("usage", "background")])
+    upstream = {"usage": {"total_tokens": 7}}
+    request = ring_request(pb.PLUGIN_HOOK_BACKGROUND, form=form, response=upstream)  # no body
+
+    answer = await running.engine().ExecuteRing(request, timeout=5)
+
+    assert answer.queued is True
+    assert answer.ring == pb.PLUGIN_HOOK_BACKGROUND
+    assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
+    assert (answer.config_version, answer.generation) != ("", 0)
+    assert payload(answer, "body") == (form, {})
+    assert payload(answer, "response") == (form, upstream)
+    assert list(answer.results) == []
+
+
 async def test_a_queued_background_answer_gives_back_the_callers_json_bytes_as_sent(serve):
     running = await serve([entry("usage", "background", config={"set_metadata": {"late": True}})])
     # Spacing, key order and a number form that a re-encoding would all change.

@@ -37,6 +37,14 @@ def nested_lists(depth: int) -> list:
     return data
 
 
+def nested_mixed(depth: int) -> dict | list:
+    """Objects in lists in objects ... (``depth`` levels), every kind of value beside them."""
+    data: dict | list = {"leaf": "x", "n": 2.5, "i": 3, "t": True, "z": None}
+    for level in range(depth - 1):
+        data = [data, "s", 1, False, None] if level % 2 == 0 else {"child": data, "s": "t"}
+    return data
+
+
 def raw_body(body_json: bytes) -> engine_pb.ExecuteRingRequest:
     return engine_pb.ExecuteRingRequest(ring=PRE_FLIGHT, context=pb.PluginContext(body_json=body_json))
 
@@ -150,7 +158,7 @@ async def test_the_limits_allow_what_is_within_them(serve):
     assert metadata_of(answer) == {**metadata, "ok": True}
 
 
-@pytest.mark.parametrize("shape", ["objects", "arrays"])
+@pytest.mark.parametrize("shape", ["objects", "arrays", "mixed"])
 @pytest.mark.parametrize("where", ["body_json", "body_struct", "metadata"])
 async def test_the_depth_limit_counts_levels_alike_in_every_form(serve, where, shape):
     running = await serve([entry("tagger")], server=LIMITS)
@@ -158,7 +166,7 @@ async def test_the_depth_limit_counts_levels_alike_in_every_form(serve, where, s
 
     def request(levels: int) -> engine_pb.ExecuteRingRequest:
         # An object of `levels` levels: a top object holding `levels - 1` more, and an empty array.
-        inner = nested(levels - 1) if shape == "objects" else nested_lists(levels - 1)
+        inner = {"objects": nested, "arrays": nested_lists, "mixed": nested_mixed}[shape](levels - 1)
         if where == "metadata":  # the metadata map is the top object
             return with_metadata({"a": inner, "b": []})
         body = {"a": inner, "b": []}
@@ -168,6 +176,9 @@ async def test_the_depth_limit_counts_levels_alike_in_every_form(serve, where, s
 
     answer = await stub.ExecuteRing(request(8), timeout=5)
     assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
+    if where != "metadata":  # decoded and encoded again, the body is what was sent
+        inner = {"objects": nested, "arrays": nested_lists, "mixed": nested_mixed}[shape](7)
+        assert payload(answer, "body")[1] == {"a": inner, "b": []}
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.ExecuteRing(request(9), timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
