@@ -86,6 +86,22 @@ class CacheHitWithoutResponse(BasePlugin):
         return PluginResponse.cache_hit()
 
 
+class PassesWithHeaders(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
+    name = "passes_with_headers"
+
+    async def execute(self, ctx):
+        response = PluginResponse.passthrough()
+        response.headers = {"Retry-After": "30"}  # headers travel on a BLOCK only
+        return response
+
+
+class PassesWithHeadersAfterAwait(PassesWithHeaders):
+    async def execute(self, ctx):
+        await asyncio.sleep(0)
+        return await super().execute(ctx)
+
+
 class FailsOnLoad(BasePlugin):
     hook = PluginHook.PRE_FLIGHT
     name = "fails_on_load"
@@ -124,6 +140,15 @@ RUNTIME_FAILURES = {
     "invalid_response": (
         "failing.py:CacheHitWithoutResponse",
         "PluginResponseError: CACHE_HIT needs response",
+    ),
+    # Alike whether the plugin finished at once (the ring's fast path) or suspended first.
+    "passthrough_with_headers": (
+        "failing.py:PassesWithHeaders",
+        "PluginResponseError: headers are for BLOCK responses only",
+    ),
+    "passthrough_with_headers_after_await": (
+        "failing.py:PassesWithHeadersAfterAwait",
+        "PluginResponseError: headers are for BLOCK responses only",
     ),
 }
 
