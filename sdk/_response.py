@@ -99,10 +99,14 @@ class PluginResponse:
         """Check that the ring can serve this response; the engine calls it as the ring runs.
 
         Raises:
-            PluginResponseError: MODIFY with a ``body`` that is not a dict, CACHE_HIT
+            PluginResponseError: an ``action`` set after construction that is not a
+                :class:`PluginAction` value (one that is becomes its member, as at
+                construction), MODIFY with a ``body`` that is not a dict, CACHE_HIT
                 without a ``response`` dict, or ``headers`` that are not HTTP-safe or
                 on anything but a BLOCK.
         """
+        if self.action.__class__ is not PluginAction:  # a string set after construction
+            self.__post_init__()  # its member, as at construction (or PluginResponseError)
         action = self.action
         if self.headers is not None:
             _check_headers(self.headers, action)

@@ -127,7 +127,11 @@ class RingRunner:
                         self.running = None
                 except StopIteration as stop:
                     response = stop.value
-                    if response.__class__ is PluginResponse and response.action is _PASS:
+                    if (
+                        response.__class__ is PluginResponse
+                        and response.action is _PASS
+                        and response.headers is None  # else ``validate`` refuses it, as after a suspend
+                    ):
                         latency_ms = (perf() - started) * 1000.0
                         loaded.metrics.observe(latency_ms)
                         breaker = loaded.breaker
@@ -268,7 +272,12 @@ class RingRunner:
         except StopIteration as stop:  # finished without suspending: no timer needed
             response = stop.value
             if (
-                (response.__class__ is PluginResponse and response.action is _PASS and hook is EXECUTE)
+                (
+                    response.__class__ is PluginResponse
+                    and response.action is _PASS
+                    and response.headers is None  # else ``validate`` refuses it, as after a suspend
+                    and hook is EXECUTE
+                )
                 or response.__class__ is hook.plain
                 or (hook.check is None and isinstance(response, hook.returns))
             ):

@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, StreamText
+from ringd.sdk import PluginAction, PluginContext, PluginHook, PluginResponse, PluginResponseError, StreamText
 from ringd.server.config import StreamMode
 from ringd.server.exceptions import StreamLimitError
 from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
@@ -51,9 +51,14 @@ from ringd.server.ring import PendingCall, PluginCall, RingRunner
 
 
 def _chunk_return_problem(response: Any) -> str | None:
-    if isinstance(response, PluginResponse) and response.action not in _CHUNK_ACTIONS:
-        action = response.action.value
-        return f"returned PluginResponse action {action!r} from on_chunk; expected passthrough or block"
+    if isinstance(response, PluginResponse):
+        try:
+            response.validate()  # an action set as a string after construction: its member
+        except PluginResponseError as exc:
+            return f"PluginResponseError: {exc}"
+        if response.action not in _CHUNK_ACTIONS:
+            action = response.action.value
+            return f"returned PluginResponse action {action!r} from on_chunk; expected passthrough or block"
     return None
 
 

@@ -86,6 +86,22 @@ class CacheHitWithoutResponse(BasePlugin):
         return PluginResponse.cache_hit()
 
 
+class PassesWithHeaders(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
+    name = "passes_with_headers"
+
+    async def execute(self, ctx):
+        response = PluginResponse.passthrough()
+        response.headers = {"Retry-After": "30"}  # headers travel on a BLOCK only
+        return response
+
+
+class PassesWithHeadersAfterAwait(PassesWithHeaders):
+    async def execute(self, ctx):
+        await asyncio.sleep(0)
+        return await super().execute(ctx)
+
+
 class FailsOnLoad(BasePlugin):
     hook = PluginHook.PRE_FLIGHT
     name = "fails_on_load"
@@ -124,6 +140,15 @@ RUNTIME_FAILURES = {
     "invalid_response": (
         "failing.py:CacheHitWithoutResponse",
         "PluginResponseError: CACHE_HIT needs response",
+    ),
+    # Alike whether the plugin finished at once (the ring's fast path) or suspended first.
+    "passthrough_with_headers": (
+        "failing.py:PassesWithHeaders",
+        "PluginResponseError: headers are for BLOCK responses only",
+    ),
+    "passthrough_with_headers_after_await": (
+        "failing.py:PassesWithHeadersAfterAwait",
+        "PluginResponseError: headers are for BLOCK responses only",
     ),
 }
 
@@ -337,3 +362,67 @@ async def test_fail_policy_closed_on_a_post_flight_plugin_blocks(with_failing, m
 
 
 # --------------------------------------------------------------------------- circuit breaker
+
+
+SETS_ACTION = """
+from ringd.sdk import BasePlugin, PluginHook, PluginResponse
+
+
+class SetsAction(BasePlugin):
+    hook = PluginHook.PRE_FLIGHT
+    name = "sets_action"
+
+    async def execute(self, ctx):
+        response = PluginResponse.passthrough()
+        response.action = self.config["action"]  # a string, set after construction
+        return response
+"""
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        ("passthrough", PluginAction.PASSTHROUGH),
+        ("modify", PluginAction.MODIFY),
+        ("block", PluginAction.BLOCK),
+    ],
+)
+async def test_an_action_set_as_a_string_after_construction_counts_as_its_member(
+    workspace, make_engine, action, expected
+):
+    workspace.plugin("sets_action.py", SETS_ACTION)
+    workspace.plugin("scripted.py", SCRIPTED)
+    entry = f"{{name: setter, entrypoint: 'sets_action.py:SetsAction', config: {{action: {action}}}}}"
+    engine = await make_engine(workspace.config(ring_config(entry, scripted("after"))))
+
+    outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext(body=chat_body()))
+
+    ran = [result.plugin for result in outcome.results]
+    assert outcome.action is expected
+    if expected is PluginAction.BLOCK:
+        assert ran == ["setter"]
+        assert outcome.decision is not None
+        assert outcome.decision.status_code == 403
+        assert instance(engine, "setter").stats["blocks"] == 1
+    else:  # the ring goes on to the next plugin
+        assert ran == ["setter", "after"]
+        assert outcome.results[0].action is expected
+    if expected is PluginAction.PASSTHROUGH:
+        assert outcome.decision is None
+        assert outcome.decided_by is None
+
+
+async def test_an_unknown_action_set_after_construction_is_the_plugins_error(workspace, make_engine):
+    workspace.plugin("sets_action.py", SETS_ACTION)
+    workspace.plugin("scripted.py", SCRIPTED)
+    entry = "{name: setter, entrypoint: 'sets_action.py:SetsAction', config: {action: allow}}"
+    engine = await make_engine(workspace.config(ring_config(entry, scripted("after"))))
+
+    outcome = await engine.execute_ring(PluginHook.PRE_FLIGHT, PluginContext(body=chat_body()))
+
+    assert outcome.action is PluginAction.BLOCK  # fail-closed: PRE_FLIGHT's default
+    assert outcome.decision is not None
+    assert (outcome.decision.status_code, outcome.decision.error_type) == (500, "plugin_error")
+    [result] = outcome.results
+    assert result.outcome is PluginOutcome.ERROR
+    assert "Invalid PluginResponse action 'allow'" in (result.error or "")

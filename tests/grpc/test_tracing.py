@@ -330,7 +330,9 @@ def test_the_otlp_encoder_matches_on_what_ringd_does_not_make_itself():
     assert SpanEncoder().encode_spans(spans) == reference(spans)
 
 
-async def test_a_garbage_action_is_traced_as_returned_and_answered_as_a_block(serve, workspace, exporter):
+async def test_a_garbage_action_is_the_plugins_error_traced_and_answered_as_its_block(
+    serve, workspace, exporter
+):
     workspace.plugin(
         "garbage.py",
         """
@@ -349,10 +351,15 @@ async def test_a_garbage_action_is_traced_as_returned_and_answered_as_a_block(se
 
     answer = await server.engine().ExecuteRing(ring_request(pb.PLUGIN_HOOK_PRE_FLIGHT, CHAT), timeout=5)
 
+    # An invalid return (PluginResponse.validate), so fail-closed PRE_FLIGHT blocks 500.
     assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    assert (answer.block.status_code, answer.block.error_type) == (500, "plugin_error")
     spans = spans_by_name(exporter)
-    assert spans[RING_SPAN].attributes["ringd.action"] == "explode"
-    assert spans["plugin garbage"].attributes["ringd.plugin.action"] == "explode"
+    assert spans[RING_SPAN].attributes["ringd.action"] == "block"
+    plugin_span = spans["plugin garbage"]
+    assert plugin_span.attributes["ringd.plugin.outcome"] == "error"
+    assert plugin_span.attributes["ringd.plugin.action"] == ""
+    assert "Invalid PluginResponse action 'explode'" in (plugin_span.status.description or "")
 
 
 # ---------------------------------------------------------------------- ringd's own sampling decision

@@ -207,3 +207,34 @@ async def test_a_run_in_thread_streaming_plugin_streams_on_a_worker_thread(serve
     assert answer.text == "a dog, a dog"
     assert answer.last.done.results[0].outcome == pb.PLUGIN_OUTCOME_OK
     assert "seen_threaded" in answer.last.done.metadata  # its ctx edits came back from the thread
+
+
+LATE_BLOCK = """
+from ringd.sdk import BasePlugin, PluginHook, PluginResponse
+
+
+class LateBlock(BasePlugin):
+    name = "late_block"
+    hook = PluginHook.POST_FLIGHT
+
+    async def execute(self, ctx):
+        return PluginResponse.passthrough()
+
+    async def on_chunk(self, ctx, text):
+        if "secret" not in text:
+            return text
+        response = PluginResponse(status_code=451, error_type="late", message="no secret")
+        response.action = "block"  # a string, set after construction
+        return response
+"""
+
+
+async def test_a_block_whose_action_was_set_as_a_string_blocks_the_stream(serve, streaming):
+    streaming.plugin("late_block.py", LATE_BLOCK)
+    running = await serve([entry("late", "post_flight", entrypoint="late_block.py:LateBlock")])
+
+    answer = await stream_call(running.engine(), chunks_of("fine, then secret", cuts=[6]))
+
+    block = answer.last.block
+    assert (block.block.status_code, block.block.error_type, block.decided_by) == (451, "late", "late")
+    assert "secret" not in answer.text

@@ -65,7 +65,8 @@ EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
 }
 
 
-def _garbage_bad_action() -> Any:
+def _garbage_late_action() -> Any:
+    # Not one of the "bad_" family the wire refuses: the ring's check refuses it first.
     response = PluginResponse.passthrough()
     response.action = "explode"  # type: ignore[assignment]
     return response
@@ -87,7 +88,7 @@ GARBAGE: dict[str, Callable[[], Any]] = {
     "int": lambda: 200,
     "lookalike": LookAlike,
     "class": lambda: PluginResponse,
-    "bad_action": _garbage_bad_action,
+    "late_action": _garbage_late_action,
     "bad_status": _garbage_bad_status,
     "bad_message": _garbage_bad_message,
 }
