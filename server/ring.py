@@ -99,65 +99,9 @@ class RingRunner:
                     plugin_result(plugin=loaded.name, version=loaded.version, outcome=PluginOutcome.SKIPPED)
                 )
                 continue
-            instance = loaded.instance
-            budget = loaded.timeout_s
-            started = perf()
-            if (
-                instance is None
-                or loaded.breaker.state is not CLOSED
-                or loaded.run_in_thread
-                or budget <= 0
-                or (deadline_perf is not None and deadline_perf - started < budget)
-            ):
-                call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
-                if call.__class__ is PendingCall:
-                    call = await call
-            else:
-                # ``call_plugin`` inline, for a plugin that may run its whole budget now (most
-                # calls of every ring): its steps in the same order; a plain passthrough that
-                # finishes at once is counted here, anything else by the shared helpers.
-                try:
-                    coro = instance.execute(ctx)
-                    if type(coro) is not CoroutineType:
-                        coro = _as_coroutine(coro)
-                    self.running = loaded
-                    try:
-                        first = coro.send(None)
-                    finally:
-                        self.running = None
-                except StopIteration as stop:
-                    response = stop.value
-                    if (
-                        response.__class__ is PluginResponse
-                        and response.action is _PASS
-                        and response.headers is None  # else ``validate`` refuses it, as after a suspend
-                    ):
-                        latency_ms = (perf() - started) * 1000.0
-                        loaded.metrics.observe(latency_ms)
-                        breaker = loaded.breaker
-                        if started >= breaker.next_check:  # a window bucket rolled, or a half-open probe
-                            breaker.on_success(started)
-                        results.append(
-                            plugin_result(
-                                plugin=loaded.name,
-                                version=loaded.version,
-                                outcome=PluginOutcome.OK,
-                                action=_PASS,
-                                latency_ms=latency_ms,
-                                message=response.message,
-                                started=started,
-                            )
-                        )
-                        if ctx.stop_chain:
-                            decision, decided_by, action = self._stopped(loaded, ctx)
-                            break
-                        continue
-                    call = self.settle(loaded, EXECUTE, response, None, "", started, budget, False)
-                except BaseException as exc:  # any plugin failure becomes its typed result (or re-raised)
-                    failure, error = self.failure(loaded, exc, budget)
-                    call = self.settle(loaded, EXECUTE, None, failure, error, started, budget, False)
-                else:
-                    call = await self._pending(loaded, EXECUTE, coro, first, started, budget, False)
+            call = self.call_plugin(loaded, EXECUTE, ctx, (), deadline_perf)
+            if call.__class__ is PendingCall:
+                call = await call
             result, response, block = call  # type: ignore[misc]
             if response is None:  # failed: ``result`` says how, ``block`` if it is fail-closed
                 results.append(result)
