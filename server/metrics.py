@@ -52,7 +52,7 @@ MERGED_ENV = "RINGD_METRICS_MERGED"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("active", "disabled", "circuit_open", "failed")
 _QUANTILES = (("0.5", "p50_latency_ms"), ("0.95", "p95_latency_ms"), ("0.99", "p99_latency_ms"))
-_STORE_OPERATIONS = ("get", "set", "delete", "incr", "purge")
+_STORE_OPERATIONS = ("get", "set", "delete", "incr", "purge", "flush")
 _BUCKET_LABELS = tuple(repr(bound) for bound in LATENCY_BUCKETS_S)
 _READ_TIMEOUT_S = 5.0
 _MAX_REQUEST_BYTES = 8192

@@ -82,10 +82,28 @@ def _encode(key: str, value: Any) -> str:
         raise StoreError(f"value for key {key!r} is not JSON-serialisable: {exc}") from exc
 
 
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
 def _amount(amount: Any) -> int:
     if not isinstance(amount, int) or isinstance(amount, bool):
         raise StoreError(f"incr amount must be an integer, got {amount!r}")
+    if not _INT64_MIN <= amount <= _INT64_MAX:  # SQLite cannot bind it (OverflowError)
+        raise StoreError(f"incr amount must fit in a 64-bit signed integer, got {amount!r}")
     return amount
+
+
+def _queueable_key(key: str) -> str:
+    """``key``, checked to be one SQLite can bind: a queued write SQLite refuses to bind
+    would fail every flush (and with it every write queued with it), so it is refused
+    when queued, as the direct write refuses it when made."""
+    if isinstance(key, str):
+        try:
+            key.encode()
+        except UnicodeEncodeError as exc:
+            raise StoreError(f"key {key!r} is not valid UTF-8 text: {exc}") from exc
+    return key
 
 
 def _expiry(ttl_s: float | None) -> float | None:
@@ -390,7 +408,8 @@ class SqliteStore:
         self.flush_s = 0.0
         """Time those flushes took (on the loop, or waiting for the thread), in seconds."""
         self.errors: dict[str, int] = {}
-        """Failures the store raised, by operation (get, set, delete, incr, purge)."""
+        """Failures the store raised, by operation (get, set, delete, incr, purge), and failed
+        commits of queued writes (``flush``; retried, see :meth:`flush`)."""
         self._counted = failure_counters(self.errors)
 
     @classmethod
@@ -478,6 +497,8 @@ class SqliteStore:
     async def close(self) -> None:
         """Write the queued writes, stop the purge and close the connections (idempotent)."""
         flushed = await self.flush()
+        while flushed and self._queued:  # queued by other tasks while that flush was running
+            flushed = await self.flush()
         self._loop_writes = False  # no more writes on the loop, so no new checkpoint or flush starts
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -631,16 +652,20 @@ class SqliteStore:
             await self.incr_many(items, ttl_s)
             return
         with self._counted["incr"]:
-            amounts = [(key, _amount(amount)) for key, amount in items]
+            amounts = [(_queueable_key(key), _amount(amount)) for key, amount in items]
             expires_at = _expiry(ttl_s)
         queue = self._queued
         for key, amount in amounts:
             queued = queue.get(key)
             if queued is None:
                 queue[key] = _Queued(True, amount, expires_at)
-            elif queued.is_incr and (queued.expires_at is None) == (expires_at is None):
+            elif (
+                queued.is_incr
+                and (queued.expires_at is None) == (expires_at is None)
+                and _INT64_MIN <= queued.value + amount <= _INT64_MAX
+            ):
                 queued.value += amount
-            else:  # a queued set_state, or another TTL: write that first
+            else:  # a queued set_state, another TTL, a sum SQLite cannot bind: write that first
                 await self._settle("incr")
                 queue = self._queued
                 queue[key] = _Queued(True, amount, expires_at)
@@ -658,7 +683,7 @@ class SqliteStore:
             StoreError: ``value`` is not JSON or ``ttl_s`` is not a positive number.
         """
         with self._counted["set"]:
-            encoded = _encode(key, value)
+            encoded = _encode(_queueable_key(key), value)
             expires_at = _expiry(ttl_s)
         if not self._loop_writes or len(encoded) > FAST_VALUE_BYTES or len(self._queued) >= QUEUED_MAX:
             await self.set_state(key, value, ttl_s)
@@ -713,6 +738,7 @@ class SqliteStore:
             await self._write_statements(_queued_statements(batch, time.time()))
         except Exception as exc:  # what was not committed stays, retried before newer writes
             failed = True
+            self.errors["flush"] = self.errors.get("flush", 0) + 1
             _log.warning(
                 "SQLite store %s: writing %d queued writes failed (retried in %g s): %s",
                 self.path,
