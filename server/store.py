@@ -654,21 +654,22 @@ class SqliteStore:
         with self._counted["incr"]:
             amounts = [(_queueable_key(key), _amount(amount)) for key, amount in items]
             expires_at = _expiry(ttl_s)
-        queue = self._queued
         for key, amount in amounts:
-            queued = queue.get(key)
-            if queued is None:
-                queue[key] = _Queued(True, amount, expires_at)
-            elif (
-                queued.is_incr
-                and (queued.expires_at is None) == (expires_at is None)
-                and _INT64_MIN <= queued.value + amount <= _INT64_MAX
-            ):
-                queued.value += amount
-            else:  # a queued set_state, another TTL, a sum SQLite cannot bind: write that first
+            while True:
+                queued = self._queued.get(key)
+                if queued is None:
+                    self._queued[key] = _Queued(True, amount, expires_at)
+                    break
+                if (
+                    queued.is_incr
+                    and (queued.expires_at is None) == (expires_at is None)
+                    and _INT64_MIN <= queued.value + amount <= _INT64_MAX
+                ):
+                    queued.value += amount
+                    break
+                # A queued set_state, another TTL, a sum SQLite cannot bind: write that first.
+                # Other tasks may queue writes of the key meanwhile, so look again after.
                 await self._settle("incr")
-                queue = self._queued
-                queue[key] = _Queued(True, amount, expires_at)
         self._flush_soon()
 
     async def set_later(self, key: str, value: Any, ttl_s: float | None = None) -> None:
