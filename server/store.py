@@ -178,6 +178,10 @@ to be committed together (one transaction for all the writes queued meanwhile)."
 FLUSH_STATEMENTS_MAX = 128
 """Statements of a flush committed in one transaction (a larger queue takes several)."""
 
+FLUSH_BYTES_MAX = 256 * 1024
+"""Encoded values a transaction of a flush writes at most (past the first statement), so
+one transaction on the loop stays short when the queue holds large cached answers."""
+
 QUEUED_MAX = 10_000
 """Keys queued at most; past it (commits failing for a while) writes go at once."""
 
@@ -235,6 +239,18 @@ def _queued_statements(batch: dict[str, _Queued], now: float) -> list[_Statement
                 params += (key, amount)
             statements.append(_Statement(_incr_rows(len(chunk)), params, [key for key, _ in chunk], True))
     return statements
+
+
+def _transaction_size(statements: list[_Statement]) -> int:
+    """How many of ``statements`` (one at least) go into the next transaction of a flush:
+    up to :data:`FLUSH_STATEMENTS_MAX`, while their values stay within :data:`FLUSH_BYTES_MAX`."""
+    size = 0
+    for count, statement in enumerate(statements[:FLUSH_STATEMENTS_MAX]):
+        if not statement.is_incr:  # a set_later statement: its value is the second parameter
+            size += len(statement.params[1])
+            if size > FLUSH_BYTES_MAX and count:
+                return count
+    return min(len(statements), FLUSH_STATEMENTS_MAX)
 
 
 @functools.lru_cache(maxsize=_INCR_ROWS_MAX)
@@ -784,12 +800,12 @@ class SqliteStore:
         checkpoint, that write starts the WAL over) and the rest tried on the loop again.
         """
         while statements:
-            chunk = statements[:FLUSH_STATEMENTS_MAX]
+            chunk = statements[: _transaction_size(statements)]
             results = self._flush_on_loop(chunk)
             if results is not None:
                 for statement, rows in zip(chunk, results, strict=True):
                     self._committed(statement, rows)
-                del statements[:FLUSH_STATEMENTS_MAX]
+                del statements[: len(chunk)]
                 if statements:
                     await asyncio.sleep(0)  # the loop's other tasks run between two transactions
                 continue

@@ -10,41 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from ringd.sdk import StoreError
 from ringd.server import store as store_module
 from ringd.server.store import SqliteStore
-
-
-@contextmanager
-def write_lock_held(path: Path) -> Iterator[threading.Event]:
-    """Another connection holds the write lock (BEGIN IMMEDIATE) until the block ends
-    or the yielded event is set."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=5)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            locked.set()
-            release.wait(30)
-            conn.execute("ROLLBACK")
-        finally:
-            conn.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(10), "the holder never took the lock"
-        yield release
-    finally:
-        release.set()
-        holder.join()
+from support.sqlite import write_lock_held
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from ringd.plugins.usage_accounting import UsageAccounting
 from ringd.sdk import PluginContext, PluginState, StoreError
 from ringd.server import store as store_module
 from ringd.server.store import SqliteStore
+from support.sqlite import write_lock_held
 
 
 @pytest.fixture
@@ -127,22 +127,7 @@ async def test_queued_amounts_and_values_are_checked_when_queued(sqlite_store: S
 async def test_a_held_write_lock_sends_the_flush_to_the_thread(
     sqlite_store: SqliteStore, tmp_path: Path
 ) -> None:
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:  # another process's writer
-        conn = sqlite3.connect(tmp_path / "ringd.db", isolation_level=None, timeout=5)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            locked.set()
-            release.wait(30)
-            conn.execute("ROLLBACK")
-        finally:
-            conn.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with write_lock_held(tmp_path / "ringd.db") as release:  # another process's writer
         await sqlite_store.incr_later([("a", 1), ("b", 1)])
         await sqlite_store.set_later("c", "x")
         flushing = asyncio.create_task(sqlite_store.flush())
@@ -150,9 +135,6 @@ async def test_a_held_write_lock_sends_the_flush_to_the_thread(
         assert not flushing.done()  # waiting for the lock in the thread, not on the loop
         release.set()
         assert await flushing
-    finally:
-        release.set()
-        holder.join()
     assert sqlite_store.thread_calls >= 1
     assert [await sqlite_store.get_state(key) for key in "abc"] == [1, 1, "x"]
     assert sqlite_store.flushed_writes == 3
@@ -223,3 +205,17 @@ async def test_processes_sharing_the_file_add_their_queues(tmp_path: Path) -> No
         await second.close()
     assert committed(path, "requests") == "100"
     assert committed(path, "tokens") == "1000"
+
+
+async def test_a_flush_of_large_answers_commits_in_short_transactions(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    # Ten cached answers of ~60 KB: one transaction of them all would hold the event loop
+    # for 600 KB of writing; each transaction stays within FLUSH_BYTES_MAX (256 KiB).
+    answers = {f"answer:{index}": "x" * 60_000 + str(index) for index in range(10)}
+    for key, text in answers.items():
+        await sqlite_store.set_later(key, text)
+    assert await sqlite_store.flush()
+    assert sqlite_store.loop_calls == 3  # 4 + 4 + 2 answers
+    for key, text in answers.items():
+        assert committed(tmp_path / "ringd.db", key) == f'"{text}"'
