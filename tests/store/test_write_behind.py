@@ -219,3 +219,19 @@ async def test_a_flush_of_large_answers_commits_in_short_transactions(
     assert sqlite_store.loop_calls == 3  # 4 + 4 + 2 answers
     for key, text in answers.items():
         assert committed(tmp_path / "ringd.db", key) == f'"{text}"'
+
+
+async def test_increments_queued_while_another_waits_for_the_queue_are_kept(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    await sqlite_store.set_later("n", 1)
+    with write_lock_held(tmp_path / "ringd.db") as release:
+        # An increment of a key with a queued set commits the queue first: it waits (the lock
+        # is held), and another task queues an increment of the key meanwhile.
+        first = asyncio.create_task(sqlite_store.incr_later([("n", 5)]))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        await sqlite_store.incr_later([("n", 7)])
+        release.set()
+        await first
+    assert await sqlite_store.get_state("n") == 13
