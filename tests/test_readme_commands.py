@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,7 @@ async def test_the_ringd_commands(default_server: str, tmp_path: Path) -> None:
         ["cp", "server/default_config.yaml"],
         ["ringd", "check-config"],
     ]
+    started = time.time()  # the demo key's first request is among these
     redacted, trial, plugins, reloaded, _, checked = await run_all(found, default_server, tmp_path)
     assert "[EMAIL_1]" in redacted
     assert '"tenant": "trial"' in trial
@@ -106,8 +108,13 @@ async def test_the_ringd_commands(default_server: str, tmp_path: Path) -> None:
 
     # The demo key's fourth request within the minute: a 429 with Retry-After, as the README says.
     ingress = next(command for command in found if "ringd-demo-key" in command)
-    answers = await run_all([ingress] * 3, default_server, tmp_path)
-    refused = json.loads(answers[-1])
+    answers = [json.loads(answer) for answer in await run_all([ingress] * 3, default_server, tmp_path)]
+    if answers[-1]["action"] != "block":
+        # The limit counts per minute of Unix time, and these requests crossed into a new
+        # one (a slow machine). Four more, early in that minute, all fall in it.
+        assert started // 60 != time.time() // 60, f"not refused within one minute: {answers[-1]}"
+        answers = [json.loads(answer) for answer in await run_all([ingress] * 4, default_server, tmp_path)]
+    refused = answers[-1]
     assert (refused["action"], refused["status_code"]) == ("block", 429)
     assert refused["headers"] == {"Retry-After": str(refused["metadata"]["retry_after_s"])}
 
