@@ -13,6 +13,7 @@ from ringd.client import AsyncClient
 from ringd.sdk import PluginAction, PluginResponse, PluginResponseError
 from ringd.server.app import build_server
 from ringd.server.config import default_config, load_config
+from support.clock import early_in_a_window
 
 
 def test_block_carries_headers() -> None:
@@ -85,6 +86,7 @@ async def test_the_default_rate_limiter_sends_retry_after(
     server = await build_server(default_config(), listen=["127.0.0.1:0"])
     try:
         async with AsyncClient(server.addresses[0], timeout=10) as client:
+            await early_in_a_window()  # the demo key's four requests in one minute
             answers = [
                 await client.execute_ring(
                     "ingress", {"model": "m"}, headers={"authorization": "Bearer ringd-demo-key"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 
 from ringd.sdk import PluginAction
+from support.clock import early_in_a_window
 
 DEMO_KEY = "ringd-demo-key"
 
@@ -50,6 +51,7 @@ async def test_auth_runs_first_and_tells_the_limiter_the_tenant(ring_harness) ->
 async def test_the_third_request_of_the_trial_key_is_refused_with_retry_after(ring_harness) -> None:
     rings = await ring_harness(INGRESS)
 
+    await early_in_a_window()  # the trial key's three requests in one minute
     outcomes = [await rings.run("ingress", {"model": "m"}, headers=BEARER) for _ in range(3)]
 
     assert [o.action.value for o in outcomes] == ["passthrough", "passthrough", "block"]
