@@ -150,8 +150,6 @@ def _other_to_py(value: struct_pb2.Value, kind: str | None, depth: int, limit: i
         return _list_to_py(value.list_value, depth + 1, limit, where)
     if kind == "bool_value":
         return value.bool_value
-    if kind == "string_value":
-        return value.string_value
     return None
 
 

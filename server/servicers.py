@@ -182,7 +182,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         self, request: engine_pb.ExecuteRingRequest, context: Context
     ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
-        ctx, json_form = convert.context_from_proto(request.context, self._limits, self._engine.state)
+        ctx, json_form = self._context(request.context)
         logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
             return convert.queued_to_wire(self._background.submit(ctx), request.context, json_form)
