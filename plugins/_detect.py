@@ -250,7 +250,6 @@ _TOKENS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 # Unicode letters allowed (IDN domains); an ASCII TLD or a Unicode one, two letters or more.
 _EMAIL_DOMAIN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}\b")
 # (a separator taken possessively: had it been left out, a digit would have to stand there)
-_CREDIT_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?+\d){12,18}(?!\d)", _A)
 # re.split: the cards and what is between (the look-behind before the group: most tries fail there)
 _CARD_SPLIT = re.compile(r"(?<![\d-])(\d(?:[ -]?+\d){12,18}(?!\d))", _A)
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", _A)
@@ -401,19 +400,14 @@ class _Spans:
         self.found.append(_new_finding(Finding, (kind, start + offset, end + offset, text[start:end])))
         return True
 
-    def add_disjoint(
-        self, kind: str, starts: list[int], ends: list[int], text: str, values: Iterable[str] | None = None
-    ) -> None:
+    def add_disjoint(self, kind: str, starts: list[int], ends: list[int], values: Iterable[str]) -> None:
         """Add findings in order, none empty, none overlapping another, before any other.
 
         The findings are made by C-level maps; their bounds are kept sorted for
-        :meth:`add` to check by bisection. ``values`` are the texts at those bounds, when
-        already cut.
+        :meth:`add` to check by bisection. ``values`` are the texts at those bounds.
         """
         if self.found:
             raise ValueError("add_disjoint is for the first findings only")
-        if values is None:
-            values = map(text.__getitem__, map(slice, starts, ends))
         offset = self.offset
         bounds = (
             (map(add, starts, repeat(offset)), map(add, ends, repeat(offset))) if offset else (starts, ends)
@@ -902,8 +896,8 @@ def _emails(text: str, plain: str, spans: _Spans) -> None:
 def _dense_emails(
     text: str,
     spans: _Spans,
-    email_whole: re.Pattern[str] = _EMAIL_WHOLE,
-    email_split: re.Pattern[str] = _EMAIL_SPLIT,
+    email_whole: re.Pattern[str],
+    email_split: re.Pattern[str],
 ) -> None:
     """:func:`_emails` by one scan of :data:`_EMAIL_WHOLE`: the same addresses.
 
@@ -918,7 +912,7 @@ def _dense_emails(
     if not spans.found:  # nothing to overlap: every address found is taken
         pieces = email_split.split(text)  # between, dots, address, between, ..., between
         bounds = list(accumulate(map(len, pieces), initial=0))
-        spans.add_disjoint("email", bounds[2:-1:3], bounds[3:-1:3], text, pieces[2::3])
+        spans.add_disjoint("email", bounds[2:-1:3], bounds[3:-1:3], pieces[2::3])
         return
     match = search(text)
     while match is not None:

@@ -129,7 +129,7 @@ class _Masker:
                 placeholder = self._numbered(kind, 1)[0]
             else:
                 number = self.next_number[kind] = self.next_number.get(kind, 0) + 1
-                placeholder = f"{_PREFIXES[kind]}{number}]"
+                placeholder = placeholder_for(kind, number)
             known[identity] = placeholder
             self.mapping[placeholder] = value
         return placeholder

@@ -415,10 +415,9 @@ class SqliteStore:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._batches = 0
         """Queues handed to a flush so far (each becomes one batch)."""
-        self._committed_batches = 0
-        """The number of the last batch committed (batches commit in order)."""
         self.flushes = 0
-        """Flushes of queued writes that committed (each one transaction on the loop)."""
+        """Flushes of queued writes that committed: each commits one batch, in order, so
+        this is also the number of the last batch committed."""
         self.flushed_writes = 0
         """Queued writes those flushes committed."""
         self.flush_s = 0.0
@@ -683,7 +682,8 @@ class SqliteStore:
                 ):
                     queued.value += amount
                     break
-                # A queued set_state, another TTL, a sum SQLite cannot bind: write that first.
+                # A queued set_state, a TTL where the queued one has none (or none where it
+                # has one), a sum SQLite cannot bind: write that first.
                 # Other tasks may queue writes of the key meanwhile, so look again after.
                 await self._settle("incr")
         self._flush_soon()
@@ -728,7 +728,7 @@ class SqliteStore:
         next call) retries them before anything queued after them.
         """
         target = self._batches + (1 if self._queued else 0)
-        while self._committed_batches < target or self._flushing:
+        while self.flushes < target or self._flushing:
             if not await asyncio.shield(self._start_flush()):
                 return False
         return True
@@ -765,7 +765,6 @@ class SqliteStore:
             )
             return False
         else:
-            self._committed_batches = self._batches
             self.flushes += 1
             self.flushed_writes += writes
             self.flush_s += time.perf_counter() - started

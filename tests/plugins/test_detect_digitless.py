@@ -41,7 +41,8 @@ PIECES = st.sampled_from(
 @example(["dead:beef::cafe ", "the "], KINDS)
 @example(["a.b@example.com ", "Bearer abcdefghijklmnopqrstuv "], KINDS)
 @given(
-    st.lists(PIECES, min_size=1, max_size=12), st.sampled_from([KINDS, ("ip_address",), ("phone", "iban")])
+    st.lists(PIECES, min_size=1, max_size=12),
+    st.sampled_from([KINDS, ("ip_address",), ("secret", "phone", "iban")]),
 )
 def test_a_text_without_digits_finds_what_the_full_scan_finds(
     pieces: list[str], kinds: tuple[str, ...]

@@ -159,11 +159,8 @@ _PHONE_BACKTRACKING = re.compile(
 @example("1234 5678 9012 3456 78 90")  # 18 digits then another group: the greedy one steps back
 @example("+1 (555) 123-4567 89")
 def test_possessive_card_and_phone_patterns_match_as_the_backtracking_ones(text: str) -> None:
-    for fast, slow in (
-        (_detect._CREDIT_CARD, _CARD_BACKTRACKING),
-        (_detect._PHONE_LINEAR, _PHONE_BACKTRACKING),
-    ):
-        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in slow.finditer(text)]
+    fast, slow = _detect._PHONE_LINEAR, _PHONE_BACKTRACKING
+    assert [m.span() for m in fast.finditer(text)] == [m.span() for m in slow.finditer(text)]
     # The cards are cut out by re.split: the same values, and the pieces add up to the text.
     pieces = _detect._CARD_SPLIT.split(text)
     assert pieces[1::2] == [m.group() for m in _CARD_BACKTRACKING.finditer(text)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from ringd.sdk import StoreError
 from ringd.server import store as store_module
 from ringd.server.store import SqliteStore
 from support.sqlite import write_lock_held
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "ringd.db")
-    yield opened
-    await opened.close()
 
 
 async def test_operations_run_on_the_loop_connection(sqlite_store: SqliteStore) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ from ringd.sdk import PluginContext, PluginState, StoreError
 from ringd.server import store as store_module
 from ringd.server.store import SqliteStore
 from support.sqlite import write_lock_held
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "ringd.db")
-    yield opened
-    await opened.close()
 
 
 def committed(path: Path, key: str) -> Any:

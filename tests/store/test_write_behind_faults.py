@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from ringd.sdk import StoreError
 from ringd.server.store import SqliteStore
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "ringd.db")
-    yield opened
-    await opened.close()
 
 
 def committed(path: Path) -> dict[str, str]:
