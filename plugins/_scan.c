@@ -1,0 +1,1143 @@
+/* ringd.plugins._scan: the scan of ringd.plugins._detect.Detector.find, for ASCII texts.
+ *
+ * A port of the Python scanner in _detect.py (the reference, and the fallback where this
+ * module is not built): each detector is a hand-written byte scanner giving exactly the
+ * matches its regex gives there (the same leftmost match, the same backtracking
+ * choice), added in the same order under the same overlap rule. The comment above each
+ * detector says how its regex reads; tests/plugins/test_detect_native.py compares the
+ * two scanners on generated texts.
+ *
+ * Safety: the text is attacker-chosen. Every read past the end goes through AT(), which
+ * gives 0 there (NUL is in no character class, so the end reads as a NUL would); no
+ * recursion; every scan is linear (runs of one class are measured once, through a cache
+ * where several candidates share one run).
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Kinds, in precedence order (their index is the bit of the kind mask). */
+enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
+
+/* Character classes (ASCII; a byte >= 128 never occurs: only ASCII texts come here). */
+enum {
+    C_DIGIT = 1,
+    C_UPPER = 2,
+    C_LOWER = 4,
+    C_UNDER = 8,  /* _ */
+    C_DASH = 16,  /* - */
+    C_HEX = 32,   /* [0-9A-Fa-f] */
+    C_SPACE = 64, /* \s with re.ASCII: [ \t\n\r\f\v] */
+    C_LOCAL = 128 /* an e-mail local part: [\w.%+-] */
+};
+#define C_ALNUM (C_DIGIT | C_UPPER | C_LOWER)
+#define C_WORD (C_ALNUM | C_UNDER)
+static uint8_t CLS[256];
+
+typedef struct {
+    Py_ssize_t start, end;
+    int kind;
+} Hit;
+
+typedef struct {
+    const unsigned char *s;
+    Py_ssize_t n;
+    unsigned char *taken; /* a byte per character: 1 where a finding is */
+    unsigned char *lower; /* the text lower-cased (secrets only), else NULL */
+    Hit *hits;
+    Py_ssize_t count, cap;
+} Scan;
+
+/* The run of a class from p to its end; candidates sharing a run measure it once. */
+typedef struct {
+    Py_ssize_t lo, hi;
+} RunCache;
+
+#define AT(i) ((i) < n ? s[i] : 0)
+#define IS(c, mask) ((CLS[(unsigned char)(c)] & (mask)) != 0)
+
+static Py_ssize_t run_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t p, uint8_t mask, RunCache *cache) {
+    if (cache != NULL && p >= cache->lo && p <= cache->hi) {
+        return cache->hi;
+    }
+    Py_ssize_t q = p;
+    while (q < n && IS(s[q], mask)) {
+        q++;
+    }
+    if (cache != NULL) {
+        cache->lo = p;
+        cache->hi = q;
+    }
+    return q;
+}
+
+static Py_ssize_t find_literal(const unsigned char *s, Py_ssize_t n, Py_ssize_t from, const char *lit,
+                               Py_ssize_t size) {
+    if (from < 0 || from > n - size) {
+        return -1;
+    }
+    const unsigned char *hit = memmem(s + from, (size_t)(n - from), lit, (size_t)size);
+    return hit == NULL ? -1 : (Py_ssize_t)(hit - s);
+}
+
+static int starts_with(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, const char *lit) {
+    Py_ssize_t size = (Py_ssize_t)strlen(lit);
+    return at >= 0 && at <= n - size && memcmp(s + at, lit, (size_t)size) == 0;
+}
+
+/* Spans.add: a finding unless it is empty or overlaps one taken. -1 on no memory. */
+static int add(Scan *sc, int kind, Py_ssize_t start, Py_ssize_t end) {
+    if (end <= start || start < 0 || end > sc->n) {
+        return 0;
+    }
+    const unsigned char *taken = sc->taken;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (taken[i]) {
+            return 0;
+        }
+    }
+    if (sc->count == sc->cap) {
+        Py_ssize_t cap = sc->cap ? sc->cap * 2 : 64;
+        Hit *grown = PyMem_Realloc(sc->hits, (size_t)cap * sizeof(Hit));
+        if (grown == NULL) {
+            return -1;
+        }
+        sc->hits = grown;
+        sc->cap = cap;
+    }
+    memset(sc->taken + start, 1, (size_t)(end - start));
+    sc->hits[sc->count].start = start;
+    sc->hits[sc->count].end = end;
+    sc->hits[sc->count].kind = kind;
+    sc->count++;
+    return 1;
+}
+
+#define ADD(kind, start, end)                     \
+    do {                                          \
+        if (add(sc, (kind), (start), (end)) < 0) { \
+            return -1;                            \
+        }                                         \
+    } while (0)
+
+/* --------------------------------------------------------------------------- secrets */
+
+/* "-----BEGIN" or "-----END" (prefix) at i, then [A-Z0-9 ]*PRIVATE KEY-----: the class run
+ * holds "PRIVATE KEY" and stops at the "-", so the run must end in it. Its end, or -1. */
+static Py_ssize_t pem_line(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t prefix) {
+    Py_ssize_t r = i + prefix;
+    while (r < n && (IS(s[r], C_UPPER | C_DIGIT) || s[r] == ' ')) {
+        r++;
+    }
+    if (r - (i + prefix) >= 11 && memcmp(s + r - 11, "PRIVATE KEY", 11) == 0 && starts_with(s, n, r, "-----")) {
+        return r + 5;
+    }
+    return -1;
+}
+
+static int private_keys(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t end_line = -2, nul = -2, pos = 0;
+    for (;;) {
+        Py_ssize_t index = find_literal(s, n, pos, "-----BEGIN", 10);
+        if (index < 0) {
+            return 0;
+        }
+        Py_ssize_t head_end = pem_line(s, n, index, 10);
+        if (head_end < 0) {
+            pos = index + 1;
+            continue;
+        }
+        if (end_line != -1 && end_line < head_end) {
+            end_line = find_literal(s, n, head_end, "-----END", 8);
+        }
+        Py_ssize_t end = -1;
+        if (end_line != -1) {
+            /* no NUL between the head and the END line (the first NUL after the head, cached) */
+            if (nul != -1 && nul < head_end) {
+                const unsigned char *z = memchr(s + head_end, 0, (size_t)(n - head_end));
+                nul = z == NULL ? -1 : (Py_ssize_t)(z - s);
+            }
+            if (nul == -1 || nul >= end_line) {
+                end = pem_line(s, n, end_line, 8);
+            }
+        }
+        if (end == -1) { /* [A-Za-z0-9+/=\s]* */
+            end = head_end;
+            while (end < n && (IS(s[end], C_ALNUM | C_SPACE) || s[end] == '+' || s[end] == '/' || s[end] == '=')) {
+                end++;
+            }
+        }
+        ADD(K_SECRET, index, end);
+        pos = end;
+    }
+}
+
+/* Each token pattern at i (its anchor there), with (?![\w-]) after: its end, or -1. */
+typedef Py_ssize_t (*TokenMatch)(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *caches);
+
+/* sk-(?:proj-|ant-|svcacct-)?[\w-]{20,}: the class is [\w-], so the run goes to its end
+ * whatever the prefix; 20 after "sk-" is the weaker bound. */
+static Py_ssize_t tok_sk_dash(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    Py_ssize_t r = run_end(s, n, i + 3, C_WORD | C_DASH, &c[0]);
+    return r - (i + 3) >= 20 ? r : -1;
+}
+
+/* [sr]k_(?:live|test)_[A-Za-z0-9]{16,}: the run then neither "_" nor "-". */
+static Py_ssize_t tok_stripe(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    if (!starts_with(s, n, i + 3, "live_") && !starts_with(s, n, i + 3, "test_")) {
+        return -1;
+    }
+    Py_ssize_t r = run_end(s, n, i + 8, C_ALNUM, &c[0]);
+    return r - (i + 8) >= 16 && AT(r) != '_' && AT(r) != '-' ? r : -1;
+}
+
+/* A[KS]IA[0-9A-Z]{16} */
+static Py_ssize_t tok_aws(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    (void)c;
+    for (Py_ssize_t k = i + 4; k < i + 20; k++) {
+        if (!IS(AT(k), C_UPPER | C_DIGIT)) {
+            return -1;
+        }
+    }
+    return IS(AT(i + 20), C_WORD | C_DASH) ? -1 : i + 20;
+}
+
+/* gh[pousr]_[A-Za-z0-9]{36,} */
+static Py_ssize_t tok_github(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    unsigned char kind = AT(i + 2);
+    if (!(kind == 'p' || kind == 'o' || kind == 'u' || kind == 's' || kind == 'r') || AT(i + 3) != '_') {
+        return -1;
+    }
+    Py_ssize_t r = run_end(s, n, i + 4, C_ALNUM, &c[0]);
+    return r - (i + 4) >= 36 && AT(r) != '_' && AT(r) != '-' ? r : -1;
+}
+
+/* github_pat_[A-Za-z0-9_]{22,} */
+static Py_ssize_t tok_github_pat(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    Py_ssize_t r = run_end(s, n, i + 11, C_WORD, &c[0]);
+    return r - (i + 11) >= 22 && AT(r) != '-' ? r : -1;
+}
+
+/* xox[abprs]-[A-Za-z0-9-]{10,} */
+static Py_ssize_t tok_slack(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    unsigned char kind = AT(i + 3);
+    if (!(kind == 'a' || kind == 'b' || kind == 'p' || kind == 'r' || kind == 's') || AT(i + 4) != '-') {
+        return -1;
+    }
+    Py_ssize_t r = run_end(s, n, i + 5, C_ALNUM | C_DASH, &c[0]);
+    return r - (i + 5) >= 10 && AT(r) != '_' ? r : -1;
+}
+
+/* AIza[0-9A-Za-z_-]{35} */
+static Py_ssize_t tok_google(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    (void)c;
+    for (Py_ssize_t k = i + 4; k < i + 39; k++) {
+        if (!IS(AT(k), C_WORD | C_DASH)) {
+            return -1;
+        }
+    }
+    return IS(AT(i + 39), C_WORD | C_DASH) ? -1 : i + 39;
+}
+
+/* eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}: each run stops at a "." (not in the class). */
+static Py_ssize_t tok_jwt(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    Py_ssize_t r1 = run_end(s, n, i + 3, C_WORD | C_DASH, &c[0]);
+    if (r1 - (i + 3) < 8 || AT(r1) != '.' || !starts_with(s, n, r1 + 1, "eyJ")) {
+        return -1;
+    }
+    Py_ssize_t r2 = run_end(s, n, r1 + 4, C_WORD | C_DASH, &c[1]);
+    if (r2 - (r1 + 4) < 8 || AT(r2) != '.') {
+        return -1;
+    }
+    Py_ssize_t r3 = run_end(s, n, r2 + 1, C_WORD | C_DASH, &c[2]);
+    return r3 - (r2 + 1) >= 8 ? r3 : -1;
+}
+
+static const struct {
+    const char *anchor;
+    TokenMatch match;
+} TOKENS[] = {
+    {"sk-", tok_sk_dash}, {"sk_", tok_stripe},       {"rk_", tok_stripe}, {"AKIA", tok_aws},    {"ASIA", tok_aws},
+    {"gh", tok_github},   {"github_pat_", tok_github_pat}, {"xox", tok_slack},  {"AIza", tok_google}, {"eyJ", tok_jwt},
+};
+
+static int tokens(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    for (size_t t = 0; t < sizeof(TOKENS) / sizeof(TOKENS[0]); t++) {
+        Py_ssize_t size = (Py_ssize_t)strlen(TOKENS[t].anchor);
+        RunCache caches[3] = {{-1, -2}, {-1, -2}, {-1, -2}};
+        Py_ssize_t pos = 0;
+        Py_ssize_t i;
+        /* finditer: a match (taken or not) resumes the search at its end */
+        while ((i = find_literal(s, n, pos, TOKENS[t].anchor, size)) >= 0) {
+            Py_ssize_t end = TOKENS[t].match(s, n, i, caches);
+            if (end < 0) {
+                pos = i + 1;
+                continue;
+            }
+            if (i == 0 || !IS(s[i - 1], C_WORD | C_DASH)) {
+                ADD(K_SECRET, i, end);
+            }
+            pos = end;
+        }
+    }
+    return 0;
+}
+
+/* [a-z0-9._~+/-] on the lower-cased text */
+static int bearer_char(unsigned char c) {
+    return IS(c, C_LOWER | C_DIGIT) || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '-';
+}
+
+/* bearer\s+([a-z0-9._~+/-]{16,}=*) on the lower-cased text, not after a word character. */
+static int bearers(Scan *sc) {
+    const unsigned char *s = sc->lower;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t pos = 0, i;
+    while ((i = find_literal(s, n, pos, "bearer", 6)) >= 0) {
+        Py_ssize_t q = run_end(s, n, i + 6, C_SPACE, NULL);
+        Py_ssize_t r = q;
+        while (r < n && bearer_char(s[r])) {
+            r++;
+        }
+        if (q == i + 6 || r - q < 16) {
+            pos = i + 1;
+            continue;
+        }
+        Py_ssize_t e = r;
+        while (e < n && s[e] == '=') {
+            e++;
+        }
+        if (i == 0 || !IS(s[i - 1], C_WORD)) {
+            ADD(K_SECRET, q, e);
+        }
+        pos = e;
+    }
+    return 0;
+}
+
+/* The end of an assignment name at i (the literal start is there), or -1. */
+static Py_ssize_t name_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int which) {
+    switch (which) {
+    case 0: /* api[_-]?key */
+    case 2: /* access[_-]?token */
+    case 3: /* auth[_-]?token */ {
+        Py_ssize_t p = i + (which == 0 ? 3 : which == 2 ? 6 : 4);
+        const char *rest = which == 0 ? "key" : "token";
+        if (AT(p) == '_' || AT(p) == '-') {
+            p++;
+        }
+        return starts_with(s, n, p, rest) ? p + (Py_ssize_t)strlen(rest) : -1;
+    }
+    case 1: /* secret(?:[_-]?key)? */ {
+        Py_ssize_t p = i + 6;
+        Py_ssize_t q = p + (AT(p) == '_' || AT(p) == '-');
+        return starts_with(s, n, q, "key") ? q + 3 : p;
+    }
+    case 4:
+        return i + 8; /* password */
+    case 5:
+        return i + 6; /* passwd */
+    default:
+        return i + 3; /* pwd */
+    }
+}
+
+static const char *const NAMES[] = {"api", "secret", "access", "auth", "password", "passwd", "pwd"};
+
+/* NAME\b["']?\s*[:=]\s*["']?([^\s"',;\x00]{8,}) on the lower-cased text, per name in order;
+ * no step has two ways to read the text, so the first reading is the match. */
+static int assignments(Scan *sc) {
+    const unsigned char *s = sc->lower;
+    Py_ssize_t n = sc->n;
+    for (int which = 0; which < 7; which++) {
+        const char *name = NAMES[which];
+        Py_ssize_t size = (Py_ssize_t)strlen(name);
+        Py_ssize_t pos = 0, i;
+        while ((i = find_literal(s, n, pos, name, size)) >= 0) {
+            pos = i + 1;
+            Py_ssize_t p = name_end(s, n, i, which);
+            if (p < 0 || IS(AT(p), C_WORD)) {
+                continue;
+            }
+            if (AT(p) == '"' || AT(p) == '\'') {
+                p++;
+            }
+            p = run_end(s, n, p, C_SPACE, NULL);
+            if (AT(p) != ':' && AT(p) != '=') {
+                continue;
+            }
+            p = run_end(s, n, p + 1, C_SPACE, NULL);
+            if (AT(p) == '"' || AT(p) == '\'') {
+                p++;
+            }
+            Py_ssize_t r = p;
+            int has_digit = 0, has_alpha = 0;
+            while (r < n) {
+                unsigned char c = s[r];
+                if (c == 0 || c == '"' || c == '\'' || c == ',' || c == ';' || IS(c, C_SPACE)) {
+                    break;
+                }
+                has_digit |= IS(c, C_DIGIT);
+                has_alpha |= IS(c, C_LOWER);
+                r++;
+            }
+            if (r - p < 8) {
+                continue;
+            }
+            if ((i == 0 || !IS(s[i - 1], C_WORD)) && has_digit && has_alpha) {
+                ADD(K_SECRET, p, r);
+            }
+            pos = r;
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------------- e-mail */
+
+/* [^\W\d_]{2,}\b at t (a TLD after its dot): the end of the letters, or -1. */
+static Py_ssize_t tld_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t t) {
+    Py_ssize_t r = t;
+    while (r < n && IS(s[r], C_UPPER | C_LOWER)) {
+        r++;
+    }
+    return r - t >= 2 && !IS(AT(r), C_WORD) ? r : -1;
+}
+
+static int label_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    return end > start && IS(s[start], C_ALNUM) && IS(s[end - 1], C_ALNUM);
+}
+
+/* The domain pattern at p: label(\.label)*\.tld\b, a label [^\W_]([\w-]*[^\W_])?.
+ * A label cannot hold a dot and is followed by one, so each is a whole segment between
+ * dots. The regex takes as many labels as follow one another (the first must be one),
+ * then gives them back one by one until a TLD follows: the match ends at the last
+ * segment, among those up to one past the last label, that starts with a TLD. */
+static Py_ssize_t email_domain(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
+    Py_ssize_t e = run_end(s, n, p, C_WORD | C_DASH, NULL);
+    if (!label_ok(s, p, e)) {
+        return -1;
+    }
+    Py_ssize_t found = -1;
+    while (AT(e) == '.') {
+        Py_ssize_t t = e + 1;
+        Py_ssize_t tld = tld_end(s, n, t);
+        if (tld >= 0) {
+            found = tld;
+        }
+        Py_ssize_t next = run_end(s, n, t, C_WORD | C_DASH, NULL);
+        if (!label_ok(s, t, next)) {
+            break;
+        }
+        e = next;
+    }
+    return found;
+}
+
+/* Each "@" with a local-part character before it and a letter or digit after: the local
+ * part read backwards (64 characters at most), leading dots left out, and the domain. */
+static int emails(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t at = -1;
+    for (;;) {
+        const unsigned char *hit = memchr(s + at + 1, '@', (size_t)(n - at - 1));
+        if (hit == NULL) {
+            return 0;
+        }
+        at = (Py_ssize_t)(hit - s);
+        if (at == 0 || !IS(s[at - 1], C_LOCAL) || !IS(AT(at + 1), C_ALNUM)) {
+            continue;
+        }
+        Py_ssize_t k = 0;
+        while (k < 65 && at - 1 - k >= 0 && IS(s[at - 1 - k], C_LOCAL)) {
+            k++;
+        }
+        if (k > 64) {
+            continue;
+        }
+        Py_ssize_t end = email_domain(s, n, at + 1);
+        if (end < 0) {
+            continue;
+        }
+        Py_ssize_t start = at - k;
+        while (start < at && s[start] == '.') {
+            start++;
+        }
+        if (start < at) {
+            ADD(K_EMAIL, start, end);
+        }
+    }
+}
+
+/* --------------------------------------------------------------------------- digits */
+
+static int luhn_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    unsigned char digits[32];
+    int count = 0;
+    for (Py_ssize_t i = start; i < end && count < 32; i++) {
+        if (IS(s[i], C_DIGIT)) {
+            digits[count++] = (unsigned char)(s[i] - '0');
+        }
+    }
+    if (count < 13 || count > 19) {
+        return 0;
+    }
+    int same = 1, sum = 0;
+    for (int i = 0; i < count; i++) {
+        same &= digits[i] == digits[0];
+        int d = digits[count - 1 - i];
+        if (i % 2) {
+            d = d * 2 > 9 ? d * 2 - 9 : d * 2;
+        }
+        sum += d;
+    }
+    return !same && sum % 10 == 0;
+}
+
+/* (?<![\d-])\d(?:[ -]?+\d){12,18}(?!\d): the iterations are taken greedily (each one way),
+ * then given back until no digit follows. */
+static int cards(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!IS(s[i], C_DIGIT) || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '-'))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t ends[19];
+        int c = 0;
+        Py_ssize_t p = i + 1;
+        ends[0] = p;
+        while (c < 18) {
+            Py_ssize_t q = p + (AT(p) == ' ' || AT(p) == '-');
+            if (!IS(AT(q), C_DIGIT)) {
+                break;
+            }
+            p = q + 1;
+            ends[++c] = p;
+        }
+        Py_ssize_t end = -1;
+        for (int k = c; k >= 12; k--) {
+            if (!IS(AT(ends[k]), C_DIGIT)) {
+                end = ends[k];
+                break;
+            }
+        }
+        if (end < 0) {
+            i++;
+            continue;
+        }
+        if (luhn_ok(s, i, end)) {
+            ADD(K_CARD, i, end);
+        }
+        i = end;
+    }
+    return 0;
+}
+
+static int iban_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    unsigned char compact[64];
+    int size = 0;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (s[i] != ' ') {
+            if (size == 64) {
+                return 0;
+            }
+            compact[size++] = s[i];
+        }
+    }
+    if (size < 15 || size > 34) {
+        return 0;
+    }
+    unsigned remainder = 0;
+    for (int k = 0; k < size; k++) {
+        unsigned char c = compact[(k + 4) % size];
+        if (IS(c, C_DIGIT)) {
+            remainder = (remainder * 10 + (unsigned)(c - '0')) % 97;
+        } else {
+            remainder = (remainder * 100 + (unsigned)(c - 'A' + 10)) % 97;
+        }
+    }
+    return remainder == 1;
+}
+
+#define IBAN_CHAR(c) IS((c), C_UPPER | C_DIGIT)
+
+/* [A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b at i: the groups taken greedily,
+ * then per count (most first) the tail and \b, or no tail and \b. The end, or -1. */
+static Py_ssize_t iban_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    Py_ssize_t ends[8];
+    int c = 0;
+    Py_ssize_t p = i + 4;
+    ends[0] = p;
+    while (c < 7) {
+        Py_ssize_t t = p + (AT(p) == ' ');
+        if (!(IBAN_CHAR(AT(t)) && IBAN_CHAR(AT(t + 1)) && IBAN_CHAR(AT(t + 2)) && IBAN_CHAR(AT(t + 3)))) {
+            break;
+        }
+        p = t + 4;
+        ends[++c] = p;
+    }
+    for (int k = c; k >= 2; k--) {
+        Py_ssize_t pk = ends[k];
+        Py_ssize_t t = pk + (AT(pk) == ' ');
+        int r = 0;
+        while (r < 4 && IBAN_CHAR(AT(t + r))) {
+            r++;
+        }
+        if (r >= 1 && r <= 3 && !IS(AT(t + r), C_WORD)) {
+            return t + r;
+        }
+        if (!IS(AT(pk), C_WORD)) {
+            return pk;
+        }
+    }
+    return -1;
+}
+
+static int ibans(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    for (Py_ssize_t i = 0; i + 3 < n; i++) {
+        if (!(IS(s[i], C_UPPER) && IS(s[i + 1], C_UPPER) && IS(s[i + 2], C_DIGIT) && IS(s[i + 3], C_DIGIT))) {
+            continue;
+        }
+        if (i > 0 && IS(s[i - 1], C_WORD)) {
+            continue;
+        }
+        Py_ssize_t end = iban_end(s, n, i);
+        if (end >= 0 && iban_ok(s, i, end)) {
+            ADD(K_IBAN, i, end);
+        }
+    }
+    return 0;
+}
+
+/* An octet as the whole digit run at p (any shorter reading leaves a digit where a dot or
+ * the end must be): 0-9, 10-99, 100-255. The run's length, or -1. */
+static Py_ssize_t octet(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
+    Py_ssize_t d = 0;
+    while (d < 4 && IS(AT(p + d), C_DIGIT)) {
+        d++;
+    }
+    if (d == 1 || (d == 2 && s[p] != '0')) {
+        return d;
+    }
+    if (d == 3 && (s[p] == '1' || (s[p] == '2' && (s[p + 1] < '5' || (s[p + 1] == '5' && s[p + 2] <= '5'))))) {
+        return 3;
+    }
+    return -1;
+}
+
+/* (?<![\d.])OCTET(?:\.OCTET){3}(?!\.?\d) */
+static int ipv4s(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!IS(s[i], C_DIGIT) || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '.'))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t p = i;
+        int ok = 1;
+        for (int g = 0; g < 4 && ok; g++) {
+            if (g > 0) {
+                if (AT(p) != '.') {
+                    ok = 0;
+                    break;
+                }
+                p++;
+            }
+            Py_ssize_t d = octet(s, n, p);
+            if (d < 0) {
+                ok = 0;
+            } else {
+                p += d;
+            }
+        }
+        if (ok && !(AT(p) == '.' && IS(AT(p + 1), C_DIGIT))) {
+            ADD(K_IP, i, p);
+            i = p;
+        } else {
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* (?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w]): each group reads one way,
+ * so a match is a whole run of [:\w] made of 3 to 8 hex groups of 4 at most. Then
+ * _ipv6_ok: one of the forms of RFC 4291 (8 groups, or one "::" with 7 groups at most
+ * around it), not colons alone. */
+static int ipv6_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    int colons = 0, group = 0, doubles = 0;
+    Py_ssize_t gap = -1;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (s[i] == ':') {
+            colons++;
+            group = 0;
+            if (i + 1 < end && s[i + 1] == ':') {
+                doubles++;
+                gap = i;
+            }
+        } else if (IS(s[i], C_HEX)) {
+            if (++group > 4) {
+                return 0;
+            }
+        } else {
+            return 0;
+        }
+    }
+    if (colons < 2 || colons > 7) {
+        return 0;
+    }
+    if (doubles == 0) {
+        return colons == 7 && s[start] != ':' && s[end - 1] != ':';
+    }
+    if (doubles > 1) {
+        return 0;
+    }
+    /* L::R, each side empty or groups between single colons */
+    if (gap > start && s[start] == ':') {
+        return 0;
+    }
+    if (gap + 2 < end && s[end - 1] == ':') {
+        return 0;
+    }
+    int left = 0, right = 0;
+    if (gap > start) {
+        left = 1;
+        for (Py_ssize_t i = start; i < gap; i++) {
+            left += s[i] == ':';
+        }
+    }
+    if (gap + 2 < end) {
+        right = 1;
+        for (Py_ssize_t i = gap + 2; i < end; i++) {
+            right += s[i] == ':';
+        }
+    }
+    return left + right <= 7 && left + right > 0;
+}
+
+static int ipv6s(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!(IS(s[i], C_WORD) || s[i] == ':')) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        int colon = s[i] == ':';
+        while (j < n && (IS(s[j], C_WORD) || s[j] == ':')) {
+            colon |= s[j] == ':';
+            j++;
+        }
+        if (colon && ipv6_ok(s, i, j)) {
+            ADD(K_IP, i, j);
+        }
+        i = j;
+    }
+    return 0;
+}
+
+static int is_phone_separator(unsigned char c) { return c == ' ' || c == '.' || c == '-'; }
+
+/* The digit run from p: its end (a cache: phone candidates read the same runs again). */
+static Py_ssize_t digits_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t p, RunCache *cache) {
+    return run_end(s, n, p, C_DIGIT, cache);
+}
+
+/* _PHONE_LINEAR at i, tried in the regex's order: the "+" part (3, 2, 1 digits; a
+ * separator taken, then not), the "(...)" part likewise, each then left out; the digit
+ * run (possessive); up to 5 more groups, given back one by one until the look-ahead
+ * holds. The end of the first reading that holds, or -1. */
+static Py_ssize_t phone_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *cache) {
+    Py_ssize_t after_plus[8];
+    int plus_count = 0;
+    if (s[i] == '+') {
+        Py_ssize_t d = digits_end(s, n, i + 1, cache) - (i + 1);
+        for (Py_ssize_t k = d < 3 ? d : 3; k >= 1; k--) {
+            Py_ssize_t p = i + 1 + k;
+            if (is_phone_separator(AT(p))) {
+                after_plus[plus_count++] = p + 1;
+            }
+            after_plus[plus_count++] = p;
+        }
+    }
+    after_plus[plus_count++] = i;
+    for (int a = 0; a < plus_count; a++) {
+        Py_ssize_t p = after_plus[a];
+        Py_ssize_t after_paren[3];
+        int paren_count = 0;
+        if (AT(p) == '(') {
+            Py_ssize_t e = digits_end(s, n, p + 1, cache) - (p + 1);
+            if (e >= 1 && e <= 4 && AT(p + 1 + e) == ')') {
+                Py_ssize_t q = p + 2 + e;
+                if (is_phone_separator(AT(q))) {
+                    after_paren[paren_count++] = q + 1;
+                }
+                after_paren[paren_count++] = q;
+            }
+        }
+        after_paren[paren_count++] = p;
+        for (int b = 0; b < paren_count; b++) {
+            Py_ssize_t q = after_paren[b];
+            if (!IS(AT(q), C_DIGIT)) {
+                continue;
+            }
+            Py_ssize_t ends[6];
+            int c = 0;
+            ends[0] = digits_end(s, n, q, cache);
+            while (c < 5) {
+                Py_ssize_t m = ends[c];
+                if (!(is_phone_separator(AT(m)) && IS(AT(m + 1), C_DIGIT) && IS(AT(m + 2), C_DIGIT))) {
+                    break;
+                }
+                ends[c + 1] = digits_end(s, n, m + 1, cache);
+                c++;
+            }
+            for (int k = c; k >= 0; k--) {
+                Py_ssize_t m = ends[k];
+                unsigned char next = AT(m);
+                if (!(IS(next, C_WORD) || next == '-' || (next == '.' && IS(AT(m + 1), C_DIGIT)))) {
+                    return m;
+                }
+            }
+        }
+    }
+    return -1;
+}
+
+/* _phone_ok: 7 to 15 digits; "+" or "(" accepts; a date, a bare number, a decimal or
+ * thousands grouping rejects. */
+static int phone_ok(const unsigned char *v, Py_ssize_t size) {
+    int digits = 0, spaces = 0, dots = 0, dashes = 0, paren = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = v[i];
+        if (c == ' ') {
+            spaces++;
+        } else if (c == '.') {
+            dots++;
+        } else if (c == '-') {
+            dashes++;
+        } else if (c == '(') {
+            paren = 1;
+        } else if (c != ')' && c != '+') {
+            digits++;
+        }
+    }
+    if (digits < 7 || digits > 15) {
+        return 0;
+    }
+    if (v[0] == '+' || paren) {
+        return 1;
+    }
+    /* _DATE.fullmatch: three digit runs between two of [-./] */
+    {
+        Py_ssize_t runs[3];
+        Py_ssize_t p = 0;
+        int k = 0, date = 1;
+        for (; k < 3; k++) {
+            Py_ssize_t q = p;
+            while (q < size && v[q] >= '0' && v[q] <= '9') {
+                q++;
+            }
+            runs[k] = q - p;
+            if (k < 2) {
+                if (q >= size || !(v[q] == '-' || v[q] == '.' || v[q] == '/')) {
+                    date = 0;
+                    break;
+                }
+                p = q + 1;
+            } else if (q != size) {
+                date = 0;
+            }
+        }
+        if (date) {
+            int first = runs[0] == 4 && runs[1] >= 1 && runs[1] <= 2 && runs[2] >= 1 && runs[2] <= 2;
+            int second = runs[0] >= 1 && runs[0] <= 2 && runs[1] >= 1 && runs[1] <= 2 && runs[2] >= 2 && runs[2] <= 4;
+            if (first || second) {
+                return 0;
+            }
+        }
+    }
+    if (!(spaces + dots + dashes)) {
+        return 0;
+    }
+    if (dots == 1 && !spaces && !dashes) {
+        return 0;
+    }
+    /* thousands grouping: the first group 3 long at most, every other one 3 long */
+    Py_ssize_t start = 0;
+    int first = 1;
+    for (Py_ssize_t i = 0; i <= size; i++) {
+        if (i == size || is_phone_separator(v[i])) {
+            Py_ssize_t length = i - start;
+            if (first ? length > 3 : length != 3) {
+                return 1;
+            }
+            first = 0;
+            start = i + 1;
+        }
+    }
+    return 0;
+}
+
+/* (?<![\w+.-]) ... */
+static int phones(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    RunCache cache = {-1, -2};
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (!(IS(c, C_DIGIT) || c == '+' || c == '(')) {
+            i++;
+            continue;
+        }
+        if (i > 0) {
+            unsigned char b = s[i - 1];
+            if (IS(b, C_WORD) || b == '+' || b == '.' || b == '-') {
+                i++;
+                continue;
+            }
+        }
+        Py_ssize_t end = phone_end(s, n, i, &cache);
+        if (end < 0) {
+            i++;
+            continue;
+        }
+        if (phone_ok(s + i, end - i)) {
+            ADD(K_PHONE, i, end);
+        }
+        i = end;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------------- the module */
+
+static PyObject *finding_type = NULL;
+static PyObject *kind_names[K_COUNT];
+
+static int by_start(const void *a, const void *b) {
+    Py_ssize_t x = ((const Hit *)a)->start, y = ((const Hit *)b)->start;
+    return (x > y) - (x < y);
+}
+
+static PyObject *new_finding(int kind, Py_ssize_t start, Py_ssize_t end, PyObject *value) {
+    PyObject *low = PyLong_FromSsize_t(start);
+    PyObject *high = low ? PyLong_FromSsize_t(end) : NULL;
+    if (high == NULL) {
+        Py_XDECREF(low);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyObject *kind_name = Py_NewRef(kind_names[kind]);
+#if PY_VERSION_HEX < 0x030E0000
+    /* as tuple.__new__(Finding, ...) does (tuple_subtype_new): allocate, fill */
+    PyObject *finding = ((PyTypeObject *)finding_type)->tp_alloc((PyTypeObject *)finding_type, 4);
+    if (finding == NULL) {
+        Py_DECREF(kind_name);
+        Py_DECREF(low);
+        Py_DECREF(high);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(finding, 0, kind_name);
+    PyTuple_SET_ITEM(finding, 1, low);
+    PyTuple_SET_ITEM(finding, 2, high);
+    PyTuple_SET_ITEM(finding, 3, value);
+    return finding;
+#else
+    PyObject *items = PyTuple_Pack(4, kind_name, low, high, value);
+    Py_DECREF(kind_name);
+    Py_DECREF(low);
+    Py_DECREF(high);
+    Py_DECREF(value);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *finding = PyTuple_Type.tp_new((PyTypeObject *)finding_type, args, NULL);
+    Py_DECREF(args);
+    return finding;
+#endif
+}
+
+PyDoc_STRVAR(configure_doc, "configure(finding_type, kinds)\n--\n\n"
+                            "The named tuple type of a finding and the kind names, in precedence order.");
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *type, *kinds;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!:configure", &PyType_Type, &type, &PyTuple_Type, &kinds)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) || PyTuple_GET_SIZE(kinds) != K_COUNT) {
+        PyErr_SetString(PyExc_ValueError, "configure needs a tuple type and the six kinds");
+        return NULL;
+    }
+    for (int k = 0; k < K_COUNT; k++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kinds, k))) {
+            PyErr_SetString(PyExc_TypeError, "kinds must be strings");
+            return NULL;
+        }
+    }
+    Py_XSETREF(finding_type, Py_NewRef(type));
+    for (int k = 0; k < K_COUNT; k++) {
+        Py_XSETREF(kind_names[k], Py_NewRef(PyTuple_GET_ITEM(kinds, k)));
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(find_doc, "find(text, kinds, offset)\n--\n\n"
+                       "Detector.find of an ASCII text: kinds is a mask (bit i: KINDS[i]); offset is\n"
+                       "added to the bounds. The findings in order, as named tuples.");
+
+static PyObject *find(PyObject *module, PyObject *args) {
+    PyObject *text;
+    unsigned int kinds;
+    Py_ssize_t offset;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UIn:find", &text, &kinds, &offset)) {
+        return NULL;
+    }
+    if (finding_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(text)) {
+        PyErr_SetString(PyExc_ValueError, "the native scan takes ASCII text only");
+        return NULL;
+    }
+    Scan scan = {0};
+    Scan *sc = &scan;
+    sc->s = (const unsigned char *)PyUnicode_DATA(text);
+    sc->n = PyUnicode_GET_LENGTH(text);
+    PyObject *result = NULL;
+    if (sc->n == 0 || kinds == 0) {
+        return PyList_New(0);
+    }
+    sc->taken = PyMem_Calloc((size_t)sc->n, 1);
+    if (sc->taken == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    int failed = 0;
+    if (kinds & (1u << K_SECRET)) {
+        failed = private_keys(sc) || tokens(sc);
+        if (!failed) {
+            sc->lower = PyMem_Malloc((size_t)sc->n);
+            if (sc->lower == NULL) {
+                failed = 1;
+            } else {
+                for (Py_ssize_t i = 0; i < sc->n; i++) {
+                    unsigned char c = sc->s[i];
+                    sc->lower[i] = (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+                }
+                failed = bearers(sc) || assignments(sc);
+            }
+        }
+    }
+    if (!failed && (kinds & (1u << K_EMAIL))) {
+        failed = emails(sc);
+    }
+    if (!failed && (kinds & (1u << K_CARD))) {
+        failed = cards(sc);
+    }
+    if (!failed && (kinds & (1u << K_IBAN))) {
+        failed = ibans(sc);
+    }
+    if (!failed && (kinds & (1u << K_IP))) {
+        failed = ipv4s(sc) || ipv6s(sc);
+    }
+    if (!failed && (kinds & (1u << K_PHONE))) {
+        failed = phones(sc);
+    }
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 1; k < sc->count; k++) {
+        if (sc->hits[k].start < sc->hits[k - 1].start) {
+            qsort(sc->hits, (size_t)sc->count, sizeof(Hit), by_start);
+            break;
+        }
+    }
+    result = PyList_New(sc->count);
+    if (result == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < sc->count; k++) {
+        Hit *hit = &sc->hits[k];
+        PyObject *value = PyUnicode_Substring(text, hit->start, hit->end);
+        PyObject *finding = value ? new_finding(hit->kind, hit->start + offset, hit->end + offset, value) : NULL;
+        if (finding == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, k, finding);
+    }
+done:
+    PyMem_Free(sc->taken);
+    PyMem_Free(sc->lower);
+    PyMem_Free(sc->hits);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, configure_doc},
+    {"find", find, METH_VARARGS, find_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_scan", "The native scan of ringd.plugins._detect (ASCII texts).", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    for (int c = 0; c < 256; c++) {
+        uint8_t bits = 0;
+        if (c >= '0' && c <= '9') {
+            bits |= C_DIGIT | C_HEX | C_LOCAL;
+        }
+        if (c >= 'A' && c <= 'Z') {
+            bits |= C_UPPER | C_LOCAL | (c <= 'F' ? C_HEX : 0);
+        }
+        if (c >= 'a' && c <= 'z') {
+            bits |= C_LOWER | C_LOCAL | (c <= 'f' ? C_HEX : 0);
+        }
+        if (c == '_') {
+            bits |= C_UNDER | C_LOCAL;
+        }
+        if (c == '-') {
+            bits |= C_DASH | C_LOCAL;
+        }
+        if (c == '.' || c == '%' || c == '+') {
+            bits |= C_LOCAL;
+        }
+        if (c == ' ' || (c >= '\t' && c <= '\r')) {
+            bits |= C_SPACE;
+        }
+        CLS[c] = bits;
+    }
+    return PyModule_Create(&module_def);
+}
