@@ -46,7 +46,12 @@ typedef struct {
     const unsigned char *s;
     Py_ssize_t n;
     unsigned char *taken; /* a byte per character: 1 where a finding is */
-    unsigned char *lower; /* the text lower-cased (secrets only), else NULL */
+    /* the places of the secret patterns' anchors, by pattern (ANCHORS), each in order */
+    Py_ssize_t *anchors;
+    /* the digit clusters with 4 digits or more: (first digit, after the last, digits) */
+    Py_ssize_t *clusters;
+    Py_ssize_t cluster_count;
+    Py_ssize_t anchor_lo[19], anchor_hi[19];
     Hit *hits;
     Py_ssize_t count, cap;
 } Scan;
@@ -125,6 +130,120 @@ static int add(Scan *sc, int kind, Py_ssize_t start, Py_ssize_t end) {
 
 /* --------------------------------------------------------------------------- secrets */
 
+/* The literal each secret pattern starts with (the names and "bearer" in any case), found
+ * in one pass: a bitmap of their first two characters, then the literals compared. */
+enum { A_PEM, A_TOKENS, A_BEARER = A_TOKENS + 10, A_NAMES, A_COUNT = A_NAMES + 7 };
+static const struct {
+    const char *literal;
+    int any_case;
+} ANCHORS[A_COUNT] = {
+    {"-----BEGIN", 0}, {"sk-", 0},  {"sk_", 0},    {"rk_", 0},    {"AKIA", 0},     {"ASIA", 0},   {"gh", 0},
+    {"github_pat_", 0}, {"xox", 0}, {"AIza", 0},   {"eyJ", 0},    {"bearer", 1},   {"api", 1},    {"secret", 1},
+    {"access", 1},     {"auth", 1}, {"password", 1}, {"passwd", 1}, {"pwd", 1},
+};
+static uint8_t ANCHOR_PAIRS[65536 / 8];
+static uint32_t ANCHORS_BY_FIRST[256]; /* the anchors a character can start (a bit each) */
+static Py_ssize_t ANCHOR_SIZES[A_COUNT];
+
+static unsigned char lower(unsigned char c) { return (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c); }
+
+static int literal_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, const char *lit, int any_case) {
+    Py_ssize_t size = (Py_ssize_t)strlen(lit);
+    if (i < 0 || i > n - size) {
+        return 0;
+    }
+    if (!any_case) {
+        return memcmp(s + i, lit, (size_t)size) == 0;
+    }
+    for (Py_ssize_t k = 0; k < size; k++) {
+        if (lower(s[i + k]) != (unsigned char)lit[k]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void anchor_pairs_init(void) {
+    for (int a = 0; a < A_COUNT; a++) {
+        const unsigned char *lit = (const unsigned char *)ANCHORS[a].literal;
+        ANCHOR_SIZES[a] = (Py_ssize_t)strlen(ANCHORS[a].literal);
+        ANCHORS_BY_FIRST[lit[0]] |= 1u << a;
+        if (ANCHORS[a].any_case) {
+            ANCHORS_BY_FIRST[lit[0] - 32u] |= 1u << a;
+        }
+        for (int upper0 = 0; upper0 < 2; upper0++) {
+            for (int upper1 = 0; upper1 < 2; upper1++) {
+                if ((upper0 || upper1) && !ANCHORS[a].any_case) {
+                    continue;
+                }
+                unsigned c0 = upper0 && lit[0] >= 'a' && lit[0] <= 'z' ? lit[0] - 32u : lit[0];
+                unsigned c1 = upper1 && lit[1] >= 'a' && lit[1] <= 'z' ? lit[1] - 32u : lit[1];
+                unsigned key = c0 | c1 << 8;
+                ANCHOR_PAIRS[key >> 3] |= (uint8_t)(1u << (key & 7));
+            }
+        }
+    }
+}
+
+/* Fills sc->anchors: the places of each anchor, pattern by pattern, in order. -1: no memory. */
+static int collect_anchors(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t cap = 0, count = 0;
+    Py_ssize_t *places = NULL; /* (place, anchor) pairs, in the order of places */
+    Py_ssize_t per[A_COUNT] = {0};
+    for (Py_ssize_t i = 0; i + 1 < n; i++) {
+        unsigned key = s[i] | (unsigned)s[i + 1] << 8;
+        if (!(ANCHOR_PAIRS[key >> 3] & (1u << (key & 7)))) {
+            continue;
+        }
+        for (uint32_t bits = ANCHORS_BY_FIRST[s[i]]; bits; bits &= bits - 1) {
+            int a = __builtin_ctz(bits);
+            if (i + ANCHOR_SIZES[a] > n || !literal_at(s, n, i, ANCHORS[a].literal, ANCHORS[a].any_case)) {
+                continue;
+            }
+            if (count + 2 > cap) {
+                cap = cap ? cap * 2 : 256;
+                Py_ssize_t *grown = PyMem_Realloc(places, (size_t)cap * sizeof(Py_ssize_t));
+                if (grown == NULL) {
+                    PyMem_Free(places);
+                    return -1;
+                }
+                places = grown;
+            }
+            places[count++] = i;
+            places[count++] = a;
+            per[a]++;
+        }
+    }
+    Py_ssize_t total = count / 2;
+    sc->anchors = PyMem_Malloc((size_t)(total ? total : 1) * sizeof(Py_ssize_t));
+    if (sc->anchors == NULL) {
+        PyMem_Free(places);
+        return -1;
+    }
+    Py_ssize_t next[A_COUNT];
+    Py_ssize_t at = 0;
+    for (int a = 0; a < A_COUNT; a++) {
+        sc->anchor_lo[a] = next[a] = at;
+        at += per[a];
+        sc->anchor_hi[a] = at;
+    }
+    for (Py_ssize_t k = 0; k < count; k += 2) {
+        sc->anchors[next[places[k + 1]]++] = places[k];
+    }
+    PyMem_Free(places);
+    return 0;
+}
+
+/* The first place of anchor a at or after pos (a cursor over its places), or -1. */
+static Py_ssize_t next_anchor(const Scan *sc, int a, Py_ssize_t *cursor, Py_ssize_t pos) {
+    while (*cursor < sc->anchor_hi[a] && sc->anchors[*cursor] < pos) {
+        (*cursor)++;
+    }
+    return *cursor < sc->anchor_hi[a] ? sc->anchors[*cursor] : -1;
+}
+
 /* "-----BEGIN" or "-----END" (prefix) at i, then [A-Z0-9 ]*PRIVATE KEY-----: the class run
  * holds "PRIVATE KEY" and stops at the "-", so the run must end in it. Its end, or -1. */
 static Py_ssize_t pem_line(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t prefix) {
@@ -141,9 +260,9 @@ static Py_ssize_t pem_line(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, P
 static int private_keys(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t end_line = -2, nul = -2, pos = 0;
+    Py_ssize_t end_line = -2, nul = -2, pos = 0, cursor = sc->anchor_lo[A_PEM];
     for (;;) {
-        Py_ssize_t index = find_literal(s, n, pos, "-----BEGIN", 10);
+        Py_ssize_t index = next_anchor(sc, A_PEM, &cursor, pos);
         if (index < 0) {
             return 0;
         }
@@ -270,12 +389,12 @@ static int tokens(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
     for (size_t t = 0; t < sizeof(TOKENS) / sizeof(TOKENS[0]); t++) {
-        Py_ssize_t size = (Py_ssize_t)strlen(TOKENS[t].anchor);
+        int a = A_TOKENS + (int)t;
         RunCache caches[3] = {{-1, -2}, {-1, -2}, {-1, -2}};
-        Py_ssize_t pos = 0;
+        Py_ssize_t pos = 0, cursor = sc->anchor_lo[a];
         Py_ssize_t i;
         /* finditer: a match (taken or not) resumes the search at its end */
-        while ((i = find_literal(s, n, pos, TOKENS[t].anchor, size)) >= 0) {
+        while ((i = next_anchor(sc, a, &cursor, pos)) >= 0) {
             Py_ssize_t end = TOKENS[t].match(s, n, i, caches);
             if (end < 0) {
                 pos = i + 1;
@@ -292,15 +411,15 @@ static int tokens(Scan *sc) {
 
 /* [a-z0-9._~+/-] on the lower-cased text */
 static int bearer_char(unsigned char c) {
-    return IS(c, C_LOWER | C_DIGIT) || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '-';
+    return IS(c, C_ALNUM) || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '-';
 }
 
 /* bearer\s+([a-z0-9._~+/-]{16,}=*) on the lower-cased text, not after a word character. */
 static int bearers(Scan *sc) {
-    const unsigned char *s = sc->lower;
+    const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t pos = 0, i;
-    while ((i = find_literal(s, n, pos, "bearer", 6)) >= 0) {
+    Py_ssize_t pos = 0, i, cursor = sc->anchor_lo[A_BEARER];
+    while ((i = next_anchor(sc, A_BEARER, &cursor, pos)) >= 0) {
         Py_ssize_t q = run_end(s, n, i + 6, C_SPACE, NULL);
         Py_ssize_t r = q;
         while (r < n && bearer_char(s[r])) {
@@ -333,12 +452,12 @@ static Py_ssize_t name_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, i
         if (AT(p) == '_' || AT(p) == '-') {
             p++;
         }
-        return starts_with(s, n, p, rest) ? p + (Py_ssize_t)strlen(rest) : -1;
+        return literal_at(s, n, p, rest, 1) ? p + (Py_ssize_t)strlen(rest) : -1;
     }
     case 1: /* secret(?:[_-]?key)? */ {
         Py_ssize_t p = i + 6;
         Py_ssize_t q = p + (AT(p) == '_' || AT(p) == '-');
-        return starts_with(s, n, q, "key") ? q + 3 : p;
+        return literal_at(s, n, q, "key", 1) ? q + 3 : p;
     }
     case 4:
         return i + 8; /* password */
@@ -349,18 +468,14 @@ static Py_ssize_t name_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, i
     }
 }
 
-static const char *const NAMES[] = {"api", "secret", "access", "auth", "password", "passwd", "pwd"};
-
 /* NAME\b["']?\s*[:=]\s*["']?([^\s"',;\x00]{8,}) on the lower-cased text, per name in order;
  * no step has two ways to read the text, so the first reading is the match. */
 static int assignments(Scan *sc) {
-    const unsigned char *s = sc->lower;
+    const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
     for (int which = 0; which < 7; which++) {
-        const char *name = NAMES[which];
-        Py_ssize_t size = (Py_ssize_t)strlen(name);
-        Py_ssize_t pos = 0, i;
-        while ((i = find_literal(s, n, pos, name, size)) >= 0) {
+        Py_ssize_t pos = 0, i, cursor = sc->anchor_lo[A_NAMES + which];
+        while ((i = next_anchor(sc, A_NAMES + which, &cursor, pos)) >= 0) {
             pos = i + 1;
             Py_ssize_t p = name_end(s, n, i, which);
             if (p < 0 || IS(AT(p), C_WORD)) {
@@ -385,7 +500,7 @@ static int assignments(Scan *sc) {
                     break;
                 }
                 has_digit |= IS(c, C_DIGIT);
-                has_alpha |= IS(c, C_LOWER);
+                has_alpha |= IS(c, C_UPPER | C_LOWER);
                 r++;
             }
             if (r - p < 8) {
@@ -448,11 +563,15 @@ static int emails(Scan *sc) {
     Py_ssize_t n = sc->n;
     Py_ssize_t at = -1;
     for (;;) {
-        const unsigned char *hit = memchr(s + at + 1, '@', (size_t)(n - at - 1));
-        if (hit == NULL) {
-            return 0;
+        if (at + 1 < n && s[at + 1] == '@') { /* "@@@@": no call per "@" */
+            at++;
+        } else {
+            const unsigned char *hit = memchr(s + at + 1, '@', (size_t)(n - at - 1));
+            if (hit == NULL) {
+                return 0;
+            }
+            at = (Py_ssize_t)(hit - s);
         }
-        at = (Py_ssize_t)(hit - s);
         if (at == 0 || !IS(s[at - 1], C_LOCAL) || !IS(AT(at + 1), C_ALNUM)) {
             continue;
         }
@@ -479,6 +598,46 @@ static int emails(Scan *sc) {
 
 /* --------------------------------------------------------------------------- digits */
 
+/* The clusters (as _detect._Clusters has them): maximal runs of digits and " .-()+"
+ * between other characters, from the first digit to the last. A card, an IPv4 address
+ * or a phone number lies inside one (its characters are those), with 13, 4 and 7
+ * digits at least; its look-arounds see the same characters from the cluster's edge. So
+ * each scan tries the starts in the clusters with enough digits, not every character:
+ * the same matches as a scan of the whole text. One branch-free pass (random digits and
+ * letters would make a branch per character mispredict). */
+static uint8_t CLUSTER_CLASS[256]; /* 1 a digit, 2 " .-()+", 0 anything else */
+
+static int collect_clusters(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t cap = 0, count = 0, digits = 0, first = 0, last = 0;
+    Py_ssize_t *found = NULL;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        unsigned c = i < n ? CLUSTER_CLASS[s[i]] : 0;
+        Py_ssize_t is_digit = (Py_ssize_t)(c & 1);
+        if (__builtin_expect(c == 0 && digits >= 4, 0)) {
+            if (count + 3 > cap) {
+                cap = cap ? cap * 2 : 96;
+                Py_ssize_t *grown = PyMem_Realloc(found, (size_t)cap * sizeof(Py_ssize_t));
+                if (grown == NULL) {
+                    PyMem_Free(found);
+                    return -1;
+                }
+                found = grown;
+            }
+            found[count++] = first;
+            found[count++] = last + 1;
+            found[count++] = digits;
+        }
+        first = digits == 0 && is_digit ? i : first;
+        last = is_digit ? i : last;
+        digits = c ? digits + is_digit : 0;
+    }
+    sc->clusters = found;
+    sc->cluster_count = count / 3;
+    return 0;
+}
+
 static int luhn_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
     unsigned char digits[32];
     int count = 0;
@@ -504,11 +663,10 @@ static int luhn_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
 
 /* (?<![\d-])\d(?:[ -]?+\d){12,18}(?!\d): the iterations are taken greedily (each one way),
  * then given back until no digit follows. */
-static int cards(Scan *sc) {
+static int cards_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t i = 0;
-    while (i < n) {
+    while (i < stop) {
         if (!IS(s[i], C_DIGIT) || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '-'))) {
             i++;
             continue;
@@ -639,11 +797,10 @@ static Py_ssize_t octet(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
 }
 
 /* (?<![\d.])OCTET(?:\.OCTET){3}(?!\.?\d) */
-static int ipv4s(Scan *sc) {
+static int ipv4s_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t i = 0;
-    while (i < n) {
+    while (i < stop) {
         if (!IS(s[i], C_DIGIT) || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '.'))) {
             i++;
             continue;
@@ -897,12 +1054,11 @@ static int phone_ok(const unsigned char *v, Py_ssize_t size) {
 }
 
 /* (?<![\w+.-]) ... */
-static int phones(Scan *sc) {
+static int phones_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop, RunCache *cache_) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    RunCache cache = {-1, -2};
-    Py_ssize_t i = 0;
-    while (i < n) {
+    RunCache *cache = cache_;
+    while (i < stop) {
         unsigned char c = s[i];
         if (!(IS(c, C_DIGIT) || c == '+' || c == '(')) {
             i++;
@@ -915,7 +1071,7 @@ static int phones(Scan *sc) {
                 continue;
             }
         }
-        Py_ssize_t end = phone_end(s, n, i, &cache);
+        Py_ssize_t end = phone_end(s, n, i, cache);
         if (end < 0) {
             i++;
             continue;
@@ -924,6 +1080,38 @@ static int phones(Scan *sc) {
             ADD(K_PHONE, i, end);
         }
         i = end;
+    }
+    return 0;
+}
+
+/* Each scan over the clusters with enough digits for it (a phone may start one before). */
+static int cards(Scan *sc) {
+    for (Py_ssize_t k = 0; k < sc->cluster_count; k++) {
+        Py_ssize_t *cluster = sc->clusters + 3 * k;
+        if (cluster[2] >= 13 && cards_in(sc, cluster[0], cluster[1]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int ipv4s(Scan *sc) {
+    for (Py_ssize_t k = 0; k < sc->cluster_count; k++) {
+        Py_ssize_t *cluster = sc->clusters + 3 * k;
+        if (ipv4s_in(sc, cluster[0], cluster[1]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int phones(Scan *sc) {
+    RunCache cache = {-1, -2};
+    for (Py_ssize_t k = 0; k < sc->cluster_count; k++) {
+        Py_ssize_t *cluster = sc->clusters + 3 * k;
+        if (cluster[2] >= 7 && phones_in(sc, cluster[0] > 0 ? cluster[0] - 1 : 0, cluster[1], &cache) < 0) {
+            return -1;
+        }
     }
     return 0;
 }
@@ -961,6 +1149,9 @@ static PyObject *new_finding(int kind, Py_ssize_t start, Py_ssize_t end, PyObjec
     PyTuple_SET_ITEM(finding, 1, low);
     PyTuple_SET_ITEM(finding, 2, high);
     PyTuple_SET_ITEM(finding, 3, value);
+    /* Strings and ints only: it can be in no cycle, so the collector need not follow it (it
+     * untracks such tuples itself, once it has visited them: tens of thousands here). */
+    PyObject_GC_UnTrack(finding);
     return finding;
 #else
     PyObject *items = PyTuple_Pack(4, kind_name, low, high, value);
@@ -1043,22 +1234,13 @@ static PyObject *find(PyObject *module, PyObject *args) {
     }
     int failed = 0;
     if (kinds & (1u << K_SECRET)) {
-        failed = private_keys(sc) || tokens(sc);
-        if (!failed) {
-            sc->lower = PyMem_Malloc((size_t)sc->n);
-            if (sc->lower == NULL) {
-                failed = 1;
-            } else {
-                for (Py_ssize_t i = 0; i < sc->n; i++) {
-                    unsigned char c = sc->s[i];
-                    sc->lower[i] = (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-                }
-                failed = bearers(sc) || assignments(sc);
-            }
-        }
+        failed = collect_anchors(sc) || private_keys(sc) || tokens(sc) || bearers(sc) || assignments(sc);
     }
     if (!failed && (kinds & (1u << K_EMAIL))) {
         failed = emails(sc);
+    }
+    if (!failed && (kinds & ((1u << K_CARD) | (1u << K_IP) | (1u << K_PHONE)))) {
+        failed = collect_clusters(sc);
     }
     if (!failed && (kinds & (1u << K_CARD))) {
         failed = cards(sc);
@@ -1098,7 +1280,8 @@ static PyObject *find(PyObject *module, PyObject *args) {
     }
 done:
     PyMem_Free(sc->taken);
-    PyMem_Free(sc->lower);
+    PyMem_Free(sc->anchors);
+    PyMem_Free(sc->clusters);
     PyMem_Free(sc->hits);
     return result;
 }
@@ -1138,6 +1321,10 @@ PyMODINIT_FUNC PyInit__scan(void) {
             bits |= C_SPACE;
         }
         CLS[c] = bits;
+    }
+    anchor_pairs_init();
+    for (int c = 0; c < 256; c++) {
+        CLUSTER_CLASS[c] = c >= '0' && c <= '9' ? 1 : strchr(" .-()+", c) != NULL && c != 0 ? 2 : 0;
     }
     return PyModule_Create(&module_def);
 }
