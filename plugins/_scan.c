@@ -629,9 +629,12 @@ static int collect_clusters(Scan *sc) {
             found[count++] = last + 1;
             found[count++] = digits;
         }
-        first = digits == 0 && is_digit ? i : first;
-        last = is_digit ? i : last;
-        digits = c ? digits + is_digit : 0;
+        /* (masks, not ?: which the compiler turns back into branches) */
+        Py_ssize_t digit_mask = -is_digit;
+        Py_ssize_t starting = -(Py_ssize_t)(digits == 0) & digit_mask;
+        first = (first & ~starting) | (i & starting);
+        last = (last & ~digit_mask) | (i & digit_mask);
+        digits = (digits + is_digit) & -(Py_ssize_t)(c != 0);
     }
     sc->clusters = found;
     sc->cluster_count = count / 3;
@@ -836,74 +839,62 @@ static int ipv4s_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
  * so a match is a whole run of [:\w] made of 3 to 8 hex groups of 4 at most. Then
  * _ipv6_ok: one of the forms of RFC 4291 (8 groups, or one "::" with 7 groups at most
  * around it), not colons alone. */
-static int ipv6_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
-    int colons = 0, group = 0, doubles = 0;
-    Py_ssize_t gap = -1;
-    for (Py_ssize_t i = start; i < end; i++) {
-        if (s[i] == ':') {
-            colons++;
-            group = 0;
-            if (i + 1 < end && s[i + 1] == ':') {
-                doubles++;
-                gap = i;
-            }
-        } else if (IS(s[i], C_HEX)) {
-            if (++group > 4) {
-                return 0;
-            }
-        } else {
-            return 0;
-        }
-    }
-    if (colons < 2 || colons > 7) {
-        return 0;
-    }
-    if (doubles == 0) {
-        return colons == 7 && s[start] != ':' && s[end - 1] != ':';
-    }
-    if (doubles > 1) {
-        return 0;
-    }
-    /* L::R, each side empty or groups between single colons */
-    if (gap > start && s[start] == ':') {
-        return 0;
-    }
-    if (gap + 2 < end && s[end - 1] == ':') {
-        return 0;
-    }
-    int left = 0, right = 0;
-    if (gap > start) {
-        left = 1;
-        for (Py_ssize_t i = start; i < gap; i++) {
-            left += s[i] == ':';
-        }
-    }
-    if (gap + 2 < end) {
-        right = 1;
-        for (Py_ssize_t i = gap + 2; i < end; i++) {
-            right += s[i] == ':';
-        }
-    }
-    return left + right <= 7 && left + right > 0;
-}
+static uint8_t IPV6_RUN[256]; /* [:\w]: 1 a hex digit, 2 a colon, 4 another word character */
 
 static int ipv6s(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
     Py_ssize_t i = 0;
     while (i < n) {
-        if (!(IS(s[i], C_WORD) || s[i] == ':')) {
+        if (!IPV6_RUN[s[i]]) {
             i++;
             continue;
         }
-        Py_ssize_t j = i + 1;
-        int colon = s[i] == ':';
-        while (j < n && (IS(s[j], C_WORD) || s[j] == ':')) {
-            colon |= s[j] == ':';
+        /* The run's end, and whether it holds a colon and only hex digits besides. */
+        Py_ssize_t stop = i;
+        unsigned seen = 0;
+        while (stop < n && IPV6_RUN[s[stop]]) {
+            seen |= IPV6_RUN[s[stop]];
+            stop++;
+        }
+        if (seen != 3 && seen != 2) {
+            i = stop;
+            continue;
+        }
+        /* Then one pass free of branches per character (colons and hex digits alternate
+         * at random in hex-heavy text): colons, "::" (and where the one is), the longest
+         * group. */
+        Py_ssize_t j = i, gap = -1, colons = 0, colons_to_gap = 0, doubles = 0, group = 0, longest = 0;
+        int other = 0, last_colon = 0;
+        while (j < stop) {
+            unsigned char c = s[j];
+            int colon = c == ':';
+            Py_ssize_t twice = -(Py_ssize_t)(colon & last_colon);
+            other |= !colon & !IS(c, C_HEX);
+            colons += colon;
+            doubles -= twice;
+            gap = (gap & ~twice) | ((j - 1) & twice);
+            colons_to_gap = (colons_to_gap & ~twice) | (colons & twice);
+            group = (group + 1) & -(Py_ssize_t)!colon;
+            longest = group > longest ? group : longest;
+            last_colon = colon;
             j++;
         }
-        if (colon && ipv6_ok(s, i, j)) {
-            ADD(K_IP, i, j);
+        if (!other && colons >= 2 && colons <= 7 && longest <= 4) {
+            int ok;
+            if (doubles == 0) { /* eight groups */
+                ok = colons == 7 && s[i] != ':' && s[j - 1] != ':';
+            } else if (doubles == 1) { /* L::R, each side empty or groups between single colons */
+                Py_ssize_t left = gap > i ? colons_to_gap - 1 : 0;
+                Py_ssize_t right = gap + 2 < j ? colons - colons_to_gap + 1 : 0;
+                ok = !(gap > i && s[i] == ':') && !(gap + 2 < j && s[j - 1] == ':') && left + right > 0 &&
+                     left + right <= 7;
+            } else {
+                ok = 0;
+            }
+            if (ok) {
+                ADD(K_IP, i, j);
+            }
         }
         i = j;
     }
@@ -1323,6 +1314,9 @@ PyMODINIT_FUNC PyInit__scan(void) {
         CLS[c] = bits;
     }
     anchor_pairs_init();
+    for (int c = 0; c < 256; c++) {
+        IPV6_RUN[c] = (uint8_t)(c == ':' ? 2 : (CLS[c] & C_HEX) ? 1 : (CLS[c] & C_WORD) ? 4 : 0);
+    }
     for (int c = 0; c < 256; c++) {
         CLUSTER_CLASS[c] = c >= '0' && c <= '9' ? 1 : strchr(" .-()+", c) != NULL && c != 0 ? 2 : 0;
     }
