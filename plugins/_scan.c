@@ -694,7 +694,9 @@ static int cards_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
             }
         }
         if (end < 0) {
-            i++;
+            /* fewer than 13 digits before the chain breaks: so for every start in it (the
+             * same chain, shorter) */
+            i = c < 12 ? ends[c] : i + 1;
             continue;
         }
         if (luhn_ok(s, i, end)) {
@@ -800,12 +802,23 @@ static Py_ssize_t octet(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
 }
 
 /* (?<![\d.])OCTET(?:\.OCTET){3}(?!\.?\d) */
-static int ipv4s_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
+static int ipv4s_in(Scan *sc, Py_ssize_t lo, Py_ssize_t stop) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    while (i < stop) {
-        if (!IS(s[i], C_DIGIT) || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '.'))) {
-            i++;
+    /* A match's start is that of the digit run before its first dot: the starts are
+     * tried dot by dot (memchr), in order, none before the end of the last match. */
+    Py_ssize_t resume = lo;
+    for (Py_ssize_t dot = lo; dot < stop; dot++) {
+        const unsigned char *hit = memchr(s + dot, '.', (size_t)(stop - dot));
+        if (hit == NULL) {
+            break;
+        }
+        dot = (Py_ssize_t)(hit - s);
+        Py_ssize_t i = dot;
+        while (i > lo && i > dot - 4 && IS(s[i - 1], C_DIGIT)) {
+            i--;
+        }
+        if (i == dot || i < resume || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '.'))) {
             continue;
         }
         Py_ssize_t p = i;
@@ -827,9 +840,7 @@ static int ipv4s_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
         }
         if (ok && !(AT(p) == '.' && IS(AT(p + 1), C_DIGIT))) {
             ADD(K_IP, i, p);
-            i = p;
-        } else {
-            i++;
+            resume = p;
         }
     }
     return 0;
