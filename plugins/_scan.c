@@ -18,6 +18,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Kinds, in precedence order (their index is the bit of the kind mask). */
 enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
@@ -607,15 +610,85 @@ static int emails(Scan *sc) {
  * letters would make a branch per character mispredict). */
 static uint8_t CLUSTER_CLASS[256]; /* 1 a digit, 2 " .-()+", 0 anything else */
 
+/* The first digit at or after i, or n: 16 characters a step where SSE2 is (prose has few
+ * digits; the scans that need one skip to it). */
+static inline Py_ssize_t next_digit_or_not(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int want) {
+#if defined(__SSE2__)
+    const __m128i zero = _mm_set1_epi8('0');
+    const __m128i bias = _mm_set1_epi8((char)0x80);
+    const __m128i limit = _mm_set1_epi8((char)(0x80 + 10));
+    while (i + 16 <= n) {
+        /* (c - '0') < 10 unsigned: shifted by 0x80, a signed comparison */
+        __m128i block = _mm_loadu_si128((const __m128i *)(s + i));
+        __m128i shifted = _mm_xor_si128(_mm_sub_epi8(block, zero), bias);
+        int mask = _mm_movemask_epi8(_mm_cmplt_epi8(shifted, limit)) ^ (want ? 0 : 0xFFFF);
+        if (mask) {
+            return i + __builtin_ctz((unsigned)mask);
+        }
+        i += 16;
+    }
+#endif
+    while (i < n && IS(s[i], C_DIGIT) != want) {
+        i++;
+    }
+    return i;
+}
+
+static Py_ssize_t next_digit(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    return next_digit_or_not(s, n, i, 1);
+}
+
+/* The first place at or after i where two capitals follow one another, or n - 1 or more. */
+static Py_ssize_t next_capitals(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+#if defined(__SSE2__)
+    const __m128i first = _mm_set1_epi8('A');
+    const __m128i bias = _mm_set1_epi8((char)0x80);
+    const __m128i limit = _mm_set1_epi8((char)(0x80 + 26));
+    while (i + 17 <= n) {
+        __m128i here = _mm_xor_si128(_mm_sub_epi8(_mm_loadu_si128((const __m128i *)(s + i)), first), bias);
+        __m128i next = _mm_xor_si128(_mm_sub_epi8(_mm_loadu_si128((const __m128i *)(s + i + 1)), first), bias);
+        int mask = _mm_movemask_epi8(_mm_and_si128(_mm_cmplt_epi8(here, limit), _mm_cmplt_epi8(next, limit)));
+        if (mask) {
+            return i + __builtin_ctz((unsigned)mask);
+        }
+        i += 16;
+    }
+#endif
+    while (i + 1 < n && !(IS(s[i], C_UPPER) && IS(s[i + 1], C_UPPER))) {
+        i++;
+    }
+    return i;
+}
+
+/* The end of the digit run at i (i itself when there is no digit there). */
+static Py_ssize_t digit_run_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    return next_digit_or_not(s, n, i, 0);
+}
+
 static int collect_clusters(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t cap = 0, count = 0, digits = 0, first = 0, last = 0;
+    Py_ssize_t cap = 0, count = 0;
     Py_ssize_t *found = NULL;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        unsigned c = i < n ? CLUSTER_CLASS[s[i]] : 0;
-        Py_ssize_t is_digit = (Py_ssize_t)(c & 1);
-        if (__builtin_expect(c == 0 && digits >= 4, 0)) {
+    Py_ssize_t i = 0;
+    for (;;) {
+        i = next_digit(s, n, i); /* a cluster's first digit */
+        if (i >= n) {
+            break;
+        }
+        Py_ssize_t first = i, last = i, digits = 0;
+        for (;;) {
+            unsigned c = i < n ? CLUSTER_CLASS[s[i]] : 0;
+            if (c == 0) {
+                break;
+            }
+            /* (masks, not ?: which the compiler turns back into branches) */
+            Py_ssize_t is_digit = (Py_ssize_t)(c & 1);
+            last = (last & ~-is_digit) | (i & -is_digit);
+            digits += is_digit;
+            i++;
+        }
+        if (digits >= 4) {
             if (count + 3 > cap) {
                 cap = cap ? cap * 2 : 96;
                 Py_ssize_t *grown = PyMem_Realloc(found, (size_t)cap * sizeof(Py_ssize_t));
@@ -629,12 +702,6 @@ static int collect_clusters(Scan *sc) {
             found[count++] = last + 1;
             found[count++] = digits;
         }
-        /* (masks, not ?: which the compiler turns back into branches) */
-        Py_ssize_t digit_mask = -is_digit;
-        Py_ssize_t starting = -(Py_ssize_t)(digits == 0) & digit_mask;
-        first = (first & ~starting) | (i & starting);
-        last = (last & ~digit_mask) | (i & digit_mask);
-        digits = (digits + is_digit) & -(Py_ssize_t)(c != 0);
     }
     sc->clusters = found;
     sc->cluster_count = count / 3;
@@ -770,8 +837,9 @@ static Py_ssize_t iban_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
 static int ibans(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    for (Py_ssize_t i = 0; i + 3 < n; i++) {
-        if (!(IS(s[i], C_UPPER) && IS(s[i + 1], C_UPPER) && IS(s[i + 2], C_DIGIT) && IS(s[i + 3], C_DIGIT))) {
+    /* the starts by two capitals in a row (rare but in capitals) */
+    for (Py_ssize_t i = next_capitals(s, n, 0); i + 3 < n; i = next_capitals(s, n, i + 1)) {
+        if (!(IS(s[i + 2], C_DIGIT) && IS(s[i + 3], C_DIGIT))) {
             continue;
         }
         if (i > 0 && IS(s[i - 1], C_WORD)) {
@@ -855,13 +923,31 @@ static uint8_t IPV6_RUN[256]; /* [:\w]: 1 a hex digit, 2 a colon, 4 another word
 static int ipv6s(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t i = 0;
+    Py_ssize_t i = 0, dense_until = 0;
     while (i < n) {
+        if (i >= dense_until) {
+            /* A run holds a colon: a colon far ahead (memchr) skips to its run; near,
+             * colons are dense: runs one after the other for a while (no call each). */
+            const unsigned char *colon_at = memchr(s + i, ':', (size_t)(n - i));
+            if (colon_at == NULL) {
+                break;
+            }
+            Py_ssize_t colon_index = (Py_ssize_t)(colon_at - s);
+            if (colon_index - i > 64) {
+                Py_ssize_t back = colon_index;
+                while (back > i && IPV6_RUN[s[back - 1]]) {
+                    back--;
+                }
+                i = back;
+            } else {
+                dense_until = i + 4096;
+            }
+        }
         if (!IPV6_RUN[s[i]]) {
             i++;
             continue;
         }
-        /* The run's end, and whether it holds a colon and only hex digits besides. */
+        /* The run's end, and whether it holds only hex digits besides its colons. */
         Py_ssize_t stop = i;
         unsigned seen = 0;
         while (stop < n && IPV6_RUN[s[stop]]) {
