@@ -91,6 +91,18 @@ def test_native_finds_what_python_finds(text: str, kinds: tuple[str, ...], offse
     _assert_same(detector.find(text, offset), detector.find_python(text, offset))
 
 
+@settings(max_examples=max(50, EXAMPLES // 4), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(piece, max_size=12), st.integers(0, 6000), kind_sets)
+def test_native_finds_what_python_finds_in_sparse_text(
+    pieces: list[str], gap: int, kinds: tuple[str, ...]
+) -> None:
+    # Far apart: the native scan skips to the next digit, capital pair, colon or "@" (16
+    # characters a step, memchr), and takes colons for dense after a near one.
+    text = (" " * gap + "x").join(pieces)
+    detector = Detector(kinds)
+    _assert_same(detector.find(text), detector.find_python(text))
+
+
 def _corpora() -> dict[str, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     try:
