@@ -431,6 +431,8 @@ class _NativeScan(Protocol):
 
     def find(self, text: str, kinds: int, offset: int, /) -> list[Finding]: ...
 
+    def find_split(self, text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]] | None: ...
+
 
 _new_finding = tuple.__new__  # Finding(...) without the Python frame of its __new__
 
@@ -518,7 +520,11 @@ class Detector:
         """
         if len(texts) < 2:
             return [self.find(text) for text in texts]
-        found = self.find(_SEPARATOR.join(texts))
+        joined = _SEPARATOR.join(texts)
+        if NATIVE is not None and joined.isascii():
+            split = NATIVE.find_split(joined, self._mask, list(map(len, texts)))  # as below, in C
+            return split if split is not None else [self.find(text) for text in texts]
+        found = self.find(joined)
         results: list[list[Finding]] = [[] for _ in texts]
         if not found:
             return results

@@ -1287,38 +1287,25 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(find_doc, "find(text, kinds, offset)\n--\n\n"
-                       "Detector.find of an ASCII text: kinds is a mask (bit i: KINDS[i]); offset is\n"
-                       "added to the bounds. The findings in order, as named tuples.");
-
-static PyObject *find(PyObject *module, PyObject *args) {
-    PyObject *text;
-    unsigned int kinds;
-    Py_ssize_t offset;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "UIn:find", &text, &kinds, &offset)) {
-        return NULL;
-    }
+/* Scans text (ASCII) for kinds: sc->hits in order. -1 with an exception set. */
+static int scan(Scan *sc, PyObject *text, unsigned int kinds) {
     if (finding_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
-        return NULL;
+        return -1;
     }
     if (!PyUnicode_IS_ASCII(text)) {
         PyErr_SetString(PyExc_ValueError, "the native scan takes ASCII text only");
-        return NULL;
+        return -1;
     }
-    Scan scan = {0};
-    Scan *sc = &scan;
     sc->s = (const unsigned char *)PyUnicode_DATA(text);
     sc->n = PyUnicode_GET_LENGTH(text);
-    PyObject *result = NULL;
     if (sc->n == 0 || kinds == 0) {
-        return PyList_New(0);
+        return 0;
     }
     sc->taken = PyMem_Calloc((size_t)sc->n, 1);
     if (sc->taken == NULL) {
         PyErr_NoMemory();
-        return NULL;
+        return -1;
     }
     int failed = 0;
     if (kinds & (1u << K_SECRET)) {
@@ -1344,7 +1331,7 @@ static PyObject *find(PyObject *module, PyObject *args) {
     }
     if (failed) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
     for (Py_ssize_t k = 1; k < sc->count; k++) {
         if (sc->hits[k].start < sc->hits[k - 1].start) {
@@ -1352,31 +1339,111 @@ static PyObject *find(PyObject *module, PyObject *args) {
             break;
         }
     }
-    result = PyList_New(sc->count);
-    if (result == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t k = 0; k < sc->count; k++) {
-        Hit *hit = &sc->hits[k];
-        PyObject *value = PyUnicode_Substring(text, hit->start, hit->end);
-        PyObject *finding = value ? new_finding(hit->kind, hit->start + offset, hit->end + offset, value) : NULL;
-        if (finding == NULL) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, k, finding);
-    }
-done:
+    return 0;
+}
+
+static void scan_free(Scan *sc) {
     PyMem_Free(sc->taken);
     PyMem_Free(sc->anchors);
     PyMem_Free(sc->clusters);
     PyMem_Free(sc->hits);
+}
+
+/* The findings of hits[low:high] as a list, their bounds shifted by offset. */
+static PyObject *findings(PyObject *text, const Hit *hits, Py_ssize_t low, Py_ssize_t high, Py_ssize_t offset) {
+    PyObject *result = PyList_New(high - low);
+    if (result == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = low; k < high; k++) {
+        const Hit *hit = &hits[k];
+        PyObject *value = PyUnicode_Substring(text, hit->start, hit->end);
+        PyObject *finding = value ? new_finding(hit->kind, hit->start + offset, hit->end + offset, value) : NULL;
+        if (finding == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, k - low, finding);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(find_doc, "find(text, kinds, offset)\n--\n\n"
+                       "Detector.find of an ASCII text: kinds is a mask (bit i: KINDS[i]); offset is\n"
+                       "added to the bounds. The findings in order, as named tuples.");
+
+static PyObject *find(PyObject *module, PyObject *args) {
+    PyObject *text;
+    unsigned int kinds;
+    Py_ssize_t offset;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UIn:find", &text, &kinds, &offset)) {
+        return NULL;
+    }
+    Scan sc = {0};
+    PyObject *result = scan(&sc, text, kinds) < 0 ? NULL : findings(text, sc.hits, 0, sc.count, offset);
+    scan_free(&sc);
+    return result;
+}
+
+PyDoc_STRVAR(find_split_doc, "find_split(text, kinds, sizes)\n--\n\n"
+                             "The findings of texts of these sizes joined by one character each (an\n"
+                             "ASCII text), per text, their bounds in that text; None when one reaches\n"
+                             "past the end of its text.");
+
+static PyObject *find_split(PyObject *module, PyObject *args) {
+    PyObject *text, *sizes;
+    unsigned int kinds;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UIO!:find_split", &text, &kinds, &PyList_Type, &sizes)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(sizes);
+    Scan sc = {0};
+    PyObject *result = NULL;
+    if (scan(&sc, text, kinds) < 0) {
+        goto done;
+    }
+    result = PyList_New(count);
+    if (result == NULL) {
+        goto done;
+    }
+    Py_ssize_t offset = 0, k = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, index));
+        if (size < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "sizes must not be negative");
+            }
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_ssize_t bound = offset + size, low = k; /* this text: [offset, bound] */
+        while (k < sc.count && sc.hits[k].start <= bound) {
+            if (sc.hits[k].end > bound) { /* across a separator: the caller scans text by text */
+                Py_CLEAR(result);
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            k++;
+        }
+        PyObject *found = findings(text, sc.hits, low, k, -offset);
+        if (found == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, index, found);
+        offset = bound + 1;
+    }
+done:
+    scan_free(&sc);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"find", find, METH_VARARGS, find_doc},
+    {"find_split", find_split, METH_VARARGS, find_split_doc},
     {NULL, NULL, 0, NULL},
 };
 
