@@ -48,6 +48,7 @@ _PREFIX = "ringd-seal-v1."
 _NONCE_BYTES = 12
 _STATE_KEY = "_ringd_pii_seal_key"  # ctx.state.extra slot of the per-process key
 _PURPOSE = b"ringd _pii_mapping v1\x00"
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class SealError(ValueError):
@@ -145,8 +146,10 @@ def seal(mapping: Mapping[str, str], *, key: bytes | AESGCM, request_id: str) ->
         plaintext = json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "surrogatepass"
         )
-    sealed = _aead(key).encrypt(nonce, plaintext, _associated(request_id))
-    return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
+    sealed = nonce + _aead(key).encrypt(nonce, plaintext, _associated(request_id))
+    # base64url without padding (base64.urlsafe_b64encode, less its two Python frames)
+    encoded = binascii.b2a_base64(sealed, newline=False).translate(_URLSAFE)
+    return _PREFIX + encoded.rstrip(b"=").decode("ascii")
 
 
 def is_sealed(value: Any) -> bool:

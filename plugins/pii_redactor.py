@@ -102,8 +102,14 @@ def _present(kinds: list[str]) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def counted(kinds: list[str]) -> dict[str, int]:
-    """How many of ``kinds`` are each kind, in order of first appearance."""
+def counted(findings: list[Finding]) -> dict[str, int]:
+    """How many of ``findings`` are of each kind, the kinds in order of first appearance."""
+    if len(findings) < _FEW:  # a loop over a few costs less than the maps
+        counts: dict[str, int] = {}
+        for kind, _, _, _ in findings:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+    kinds = list(map(_KIND, findings))
     return {kind: kinds.count(kind) for kind in _present(kinds)}
 
 
@@ -160,7 +166,12 @@ class _Masker:
         identity = IDENTITY[kind](value)
         placeholder = known.get(identity)
         if placeholder is None:
-            placeholder = known[identity] = self._numbered(kind, 1)[0]
+            if self.taken:
+                placeholder = self._numbered(kind, 1)[0]
+            else:
+                number = self.next_number[kind] = self.next_number.get(kind, 0) + 1
+                placeholder = _FORMATS[kind](number)
+            known[identity] = placeholder
             self.mapping[placeholder] = value
         return placeholder
 
@@ -214,7 +225,7 @@ class PiiRedactor(BasePlugin):
         """Scan the prompt; mask, block or pass it on, and count what was found."""
         body = ctx.body
         texts = [text for _, text in iter_message_texts(body, self.roles)]
-        total = sum(len(text) for text in texts)
+        total = sum(map(len, texts))
         scanned = texts
         if total > self.max_scan_chars:
             if self.oversize == "block":
@@ -223,7 +234,7 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)
         flat = list(chain.from_iterable(found))
-        counts = counted(list(map(_KIND, flat)))
+        counts = counted(flat)
         ctx.metadata["pii_counts"] = counts
         if not counts:
             return PluginResponse.passthrough()
@@ -247,15 +258,17 @@ class PiiRedactor(BasePlugin):
             for low in range(0, len(flat), _MASK_CHUNK):
                 placeholders += masker.assign(flat[low : low + _MASK_CHUNK])
                 await asyncio.sleep(0)
-        masked_texts: list[str] = []
+        masked_texts = list(texts)
         low = 0
-        for text, findings in zip(texts, found, strict=True):
+        for index, findings in enumerate(found):
+            if not findings:
+                continue
             high = low + len(findings)
-            if len(findings) <= _MASK_CHUNK:
-                masked_texts.append(replaced(text, findings, placeholders[low:high]))
+            if high - low <= _MASK_CHUNK:
+                masked_texts[index] = replaced(texts[index], findings, placeholders[low:high])
             else:
-                masked_texts.append(
-                    await replaced_yielding(text, findings, placeholders[low:high], _MASK_CHUNK)
+                masked_texts[index] = await replaced_yielding(
+                    texts[index], findings, placeholders[low:high], _MASK_CHUNK
                 )
             low = high
         pending = iter(zip(texts, masked_texts, strict=True))
