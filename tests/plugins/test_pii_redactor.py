@@ -415,7 +415,7 @@ async def test_thirty_thousand_findings_numbered_by_first_appearance_and_restore
 
     def spelling(index: int) -> str:
         address = f"user{index % 9_000}@mail.example.com"
-        return address.upper() if index % 4 == 3 else address
+        return address.upper() if index % 7 == 3 else address
 
     words = []
     for index in range(30_000):
@@ -438,7 +438,7 @@ async def test_thirty_thousand_findings_numbered_by_first_appearance_and_restore
     mapping = opened_mapping(ctx)
     assert len(mapping) == 9_020
     assert mapping["[EMAIL_4]"] == "USER3@MAIL.EXAMPLE.COM"  # its first spelling
-    assert mapping["[EMAIL_8999]"] == "user8998@mail.example.com"
+    assert mapping["[EMAIL_9000]"] == "user8999@mail.example.com"
     assert mapping["[PHONE_20]"] == "+1 555 0019"
 
     # POST_FLIGHT: the model's answer quotes the masked prompt; restored, it reads as the
