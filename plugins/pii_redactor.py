@@ -102,7 +102,7 @@ def _present(kinds: list[str]) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def counted(findings: list[Finding]) -> dict[str, int]:
+def _counted(findings: list[Finding]) -> dict[str, int]:
     """How many of ``findings`` are of each kind, the kinds in order of first appearance."""
     if len(findings) < _FEW:  # a loop over a few costs less than the maps
         counts: dict[str, int] = {}
@@ -234,7 +234,7 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)
         flat = list(chain.from_iterable(found))
-        counts = counted(flat)
+        counts = _counted(flat)
         ctx.metadata["pii_counts"] = counts
         if not counts:
             return PluginResponse.passthrough()
