@@ -959,6 +959,7 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
             spans.add("ip_address", address.start(), address.end(), text)
         return
     index = -1
+    matched_to = 0  # the end of the last match: as for one scan, the next starts there or later
     while True:
         index = bisect_left(hints, searched_to, index + 1)  # the next hint, not before searched_to
         if index == len(hints):
@@ -968,7 +969,7 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
         # so a window that finds none also rules out addresses starting up to 44
         # characters before its end.
         window_end = min(size, colon + _IPV6_WINDOW)
-        start = max(0, colon - 5)
+        start = max(matched_to, colon - 5)
         match = _IPV6.search(plain, start, window_end)
         while match is not None and match.end() == window_end < size and match.start() + 64 > window_end:
             # Cut by the window's end: again with room for a whole address after its start.
@@ -978,7 +979,7 @@ def _ipv6(text: str, plain: str, classes: str, spans: _Spans) -> None:
             searched_to = window_end - 44
             continue
         searched_to = colon + 1
-        end = match.end()
+        end = matched_to = match.end()
         searched_to = max(searched_to, end)
         if end < size and (plain[end] in _WORD or plain[end] == ":"):
             continue  # cut short by the window: part of something longer

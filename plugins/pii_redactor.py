@@ -49,9 +49,9 @@ Metadata written:
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
-from itertools import chain, compress
-from operator import itemgetter
+from collections import deque
+from itertools import chain, compress, filterfalse
+from operator import itemgetter, methodcaller
 from typing import Any, ClassVar
 
 from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts, prompt_too_large
@@ -75,6 +75,42 @@ _MASK_CHUNK = 8192  # findings given placeholders between two yields to the even
 _KIND, _VALUE = itemgetter(0), itemgetter(3)
 _FEW = 32  # fewer findings are given placeholders one by one: the maps cost more
 _PREFIXES = {kind: placeholder_for(kind, 0)[:-2] for kind in KINDS}  # "[EMAIL_", ...
+_FORMATS = {kind: (prefix + "{}]").format for kind, prefix in _PREFIXES.items()}  # number -> placeholder
+_CACHED_NUMBERS = 1 << 16  # per kind, the placeholders numbered up to this are made once per process
+_MADE: dict[str, list[str]] = {kind: [] for kind in KINDS}  # per kind: placeholders 1, 2, ... made so far
+
+
+def _placeholders(kind: str, first: int, count: int) -> list[str]:
+    """The placeholders of ``kind`` numbered ``first`` to ``first + count - 1``.
+
+    Those up to :data:`_CACHED_NUMBERS` are made once per process and kept (a slice of
+    a kept list costs a fiftieth of formatting tens of thousands of strings again).
+    """
+    last = first + count - 1
+    made = _MADE[kind]
+    if len(made) < min(last, _CACHED_NUMBERS):
+        made += map(_FORMATS[kind], range(len(made) + 1, min(last, _CACHED_NUMBERS) + 1))
+    if last <= len(made):
+        return made[first - 1 : last]
+    return made[first - 1 :] + list(map(_FORMATS[kind], range(max(first, len(made) + 1), last + 1)))
+
+
+def _present(kinds: list[str]) -> list[str]:
+    """The kinds in ``kinds``, in order of first appearance."""
+    if kinds and kinds.count(kinds[0]) == len(kinds):  # one kind, the usual case (a C-level scan)
+        return kinds[:1]
+    return list(dict.fromkeys(kinds))
+
+
+def _counted(findings: list[Finding]) -> dict[str, int]:
+    """How many of ``findings`` are of each kind, the kinds in order of first appearance."""
+    if len(findings) < _FEW:  # a loop over a few costs less than the maps
+        counts: dict[str, int] = {}
+        for kind, _, _, _ in findings:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+    kinds = list(map(_KIND, findings))
+    return {kind: kinds.count(kind) for kind in _present(kinds)}
 
 
 class _Masker:
@@ -85,13 +121,14 @@ class _Masker:
     first appearance, numbers for those, and each finding's placeholder.
     """
 
-    __slots__ = ("by_identity", "mapping", "next_number", "taken")
+    __slots__ = ("by_identity", "mapping", "next_number", "skipped", "taken")
 
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken
         self.by_identity: dict[str, dict[str, str]] = {}  # per kind: identity -> placeholder
         self.next_number: dict[str, int] = {}
         self.mapping: dict[str, str] = {}
+        self.skipped: dict[str, int] = {}  # per kind: how many of taken are its placeholders
 
     def assign(self, findings: list[Finding]) -> list[str]:
         """The placeholder of each of ``findings``, taken in order (texts, then positions)."""
@@ -99,24 +136,28 @@ class _Masker:
             return [self._one(kind, value) for kind, _, _, value in findings]
         kinds = list(map(_KIND, findings))
         values = list(map(_VALUE, findings))
-        present = dict.fromkeys(kinds)
-        per_kind: dict[str, list[str]] = {}
-        for kind in present:
-            # This kind's values in order: all of them when there is one kind (the usual case).
-            of_kind = values if len(present) == 1 else list(compress(values, map(kind.__eq__, kinds)))
-            identities = list(map(IDENTITY[kind], of_kind))
-            known = self.by_identity.setdefault(kind, {})
-            first_seen = dict.fromkeys(identities)  # in order of first appearance
-            new = list(first_seen) if not known else [i for i in first_seen if i not in known]
-            if new:
-                known.update(zip(new, self._numbered(kind, len(new)), strict=True))
-            names = per_kind[kind] = list(map(known.__getitem__, identities))
-            deque(map(self.mapping.setdefault, names, of_kind), maxlen=0)  # the first value of each
-        if len(per_kind) == 1:
-            return per_kind[kinds[0]]
-        # Back in the findings' order: each finding takes the next placeholder of its kind.
-        pending = {kind: iter(names) for kind, names in per_kind.items()}
+        present = _present(kinds)
+        if len(present) == 1:  # the usual case: this kind's values are all of them
+            return self._of_kind(present[0], values)
+        # Per kind in order of first appearance, then back in the findings' order: each
+        # finding takes the next placeholder of its kind.
+        pending = {
+            kind: iter(self._of_kind(kind, list(compress(values, map(kind.__eq__, kinds)))))
+            for kind in present
+        }
         return list(map(next, map(pending.__getitem__, kinds)))
+
+    def _of_kind(self, kind: str, values: list[str]) -> list[str]:
+        """The placeholders of ``values``, all of ``kind``, in order."""
+        identities = list(map(IDENTITY[kind], values))
+        known = self.by_identity.setdefault(kind, {})
+        first_seen = dict.fromkeys(identities)  # in order of first appearance
+        new = list(filterfalse(known.__contains__, first_seen)) if known else first_seen
+        if new:
+            known.update(zip(new, self._numbered(kind, len(new)), strict=True))
+        names = list(map(known.__getitem__, identities))
+        deque(map(self.mapping.setdefault, names, values), maxlen=0)  # the first value of each
+        return names
 
     def _one(self, kind: str, value: str) -> str:
         known = self.by_identity.get(kind)
@@ -129,7 +170,7 @@ class _Masker:
                 placeholder = self._numbered(kind, 1)[0]
             else:
                 number = self.next_number[kind] = self.next_number.get(kind, 0) + 1
-                placeholder = placeholder_for(kind, number)
+                placeholder = _FORMATS[kind](number)
             known[identity] = placeholder
             self.mapping[placeholder] = value
         return placeholder
@@ -137,17 +178,16 @@ class _Masker:
     def _numbered(self, kind: str, count: int) -> list[str]:
         """``count`` new placeholders for ``kind``, skipping those already in the prompt."""
         number = self.next_number.get(kind, 0)
-        prefix = _PREFIXES[kind]
-        if not any(name.startswith(prefix) for name in self.taken):
+        skipped = self.skipped.get(kind)
+        if skipped is None:
+            skipped = self.skipped[kind] = sum(map(methodcaller("startswith", _PREFIXES[kind]), self.taken))
+        if not skipped:
             self.next_number[kind] = number + count
-            return list(map((prefix + "{}]").format, range(number + 1, number + count + 1)))
-        names: list[str] = []
-        while len(names) < count:
-            number += 1
-            name = placeholder_for(kind, number)
-            if name not in self.taken:
-                names.append(name)
-        self.next_number[kind] = number
+            return _placeholders(kind, number + 1, count)
+        # At most ``skipped`` of the next ``count + skipped`` numbers are taken.
+        candidates = _placeholders(kind, number + 1, count + skipped)
+        names = list(filterfalse(self.taken.__contains__, candidates))[:count]
+        self.next_number[kind] = number + candidates.index(names[-1]) + 1
         return names
 
 
@@ -185,7 +225,7 @@ class PiiRedactor(BasePlugin):
         """Scan the prompt; mask, block or pass it on, and count what was found."""
         body = ctx.body
         texts = [text for _, text in iter_message_texts(body, self.roles)]
-        total = sum(len(text) for text in texts)
+        total = sum(map(len, texts))
         scanned = texts
         if total > self.max_scan_chars:
             if self.oversize == "block":
@@ -194,12 +234,7 @@ class PiiRedactor(BasePlugin):
             ctx.metadata["pii_scan_truncated"] = True
         found = await find_all_yielding(self.detector, scanned)
         flat = list(chain.from_iterable(found))
-        counts: dict[str, int] = {}
-        if len(flat) < _FEW:  # a Counter costs more than a loop over a few
-            for finding in flat:
-                counts[finding.kind] = counts.get(finding.kind, 0) + 1
-        else:
-            counts.update(Counter(map(_KIND, flat)))
+        counts = _counted(flat)
         ctx.metadata["pii_counts"] = counts
         if not counts:
             return PluginResponse.passthrough()
@@ -223,15 +258,17 @@ class PiiRedactor(BasePlugin):
             for low in range(0, len(flat), _MASK_CHUNK):
                 placeholders += masker.assign(flat[low : low + _MASK_CHUNK])
                 await asyncio.sleep(0)
-        masked_texts: list[str] = []
+        masked_texts = list(texts)
         low = 0
-        for text, findings in zip(texts, found, strict=True):
+        for index, findings in enumerate(found):
+            if not findings:
+                continue
             high = low + len(findings)
-            if len(findings) <= _MASK_CHUNK:
-                masked_texts.append(replaced(text, findings, placeholders[low:high]))
+            if high - low <= _MASK_CHUNK:
+                masked_texts[index] = replaced(texts[index], findings, placeholders[low:high])
             else:
-                masked_texts.append(
-                    await replaced_yielding(text, findings, placeholders[low:high], _MASK_CHUNK)
+                masked_texts[index] = await replaced_yielding(
+                    texts[index], findings, placeholders[low:high], _MASK_CHUNK
                 )
             low = high
         pending = iter(zip(texts, masked_texts, strict=True))

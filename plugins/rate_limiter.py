@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 
 from ringd.plugins._batch import incr_all
 from ringd.plugins._common import ConfigReader, estimate_prompt_tokens, key_part, require_store
-from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse, Store
+from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
 _ANONYMOUS = "_anonymous"
 _LIMIT_KEYS = ("requests_per_window", "tokens_per_window")
@@ -87,42 +87,42 @@ class RateLimiter(BasePlugin):
             if "tokens_per_window" in limits:
                 tokens = limit_reader.get_int("tokens_per_window", None)
             self.overrides[caller] = (requests, tokens)
+        self._limits = (self.requests_per_window, self.tokens_per_window)
+        self._caller_field = "tenant" if self.scope == "tenant" else "api_key_id"
         self._clock: Callable[[], float] = time.time  # replaceable in tests
-
-    async def _add(self, store: Store, prefix: str, amounts: dict[str, int]) -> dict[str, int]:
-        """Add ``amounts`` to the window's counters ``<prefix>:<kind>`` (one store call); their new values."""
-        keys = [(f"{prefix}:{kind}", amount) for kind, amount in amounts.items()]
-        return dict(zip(amounts, await incr_all(store, keys, ttl_s=self.window_s), strict=True))
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Count the request in its window; 429 when a limit is passed."""
         store = require_store(ctx, self.name)
-        caller_value = ctx.metadata.get("tenant" if self.scope == "tenant" else "api_key_id")
+        caller_value = ctx.metadata.get(self._caller_field)
         caller = str(caller_value) if caller_value else _ANONYMOUS
-        requests_limit, tokens_limit = self.overrides.get(
-            caller, (self.requests_per_window, self.tokens_per_window)
-        )
+        requests_limit, tokens_limit = self.overrides.get(caller, self._limits)
         now = self._clock()
         window = math.floor(now / self.window_s)
         reset_s = (window + 1) * self.window_s - now
         prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
 
-        counted: dict[str, int] = {}
+        # The counters this caller has limits for, requests then tokens, in one store call.
+        items: list[tuple[str, int]] = []
         if requests_limit is not None:
-            counted["requests"] = 1
+            items.append((prefix + ":requests", 1))
+        cost = 0
         if tokens_limit is not None:
-            counted["tokens"] = estimate_prompt_tokens(ctx.body)
-        cost = counted.get("tokens", 0)
-        counts = await self._add(store, prefix, counted)  # both in one store call
-        requests, tokens = counts.get("requests", 0), counts.get("tokens", 0)
+            cost = estimate_prompt_tokens(ctx.body)
+            items.append((prefix + ":tokens", cost))
+        values = await incr_all(store, items, ttl_s=self.window_s)
+        requests = values[0] if requests_limit is not None else 0
+        tokens = values[-1] if tokens_limit is not None else 0
 
         over_requests = requests_limit is not None and requests > requests_limit
         over_tokens = tokens_limit is not None and tokens > tokens_limit
         if over_requests or over_tokens:
             # Give the counts back: a refused request does not use up the window.
-            refund = {kind: -amount for kind, amount in counted.items() if amount}
-            counts.update(await self._add(store, prefix, refund))
-            requests, tokens = counts.get("requests", 0), counts.get("tokens", 0)
+            refund = [(key, -amount) for key, amount in items if amount]
+            returned = await incr_all(store, refund, ttl_s=self.window_s)
+            given_back = dict(zip([key for key, _ in refund], returned, strict=True))
+            requests = given_back.get(prefix + ":requests", requests)
+            tokens = given_back.get(prefix + ":tokens", tokens)
 
         ctx.metadata["_rate_limiter"] = {
             "scope": self.scope,

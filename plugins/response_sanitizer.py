@@ -153,7 +153,7 @@ class ResponseSanitizer(BasePlugin):
         if self.detector.kinds:
             counts: dict[str, int] = report["redacted"]
             texts = list(iter_response_texts(response))
-            total = sum(len(text) for text in texts)
+            total = sum(map(len, texts))
             scanned = texts
             if total > self.max_scan_chars:
                 if self.oversize == "block":

@@ -636,11 +636,11 @@ class SqliteStore:
                     params += (key, _amount(amount))
                 rows = self._on_loop(_incr_rows(len(items)), params)
                 if rows is not None:
-                    values = dict(rows)
-                    for key in keys:
-                        if key not in values:
-                            raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
-                    return [int(values[key]) for key in keys]
+                    values = dict(rows)  # the keys changed (all, but one holding a non-integer)
+                    if len(values) < len(keys):
+                        missing = next(key for key in keys if key not in values)
+                        raise StoreError(f"cannot incr key {missing!r}: its value is not an integer")
+                    return list(map(values.__getitem__, keys))  # integers: CAST in RETURNING
         return [await self.incr(key, amount, ttl_s) for key, amount in items]
 
     # Write-behind: writes committed together, a moment later.

@@ -12,7 +12,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from ringd.plugins import _detect
+from ringd.plugins import _detect, pii_redactor
 from ringd.plugins._detect import Detector, Finding, luhn_valid
 from ringd.plugins._seal import open_sealed, parse_key
 from ringd.plugins.pii_redactor import PiiRedactor, _Masker
@@ -152,6 +152,48 @@ def test_placeholders_given_in_batches_equal_one_by_one(chunks: list[list[Findin
     assert batched.mapping == single.mapping
 
 
+def _numbered_by_the_rule(findings: list[Finding], taken: set[str]) -> list[str]:
+    """Placeholders by the rule, one finding at a time: a value's identity (case, spaces and
+    punctuation aside) keeps its first placeholder; a new one takes its kind's next number
+    that is not already in the prompt."""
+    known: dict[tuple[str, str], str] = {}
+    last: dict[str, int] = {}
+    names: list[str] = []
+    for kind, _, _, value in findings:
+        identity = (kind, _detect.IDENTITY[kind](value))
+        if identity not in known:
+            number = last.get(kind, 0) + 1
+            while f"[{kind.upper()}_{number}]" in taken:
+                number += 1
+            last[kind] = number
+            known[identity] = f"[{kind.upper()}_{number}]"
+        names.append(known[identity])
+    return names
+
+
+@SETTINGS
+@given(
+    st.lists(masker_findings(), min_size=1, max_size=3),
+    st.sets(st.sampled_from(["[EMAIL_1]", "[EMAIL_3]", "[EMAIL_4]", "[PHONE_2]", "[SECRET_1]", "[IBAN_1]"])),
+    st.sampled_from([1, 2, 5, 1 << 16]),
+)
+def test_placeholders_follow_the_rule_past_the_kept_ones(
+    chunks: list[list[Finding]], taken: set[str], kept: int
+) -> None:
+    # The placeholders up to a number are made once per process and kept; past it they are
+    # made per request. Numbering is the same either way, chunk after chunk.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pii_redactor, "_CACHED_NUMBERS", kept)
+        patch.setattr(pii_redactor, "_MADE", {kind: [] for kind in _detect.KINDS})
+        masker = _Masker(set(taken))
+        assigned = [name for findings in chunks for name in masker.assign(findings)]
+    assert assigned == _numbered_by_the_rule([f for findings in chunks for f in findings], taken)
+    first_values = {}
+    for name, finding in zip(assigned, (f for findings in chunks for f in findings), strict=True):
+        first_values.setdefault(name, finding.value)
+    assert masker.mapping == first_values  # each placeholder stands for its first spelling
+
+
 # The card and phone patterns as first written (greedy, backtracking): the possessive
 # quantifiers of _detect must give the same matches.
 _CARD_BACKTRACKING = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", re.ASCII)
@@ -258,6 +300,7 @@ def colon_text(draw: st.DrawFn) -> str:
 @SETTINGS
 @given(colon_text(), st.integers(0, 40))
 @example("a:g: " + " " * 240 + "2001:db8:85a3:0:0:8a2e:370:7334 end", 0)  # straddles the first window's end
+@example(":: ::abcd", 0)  # a later hint's window must not find the earlier "::" again
 def test_ipv6_found_by_windows_or_one_scan_equal_one_whole_scan(text: str, padding: int) -> None:
     # Around sparse colon hints the IPv6 pattern runs in windows (an address cut by a
     # window's end is searched again with room for it); with hints every few characters,

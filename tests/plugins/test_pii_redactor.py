@@ -406,6 +406,52 @@ async def test_masking_in_chunks_gives_what_one_pass_gives(make_ctx, chat, monke
     )
 
 
+async def test_thirty_thousand_findings_numbered_by_first_appearance_and_restored(
+    make_ctx, chat, completion
+) -> None:
+    """A megabyte prompt of 30,000 addresses (9,000 distinct, some written in capitals)
+    and a few phone numbers: one placeholder per value, numbered per kind in order of
+    first appearance, and the answer's placeholders restored to each value's first spelling."""
+    from ringd.plugins.response_sanitizer import ResponseSanitizer
+
+    def spelling(index: int) -> str:
+        address = f"user{index % 9_000}@mail.example.com"
+        return address.upper() if index % 7 == 3 else address
+
+    words = []
+    for index in range(30_000):
+        words.append(spelling(index))
+        if index % 500 == 499:
+            words.append(f"+1 555 {index // 500 % 20:04d}")  # 60 phones, 20 distinct
+    prompt = " ".join(words)
+    ctx = make_ctx(chat(("user", prompt)))
+    outcome = await PiiRedactor({"restore": True, "pii_key": PII_KEY}).execute(ctx)
+
+    assert ctx.metadata["pii_counts"] == {"email": 30_000, "phone": 60}
+    assert outcome.body is not None
+    masked = outcome.body["messages"][0]["content"]
+    expected = []
+    for index in range(30_000):
+        expected.append(f"[EMAIL_{index % 9_000 + 1}]")
+        if index % 500 == 499:
+            expected.append(f"[PHONE_{index // 500 % 20 + 1}]")
+    assert masked == " ".join(expected)
+    mapping = opened_mapping(ctx)
+    assert len(mapping) == 9_020
+    assert mapping["[EMAIL_4]"] == "USER3@MAIL.EXAMPLE.COM"  # its first spelling
+    assert mapping["[EMAIL_9000]"] == "user8999@mail.example.com"
+    assert mapping["[PHONE_20]"] == "+1 555 0019"
+
+    # POST_FLIGHT: the model's answer quotes the masked prompt; restored, it reads as the
+    # prompt did, each value in its first spelling.
+    ctx.response = completion(masked)
+    sanitizer = ResponseSanitizer({"types": [], "restore_pii": True, "pii_key": PII_KEY})
+    await sanitizer.execute(ctx)
+    first_spellings = [mapping[placeholder] for placeholder in expected]
+    assert ctx.response["choices"][0]["message"]["content"] == " ".join(first_spellings)
+    assert ctx.metadata["_response_sanitizer"]["restored"] == 30_060
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 5, 8, 9, 100])
 async def test_replaced_yielding_equals_replaced(chunk) -> None:
     from ringd.plugins._detect import Detector, replaced, replaced_yielding
