@@ -412,12 +412,13 @@ static int tokens(Scan *sc) {
     return 0;
 }
 
-/* [a-z0-9._~+/-] on the lower-cased text */
+/* [a-z0-9._~+/-] on the lower-cased text (Python's pass): letters of either case here */
 static int bearer_char(unsigned char c) {
     return IS(c, C_ALNUM) || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '-';
 }
 
-/* bearer\s+([a-z0-9._~+/-]{16,}=*) on the lower-cased text, not after a word character. */
+/* bearer\s+([a-z0-9._~+/-]{16,}=*) on the lower-cased text (here: "bearer" in any case, the
+ * classes with capitals), not after a word character. */
 static int bearers(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
@@ -471,7 +472,8 @@ static Py_ssize_t name_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, i
     }
 }
 
-/* NAME\b["']?\s*[:=]\s*["']?([^\s"',;\x00]{8,}) on the lower-cased text, per name in order;
+/* NAME\b["']?\s*[:=]\s*["']?([^\s"',;\x00]{8,}) on the lower-cased text (here: the name in any
+ * case), per name in order;
  * no step has two ways to read the text, so the first reading is the match. */
 static int assignments(Scan *sc) {
     const unsigned char *s = sc->s;
