@@ -90,4 +90,4 @@ image: ## Build the container image (needs Docker; not possible on the CI machin
 	docker build -t $(IMAGE) .
 
 clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info plugins/*.so
