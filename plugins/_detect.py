@@ -29,12 +29,13 @@ be internationalised, ``jürgen@müller.de``), detection is ASCII-only: digits a
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, chain, compress, repeat
 from operator import add, itemgetter, methodcaller, mod, not_, sub
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 KINDS: tuple[str, ...] = ("secret", "email", "credit_card", "iban", "ip_address", "phone")
 """Every detector kind, in precedence order."""
@@ -421,13 +422,25 @@ class _Spans:
 
 
 _start = itemgetter(1)  # a Finding's start
+
+
+class _NativeScan(Protocol):
+    """What ``ringd.plugins._scan`` (plugins/_scan.c) offers."""
+
+    def configure(self, finding_type: type[Finding], kinds: tuple[str, ...], /) -> None: ...
+
+    def find(self, text: str, kinds: int, offset: int, /) -> list[Finding]: ...
+
+    def find_split(self, text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]] | None: ...
+
+
 _new_finding = tuple.__new__  # Finding(...) without the Python frame of its __new__
 
 
 class Detector:
     """Finds the values of some kinds in a text; construct once, use for every request."""
 
-    __slots__ = ("_wanted", "kinds")
+    __slots__ = ("_mask", "_wanted", "kinds")
 
     def __init__(self, kinds: Iterable[str] = KINDS) -> None:
         """Detect ``kinds`` (a subset of :data:`KINDS`).
@@ -441,12 +454,20 @@ class Detector:
                 raise ValueError(f"unknown PII type {kind!r} (known: {', '.join(KINDS)})")
         self.kinds: tuple[str, ...] = tuple(k for k in KINDS if k in wanted)
         self._wanted = frozenset(self.kinds)
+        self._mask = sum(1 << KINDS.index(kind) for kind in self.kinds)  # the native scan's kinds
 
     def find(self, text: str, offset: int = 0) -> list[Finding]:
         """The findings in ``text``, ordered by position, never overlapping.
 
         ``offset`` is added to their bounds (``text`` is a window of a longer text).
+        An ASCII text is scanned by the native scanner where it is built (:data:`NATIVE`).
         """
+        if NATIVE is not None and text.isascii():
+            return NATIVE.find(text, self._mask, offset)
+        return self.find_python(text, offset)
+
+    def find_python(self, text: str, offset: int = 0) -> list[Finding]:
+        """:meth:`find` by the Python scanner: the reference the native one is held to."""
         wanted = self._wanted
         if not text or not wanted:
             return []
@@ -499,7 +520,11 @@ class Detector:
         """
         if len(texts) < 2:
             return [self.find(text) for text in texts]
-        found = self.find(_SEPARATOR.join(texts))
+        joined = _SEPARATOR.join(texts)
+        if NATIVE is not None and joined.isascii():
+            split = NATIVE.find_split(joined, self._mask, list(map(len, texts)))  # as below, in C
+            return split if split is not None else [self.find(text) for text in texts]
+        found = self.find(joined)
         results: list[list[Finding]] = [[] for _ in texts]
         if not found:
             return results
@@ -973,3 +998,22 @@ PLACEHOLDERS = re.compile(r"\[(?:" + "|".join(k.upper() for k in KINDS) + r")_\d
 def placeholder_for(kind: str, number: int) -> str:
     """The placeholder for the ``number``-th distinct value of ``kind``: ``[EMAIL_1]``."""
     return f"[{kind.upper()}_{number}]"
+
+
+def _native_scanner() -> _NativeScan | None:
+    """The native scan (``ringd.plugins._scan``), unless not built or turned off.
+
+    ``RINGD_PURE_PYTHON_SCAN=1`` keeps the Python scanner (tests compare the two).
+    """
+    if os.environ.get("RINGD_PURE_PYTHON_SCAN") == "1":
+        return None
+    try:
+        from ringd.plugins import _scan
+    except ImportError:  # built without a C compiler: the Python scanner does it all
+        return None
+    _scan.configure(Finding, KINDS)
+    return _scan
+
+
+NATIVE: _NativeScan | None = _native_scanner()
+"""The native scanner :meth:`Detector.find` uses on ASCII texts, or None (the Python one)."""

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages the test suite uses (Debian): h2load, redis-server, openssl.
+# Installs the system packages the test suite uses (Debian): h2load, redis-server, openssl,
+# a C compiler (the native PII scan, plugins/_scan.c; tests/plugins/test_detect_native.py
+# fails when `make venv` could not build it).
 set -euo pipefail
 need=()
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v openssl >/dev/null || need+=(openssl)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
 # Node and Go come with this machine kind; on a bare Debian these are the fallbacks
 # (Debian's Go is older than go.mod asks: Go then fetches the toolchain from the module proxy).
 command -v node >/dev/null || need+=(nodejs npm)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +133,27 @@ async def serve_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Asyn
 def default_document() -> dict[str, Any]:
     """A fresh copy of the built-in default config as a YAML document, to change and serve."""
     return default_config_document()
+
+
+# --------------------------------------------------------------------------- scan backends
+
+
+@pytest.fixture(scope="module", params=["native", "python"])
+def scan_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The tests that use it run once with the native scanner and once with the Python one.
+
+    (Module-scoped: Hypothesis tests may use it.) The native run is skipped where the
+    extension is not built, which tests/plugins/test_detect_native.py refuses unless
+    ``RINGD_PURE_PYTHON_SCAN=1`` says so.
+    """
+    from ringd.plugins import _detect
+
+    saved = _detect.NATIVE
+    if request.param == "native" and saved is None:
+        pytest.skip("the native scan is not in use (RINGD_PURE_PYTHON_SCAN=1 or not built)")
+    if request.param == "python":
+        _detect.NATIVE = None
+    try:
+        yield request.param
+    finally:
+        _detect.NATIVE = saved

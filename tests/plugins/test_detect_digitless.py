@@ -8,10 +8,12 @@ is no finding and ends every token before it), so both must agree on the text.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ringd.plugins._detect import KINDS, Detector
 
+pytestmark = pytest.mark.usefixtures("scan_backend")  # each test with the native and the Python scanner
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PIECES = st.sampled_from(
     [

@@ -19,6 +19,7 @@ from ringd.plugins.pii_redactor import PiiRedactor, _Masker
 from ringd.testing import run_plugin
 
 PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+BOTH_SCANNERS = pytest.mark.usefixtures("scan_backend")  # the native and the Python scanner
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -42,6 +43,7 @@ def card_candidates(draw: st.DrawFn) -> str:
     return _grouped(draw, digits)
 
 
+@BOTH_SCANNERS
 @SETTINGS
 @given(st.lists(card_candidates(), min_size=1, max_size=40))
 def test_cards_checked_in_one_batch_follow_luhn(candidates: list[str]) -> None:
@@ -70,6 +72,7 @@ def address_text(draw: st.DrawFn) -> str:
     return "".join(draw(st.lists(piece, min_size=1, max_size=40)))
 
 
+@BOTH_SCANNERS
 @SETTINGS
 @given(address_text(), st.integers(0, 300))
 @example("b" + "a" * 64 + "@ex.com " + "a" * 64 + "@ex.com", 0)  # local parts of 65 and 64
@@ -83,6 +86,7 @@ def test_dense_and_sparse_email_scans_agree(text: str, padding: int) -> None:
     assert [(f.kind, f.start, f.end) for f in dense] == [(f.kind, f.start, f.end) for f in sparse]
 
 
+@BOTH_SCANNERS
 def test_adversarial_corpora_still_yield_their_true_values() -> None:
     """Noise built to make the scanners work hard hides none of the real values in it."""
     addresses = [f"user{n}.x@mail{n % 97}.example.com" for n in range(3000)]
@@ -99,6 +103,7 @@ def test_adversarial_corpora_still_yield_their_true_values() -> None:
     assert "2001:db8::8a2e:370:7334" in [f.value for f in Detector(["ip_address"]).find(text)]
 
 
+@BOTH_SCANNERS
 async def test_many_values_masked_at_once_keep_numbering_and_the_first_spelling(make_ctx, chat) -> None:
     # 40 distinct addresses (the batch path), each mentioned twice, once in capitals;
     # [EMAIL_3] is already in the prompt, so that number is skipped.

@@ -12,6 +12,7 @@ from ringd.plugins._seal import is_sealed, open_sealed, parse_key
 from ringd.plugins.pii_redactor import PiiRedactor
 from ringd.sdk import PluginAction
 
+pytestmark = pytest.mark.usefixtures("scan_backend")  # each test with the native and the Python scanner
 PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 

@@ -9,6 +9,7 @@ from ringd.plugins.pii_redactor import PiiRedactor
 from ringd.plugins.response_sanitizer import ResponseSanitizer
 from ringd.sdk import PluginAction
 
+pytestmark = pytest.mark.usefixtures("scan_backend")  # each test with the native and the Python scanner
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 CANARY = "canary-7f3a9c2e"
 

@@ -1,0 +1,1490 @@
+/* ringd.plugins._scan: the scan of ringd.plugins._detect.Detector.find, for ASCII texts.
+ *
+ * A port of the Python scanner in _detect.py (the reference, and the fallback where this
+ * module is not built): each detector is a hand-written byte scanner giving exactly the
+ * matches its regex gives there (the same leftmost match, the same backtracking
+ * choice), added in the same order under the same overlap rule. The comment above each
+ * detector says how its regex reads; tests/plugins/test_detect_native.py compares the
+ * two scanners on generated texts.
+ *
+ * Safety: the text is attacker-chosen. Every read past the end goes through AT(), which
+ * gives 0 there (NUL is in no character class, so the end reads as a NUL would); no
+ * recursion; every scan is linear (runs of one class are measured once, through a cache
+ * where several candidates share one run).
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* Kinds, in precedence order (their index is the bit of the kind mask). */
+enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
+
+/* Character classes (ASCII; a byte >= 128 never occurs: only ASCII texts come here). */
+enum {
+    C_DIGIT = 1,
+    C_UPPER = 2,
+    C_LOWER = 4,
+    C_UNDER = 8,  /* _ */
+    C_DASH = 16,  /* - */
+    C_HEX = 32,   /* [0-9A-Fa-f] */
+    C_SPACE = 64, /* \s with re.ASCII: [ \t\n\r\f\v] */
+    C_LOCAL = 128 /* an e-mail local part: [\w.%+-] */
+};
+#define C_ALNUM (C_DIGIT | C_UPPER | C_LOWER)
+#define C_WORD (C_ALNUM | C_UNDER)
+static uint8_t CLS[256];
+
+typedef struct {
+    Py_ssize_t start, end;
+    int kind;
+} Hit;
+
+typedef struct {
+    const unsigned char *s;
+    Py_ssize_t n;
+    unsigned char *taken; /* a byte per character: 1 where a finding is */
+    /* the places of the secret patterns' anchors, by pattern (ANCHORS), each in order */
+    Py_ssize_t *anchors;
+    /* the digit clusters with 4 digits or more: (first digit, after the last, digits) */
+    Py_ssize_t *clusters;
+    Py_ssize_t cluster_count;
+    Py_ssize_t anchor_lo[19], anchor_hi[19];
+    Hit *hits;
+    Py_ssize_t count, cap;
+} Scan;
+
+/* The run of a class from p to its end; candidates sharing a run measure it once. */
+typedef struct {
+    Py_ssize_t lo, hi;
+} RunCache;
+
+#define AT(i) ((i) < n ? s[i] : 0)
+#define IS(c, mask) ((CLS[(unsigned char)(c)] & (mask)) != 0)
+
+static Py_ssize_t run_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t p, uint8_t mask, RunCache *cache) {
+    if (cache != NULL && p >= cache->lo && p <= cache->hi) {
+        return cache->hi;
+    }
+    Py_ssize_t q = p;
+    while (q < n && IS(s[q], mask)) {
+        q++;
+    }
+    if (cache != NULL) {
+        cache->lo = p;
+        cache->hi = q;
+    }
+    return q;
+}
+
+static Py_ssize_t find_literal(const unsigned char *s, Py_ssize_t n, Py_ssize_t from, const char *lit,
+                               Py_ssize_t size) {
+    if (from < 0 || from > n - size) {
+        return -1;
+    }
+    const unsigned char *hit = memmem(s + from, (size_t)(n - from), lit, (size_t)size);
+    return hit == NULL ? -1 : (Py_ssize_t)(hit - s);
+}
+
+static int starts_with(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, const char *lit) {
+    Py_ssize_t size = (Py_ssize_t)strlen(lit);
+    return at >= 0 && at <= n - size && memcmp(s + at, lit, (size_t)size) == 0;
+}
+
+/* Spans.add: a finding unless it is empty or overlaps one taken. -1 on no memory. */
+static int add(Scan *sc, int kind, Py_ssize_t start, Py_ssize_t end) {
+    if (end <= start || start < 0 || end > sc->n) {
+        return 0;
+    }
+    const unsigned char *taken = sc->taken;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (taken[i]) {
+            return 0;
+        }
+    }
+    if (sc->count == sc->cap) {
+        Py_ssize_t cap = sc->cap ? sc->cap * 2 : 64;
+        Hit *grown = PyMem_Realloc(sc->hits, (size_t)cap * sizeof(Hit));
+        if (grown == NULL) {
+            return -1;
+        }
+        sc->hits = grown;
+        sc->cap = cap;
+    }
+    memset(sc->taken + start, 1, (size_t)(end - start));
+    sc->hits[sc->count].start = start;
+    sc->hits[sc->count].end = end;
+    sc->hits[sc->count].kind = kind;
+    sc->count++;
+    return 1;
+}
+
+#define ADD(kind, start, end)                     \
+    do {                                          \
+        if (add(sc, (kind), (start), (end)) < 0) { \
+            return -1;                            \
+        }                                         \
+    } while (0)
+
+/* --------------------------------------------------------------------------- secrets */
+
+/* The literal each secret pattern starts with (the names and "bearer" in any case), found
+ * in one pass: a bitmap of their first two characters, then the literals compared. */
+enum { A_PEM, A_TOKENS, A_BEARER = A_TOKENS + 10, A_NAMES, A_COUNT = A_NAMES + 7 };
+static const struct {
+    const char *literal;
+    int any_case;
+} ANCHORS[A_COUNT] = {
+    {"-----BEGIN", 0}, {"sk-", 0},  {"sk_", 0},    {"rk_", 0},    {"AKIA", 0},     {"ASIA", 0},   {"gh", 0},
+    {"github_pat_", 0}, {"xox", 0}, {"AIza", 0},   {"eyJ", 0},    {"bearer", 1},   {"api", 1},    {"secret", 1},
+    {"access", 1},     {"auth", 1}, {"password", 1}, {"passwd", 1}, {"pwd", 1},
+};
+static uint8_t ANCHOR_PAIRS[65536 / 8];
+static uint32_t ANCHORS_BY_FIRST[256]; /* the anchors a character can start (a bit each) */
+static Py_ssize_t ANCHOR_SIZES[A_COUNT];
+
+static unsigned char lower(unsigned char c) { return (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c); }
+
+static int literal_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, const char *lit, int any_case) {
+    Py_ssize_t size = (Py_ssize_t)strlen(lit);
+    if (i < 0 || i > n - size) {
+        return 0;
+    }
+    if (!any_case) {
+        return memcmp(s + i, lit, (size_t)size) == 0;
+    }
+    for (Py_ssize_t k = 0; k < size; k++) {
+        if (lower(s[i + k]) != (unsigned char)lit[k]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void anchor_pairs_init(void) {
+    for (int a = 0; a < A_COUNT; a++) {
+        const unsigned char *lit = (const unsigned char *)ANCHORS[a].literal;
+        ANCHOR_SIZES[a] = (Py_ssize_t)strlen(ANCHORS[a].literal);
+        ANCHORS_BY_FIRST[lit[0]] |= 1u << a;
+        if (ANCHORS[a].any_case) {
+            ANCHORS_BY_FIRST[lit[0] - 32u] |= 1u << a;
+        }
+        for (int upper0 = 0; upper0 < 2; upper0++) {
+            for (int upper1 = 0; upper1 < 2; upper1++) {
+                if ((upper0 || upper1) && !ANCHORS[a].any_case) {
+                    continue;
+                }
+                unsigned c0 = upper0 && lit[0] >= 'a' && lit[0] <= 'z' ? lit[0] - 32u : lit[0];
+                unsigned c1 = upper1 && lit[1] >= 'a' && lit[1] <= 'z' ? lit[1] - 32u : lit[1];
+                unsigned key = c0 | c1 << 8;
+                ANCHOR_PAIRS[key >> 3] |= (uint8_t)(1u << (key & 7));
+            }
+        }
+    }
+}
+
+/* Fills sc->anchors: the places of each anchor, pattern by pattern, in order. -1: no memory. */
+static int collect_anchors(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t cap = 0, count = 0;
+    Py_ssize_t *places = NULL; /* (place, anchor) pairs, in the order of places */
+    Py_ssize_t per[A_COUNT] = {0};
+    for (Py_ssize_t i = 0; i + 1 < n; i++) {
+        unsigned key = s[i] | (unsigned)s[i + 1] << 8;
+        if (!(ANCHOR_PAIRS[key >> 3] & (1u << (key & 7)))) {
+            continue;
+        }
+        for (uint32_t bits = ANCHORS_BY_FIRST[s[i]]; bits; bits &= bits - 1) {
+            int a = __builtin_ctz(bits);
+            if (i + ANCHOR_SIZES[a] > n || !literal_at(s, n, i, ANCHORS[a].literal, ANCHORS[a].any_case)) {
+                continue;
+            }
+            if (count + 2 > cap) {
+                cap = cap ? cap * 2 : 256;
+                Py_ssize_t *grown = PyMem_Realloc(places, (size_t)cap * sizeof(Py_ssize_t));
+                if (grown == NULL) {
+                    PyMem_Free(places);
+                    return -1;
+                }
+                places = grown;
+            }
+            places[count++] = i;
+            places[count++] = a;
+            per[a]++;
+        }
+    }
+    Py_ssize_t total = count / 2;
+    sc->anchors = PyMem_Malloc((size_t)(total ? total : 1) * sizeof(Py_ssize_t));
+    if (sc->anchors == NULL) {
+        PyMem_Free(places);
+        return -1;
+    }
+    Py_ssize_t next[A_COUNT];
+    Py_ssize_t at = 0;
+    for (int a = 0; a < A_COUNT; a++) {
+        sc->anchor_lo[a] = next[a] = at;
+        at += per[a];
+        sc->anchor_hi[a] = at;
+    }
+    for (Py_ssize_t k = 0; k < count; k += 2) {
+        sc->anchors[next[places[k + 1]]++] = places[k];
+    }
+    PyMem_Free(places);
+    return 0;
+}
+
+/* The first place of anchor a at or after pos (a cursor over its places), or -1. */
+static Py_ssize_t next_anchor(const Scan *sc, int a, Py_ssize_t *cursor, Py_ssize_t pos) {
+    while (*cursor < sc->anchor_hi[a] && sc->anchors[*cursor] < pos) {
+        (*cursor)++;
+    }
+    return *cursor < sc->anchor_hi[a] ? sc->anchors[*cursor] : -1;
+}
+
+/* "-----BEGIN" or "-----END" (prefix) at i, then [A-Z0-9 ]*PRIVATE KEY-----: the class run
+ * holds "PRIVATE KEY" and stops at the "-", so the run must end in it. Its end, or -1. */
+static Py_ssize_t pem_line(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t prefix) {
+    Py_ssize_t r = i + prefix;
+    while (r < n && (IS(s[r], C_UPPER | C_DIGIT) || s[r] == ' ')) {
+        r++;
+    }
+    if (r - (i + prefix) >= 11 && memcmp(s + r - 11, "PRIVATE KEY", 11) == 0 && starts_with(s, n, r, "-----")) {
+        return r + 5;
+    }
+    return -1;
+}
+
+static int private_keys(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t end_line = -2, nul = -2, pos = 0, cursor = sc->anchor_lo[A_PEM];
+    for (;;) {
+        Py_ssize_t index = next_anchor(sc, A_PEM, &cursor, pos);
+        if (index < 0) {
+            return 0;
+        }
+        Py_ssize_t head_end = pem_line(s, n, index, 10);
+        if (head_end < 0) {
+            pos = index + 1;
+            continue;
+        }
+        if (end_line != -1 && end_line < head_end) {
+            end_line = find_literal(s, n, head_end, "-----END", 8);
+        }
+        Py_ssize_t end = -1;
+        if (end_line != -1) {
+            /* no NUL between the head and the END line (the first NUL after the head, cached) */
+            if (nul != -1 && nul < head_end) {
+                const unsigned char *z = memchr(s + head_end, 0, (size_t)(n - head_end));
+                nul = z == NULL ? -1 : (Py_ssize_t)(z - s);
+            }
+            if (nul == -1 || nul >= end_line) {
+                end = pem_line(s, n, end_line, 8);
+            }
+        }
+        if (end == -1) { /* [A-Za-z0-9+/=\s]* */
+            end = head_end;
+            while (end < n && (IS(s[end], C_ALNUM | C_SPACE) || s[end] == '+' || s[end] == '/' || s[end] == '=')) {
+                end++;
+            }
+        }
+        ADD(K_SECRET, index, end);
+        pos = end;
+    }
+}
+
+/* Each token pattern at i (its anchor there), with (?![\w-]) after: its end, or -1. */
+typedef Py_ssize_t (*TokenMatch)(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *caches);
+
+/* sk-(?:proj-|ant-|svcacct-)?[\w-]{20,}: the class is [\w-], so the run goes to its end
+ * whatever the prefix; 20 after "sk-" is the weaker bound. */
+static Py_ssize_t tok_sk_dash(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    Py_ssize_t r = run_end(s, n, i + 3, C_WORD | C_DASH, &c[0]);
+    return r - (i + 3) >= 20 ? r : -1;
+}
+
+/* [sr]k_(?:live|test)_[A-Za-z0-9]{16,}: the run then neither "_" nor "-". */
+static Py_ssize_t tok_stripe(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    if (!starts_with(s, n, i + 3, "live_") && !starts_with(s, n, i + 3, "test_")) {
+        return -1;
+    }
+    Py_ssize_t r = run_end(s, n, i + 8, C_ALNUM, &c[0]);
+    return r - (i + 8) >= 16 && AT(r) != '_' && AT(r) != '-' ? r : -1;
+}
+
+/* A[KS]IA[0-9A-Z]{16} */
+static Py_ssize_t tok_aws(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    (void)c;
+    for (Py_ssize_t k = i + 4; k < i + 20; k++) {
+        if (!IS(AT(k), C_UPPER | C_DIGIT)) {
+            return -1;
+        }
+    }
+    return IS(AT(i + 20), C_WORD | C_DASH) ? -1 : i + 20;
+}
+
+/* gh[pousr]_[A-Za-z0-9]{36,} */
+static Py_ssize_t tok_github(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    unsigned char kind = AT(i + 2);
+    if (!(kind == 'p' || kind == 'o' || kind == 'u' || kind == 's' || kind == 'r') || AT(i + 3) != '_') {
+        return -1;
+    }
+    Py_ssize_t r = run_end(s, n, i + 4, C_ALNUM, &c[0]);
+    return r - (i + 4) >= 36 && AT(r) != '_' && AT(r) != '-' ? r : -1;
+}
+
+/* github_pat_[A-Za-z0-9_]{22,} */
+static Py_ssize_t tok_github_pat(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    Py_ssize_t r = run_end(s, n, i + 11, C_WORD, &c[0]);
+    return r - (i + 11) >= 22 && AT(r) != '-' ? r : -1;
+}
+
+/* xox[abprs]-[A-Za-z0-9-]{10,} */
+static Py_ssize_t tok_slack(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    unsigned char kind = AT(i + 3);
+    if (!(kind == 'a' || kind == 'b' || kind == 'p' || kind == 'r' || kind == 's') || AT(i + 4) != '-') {
+        return -1;
+    }
+    Py_ssize_t r = run_end(s, n, i + 5, C_ALNUM | C_DASH, &c[0]);
+    return r - (i + 5) >= 10 && AT(r) != '_' ? r : -1;
+}
+
+/* AIza[0-9A-Za-z_-]{35} */
+static Py_ssize_t tok_google(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    (void)c;
+    for (Py_ssize_t k = i + 4; k < i + 39; k++) {
+        if (!IS(AT(k), C_WORD | C_DASH)) {
+            return -1;
+        }
+    }
+    return IS(AT(i + 39), C_WORD | C_DASH) ? -1 : i + 39;
+}
+
+/* eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}: each run stops at a "." (not in the class). */
+static Py_ssize_t tok_jwt(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    Py_ssize_t r1 = run_end(s, n, i + 3, C_WORD | C_DASH, &c[0]);
+    if (r1 - (i + 3) < 8 || AT(r1) != '.' || !starts_with(s, n, r1 + 1, "eyJ")) {
+        return -1;
+    }
+    Py_ssize_t r2 = run_end(s, n, r1 + 4, C_WORD | C_DASH, &c[1]);
+    if (r2 - (r1 + 4) < 8 || AT(r2) != '.') {
+        return -1;
+    }
+    Py_ssize_t r3 = run_end(s, n, r2 + 1, C_WORD | C_DASH, &c[2]);
+    return r3 - (r2 + 1) >= 8 ? r3 : -1;
+}
+
+static const struct {
+    const char *anchor;
+    TokenMatch match;
+} TOKENS[] = {
+    {"sk-", tok_sk_dash}, {"sk_", tok_stripe},       {"rk_", tok_stripe}, {"AKIA", tok_aws},    {"ASIA", tok_aws},
+    {"gh", tok_github},   {"github_pat_", tok_github_pat}, {"xox", tok_slack},  {"AIza", tok_google}, {"eyJ", tok_jwt},
+};
+
+static int tokens(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    for (size_t t = 0; t < sizeof(TOKENS) / sizeof(TOKENS[0]); t++) {
+        int a = A_TOKENS + (int)t;
+        RunCache caches[3] = {{-1, -2}, {-1, -2}, {-1, -2}};
+        Py_ssize_t pos = 0, cursor = sc->anchor_lo[a];
+        Py_ssize_t i;
+        /* finditer: a match (taken or not) resumes the search at its end */
+        while ((i = next_anchor(sc, a, &cursor, pos)) >= 0) {
+            Py_ssize_t end = TOKENS[t].match(s, n, i, caches);
+            if (end < 0) {
+                pos = i + 1;
+                continue;
+            }
+            if (i == 0 || !IS(s[i - 1], C_WORD | C_DASH)) {
+                ADD(K_SECRET, i, end);
+            }
+            pos = end;
+        }
+    }
+    return 0;
+}
+
+/* [a-z0-9._~+/-] on the lower-cased text (Python's pass): letters of either case here */
+static int bearer_char(unsigned char c) {
+    return IS(c, C_ALNUM) || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '-';
+}
+
+/* bearer\s+([a-z0-9._~+/-]{16,}=*) on the lower-cased text (here: "bearer" in any case, the
+ * classes with capitals), not after a word character. */
+static int bearers(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t pos = 0, i, cursor = sc->anchor_lo[A_BEARER];
+    while ((i = next_anchor(sc, A_BEARER, &cursor, pos)) >= 0) {
+        Py_ssize_t q = run_end(s, n, i + 6, C_SPACE, NULL);
+        Py_ssize_t r = q;
+        while (r < n && bearer_char(s[r])) {
+            r++;
+        }
+        if (q == i + 6 || r - q < 16) {
+            pos = i + 1;
+            continue;
+        }
+        Py_ssize_t e = r;
+        while (e < n && s[e] == '=') {
+            e++;
+        }
+        if (i == 0 || !IS(s[i - 1], C_WORD)) {
+            ADD(K_SECRET, q, e);
+        }
+        pos = e;
+    }
+    return 0;
+}
+
+/* The end of an assignment name at i (the literal start is there), or -1. */
+static Py_ssize_t name_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int which) {
+    switch (which) {
+    case 0: /* api[_-]?key */
+    case 2: /* access[_-]?token */
+    case 3: /* auth[_-]?token */ {
+        Py_ssize_t p = i + (which == 0 ? 3 : which == 2 ? 6 : 4);
+        const char *rest = which == 0 ? "key" : "token";
+        if (AT(p) == '_' || AT(p) == '-') {
+            p++;
+        }
+        return literal_at(s, n, p, rest, 1) ? p + (Py_ssize_t)strlen(rest) : -1;
+    }
+    case 1: /* secret(?:[_-]?key)? */ {
+        Py_ssize_t p = i + 6;
+        Py_ssize_t q = p + (AT(p) == '_' || AT(p) == '-');
+        return literal_at(s, n, q, "key", 1) ? q + 3 : p;
+    }
+    case 4:
+        return i + 8; /* password */
+    case 5:
+        return i + 6; /* passwd */
+    default:
+        return i + 3; /* pwd */
+    }
+}
+
+/* NAME\b["']?\s*[:=]\s*["']?([^\s"',;\x00]{8,}) on the lower-cased text (here: the name in any
+ * case), per name in order;
+ * no step has two ways to read the text, so the first reading is the match. */
+static int assignments(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    for (int which = 0; which < 7; which++) {
+        Py_ssize_t pos = 0, i, cursor = sc->anchor_lo[A_NAMES + which];
+        while ((i = next_anchor(sc, A_NAMES + which, &cursor, pos)) >= 0) {
+            pos = i + 1;
+            Py_ssize_t p = name_end(s, n, i, which);
+            if (p < 0 || IS(AT(p), C_WORD)) {
+                continue;
+            }
+            if (AT(p) == '"' || AT(p) == '\'') {
+                p++;
+            }
+            p = run_end(s, n, p, C_SPACE, NULL);
+            if (AT(p) != ':' && AT(p) != '=') {
+                continue;
+            }
+            p = run_end(s, n, p + 1, C_SPACE, NULL);
+            if (AT(p) == '"' || AT(p) == '\'') {
+                p++;
+            }
+            Py_ssize_t r = p;
+            int has_digit = 0, has_alpha = 0;
+            while (r < n) {
+                unsigned char c = s[r];
+                if (c == 0 || c == '"' || c == '\'' || c == ',' || c == ';' || IS(c, C_SPACE)) {
+                    break;
+                }
+                has_digit |= IS(c, C_DIGIT);
+                has_alpha |= IS(c, C_UPPER | C_LOWER);
+                r++;
+            }
+            if (r - p < 8) {
+                continue;
+            }
+            if ((i == 0 || !IS(s[i - 1], C_WORD)) && has_digit && has_alpha) {
+                ADD(K_SECRET, p, r);
+            }
+            pos = r;
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------------- e-mail */
+
+/* [^\W\d_]{2,}\b at t (a TLD after its dot): the end of the letters, or -1. */
+static Py_ssize_t tld_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t t) {
+    Py_ssize_t r = t;
+    while (r < n && IS(s[r], C_UPPER | C_LOWER)) {
+        r++;
+    }
+    return r - t >= 2 && !IS(AT(r), C_WORD) ? r : -1;
+}
+
+static int label_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    return end > start && IS(s[start], C_ALNUM) && IS(s[end - 1], C_ALNUM);
+}
+
+/* The domain pattern at p: label(\.label)*\.tld\b, a label [^\W_]([\w-]*[^\W_])?.
+ * A label cannot hold a dot and is followed by one, so each is a whole segment between
+ * dots. The regex takes as many labels as follow one another (the first must be one),
+ * then gives them back one by one until a TLD follows: the match ends at the last
+ * segment, among those up to one past the last label, that starts with a TLD. */
+static Py_ssize_t email_domain(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
+    Py_ssize_t e = run_end(s, n, p, C_WORD | C_DASH, NULL);
+    if (!label_ok(s, p, e)) {
+        return -1;
+    }
+    Py_ssize_t found = -1;
+    while (AT(e) == '.') {
+        Py_ssize_t t = e + 1;
+        Py_ssize_t tld = tld_end(s, n, t);
+        if (tld >= 0) {
+            found = tld;
+        }
+        Py_ssize_t next = run_end(s, n, t, C_WORD | C_DASH, NULL);
+        if (!label_ok(s, t, next)) {
+            break;
+        }
+        e = next;
+    }
+    return found;
+}
+
+/* Each "@" with a local-part character before it and a letter or digit after: the local
+ * part read backwards (64 characters at most), leading dots left out, and the domain. */
+static int emails(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t at = -1;
+    for (;;) {
+        if (at + 1 < n && s[at + 1] == '@') { /* "@@@@": no call per "@" */
+            at++;
+        } else {
+            const unsigned char *hit = memchr(s + at + 1, '@', (size_t)(n - at - 1));
+            if (hit == NULL) {
+                return 0;
+            }
+            at = (Py_ssize_t)(hit - s);
+        }
+        if (at == 0 || !IS(s[at - 1], C_LOCAL) || !IS(AT(at + 1), C_ALNUM)) {
+            continue;
+        }
+        Py_ssize_t k = 0;
+        while (k < 65 && at - 1 - k >= 0 && IS(s[at - 1 - k], C_LOCAL)) {
+            k++;
+        }
+        if (k > 64) {
+            continue;
+        }
+        Py_ssize_t end = email_domain(s, n, at + 1);
+        if (end < 0) {
+            continue;
+        }
+        Py_ssize_t start = at - k;
+        while (start < at && s[start] == '.') {
+            start++;
+        }
+        if (start < at) {
+            ADD(K_EMAIL, start, end);
+        }
+    }
+}
+
+/* --------------------------------------------------------------------------- digits */
+
+/* The clusters (as _detect._Clusters has them): maximal runs of digits and " .-()+"
+ * between other characters, from the first digit to the last. A card, an IPv4 address
+ * or a phone number lies inside one (its characters are those), with 13, 4 and 7
+ * digits at least; its look-arounds see the same characters from the cluster's edge. So
+ * each scan tries the starts in the clusters with enough digits, not every character:
+ * the same matches as a scan of the whole text. One branch-free pass (random digits and
+ * letters would make a branch per character mispredict). */
+static uint8_t CLUSTER_CLASS[256]; /* 1 a digit, 2 " .-()+", 0 anything else */
+
+/* The first digit at or after i, or n: 16 characters a step where SSE2 is (prose has few
+ * digits; the scans that need one skip to it). */
+static inline Py_ssize_t next_digit_or_not(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, int want) {
+#if defined(__SSE2__)
+    const __m128i zero = _mm_set1_epi8('0');
+    const __m128i bias = _mm_set1_epi8((char)0x80);
+    const __m128i limit = _mm_set1_epi8((char)(0x80 + 10));
+    while (i + 16 <= n) {
+        /* (c - '0') < 10 unsigned: shifted by 0x80, a signed comparison */
+        __m128i block = _mm_loadu_si128((const __m128i *)(s + i));
+        __m128i shifted = _mm_xor_si128(_mm_sub_epi8(block, zero), bias);
+        int mask = _mm_movemask_epi8(_mm_cmplt_epi8(shifted, limit)) ^ (want ? 0 : 0xFFFF);
+        if (mask) {
+            return i + __builtin_ctz((unsigned)mask);
+        }
+        i += 16;
+    }
+#endif
+    while (i < n && IS(s[i], C_DIGIT) != want) {
+        i++;
+    }
+    return i;
+}
+
+static Py_ssize_t next_digit(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    return next_digit_or_not(s, n, i, 1);
+}
+
+/* The first place at or after i where two capitals follow one another, or n - 1 or more. */
+static Py_ssize_t next_capitals(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+#if defined(__SSE2__)
+    const __m128i first = _mm_set1_epi8('A');
+    const __m128i bias = _mm_set1_epi8((char)0x80);
+    const __m128i limit = _mm_set1_epi8((char)(0x80 + 26));
+    while (i + 17 <= n) {
+        __m128i here = _mm_xor_si128(_mm_sub_epi8(_mm_loadu_si128((const __m128i *)(s + i)), first), bias);
+        __m128i next = _mm_xor_si128(_mm_sub_epi8(_mm_loadu_si128((const __m128i *)(s + i + 1)), first), bias);
+        int mask = _mm_movemask_epi8(_mm_and_si128(_mm_cmplt_epi8(here, limit), _mm_cmplt_epi8(next, limit)));
+        if (mask) {
+            return i + __builtin_ctz((unsigned)mask);
+        }
+        i += 16;
+    }
+#endif
+    while (i + 1 < n && !(IS(s[i], C_UPPER) && IS(s[i + 1], C_UPPER))) {
+        i++;
+    }
+    return i;
+}
+
+/* The end of the digit run at i (i itself when there is no digit there). */
+static Py_ssize_t digit_run_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    return next_digit_or_not(s, n, i, 0);
+}
+
+static int collect_clusters(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t cap = 0, count = 0;
+    Py_ssize_t *found = NULL;
+    Py_ssize_t i = 0;
+    for (;;) {
+        i = next_digit(s, n, i); /* a cluster's first digit */
+        if (i >= n) {
+            break;
+        }
+        Py_ssize_t first = i, last = i, digits = 0;
+        for (;;) {
+            unsigned c = i < n ? CLUSTER_CLASS[s[i]] : 0;
+            if (c == 0) {
+                break;
+            }
+            /* (masks, not ?: which the compiler turns back into branches) */
+            Py_ssize_t is_digit = (Py_ssize_t)(c & 1);
+            last = (last & ~-is_digit) | (i & -is_digit);
+            digits += is_digit;
+            i++;
+        }
+        if (digits >= 4) {
+            if (count + 3 > cap) {
+                cap = cap ? cap * 2 : 96;
+                Py_ssize_t *grown = PyMem_Realloc(found, (size_t)cap * sizeof(Py_ssize_t));
+                if (grown == NULL) {
+                    PyMem_Free(found);
+                    return -1;
+                }
+                found = grown;
+            }
+            found[count++] = first;
+            found[count++] = last + 1;
+            found[count++] = digits;
+        }
+    }
+    sc->clusters = found;
+    sc->cluster_count = count / 3;
+    return 0;
+}
+
+static int luhn_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    unsigned char digits[32];
+    int count = 0;
+    for (Py_ssize_t i = start; i < end && count < 32; i++) {
+        if (IS(s[i], C_DIGIT)) {
+            digits[count++] = (unsigned char)(s[i] - '0');
+        }
+    }
+    if (count < 13 || count > 19) {
+        return 0;
+    }
+    int same = 1, sum = 0;
+    for (int i = 0; i < count; i++) {
+        same &= digits[i] == digits[0];
+        int d = digits[count - 1 - i];
+        if (i % 2) {
+            d = d * 2 > 9 ? d * 2 - 9 : d * 2;
+        }
+        sum += d;
+    }
+    return !same && sum % 10 == 0;
+}
+
+/* (?<![\d-])\d(?:[ -]?+\d){12,18}(?!\d): the iterations are taken greedily (each one way),
+ * then given back until no digit follows. */
+static int cards_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    while (i < stop) {
+        if (!IS(s[i], C_DIGIT) || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '-'))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t ends[19];
+        int c = 0;
+        Py_ssize_t p = i + 1;
+        ends[0] = p;
+        while (c < 18) {
+            Py_ssize_t q = p + (AT(p) == ' ' || AT(p) == '-');
+            if (!IS(AT(q), C_DIGIT)) {
+                break;
+            }
+            p = q + 1;
+            ends[++c] = p;
+        }
+        Py_ssize_t end = -1;
+        for (int k = c; k >= 12; k--) {
+            if (!IS(AT(ends[k]), C_DIGIT)) {
+                end = ends[k];
+                break;
+            }
+        }
+        if (end < 0) {
+            /* fewer than 13 digits before the chain breaks: so for every start in it (the
+             * same chain, shorter) */
+            i = c < 12 ? ends[c] : i + 1;
+            continue;
+        }
+        if (luhn_ok(s, i, end)) {
+            ADD(K_CARD, i, end);
+        }
+        i = end;
+    }
+    return 0;
+}
+
+static int iban_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    unsigned char compact[64];
+    int size = 0;
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (s[i] != ' ') {
+            if (size == 64) {
+                return 0;
+            }
+            compact[size++] = s[i];
+        }
+    }
+    if (size < 15 || size > 34) {
+        return 0;
+    }
+    unsigned remainder = 0;
+    for (int k = 0; k < size; k++) {
+        unsigned char c = compact[(k + 4) % size];
+        if (IS(c, C_DIGIT)) {
+            remainder = (remainder * 10 + (unsigned)(c - '0')) % 97;
+        } else {
+            remainder = (remainder * 100 + (unsigned)(c - 'A' + 10)) % 97;
+        }
+    }
+    return remainder == 1;
+}
+
+#define IBAN_CHAR(c) IS((c), C_UPPER | C_DIGIT)
+
+/* [A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b at i: the groups taken greedily,
+ * then per count (most first) the tail and \b, or no tail and \b. The end, or -1. */
+static Py_ssize_t iban_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    Py_ssize_t ends[8];
+    int c = 0;
+    Py_ssize_t p = i + 4;
+    ends[0] = p;
+    while (c < 7) {
+        Py_ssize_t t = p + (AT(p) == ' ');
+        if (!(IBAN_CHAR(AT(t)) && IBAN_CHAR(AT(t + 1)) && IBAN_CHAR(AT(t + 2)) && IBAN_CHAR(AT(t + 3)))) {
+            break;
+        }
+        p = t + 4;
+        ends[++c] = p;
+    }
+    for (int k = c; k >= 2; k--) {
+        Py_ssize_t pk = ends[k];
+        Py_ssize_t t = pk + (AT(pk) == ' ');
+        int r = 0;
+        while (r < 4 && IBAN_CHAR(AT(t + r))) {
+            r++;
+        }
+        if (r >= 1 && r <= 3 && !IS(AT(t + r), C_WORD)) {
+            return t + r;
+        }
+        if (!IS(AT(pk), C_WORD)) {
+            return pk;
+        }
+    }
+    return -1;
+}
+
+static int ibans(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    /* the starts by two capitals in a row (rare but in capitals) */
+    for (Py_ssize_t i = next_capitals(s, n, 0); i + 3 < n; i = next_capitals(s, n, i + 1)) {
+        if (!(IS(s[i + 2], C_DIGIT) && IS(s[i + 3], C_DIGIT))) {
+            continue;
+        }
+        if (i > 0 && IS(s[i - 1], C_WORD)) {
+            continue;
+        }
+        Py_ssize_t end = iban_end(s, n, i);
+        if (end >= 0 && iban_ok(s, i, end)) {
+            ADD(K_IBAN, i, end);
+        }
+    }
+    return 0;
+}
+
+/* An octet as the whole digit run at p (any shorter reading leaves a digit where a dot or
+ * the end must be): 0-9, 10-99, 100-255. The run's length, or -1. */
+static Py_ssize_t octet(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
+    Py_ssize_t d = 0;
+    while (d < 4 && IS(AT(p + d), C_DIGIT)) {
+        d++;
+    }
+    if (d == 1 || (d == 2 && s[p] != '0')) {
+        return d;
+    }
+    if (d == 3 && (s[p] == '1' || (s[p] == '2' && (s[p + 1] < '5' || (s[p + 1] == '5' && s[p + 2] <= '5'))))) {
+        return 3;
+    }
+    return -1;
+}
+
+/* (?<![\d.])OCTET(?:\.OCTET){3}(?!\.?\d) */
+static int ipv4s_in(Scan *sc, Py_ssize_t lo, Py_ssize_t stop) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    /* A match's start is that of the digit run before its first dot: the starts are
+     * tried dot by dot (memchr), in order, none before the end of the last match. */
+    Py_ssize_t resume = lo;
+    for (Py_ssize_t dot = lo; dot < stop; dot++) {
+        const unsigned char *hit = memchr(s + dot, '.', (size_t)(stop - dot));
+        if (hit == NULL) {
+            break;
+        }
+        dot = (Py_ssize_t)(hit - s);
+        Py_ssize_t i = dot;
+        while (i > lo && i > dot - 4 && IS(s[i - 1], C_DIGIT)) {
+            i--;
+        }
+        if (i == dot || i < resume || (i > 0 && (IS(s[i - 1], C_DIGIT) || s[i - 1] == '.'))) {
+            continue;
+        }
+        Py_ssize_t p = i;
+        int ok = 1;
+        for (int g = 0; g < 4 && ok; g++) {
+            if (g > 0) {
+                if (AT(p) != '.') {
+                    ok = 0;
+                    break;
+                }
+                p++;
+            }
+            Py_ssize_t d = octet(s, n, p);
+            if (d < 0) {
+                ok = 0;
+            } else {
+                p += d;
+            }
+        }
+        if (ok && !(AT(p) == '.' && IS(AT(p + 1), C_DIGIT))) {
+            ADD(K_IP, i, p);
+            resume = p;
+        }
+    }
+    return 0;
+}
+
+/* (?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w]): each group reads one way,
+ * so a match is a whole run of [:\w] made of 3 to 8 hex groups of 4 at most. Then
+ * _ipv6_ok: one of the forms of RFC 4291 (8 groups, or one "::" with 7 groups at most
+ * around it), not colons alone. */
+static uint8_t IPV6_RUN[256]; /* [:\w]: 1 a hex digit, 2 a colon, 4 another word character */
+
+static int ipv6s(Scan *sc) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t i = 0, dense_until = 0;
+    while (i < n) {
+        if (i >= dense_until) {
+            /* A run holds a colon: a colon far ahead (memchr) skips to its run; near,
+             * colons are dense: runs one after the other for a while (no call each). */
+            const unsigned char *colon_at = memchr(s + i, ':', (size_t)(n - i));
+            if (colon_at == NULL) {
+                break;
+            }
+            Py_ssize_t colon_index = (Py_ssize_t)(colon_at - s);
+            if (colon_index - i > 64) {
+                Py_ssize_t back = colon_index;
+                while (back > i && IPV6_RUN[s[back - 1]]) {
+                    back--;
+                }
+                i = back;
+            } else {
+                dense_until = i + 4096;
+            }
+        }
+        if (!IPV6_RUN[s[i]]) {
+            i++;
+            continue;
+        }
+        /* The run's end, and whether it holds only hex digits besides its colons. */
+        Py_ssize_t stop = i;
+        unsigned seen = 0;
+        while (stop < n && IPV6_RUN[s[stop]]) {
+            seen |= IPV6_RUN[s[stop]];
+            stop++;
+        }
+        if (seen != 3 && seen != 2) {
+            i = stop;
+            continue;
+        }
+        /* Then one pass free of branches per character (colons and hex digits alternate
+         * at random in hex-heavy text): colons, "::" (and where the one is), the longest
+         * group. */
+        Py_ssize_t j = i, gap = -1, colons = 0, colons_to_gap = 0, doubles = 0, group = 0, longest = 0;
+        int other = 0, last_colon = 0;
+        while (j < stop) {
+            unsigned char c = s[j];
+            int colon = c == ':';
+            Py_ssize_t twice = -(Py_ssize_t)(colon & last_colon);
+            other |= !colon & !IS(c, C_HEX);
+            colons += colon;
+            doubles -= twice;
+            gap = (gap & ~twice) | ((j - 1) & twice);
+            colons_to_gap = (colons_to_gap & ~twice) | (colons & twice);
+            group = (group + 1) & -(Py_ssize_t)!colon;
+            longest = group > longest ? group : longest;
+            last_colon = colon;
+            j++;
+        }
+        if (!other && colons >= 2 && colons <= 7 && longest <= 4) {
+            int ok;
+            if (doubles == 0) { /* eight groups */
+                ok = colons == 7 && s[i] != ':' && s[j - 1] != ':';
+            } else if (doubles == 1) { /* L::R, each side empty or groups between single colons */
+                Py_ssize_t left = gap > i ? colons_to_gap - 1 : 0;
+                Py_ssize_t right = gap + 2 < j ? colons - colons_to_gap + 1 : 0;
+                ok = !(gap > i && s[i] == ':') && !(gap + 2 < j && s[j - 1] == ':') && left + right > 0 &&
+                     left + right <= 7;
+            } else {
+                ok = 0;
+            }
+            if (ok) {
+                ADD(K_IP, i, j);
+            }
+        }
+        i = j;
+    }
+    return 0;
+}
+
+static int is_phone_separator(unsigned char c) { return c == ' ' || c == '.' || c == '-'; }
+
+/* The digit run from p: its end (a cache: phone candidates read the same runs again). */
+static Py_ssize_t digits_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t p, RunCache *cache) {
+    return run_end(s, n, p, C_DIGIT, cache);
+}
+
+/* _PHONE_LINEAR at i, tried in the regex's order: the "+" part (3, 2, 1 digits; a
+ * separator taken, then not), the "(...)" part likewise, each then left out; the digit
+ * run (possessive); up to 5 more groups, given back one by one until the look-ahead
+ * holds. The end of the first reading that holds, or -1. */
+static Py_ssize_t phone_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *cache) {
+    Py_ssize_t after_plus[8];
+    int plus_count = 0;
+    if (s[i] == '+') {
+        Py_ssize_t d = digits_end(s, n, i + 1, cache) - (i + 1);
+        for (Py_ssize_t k = d < 3 ? d : 3; k >= 1; k--) {
+            Py_ssize_t p = i + 1 + k;
+            if (is_phone_separator(AT(p))) {
+                after_plus[plus_count++] = p + 1;
+            }
+            after_plus[plus_count++] = p;
+        }
+    }
+    after_plus[plus_count++] = i;
+    for (int a = 0; a < plus_count; a++) {
+        Py_ssize_t p = after_plus[a];
+        Py_ssize_t after_paren[3];
+        int paren_count = 0;
+        if (AT(p) == '(') {
+            Py_ssize_t e = digits_end(s, n, p + 1, cache) - (p + 1);
+            if (e >= 1 && e <= 4 && AT(p + 1 + e) == ')') {
+                Py_ssize_t q = p + 2 + e;
+                if (is_phone_separator(AT(q))) {
+                    after_paren[paren_count++] = q + 1;
+                }
+                after_paren[paren_count++] = q;
+            }
+        }
+        after_paren[paren_count++] = p;
+        for (int b = 0; b < paren_count; b++) {
+            Py_ssize_t q = after_paren[b];
+            if (!IS(AT(q), C_DIGIT)) {
+                continue;
+            }
+            Py_ssize_t ends[6];
+            int c = 0;
+            ends[0] = digits_end(s, n, q, cache);
+            while (c < 5) {
+                Py_ssize_t m = ends[c];
+                if (!(is_phone_separator(AT(m)) && IS(AT(m + 1), C_DIGIT) && IS(AT(m + 2), C_DIGIT))) {
+                    break;
+                }
+                ends[c + 1] = digits_end(s, n, m + 1, cache);
+                c++;
+            }
+            for (int k = c; k >= 0; k--) {
+                Py_ssize_t m = ends[k];
+                unsigned char next = AT(m);
+                if (!(IS(next, C_WORD) || next == '-' || (next == '.' && IS(AT(m + 1), C_DIGIT)))) {
+                    return m;
+                }
+            }
+        }
+    }
+    return -1;
+}
+
+/* _phone_ok: 7 to 15 digits; "+" or "(" accepts; a date, a bare number, a decimal or
+ * thousands grouping rejects. */
+static int phone_ok(const unsigned char *v, Py_ssize_t size) {
+    int digits = 0, spaces = 0, dots = 0, dashes = 0, paren = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = v[i];
+        if (c == ' ') {
+            spaces++;
+        } else if (c == '.') {
+            dots++;
+        } else if (c == '-') {
+            dashes++;
+        } else if (c == '(') {
+            paren = 1;
+        } else if (c != ')' && c != '+') {
+            digits++;
+        }
+    }
+    if (digits < 7 || digits > 15) {
+        return 0;
+    }
+    if (v[0] == '+' || paren) {
+        return 1;
+    }
+    /* _DATE.fullmatch: three digit runs between two of [-./] */
+    {
+        Py_ssize_t runs[3];
+        Py_ssize_t p = 0;
+        int k = 0, date = 1;
+        for (; k < 3; k++) {
+            Py_ssize_t q = p;
+            while (q < size && v[q] >= '0' && v[q] <= '9') {
+                q++;
+            }
+            runs[k] = q - p;
+            if (k < 2) {
+                if (q >= size || !(v[q] == '-' || v[q] == '.' || v[q] == '/')) {
+                    date = 0;
+                    break;
+                }
+                p = q + 1;
+            } else if (q != size) {
+                date = 0;
+            }
+        }
+        if (date) {
+            int first = runs[0] == 4 && runs[1] >= 1 && runs[1] <= 2 && runs[2] >= 1 && runs[2] <= 2;
+            int second = runs[0] >= 1 && runs[0] <= 2 && runs[1] >= 1 && runs[1] <= 2 && runs[2] >= 2 && runs[2] <= 4;
+            if (first || second) {
+                return 0;
+            }
+        }
+    }
+    if (!(spaces + dots + dashes)) {
+        return 0;
+    }
+    if (dots == 1 && !spaces && !dashes) {
+        return 0;
+    }
+    /* thousands grouping: the first group 3 long at most, every other one 3 long */
+    Py_ssize_t start = 0;
+    int first = 1;
+    for (Py_ssize_t i = 0; i <= size; i++) {
+        if (i == size || is_phone_separator(v[i])) {
+            Py_ssize_t length = i - start;
+            if (first ? length > 3 : length != 3) {
+                return 1;
+            }
+            first = 0;
+            start = i + 1;
+        }
+    }
+    return 0;
+}
+
+/* (?<![\w+.-]) ... */
+static int phones_in(Scan *sc, Py_ssize_t i, Py_ssize_t stop, RunCache *cache_) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    RunCache *cache = cache_;
+    while (i < stop) {
+        unsigned char c = s[i];
+        if (!(IS(c, C_DIGIT) || c == '+' || c == '(')) {
+            i++;
+            continue;
+        }
+        if (i > 0) {
+            unsigned char b = s[i - 1];
+            if (IS(b, C_WORD) || b == '+' || b == '.' || b == '-') {
+                i++;
+                continue;
+            }
+        }
+        Py_ssize_t end = phone_end(s, n, i, cache);
+        if (end < 0) {
+            i++;
+            continue;
+        }
+        if (phone_ok(s + i, end - i)) {
+            ADD(K_PHONE, i, end);
+        }
+        i = end;
+    }
+    return 0;
+}
+
+/* Each scan over the clusters with enough digits for it (a phone may start one before). */
+static int cards(Scan *sc) {
+    for (Py_ssize_t k = 0; k < sc->cluster_count; k++) {
+        Py_ssize_t *cluster = sc->clusters + 3 * k;
+        if (cluster[2] >= 13 && cards_in(sc, cluster[0], cluster[1]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int ipv4s(Scan *sc) {
+    for (Py_ssize_t k = 0; k < sc->cluster_count; k++) {
+        Py_ssize_t *cluster = sc->clusters + 3 * k;
+        if (ipv4s_in(sc, cluster[0], cluster[1]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int phones(Scan *sc) {
+    RunCache cache = {-1, -2};
+    for (Py_ssize_t k = 0; k < sc->cluster_count; k++) {
+        Py_ssize_t *cluster = sc->clusters + 3 * k;
+        if (cluster[2] >= 7 && phones_in(sc, cluster[0] > 0 ? cluster[0] - 1 : 0, cluster[1], &cache) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------------- the module */
+
+static PyObject *finding_type = NULL;
+static PyObject *kind_names[K_COUNT];
+
+static int by_start(const void *a, const void *b) {
+    Py_ssize_t x = ((const Hit *)a)->start, y = ((const Hit *)b)->start;
+    return (x > y) - (x < y);
+}
+
+static PyObject *new_finding(int kind, Py_ssize_t start, Py_ssize_t end, PyObject *value) {
+    PyObject *low = PyLong_FromSsize_t(start);
+    PyObject *high = low ? PyLong_FromSsize_t(end) : NULL;
+    if (high == NULL) {
+        Py_XDECREF(low);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyObject *kind_name = Py_NewRef(kind_names[kind]);
+#if PY_VERSION_HEX < 0x030E0000
+    /* as tuple.__new__(Finding, ...) does (tuple_subtype_new): allocate, fill */
+    PyObject *finding = ((PyTypeObject *)finding_type)->tp_alloc((PyTypeObject *)finding_type, 4);
+    if (finding == NULL) {
+        Py_DECREF(kind_name);
+        Py_DECREF(low);
+        Py_DECREF(high);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(finding, 0, kind_name);
+    PyTuple_SET_ITEM(finding, 1, low);
+    PyTuple_SET_ITEM(finding, 2, high);
+    PyTuple_SET_ITEM(finding, 3, value);
+    /* Strings and ints only: it can be in no cycle, so the collector need not follow it (it
+     * untracks such tuples itself, once it has visited them: tens of thousands here). */
+    PyObject_GC_UnTrack(finding);
+    return finding;
+#else
+    PyObject *items = PyTuple_Pack(4, kind_name, low, high, value);
+    Py_DECREF(kind_name);
+    Py_DECREF(low);
+    Py_DECREF(high);
+    Py_DECREF(value);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *finding = PyTuple_Type.tp_new((PyTypeObject *)finding_type, args, NULL);
+    Py_DECREF(args);
+    return finding;
+#endif
+}
+
+PyDoc_STRVAR(configure_doc, "configure(finding_type, kinds)\n--\n\n"
+                            "The named tuple type of a finding and the kind names, in precedence order.");
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *type, *kinds;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!:configure", &PyType_Type, &type, &PyTuple_Type, &kinds)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) || PyTuple_GET_SIZE(kinds) != K_COUNT) {
+        PyErr_SetString(PyExc_ValueError, "configure needs a tuple type and the six kinds");
+        return NULL;
+    }
+    for (int k = 0; k < K_COUNT; k++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kinds, k))) {
+            PyErr_SetString(PyExc_TypeError, "kinds must be strings");
+            return NULL;
+        }
+    }
+    Py_XSETREF(finding_type, Py_NewRef(type));
+    for (int k = 0; k < K_COUNT; k++) {
+        Py_XSETREF(kind_names[k], Py_NewRef(PyTuple_GET_ITEM(kinds, k)));
+    }
+    Py_RETURN_NONE;
+}
+
+/* Scans text (ASCII) for kinds: sc->hits in order. -1 with an exception set. */
+static int scan(Scan *sc, PyObject *text, unsigned int kinds) {
+    if (finding_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return -1;
+    }
+    if (!PyUnicode_IS_ASCII(text)) {
+        PyErr_SetString(PyExc_ValueError, "the native scan takes ASCII text only");
+        return -1;
+    }
+    sc->s = (const unsigned char *)PyUnicode_DATA(text);
+    sc->n = PyUnicode_GET_LENGTH(text);
+    if (sc->n == 0 || kinds == 0) {
+        return 0;
+    }
+    sc->taken = PyMem_Calloc((size_t)sc->n, 1);
+    if (sc->taken == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int failed = 0;
+    if (kinds & (1u << K_SECRET)) {
+        failed = collect_anchors(sc) || private_keys(sc) || tokens(sc) || bearers(sc) || assignments(sc);
+    }
+    if (!failed && (kinds & (1u << K_EMAIL))) {
+        failed = emails(sc);
+    }
+    if (!failed && (kinds & ((1u << K_CARD) | (1u << K_IP) | (1u << K_PHONE)))) {
+        failed = collect_clusters(sc);
+    }
+    if (!failed && (kinds & (1u << K_CARD))) {
+        failed = cards(sc);
+    }
+    if (!failed && (kinds & (1u << K_IBAN))) {
+        failed = ibans(sc);
+    }
+    if (!failed && (kinds & (1u << K_IP))) {
+        failed = ipv4s(sc) || ipv6s(sc);
+    }
+    if (!failed && (kinds & (1u << K_PHONE))) {
+        failed = phones(sc);
+    }
+    if (failed) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 1; k < sc->count; k++) {
+        if (sc->hits[k].start < sc->hits[k - 1].start) {
+            qsort(sc->hits, (size_t)sc->count, sizeof(Hit), by_start);
+            break;
+        }
+    }
+    return 0;
+}
+
+static void scan_free(Scan *sc) {
+    PyMem_Free(sc->taken);
+    PyMem_Free(sc->anchors);
+    PyMem_Free(sc->clusters);
+    PyMem_Free(sc->hits);
+}
+
+/* The findings of hits[low:high] as a list, their bounds shifted by offset. */
+static PyObject *findings(PyObject *text, const Hit *hits, Py_ssize_t low, Py_ssize_t high, Py_ssize_t offset) {
+    PyObject *result = PyList_New(high - low);
+    if (result == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = low; k < high; k++) {
+        const Hit *hit = &hits[k];
+        PyObject *value = PyUnicode_Substring(text, hit->start, hit->end);
+        PyObject *finding = value ? new_finding(hit->kind, hit->start + offset, hit->end + offset, value) : NULL;
+        if (finding == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, k - low, finding);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(find_doc, "find(text, kinds, offset)\n--\n\n"
+                       "Detector.find of an ASCII text: kinds is a mask (bit i: KINDS[i]); offset is\n"
+                       "added to the bounds. The findings in order, as named tuples.");
+
+static PyObject *find(PyObject *module, PyObject *args) {
+    PyObject *text;
+    unsigned int kinds;
+    Py_ssize_t offset;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UIn:find", &text, &kinds, &offset)) {
+        return NULL;
+    }
+    Scan sc = {0};
+    PyObject *result = scan(&sc, text, kinds) < 0 ? NULL : findings(text, sc.hits, 0, sc.count, offset);
+    scan_free(&sc);
+    return result;
+}
+
+PyDoc_STRVAR(find_split_doc, "find_split(text, kinds, sizes)\n--\n\n"
+                             "The findings of texts of these sizes joined by one character each (an\n"
+                             "ASCII text), per text, their bounds in that text; None when one reaches\n"
+                             "past the end of its text.");
+
+static PyObject *find_split(PyObject *module, PyObject *args) {
+    PyObject *text, *sizes;
+    unsigned int kinds;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UIO!:find_split", &text, &kinds, &PyList_Type, &sizes)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(sizes);
+    Scan sc = {0};
+    PyObject *result = NULL;
+    if (scan(&sc, text, kinds) < 0) {
+        goto done;
+    }
+    result = PyList_New(count);
+    if (result == NULL) {
+        goto done;
+    }
+    Py_ssize_t offset = 0, k = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, index));
+        if (size < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "sizes must not be negative");
+            }
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_ssize_t bound = offset + size, low = k; /* this text: [offset, bound] */
+        while (k < sc.count && sc.hits[k].start <= bound) {
+            if (sc.hits[k].end > bound) { /* across a separator: the caller scans text by text */
+                Py_CLEAR(result);
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            k++;
+        }
+        PyObject *found = findings(text, sc.hits, low, k, -offset);
+        if (found == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, index, found);
+        offset = bound + 1;
+    }
+done:
+    scan_free(&sc);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, configure_doc},
+    {"find", find, METH_VARARGS, find_doc},
+    {"find_split", find_split, METH_VARARGS, find_split_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_scan", "The native scan of ringd.plugins._detect (ASCII texts).", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    for (int c = 0; c < 256; c++) {
+        uint8_t bits = 0;
+        if (c >= '0' && c <= '9') {
+            bits |= C_DIGIT | C_HEX | C_LOCAL;
+        }
+        if (c >= 'A' && c <= 'Z') {
+            bits |= C_UPPER | C_LOCAL | (c <= 'F' ? C_HEX : 0);
+        }
+        if (c >= 'a' && c <= 'z') {
+            bits |= C_LOWER | C_LOCAL | (c <= 'f' ? C_HEX : 0);
+        }
+        if (c == '_') {
+            bits |= C_UNDER | C_LOCAL;
+        }
+        if (c == '-') {
+            bits |= C_DASH | C_LOCAL;
+        }
+        if (c == '.' || c == '%' || c == '+') {
+            bits |= C_LOCAL;
+        }
+        if (c == ' ' || (c >= '\t' && c <= '\r')) {
+            bits |= C_SPACE;
+        }
+        CLS[c] = bits;
+    }
+    anchor_pairs_init();
+    for (int c = 0; c < 256; c++) {
+        IPV6_RUN[c] = (uint8_t)(c == ':' ? 2 : (CLS[c] & C_HEX) ? 1 : (CLS[c] & C_WORD) ? 4 : 0);
+    }
+    for (int c = 0; c < 256; c++) {
+        CLUSTER_CLASS[c] = c >= '0' && c <= '9' ? 1 : strchr(" .-()+", c) != NULL && c != 0 ? 2 : 0;
+    }
+    return PyModule_Create(&module_def);
+}
