@@ -358,7 +358,9 @@ _CLASS_MAP = str.maketrans(
 )
 _SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
 _IBAN_START = re.compile("3311")
-_IPV6_HINT = re.compile("4[013]{0,4}4")
+# Each colon with another within 5 characters (a look-ahead: the next colon is a hint too,
+# or an address starting just after a window's match could lose the hint at its first colon).
+_IPV6_HINT = re.compile("4(?=[013]{0,4}4)")
 _IPV6_WINDOW = 256
 _IPV6_DENSE_HINT_CHARS = 16  # a hint every fewer characters than this: one scan of the text
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
