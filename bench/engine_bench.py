@@ -305,6 +305,19 @@ def adversarial_corpora(size: int) -> dict[str, str]:
         "long local parts": fill(lambda: "a" * 500 + "@"),
     }
     corpora["mix"] = fill(lambda: rnd.choice(list(corpora.values()))[: rnd.randint(50, 400)] + " ")
+    # Non-ASCII: internationalised addresses (Unicode classes), and the mix with one "é"
+    # (an attacker's way back to a slow path, were non-ASCII text scanned otherwise).
+    corpora["emails, IDN"] = fill(
+        lambda: (
+            rnd.choice(["jürgen", "ユーザー", "δοκιμή", "user"])
+            + f"{rnd.randint(0, 99999)}@"
+            + rnd.choice(["müller", "例え", "παράδειγμα", "mail"])
+            + f"{rnd.randint(0, 99)}."
+            + rnd.choice(["de", "jp", "δοκιμή", "com"])
+            + " "
+        )
+    )
+    corpora["mix + é"] = "é" + corpora["mix"][1:]
     return corpora
 
 
