@@ -532,10 +532,9 @@ static int assignments(Scan *sc) {
  * plain copy has "?" for a non-ASCII character, what sre's Unicode classes make of it
  * (\w: Py_UNICODE_ISALNUM or "_"; \d: Py_UNICODE_ISDECIMAL): C_DIGIT for a decimal,
  * C_LOWER for any other alphanumeric ([^\W\d_], a letter here), both with C_LOCAL. */
-static uint8_t email_class(const Scan *sc, Py_ssize_t i) {
-    unsigned char c = sc->s[i];
-    if (c != '?' || sc->udata == NULL) {
-        return CLS[c];
+static uint8_t email_class_wide(const Scan *sc, Py_ssize_t i) {
+    if (sc->udata == NULL) {
+        return CLS['?'];
     }
     Py_UCS4 ch = PyUnicode_READ(sc->ukind, sc->udata, i);
     if (ch < 128) {
@@ -547,10 +546,15 @@ static uint8_t email_class(const Scan *sc, Py_ssize_t i) {
     return Py_UNICODE_ISALNUM(ch) ? C_LOWER | C_LOCAL : 0;
 }
 
-/* Whether character i is in the e-mail class mask (past the end: no). */
-#define EIS(i, mask) ((i) < n && (email_class(sc, (i)) & (mask)) != 0)
+/* Whether character i (< n) is in the e-mail class mask: a table lookup, then, where that
+ * says no, a look at the original if the plain copy has "?" there (a non-ASCII character). */
+#define EIS_IN(i, mask) \
+    ((CLS[s[i]] & (mask)) != 0 || (s[i] == '?' && (email_class_wide(sc, (i)) & (mask)) != 0))
+/* The same for any i (past the end: no). */
+#define EIS(i, mask) ((i) < n && EIS_IN((i), (mask)))
 
 static Py_ssize_t email_run_end(const Scan *sc, Py_ssize_t p, uint8_t mask) {
+    const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
     while (EIS(p, mask)) {
         p++;
@@ -560,12 +564,14 @@ static Py_ssize_t email_run_end(const Scan *sc, Py_ssize_t p, uint8_t mask) {
 
 /* [^\W\d_]{2,}\b at t (a TLD after its dot): the end of the letters, or -1. */
 static Py_ssize_t tld_end(const Scan *sc, Py_ssize_t t) {
+    const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
     Py_ssize_t r = email_run_end(sc, t, C_UPPER | C_LOWER);
     return r - t >= 2 && !EIS(r, C_WORD) ? r : -1;
 }
 
 static int label_ok(const Scan *sc, Py_ssize_t start, Py_ssize_t end) {
+    const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
     return end > start && EIS(start, C_ALNUM) && EIS(end - 1, C_ALNUM);
 }
@@ -614,11 +620,11 @@ static int emails(Scan *sc) {
             }
             at = (Py_ssize_t)(hit - s);
         }
-        if (at == 0 || !EIS(at - 1, C_LOCAL) || !EIS(at + 1, C_ALNUM)) {
+        if (at == 0 || !EIS_IN(at - 1, C_LOCAL) || !EIS(at + 1, C_ALNUM)) {
             continue;
         }
         Py_ssize_t k = 0;
-        while (k < 65 && at - 1 - k >= 0 && EIS(at - 1 - k, C_LOCAL)) {
+        while (k < 65 && at - 1 - k >= 0 && EIS_IN(at - 1 - k, C_LOCAL)) {
             k++;
         }
         if (k > 64) {
