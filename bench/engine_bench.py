@@ -305,6 +305,21 @@ def adversarial_corpora(size: int) -> dict[str, str]:
         "long local parts": fill(lambda: "a" * 500 + "@"),
     }
     corpora["mix"] = fill(lambda: rnd.choice(list(corpora.values()))[: rnd.randint(50, 400)] + " ")
+    # Non-ASCII: internationalised addresses (Unicode classes), and the mix with an "é" in
+    # every window the scanners cut (the way back to a slow path, were non-ASCII text
+    # scanned otherwise: the native scan takes any text).
+    corpora["emails, IDN"] = fill(
+        lambda: (
+            rnd.choice(["jürgen", "ユーザー", "δοκιμή", "user"])
+            + f"{rnd.randint(0, 99999)}@"
+            + rnd.choice(["müller", "例え", "παράδειγμα", "mail"])
+            + f"{rnd.randint(0, 99)}."
+            + rnd.choice(["de", "jp", "δοκιμή", "com"])
+            + " "
+        )
+    )
+    mix = corpora["mix"]
+    corpora["mix + é"] = "".join(mix[i : i + 999] + "é" for i in range(0, size, 1000))[:size]
     return corpora
 
 

@@ -358,7 +358,9 @@ _CLASS_MAP = str.maketrans(
 )
 _SEPARATOR = "\x00"  # joins texts in find_all; no pattern matches across it
 _IBAN_START = re.compile("3311")
-_IPV6_HINT = re.compile("4[013]{0,4}4")
+# Each colon with another within 5 characters (a look-ahead: the next colon is a hint too,
+# or an address starting just after a window's match could lose the hint at its first colon).
+_IPV6_HINT = re.compile("4(?=[013]{0,4}4)")
 _IPV6_WINDOW = 256
 _IPV6_DENSE_HINT_CHARS = 16  # a hint every fewer characters than this: one scan of the text
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -460,9 +462,9 @@ class Detector:
         """The findings in ``text``, ordered by position, never overlapping.
 
         ``offset`` is added to their bounds (``text`` is a window of a longer text).
-        An ASCII text is scanned by the native scanner where it is built (:data:`NATIVE`).
+        The native scanner scans it where it is built (:data:`NATIVE`).
         """
-        if NATIVE is not None and text.isascii():
+        if NATIVE is not None:
             return NATIVE.find(text, self._mask, offset)
         return self.find_python(text, offset)
 
@@ -521,7 +523,7 @@ class Detector:
         if len(texts) < 2:
             return [self.find(text) for text in texts]
         joined = _SEPARATOR.join(texts)
-        if NATIVE is not None and joined.isascii():
+        if NATIVE is not None:
             split = NATIVE.find_split(joined, self._mask, list(map(len, texts)))  # as below, in C
             return split if split is not None else [self.find(text) for text in texts]
         found = self.find(joined)
@@ -1016,4 +1018,4 @@ def _native_scanner() -> _NativeScan | None:
 
 
 NATIVE: _NativeScan | None = _native_scanner()
-"""The native scanner :meth:`Detector.find` uses on ASCII texts, or None (the Python one)."""
+"""The native scanner :meth:`Detector.find` uses, or None (the Python one)."""

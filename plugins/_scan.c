@@ -1,4 +1,4 @@
-/* ringd.plugins._scan: the scan of ringd.plugins._detect.Detector.find, for ASCII texts.
+/* ringd.plugins._scan: the scan of ringd.plugins._detect.Detector.find.
  *
  * A port of the Python scanner in _detect.py (the reference, and the fallback where this
  * module is not built): each detector is a hand-written byte scanner giving exactly the
@@ -25,7 +25,8 @@
 /* Kinds, in precedence order (their index is the bit of the kind mask). */
 enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
 
-/* Character classes (ASCII; a byte >= 128 never occurs: only ASCII texts come here). */
+/* Character classes (ASCII; a byte >= 128 never occurs: a non-ASCII text is scanned as its
+ * plain copy, each non-ASCII character "?"; the e-mail scan alone looks at the original). */
 enum {
     C_DIGIT = 1,
     C_UPPER = 2,
@@ -57,6 +58,11 @@ typedef struct {
     Py_ssize_t anchor_lo[19], anchor_hi[19];
     Hit *hits;
     Py_ssize_t count, cap;
+    /* A text with non-ASCII characters: s is its plain copy (each one "?", owned here),
+     * ukind/udata the original's, which the e-mail classes read (0/NULL: an ASCII text). */
+    unsigned char *plain;
+    int ukind;
+    const void *udata;
 } Scan;
 
 /* The run of a class from p to its end; candidates sharing a run measure it once. */
@@ -522,17 +528,52 @@ static int assignments(Scan *sc) {
 
 /* --------------------------------------------------------------------------- e-mail */
 
-/* [^\W\d_]{2,}\b at t (a TLD after its dot): the end of the letters, or -1. */
-static Py_ssize_t tld_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t t) {
-    Py_ssize_t r = t;
-    while (r < n && IS(s[r], C_UPPER | C_LOWER)) {
-        r++;
+/* The class of character i (< n) for the e-mail patterns, which are Unicode ones: where the
+ * plain copy has "?" for a non-ASCII character, what sre's Unicode classes make of it
+ * (\w: Py_UNICODE_ISALNUM or "_"; \d: Py_UNICODE_ISDECIMAL): C_DIGIT for a decimal,
+ * C_LOWER for any other alphanumeric ([^\W\d_], a letter here), both with C_LOCAL. */
+static uint8_t email_class_wide(const Scan *sc, Py_ssize_t i) {
+    if (sc->udata == NULL) {
+        return CLS['?'];
     }
-    return r - t >= 2 && !IS(AT(r), C_WORD) ? r : -1;
+    Py_UCS4 ch = PyUnicode_READ(sc->ukind, sc->udata, i);
+    if (ch < 128) {
+        return CLS[ch];
+    }
+    if (Py_UNICODE_ISDECIMAL(ch)) {
+        return C_DIGIT | C_LOCAL;
+    }
+    return Py_UNICODE_ISALNUM(ch) ? C_LOWER | C_LOCAL : 0;
 }
 
-static int label_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
-    return end > start && IS(s[start], C_ALNUM) && IS(s[end - 1], C_ALNUM);
+/* Whether character i (< n) is in the e-mail class mask: a table lookup, then, where that
+ * says no, a look at the original if the plain copy has "?" there (a non-ASCII character). */
+#define EIS_IN(i, mask) \
+    ((CLS[s[i]] & (mask)) != 0 || (s[i] == '?' && (email_class_wide(sc, (i)) & (mask)) != 0))
+/* The same for any i (past the end: no). */
+#define EIS(i, mask) ((i) < n && EIS_IN((i), (mask)))
+
+static Py_ssize_t email_run_end(const Scan *sc, Py_ssize_t p, uint8_t mask) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    while (EIS(p, mask)) {
+        p++;
+    }
+    return p;
+}
+
+/* [^\W\d_]{2,}\b at t (a TLD after its dot): the end of the letters, or -1. */
+static Py_ssize_t tld_end(const Scan *sc, Py_ssize_t t) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t r = email_run_end(sc, t, C_UPPER | C_LOWER);
+    return r - t >= 2 && !EIS(r, C_WORD) ? r : -1;
+}
+
+static int label_ok(const Scan *sc, Py_ssize_t start, Py_ssize_t end) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    return end > start && EIS(start, C_ALNUM) && EIS(end - 1, C_ALNUM);
 }
 
 /* The domain pattern at p: label(\.label)*\.tld\b, a label [^\W_]([\w-]*[^\W_])?.
@@ -540,20 +581,22 @@ static int label_ok(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
  * dots. The regex takes as many labels as follow one another (the first must be one),
  * then gives them back one by one until a TLD follows: the match ends at the last
  * segment, among those up to one past the last label, that starts with a TLD. */
-static Py_ssize_t email_domain(const unsigned char *s, Py_ssize_t n, Py_ssize_t p) {
-    Py_ssize_t e = run_end(s, n, p, C_WORD | C_DASH, NULL);
-    if (!label_ok(s, p, e)) {
+static Py_ssize_t email_domain(const Scan *sc, Py_ssize_t p) {
+    const unsigned char *s = sc->s;
+    Py_ssize_t n = sc->n;
+    Py_ssize_t e = email_run_end(sc, p, C_WORD | C_DASH);
+    if (!label_ok(sc, p, e)) {
         return -1;
     }
     Py_ssize_t found = -1;
     while (AT(e) == '.') {
         Py_ssize_t t = e + 1;
-        Py_ssize_t tld = tld_end(s, n, t);
+        Py_ssize_t tld = tld_end(sc, t);
         if (tld >= 0) {
             found = tld;
         }
-        Py_ssize_t next = run_end(s, n, t, C_WORD | C_DASH, NULL);
-        if (!label_ok(s, t, next)) {
+        Py_ssize_t next = email_run_end(sc, t, C_WORD | C_DASH);
+        if (!label_ok(sc, t, next)) {
             break;
         }
         e = next;
@@ -577,17 +620,17 @@ static int emails(Scan *sc) {
             }
             at = (Py_ssize_t)(hit - s);
         }
-        if (at == 0 || !IS(s[at - 1], C_LOCAL) || !IS(AT(at + 1), C_ALNUM)) {
+        if (at == 0 || !EIS_IN(at - 1, C_LOCAL) || !EIS(at + 1, C_ALNUM)) {
             continue;
         }
         Py_ssize_t k = 0;
-        while (k < 65 && at - 1 - k >= 0 && IS(s[at - 1 - k], C_LOCAL)) {
+        while (k < 65 && at - 1 - k >= 0 && EIS_IN(at - 1 - k, C_LOCAL)) {
             k++;
         }
         if (k > 64) {
             continue;
         }
-        Py_ssize_t end = email_domain(s, n, at + 1);
+        Py_ssize_t end = email_domain(sc, at + 1);
         if (end < 0) {
             continue;
         }
@@ -1289,20 +1332,55 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Scans text (ASCII) for kinds: sc->hits in order. -1 with an exception set. */
+/* The plain copy of a non-ASCII text (as find_python's plain: each non-ASCII character
+ * "?", so that a character is a byte and offsets are code point indices); the e-mail
+ * scan reads the original where the copy has "?". -1 on no memory. */
+static int plain_copy(Scan *sc, PyObject *text) {
+    Py_ssize_t n = sc->n;
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    unsigned char *plain = PyMem_Malloc((size_t)n);
+    if (plain == NULL) {
+        return -1;
+    }
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *u = data;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            plain[i] = u[i] < 128 ? u[i] : '?';
+        }
+    } else if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *u = data;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            plain[i] = u[i] < 128 ? (unsigned char)u[i] : '?';
+        }
+    } else {
+        const Py_UCS4 *u = data;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            plain[i] = u[i] < 128 ? (unsigned char)u[i] : '?';
+        }
+    }
+    sc->plain = plain;
+    sc->s = plain;
+    sc->ukind = kind;
+    sc->udata = data;
+    return 0;
+}
+
+/* Scans text for kinds: sc->hits in order. -1 with an exception set. */
 static int scan(Scan *sc, PyObject *text, unsigned int kinds) {
     if (finding_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return -1;
     }
-    if (!PyUnicode_IS_ASCII(text)) {
-        PyErr_SetString(PyExc_ValueError, "the native scan takes ASCII text only");
-        return -1;
-    }
-    sc->s = (const unsigned char *)PyUnicode_DATA(text);
     sc->n = PyUnicode_GET_LENGTH(text);
     if (sc->n == 0 || kinds == 0) {
         return 0;
+    }
+    if (PyUnicode_IS_ASCII(text)) {
+        sc->s = (const unsigned char *)PyUnicode_DATA(text);
+    } else if (plain_copy(sc, text) < 0) {
+        PyErr_NoMemory();
+        return -1;
     }
     sc->taken = PyMem_Calloc((size_t)sc->n, 1);
     if (sc->taken == NULL) {
@@ -1345,6 +1423,7 @@ static int scan(Scan *sc, PyObject *text, unsigned int kinds) {
 }
 
 static void scan_free(Scan *sc) {
+    PyMem_Free(sc->plain);
     PyMem_Free(sc->taken);
     PyMem_Free(sc->anchors);
     PyMem_Free(sc->clusters);
@@ -1371,7 +1450,7 @@ static PyObject *findings(PyObject *text, const Hit *hits, Py_ssize_t low, Py_ss
 }
 
 PyDoc_STRVAR(find_doc, "find(text, kinds, offset)\n--\n\n"
-                       "Detector.find of an ASCII text: kinds is a mask (bit i: KINDS[i]); offset is\n"
+                       "Detector.find of a text: kinds is a mask (bit i: KINDS[i]); offset is\n"
                        "added to the bounds. The findings in order, as named tuples.");
 
 static PyObject *find(PyObject *module, PyObject *args) {
@@ -1389,8 +1468,8 @@ static PyObject *find(PyObject *module, PyObject *args) {
 }
 
 PyDoc_STRVAR(find_split_doc, "find_split(text, kinds, sizes)\n--\n\n"
-                             "The findings of texts of these sizes joined by one character each (an\n"
-                             "ASCII text), per text, their bounds in that text; None when one reaches\n"
+                             "The findings of texts of these sizes joined by one character each, per\n"
+                             "text, their bounds in that text; None when one reaches\n"
                              "past the end of its text.");
 
 static PyObject *find_split(PyObject *module, PyObject *args) {
@@ -1450,7 +1529,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_scan", "The native scan of ringd.plugins._detect (ASCII texts).", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_scan", "The native scan of ringd.plugins._detect ", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__scan(void) {

@@ -1,4 +1,4 @@
-"""The native scan of :mod:`ringd.plugins._detect` (plugins/_scan.c), for ASCII texts."""
+"""The native scan of :mod:`ringd.plugins._detect` (plugins/_scan.c)."""
 
 from ringd.plugins._detect import Finding
 
@@ -6,7 +6,7 @@ def configure(finding_type: type[Finding], kinds: tuple[str, ...], /) -> None:
     """The named tuple type of a finding and the kind names, in precedence order."""
 
 def find(text: str, kinds: int, offset: int, /) -> list[Finding]:
-    """``Detector.find`` of an ASCII ``text``: ``kinds`` a mask (bit i: ``KINDS[i]``)."""
+    """``Detector.find`` of ``text``: ``kinds`` a mask (bit i: ``KINDS[i]``)."""
 
 def find_split(text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]] | None:
     """:meth:`find` of texts of ``sizes`` joined by one character each, per text (their own

@@ -301,6 +301,7 @@ def colon_text(draw: st.DrawFn) -> str:
 @given(colon_text(), st.integers(0, 40))
 @example("a:g: " + " " * 240 + "2001:db8:85a3:0:0:8a2e:370:7334 end", 0)  # straddles the first window's end
 @example(":: ::abcd", 0)  # a later hint's window must not find the earlier "::" again
+@example("7:0:589:::b?41:ccc:3fc::2:e:3:13", 0)  # the first colon ends the hint before it
 def test_ipv6_found_by_windows_or_one_scan_equal_one_whole_scan(text: str, padding: int) -> None:
     # Around sparse colon hints the IPv6 pattern runs in windows (an address cut by a
     # window's end is searched again with room for it); with hints every few characters,

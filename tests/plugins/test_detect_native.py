@@ -1,10 +1,12 @@
-"""The native scan (plugins/_scan.c) finds exactly what the Python scanner finds, on ASCII text.
+"""The native scan (plugins/_scan.c) finds exactly what the Python scanner finds.
 
-``Detector.find`` hands an ASCII text to the C extension ``ringd.plugins._scan`` when it
-is built; ``Detector.find_python`` is the Python scanner it ports, the reference. Both
+``Detector.find`` hands a text to the C extension ``ringd.plugins._scan`` when it is
+built; ``Detector.find_python`` is the Python scanner it ports, the reference. Both
 are run on generated texts made of what the detectors look for (token anchors, digit
-groups, colons, "@", PEM lines, NUL separators...) with random sets of kinds, and on the
-benchmark's adversarial corpora: the same findings (kinds, bounds, values, order).
+groups, colons, "@", PEM lines, NUL separators, and non-ASCII letters, digits, marks and
+IDN addresses, whose e-mail classes are Unicode ones) with random sets of kinds, and on the
+benchmark's adversarial corpora (also with non-ASCII characters in them): the same
+findings (kinds, bounds, values, order).
 
 ``RINGD_NATIVE_EXAMPLES`` raises the number of generated texts for a long run by hand.
 """
@@ -47,6 +49,15 @@ PIECES = [
     "+1 (555) 123-4567", "+44 20 7946 0958", "555.123.4567", "(555)", "+1", "2024-01-31", "12/31/2024",
     "1 000 000", "3.14159265",
 ]  # fmt: skip
+# Non-ASCII: letters (Ll, Lu, Lo, Lm), decimals (Nd), other digits and numerals (No, Nl),
+# combining marks (Mn, Mc), symbols, emoji, a zero-width joiner, spaces, a lone surrogate.
+UNICODE = "éüßÄЖжΩλ中文字ーユªºˆ٣３५०²Ⅻ½\u0301\u093e\u0903€😀\u200d\u00a0\u2009\u3000\ud800"
+UNICODE_PIECES = [
+    "jürgen@müller.de", "ユーザー@例え.jp", "user@xn--mller-kva.de", "δοκιμή@παράδειγμα.δοκιμή", "a@b.٣٣",
+    "a@b.c²d", "x@y.Ⅻx", "é@", "@é", "a\u0301@b\u0301.de", "५@५.in", "a@ex.comé", "a@ex.com٣", "ª@º.ªº",
+    "\u200d@a.co", "😀@a.co", "a@😀.co", "é4111 1111 1111 1111", "DE89é", "é192.168.1.1", "fe80::1é",
+    "sk-" + "é" * 20, "password=é123456789", "+1 (555) 123-4567é", "-----BEGIN PRIVATE KEY-----\né",
+]  # fmt: skip
 ALPHABET = "0123456789 .-()+:/@_=\"',;\t\nabcdefxyzABCDEFKQSXZ~%\x00"
 RUNS = "aQ09f:. -_=eyJ1"
 
@@ -63,6 +74,13 @@ piece = st.one_of(
     st.text("0123456789abcdefABCDEF:", min_size=1, max_size=20),
 )
 texts = st.lists(piece, max_size=30).map("".join)
+unicode_piece = st.one_of(
+    piece,
+    st.sampled_from(UNICODE_PIECES),
+    st.text(UNICODE, min_size=1, max_size=4),
+    st.text(UNICODE + "@._-%+abZ09", max_size=10),
+)
+unicode_texts = st.lists(unicode_piece, max_size=30).map("".join)
 kind_sets = st.one_of(st.just(KINDS), st.sets(st.sampled_from(KINDS), min_size=1).map(tuple))
 
 
@@ -86,9 +104,31 @@ def test_the_native_scan_is_built() -> None:
 @example("DE89 3704 0044 0532 0130 00 GB82 WEST 1234 5698 7654 32 ABC", KINDS, 0)
 @example("1:2:3:4:5:6:7:8 ::1:2:3:4:5:6:7 1::2:3:4:5:6:7 a::b::c :a::b a::b: ::: ::", KINDS, 0)
 @example("-----BEGIN RSA PRIVATE KEY-----\nMIIE\x00-----END RSA PRIVATE KEY-----", KINDS, 0)
+# after a refused match, an address whose first colon the previous colon hint ended at
+@example(" " * 400 + "7:0:589:::b?41:ccc:3fc::2:e:3:13" + " " * 400, ("ip_address",), 0)
 def test_native_finds_what_python_finds(text: str, kinds: tuple[str, ...], offset: int) -> None:
     detector = Detector(kinds)
     _assert_same(detector.find(text, offset), detector.find_python(text, offset))
+
+
+@SETTINGS
+@given(unicode_texts, kind_sets, st.integers(0, 5000))
+@example("Grüße an jürgen@müller.de, ユーザー@例え.jp, ٣@b.c²d, x@y.Ⅻ", KINDS, 0)
+@example("a@b.co\u0301 a@b.\u0301co a@é.٣ é@é.éé", ("email",), 3)
+def test_native_finds_what_python_finds_in_non_ascii_text(
+    text: str, kinds: tuple[str, ...], offset: int
+) -> None:
+    detector = Detector(kinds)
+    _assert_same(detector.find(text, offset), detector.find_python(text, offset))
+
+
+@pytest.mark.parametrize("char", list("\u00e9\u00aa\u0663\uff13\u00b2\u216b\u0301\u200d"))
+def test_the_email_classes_are_sres_unicode_ones(char: str) -> None:
+    # A letter, a Lo letter, decimals, a superscript (No), a numeral (Nl), a mark, a joiner:
+    # in a local part, a domain label and a TLD, as \w, [^\W_] and [^\W\d_] read them.
+    text = f"{char}@{char}x.de x{char}@a{char}.{char}{char} a@b.c{char} {char}.a@x.y{char}z"
+    detector = Detector(["email"])
+    _assert_same(detector.find(text), detector.find_python(text))
 
 
 @settings(max_examples=max(50, EXAMPLES // 4), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -113,16 +153,24 @@ def _corpora() -> dict[str, str]:
     return corpora
 
 
-def test_native_finds_what_python_finds_on_the_adversarial_corpora() -> None:
+@pytest.mark.parametrize("variant", ["ascii", "one é first", "non-ascii every 100th"])
+def test_native_finds_what_python_finds_on_the_adversarial_corpora(variant: str) -> None:
     detector = Detector()
-    for name, text in _corpora().items():
+    for name, corpus in _corpora().items():
+        text = corpus
+        if variant == "one é first":
+            text = "é" + corpus
+        elif variant == "non-ascii every 100th":
+            text = "".join(
+                corpus[i : i + 99] + "éü٣ß中ª²😀"[(i // 100) % 8] for i in range(0, len(corpus), 100)
+            )
         native = detector.find(text)
         assert native == detector.find_python(text), name
         assert all(type(finding) is Finding for finding in native)
 
 
 @settings(max_examples=max(20, EXAMPLES // 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(texts, min_size=1, max_size=6), kind_sets, st.integers(1, 400))
+@given(st.lists(st.one_of(texts, unicode_texts), min_size=1, max_size=6), kind_sets, st.integers(1, 400))
 def test_find_all_and_windowed_scans_agree_with_python(
     many: list[str], kinds: tuple[str, ...], chunk: int
 ) -> None:
@@ -142,7 +190,10 @@ def test_find_all_and_windowed_scans_agree_with_python(
     assert native_windows == python_windows
 
 
-def test_non_ascii_text_keeps_the_python_scanner() -> None:
-    # Internationalised addresses need Python's Unicode \w: such a text is not scanned natively.
+def test_non_ascii_text_is_scanned_with_unicode_emails() -> None:
+    # Internationalised addresses need Python's Unicode \w: the native scan reads them so too.
+    assert _detect.NATIVE is not None
     text = "Grüße an jürgen@müller.de, call +1 (555) 123-4567"
     assert [f.value for f in Detector().find(text)] == ["jürgen@müller.de", "+1 (555) 123-4567"]
+    native = _detect.NATIVE.find(text, 0b111111, 0)
+    assert [f.value for f in native] == ["jürgen@müller.de", "+1 (555) 123-4567"]
