@@ -540,10 +540,19 @@ static uint8_t email_class_wide(const Scan *sc, Py_ssize_t i) {
     if (ch < 128) {
         return CLS[ch];
     }
-    if (Py_UNICODE_ISDECIMAL(ch)) {
-        return C_DIGIT | C_LOCAL;
+    /* CPython's predicates cost four table look-ups a character; a text repeats its
+     * non-ASCII characters, so the answers are kept in a small direct-mapped cache (the
+     * GIL is held: one scan at a time; a slot's key is 0 until filled, and 0 is ASCII). */
+    static Py_UCS4 cached_char[1024];
+    static uint8_t cached_class[1024];
+    unsigned slot = (unsigned)ch & 1023u;
+    if (cached_char[slot] == ch) {
+        return cached_class[slot];
     }
-    return Py_UNICODE_ISALNUM(ch) ? C_LOWER | C_LOCAL : 0;
+    uint8_t cls = Py_UNICODE_ISDECIMAL(ch) ? C_DIGIT | C_LOCAL : Py_UNICODE_ISALNUM(ch) ? C_LOWER | C_LOCAL : 0;
+    cached_char[slot] = ch;
+    cached_class[slot] = cls;
+    return cls;
 }
 
 /* Whether character i (< n) is in the e-mail class mask: a table lookup, then, where that
