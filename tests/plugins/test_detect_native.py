@@ -106,6 +106,9 @@ def test_the_native_scan_is_built() -> None:
 @example("-----BEGIN RSA PRIVATE KEY-----\nMIIE\x00-----END RSA PRIVATE KEY-----", KINDS, 0)
 # after a refused match, an address whose first colon the previous colon hint ended at
 @example(" " * 400 + "7:0:589:::b?41:ccc:3fc::2:e:3:13" + " " * 400, ("ip_address",), 0)
+# an IPv6 candidate rejected ("1:::") whose end falls inside the next colon pair's hint
+@example("6.1.1.1:::'b::%\x0cpwd:'DE89(-----E", ("ip_address",), 0)
+@example("gh5558882;8888::ffff:\x7fA::b.co.uk", KINDS, 0)
 def test_native_finds_what_python_finds(text: str, kinds: tuple[str, ...], offset: int) -> None:
     detector = Detector(kinds)
     _assert_same(detector.find(text, offset), detector.find_python(text, offset))
@@ -188,6 +191,16 @@ def test_find_all_and_windowed_scans_agree_with_python(
         _detect.NATIVE = saved
     assert native_all == python_all
     assert native_windows == python_windows
+
+
+def test_an_ipv6_address_after_a_rejected_candidate_is_found_by_both_scanners() -> None:
+    # The Python scanner searches windows at "hints" (two colons close together); a hint
+    # that took the colon of the next pair hid "b::" once the rejected "1:::" was matched.
+    detector = Detector(("ip_address",))
+    text = "6.1.1.1:::'b::% and 8888::ffff:\x7fA::b"
+    expected = ["6.1.1.1", "b::", "A::b"]
+    assert [finding.value for finding in detector.find_python(text)] == expected
+    assert [finding.value for finding in detector.find(text)] == expected
 
 
 def test_non_ascii_text_is_scanned_with_unicode_emails() -> None:
