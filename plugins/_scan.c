@@ -1470,6 +1470,10 @@ static PyObject *find(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "UIn:find", &text, &kinds, &offset)) {
         return NULL;
     }
+    if (offset > 0 && PyUnicode_GET_LENGTH(text) > PY_SSIZE_T_MAX - offset) { /* end + offset would overflow */
+        PyErr_SetString(PyExc_OverflowError, "offset too large for the native scan");
+        return NULL;
+    }
     Scan sc = {0};
     PyObject *result = scan(&sc, text, kinds) < 0 ? NULL : findings(text, sc.hits, 0, sc.count, offset);
     scan_free(&sc);
@@ -1501,9 +1505,9 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     Py_ssize_t offset = 0, k = 0;
     for (Py_ssize_t index = 0; index < count; index++) {
         Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, index));
-        if (size < 0) {
+        if (size < 0 || size > sc.n - offset) { /* (offset + size would overflow) */
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError, "sizes must not be negative");
+                PyErr_SetString(PyExc_ValueError, "sizes must add up to the text (one character between)");
             }
             Py_CLEAR(result);
             goto done;
@@ -1524,6 +1528,10 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
         }
         PyList_SET_ITEM(result, index, found);
         offset = bound + 1;
+    }
+    if (count > 0 && offset != sc.n + 1) { /* the findings after the last size would be lost */
+        PyErr_SetString(PyExc_ValueError, "sizes must add up to the text (one character between)");
+        Py_CLEAR(result);
     }
 done:
     scan_free(&sc);

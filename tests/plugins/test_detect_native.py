@@ -210,3 +210,28 @@ def test_non_ascii_text_is_scanned_with_unicode_emails() -> None:
     assert [f.value for f in Detector().find(text)] == ["jürgen@müller.de", "+1 (555) 123-4567"]
     native = _detect.NATIVE.find(text, 0b111111, 0)
     assert [f.value for f in native] == ["jürgen@müller.de", "+1 (555) 123-4567"]
+
+
+@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
+def test_an_offset_too_large_for_the_native_bounds_raises_rather_than_wrapping() -> None:
+    # start + offset past the largest Py_ssize_t was a signed overflow: a negative bound.
+    native = _detect.NATIVE
+    assert native is not None
+    detector = Detector(("email",))
+    largest = sys.maxsize - len("a@b.com")
+    assert detector.find("a@b.com", largest) == [Finding("email", largest, sys.maxsize, "a@b.com")]
+    with pytest.raises(OverflowError):
+        detector.find("a@b.com", largest + 1)
+
+
+@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
+def test_find_split_refuses_sizes_past_the_text() -> None:
+    # offset + size was computed unchecked (a signed overflow for huge sizes), and sizes
+    # not adding up to the text gave empty lists (the findings past them lost), no error.
+    native = _detect.NATIVE
+    assert native is not None
+    mask = Detector()._mask
+    assert native.find_split("a@b.co\x00x", mask, [6, 1]) == [[Finding("email", 0, 6, "a@b.co")], []]
+    for sizes in ([2**62, 2**62], [0, 0, 0, 0], [9], [6], [1, 4, 0]):
+        with pytest.raises(ValueError, match="add up to the text"):
+            native.find_split("a@b.co\x00x", mask, sizes)
