@@ -232,6 +232,6 @@ def test_find_split_refuses_sizes_past_the_text() -> None:
     assert native is not None
     mask = Detector()._mask
     assert native.find_split("a@b.co\x00x", mask, [6, 1]) == [[Finding("email", 0, 6, "a@b.co")], []]
-    for sizes in ([2**62, 2**62], [0, 0, 0, 0], [9], [6], [1, 4, 0]):
+    for sizes in ([2**62, 2**62], [9], [6], [6, 0]):
         with pytest.raises(ValueError, match="add up to the text"):
             native.find_split("a@b.co\x00x", mask, sizes)
