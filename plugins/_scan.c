@@ -194,43 +194,29 @@ static void anchor_pairs_init(void) {
     }
 }
 
-/* Fills sc->anchors: the places of each anchor, pattern by pattern, in order. -1: no memory. */
+/* Each anchor at i (whose first two characters are a pair of ANCHOR_PAIRS): place(a, i). */
+#define FOR_EACH_ANCHOR(s, n, place)                                                                               \
+    for (Py_ssize_t i = 0; i + 1 < (n); i++) {                                                                     \
+        unsigned key = (s)[i] | (unsigned)(s)[i + 1] << 8;                                                         \
+        if (!(ANCHOR_PAIRS[key >> 3] & (1u << (key & 7)))) {                                                       \
+            continue;                                                                                              \
+        }                                                                                                          \
+        for (uint32_t bits = ANCHORS_BY_FIRST[(s)[i]]; bits; bits &= bits - 1) {                                   \
+            int a = __builtin_ctz(bits);                                                                           \
+            if (i + ANCHOR_SIZES[a] <= (n) && literal_at((s), (n), i, ANCHORS[a].literal, ANCHORS[a].any_case)) { \
+                place;                                                                                             \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+
+/* Fills sc->anchors: the places of each anchor, pattern by pattern, in order. -1: no memory.
+ * Two passes (count, then fill): a text dense with anchors ("ghgh...": one per two
+ * characters) costs 8 bytes per anchor, no list of (place, anchor) pairs grown by doubling. */
 static int collect_anchors(Scan *sc) {
     const unsigned char *s = sc->s;
     Py_ssize_t n = sc->n;
-    Py_ssize_t cap = 0, count = 0;
-    Py_ssize_t *places = NULL; /* (place, anchor) pairs, in the order of places */
     Py_ssize_t per[A_COUNT] = {0};
-    for (Py_ssize_t i = 0; i + 1 < n; i++) {
-        unsigned key = s[i] | (unsigned)s[i + 1] << 8;
-        if (!(ANCHOR_PAIRS[key >> 3] & (1u << (key & 7)))) {
-            continue;
-        }
-        for (uint32_t bits = ANCHORS_BY_FIRST[s[i]]; bits; bits &= bits - 1) {
-            int a = __builtin_ctz(bits);
-            if (i + ANCHOR_SIZES[a] > n || !literal_at(s, n, i, ANCHORS[a].literal, ANCHORS[a].any_case)) {
-                continue;
-            }
-            if (count + 2 > cap) {
-                cap = cap ? cap * 2 : 256;
-                Py_ssize_t *grown = PyMem_Realloc(places, (size_t)cap * sizeof(Py_ssize_t));
-                if (grown == NULL) {
-                    PyMem_Free(places);
-                    return -1;
-                }
-                places = grown;
-            }
-            places[count++] = i;
-            places[count++] = a;
-            per[a]++;
-        }
-    }
-    Py_ssize_t total = count / 2;
-    sc->anchors = PyMem_Malloc((size_t)(total ? total : 1) * sizeof(Py_ssize_t));
-    if (sc->anchors == NULL) {
-        PyMem_Free(places);
-        return -1;
-    }
+    FOR_EACH_ANCHOR(s, n, per[a]++)
     Py_ssize_t next[A_COUNT];
     Py_ssize_t at = 0;
     for (int a = 0; a < A_COUNT; a++) {
@@ -238,10 +224,12 @@ static int collect_anchors(Scan *sc) {
         at += per[a];
         sc->anchor_hi[a] = at;
     }
-    for (Py_ssize_t k = 0; k < count; k += 2) {
-        sc->anchors[next[places[k + 1]]++] = places[k];
+    sc->anchors = PyMem_Malloc((size_t)(at ? at : 1) * sizeof(Py_ssize_t));
+    if (sc->anchors == NULL) {
+        return -1;
     }
-    PyMem_Free(places);
+    Py_ssize_t *anchors = sc->anchors;
+    FOR_EACH_ANCHOR(s, n, anchors[next[a]++] = i)
     return 0;
 }
 
@@ -1470,6 +1458,10 @@ static PyObject *find(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "UIn:find", &text, &kinds, &offset)) {
         return NULL;
     }
+    if (offset > 0 && PyUnicode_GET_LENGTH(text) > PY_SSIZE_T_MAX - offset) { /* end + offset would overflow */
+        PyErr_SetString(PyExc_OverflowError, "offset too large for the native scan");
+        return NULL;
+    }
     Scan sc = {0};
     PyObject *result = scan(&sc, text, kinds) < 0 ? NULL : findings(text, sc.hits, 0, sc.count, offset);
     scan_free(&sc);
@@ -1501,9 +1493,9 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     Py_ssize_t offset = 0, k = 0;
     for (Py_ssize_t index = 0; index < count; index++) {
         Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, index));
-        if (size < 0) {
+        if (size < 0 || size > sc.n - offset) { /* (offset + size would overflow) */
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError, "sizes must not be negative");
+                PyErr_SetString(PyExc_ValueError, "sizes must add up to the text (one character between)");
             }
             Py_CLEAR(result);
             goto done;
@@ -1524,6 +1516,10 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
         }
         PyList_SET_ITEM(result, index, found);
         offset = bound + 1;
+    }
+    if (count > 0 && offset != sc.n + 1) { /* the findings after the last size would be lost */
+        PyErr_SetString(PyExc_ValueError, "sizes must add up to the text (one character between)");
+        Py_CLEAR(result);
     }
 done:
     scan_free(&sc);

@@ -10,4 +10,6 @@ def find(text: str, kinds: int, offset: int, /) -> list[Finding]:
 
 def find_split(text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]] | None:
     """:meth:`find` of texts of ``sizes`` joined by one character each, per text (their own
-    bounds); None when a finding reaches past the end of its text."""
+    bounds); None when a finding reaches past the end of its text. ValueError unless the
+    sizes add up to the text (one character between each); OverflowError (:meth:`find`)
+    when ``offset`` plus the text's length is past the largest index."""

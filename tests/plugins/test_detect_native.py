@@ -106,6 +106,9 @@ def test_the_native_scan_is_built() -> None:
 @example("-----BEGIN RSA PRIVATE KEY-----\nMIIE\x00-----END RSA PRIVATE KEY-----", KINDS, 0)
 # after a refused match, an address whose first colon the previous colon hint ended at
 @example(" " * 400 + "7:0:589:::b?41:ccc:3fc::2:e:3:13" + " " * 400, ("ip_address",), 0)
+# an IPv6 candidate rejected ("1:::") whose end falls inside the next colon pair's hint
+@example("6.1.1.1:::'b::%\x0cpwd:'DE89(-----E", ("ip_address",), 0)
+@example("gh5558882;8888::ffff:\x7fA::b.co.uk", KINDS, 0)
 def test_native_finds_what_python_finds(text: str, kinds: tuple[str, ...], offset: int) -> None:
     detector = Detector(kinds)
     _assert_same(detector.find(text, offset), detector.find_python(text, offset))
@@ -190,6 +193,16 @@ def test_find_all_and_windowed_scans_agree_with_python(
     assert native_windows == python_windows
 
 
+def test_an_ipv6_address_after_a_rejected_candidate_is_found_by_both_scanners() -> None:
+    # The Python scanner searches windows at "hints" (two colons close together); a hint
+    # that took the colon of the next pair hid "b::" once the rejected "1:::" was matched.
+    detector = Detector(("ip_address",))
+    text = "6.1.1.1:::'b::% and 8888::ffff:\x7fA::b"
+    expected = ["6.1.1.1", "b::", "A::b"]
+    assert [finding.value for finding in detector.find_python(text)] == expected
+    assert [finding.value for finding in detector.find(text)] == expected
+
+
 def test_non_ascii_text_is_scanned_with_unicode_emails() -> None:
     # Internationalised addresses need Python's Unicode \w: the native scan reads them so too.
     assert _detect.NATIVE is not None
@@ -197,3 +210,46 @@ def test_non_ascii_text_is_scanned_with_unicode_emails() -> None:
     assert [f.value for f in Detector().find(text)] == ["jürgen@müller.de", "+1 (555) 123-4567"]
     native = _detect.NATIVE.find(text, 0b111111, 0)
     assert [f.value for f in native] == ["jürgen@müller.de", "+1 (555) 123-4567"]
+
+
+@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
+def test_an_offset_too_large_for_the_native_bounds_raises_rather_than_wrapping() -> None:
+    # start + offset past the largest Py_ssize_t was a signed overflow: a negative bound.
+    native = _detect.NATIVE
+    assert native is not None
+    detector = Detector(("email",))
+    largest = sys.maxsize - len("a@b.com")
+    assert detector.find("a@b.com", largest) == [Finding("email", largest, sys.maxsize, "a@b.com")]
+    with pytest.raises(OverflowError):
+        detector.find("a@b.com", largest + 1)
+
+
+@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
+def test_find_split_refuses_sizes_past_the_text() -> None:
+    # offset + size was computed unchecked (a signed overflow for huge sizes), and sizes
+    # not adding up to the text gave empty lists (the findings past them lost), no error.
+    native = _detect.NATIVE
+    assert native is not None
+    mask = Detector()._mask
+    assert native.find_split("a@b.co\x00x", mask, [6, 1]) == [[Finding("email", 0, 6, "a@b.co")], []]
+    for sizes in ([2**62, 2**62], [9], [6], [6, 0]):
+        with pytest.raises(ValueError, match="add up to the text"):
+            native.find_split("a@b.co\x00x", mask, sizes)
+
+
+@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
+def test_a_text_dense_with_anchors_costs_the_native_scan_little_memory() -> None:
+    # "ghgh..." is a token anchor every two characters: the scan lists their places. It
+    # held them twice (a (place, anchor) list grown by doubling, then sorted by anchor):
+    # 13 bytes per character of request body at its peak; 5 now (the places and one byte).
+    import tracemalloc
+
+    text = "gh" * 500_000
+    detector = Detector(("secret",))
+    tracemalloc.start()
+    try:
+        assert detector.find(text) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * len(text)
