@@ -312,15 +312,23 @@ static Py_ssize_t tok_stripe(const unsigned char *s, Py_ssize_t n, Py_ssize_t i,
     return r - (i + 8) >= 16 && AT(r) != '_' && AT(r) != '-' ? r : -1;
 }
 
-/* A[KS]IA[0-9A-Z]{16} */
-static Py_ssize_t tok_aws(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
-    (void)c;
-    for (Py_ssize_t k = i + 4; k < i + 20; k++) {
-        if (!IS(AT(k), C_UPPER | C_DIGIT)) {
+/* A four-character anchor at i, then exactly `count` characters of class `mask`, then
+ * neither [\w-]: the end, or -1. */
+static Py_ssize_t fixed_token(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t count,
+                              uint8_t mask) {
+    Py_ssize_t end = i + 4 + count;
+    for (Py_ssize_t k = i + 4; k < end; k++) {
+        if (!IS(AT(k), mask)) {
             return -1;
         }
     }
-    return IS(AT(i + 20), C_WORD | C_DASH) ? -1 : i + 20;
+    return IS(AT(end), C_WORD | C_DASH) ? -1 : end;
+}
+
+/* A[KS]IA[0-9A-Z]{16} */
+static Py_ssize_t tok_aws(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
+    (void)c;
+    return fixed_token(s, n, i, 16, C_UPPER | C_DIGIT);
 }
 
 /* gh[pousr]_[A-Za-z0-9]{36,} */
@@ -352,12 +360,7 @@ static Py_ssize_t tok_slack(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, 
 /* AIza[0-9A-Za-z_-]{35} */
 static Py_ssize_t tok_google(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, RunCache *c) {
     (void)c;
-    for (Py_ssize_t k = i + 4; k < i + 39; k++) {
-        if (!IS(AT(k), C_WORD | C_DASH)) {
-            return -1;
-        }
-    }
-    return IS(AT(i + 39), C_WORD | C_DASH) ? -1 : i + 39;
+    return fixed_token(s, n, i, 35, C_WORD | C_DASH);
 }
 
 /* eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}: each run stops at a "." (not in the class). */
@@ -700,11 +703,6 @@ static Py_ssize_t next_capitals(const unsigned char *s, Py_ssize_t n, Py_ssize_t
         i++;
     }
     return i;
-}
-
-/* The end of the digit run at i (i itself when there is no digit there). */
-static Py_ssize_t digit_run_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
-    return next_digit_or_not(s, n, i, 0);
 }
 
 static int collect_clusters(Scan *sc) {
