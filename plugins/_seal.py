@@ -48,8 +48,6 @@ _PREFIX = "ringd-seal-v1."
 _NONCE_BYTES = 12
 _STATE_KEY = "_ringd_pii_seal_key"  # ctx.state.extra slot of the per-process key
 _PURPOSE = b"ringd _pii_mapping v1\x00"
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
-_URLSAFE_DECODE = bytes.maketrans(b"-_", b"+/")
 
 
 class SealError(ValueError):
@@ -147,10 +145,8 @@ def seal(mapping: Mapping[str, str], *, key: bytes | AESGCM, request_id: str) ->
         plaintext = json.dumps(dict(mapping), ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "surrogatepass"
         )
-    sealed = nonce + _aead(key).encrypt(nonce, plaintext, _associated(request_id))
-    # base64url without padding (base64.urlsafe_b64encode, less its two Python frames)
-    encoded = binascii.b2a_base64(sealed, newline=False).translate(_URLSAFE)
-    return _PREFIX + encoded.rstrip(b"=").decode("ascii")
+    sealed = _aead(key).encrypt(nonce, plaintext, _associated(request_id))
+    return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
 
 
 def is_sealed(value: Any) -> bool:
@@ -169,11 +165,9 @@ def open_sealed(token: Any, *, key: bytes | AESGCM, request_id: str) -> dict[str
     if not is_sealed(token):
         raise SealError("the PII mapping is not a sealed token (a mapping in clear is refused)")
     encoded = token[len(_PREFIX) :]
-    try:  # base64url (base64.urlsafe_b64decode, less its three Python frames)
-        raw = binascii.a2b_base64(
-            encoded.encode("ascii").translate(_URLSAFE_DECODE) + b"=" * (-len(encoded) % 4)
-        )
-    except (binascii.Error, ValueError):  # (a character outside ASCII: UnicodeEncodeError)
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
         raise SealError("the sealed PII mapping is not valid base64url") from None
     if len(raw) <= _NONCE_BYTES + 16:
         raise SealError("the sealed PII mapping is too short")

@@ -212,7 +212,6 @@ def test_non_ascii_text_is_scanned_with_unicode_emails() -> None:
     assert [f.value for f in native] == ["jürgen@müller.de", "+1 (555) 123-4567"]
 
 
-@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
 def test_an_offset_too_large_for_the_native_bounds_raises_rather_than_wrapping() -> None:
     # start + offset past the largest Py_ssize_t was a signed overflow: a negative bound.
     native = _detect.NATIVE
@@ -224,7 +223,6 @@ def test_an_offset_too_large_for_the_native_bounds_raises_rather_than_wrapping()
         detector.find("a@b.com", largest + 1)
 
 
-@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
 def test_find_split_refuses_sizes_past_the_text() -> None:
     # offset + size was computed unchecked (a signed overflow for huge sizes), and sizes
     # not adding up to the text gave empty lists (the findings past them lost), no error.
@@ -237,7 +235,6 @@ def test_find_split_refuses_sizes_past_the_text() -> None:
             native.find_split("a@b.co\x00x", mask, sizes)
 
 
-@pytest.mark.skipif(_detect.NATIVE is None, reason="the native scan is not built")
 def test_a_text_dense_with_anchors_costs_the_native_scan_little_memory() -> None:
     # "ghgh..." is a token anchor every two characters: the scan lists their places. It
     # held them twice (a (place, anchor) list grown by doubling, then sorted by anchor):
