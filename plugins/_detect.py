@@ -435,6 +435,21 @@ class _NativeScan(Protocol):
 
     def find_split(self, text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]] | None: ...
 
+    def assign(
+        self,
+        values: list[str],
+        identity: Callable[[str], str],
+        known: dict[str, str],
+        mapping: dict[str, str],
+        numbered: Callable[[str, int], list[str]],
+        kind: str,
+        /,
+    ) -> list[str]: ...
+
+    def interleave(
+        self, text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /
+    ) -> str: ...
+
 
 _new_finding = tuple.__new__  # Finding(...) without the Python frame of its __new__
 
@@ -591,6 +606,8 @@ def _interleaved(
     text: str, findings: Sequence[Finding], replacements: Sequence[str], begin: int, end: int
 ) -> str:
     """``text[begin:end]`` with its ``findings`` replaced (:func:`replaced` of a stretch)."""
+    if NATIVE is not None and type(findings) is list and type(replacements) is list:
+        return NATIVE.interleave(text, findings, replacements, begin, end)  # as below, in one copy
     ends = list(map(_END_OF, findings))
     cuts = map(slice, chain((begin,), ends), chain(map(_start, findings), (end,)))
     pieces = [""] * (2 * len(findings) + 1)

@@ -1524,10 +1524,322 @@ done:
     return result;
 }
 
+/* --------------------------------------------------------------------------- masking
+ *
+ * pii_redactor's work after the scan, for tens of thousands of findings: each value's
+ * identity and placeholder (_Masker._of_kind in pii_redactor.py, the reference and the
+ * fallback), and the text with its findings replaced (_detect._interleaved). */
+
+static PyObject *casefold_method = NULL; /* str.casefold: an identity computed here */
+static PyObject *str_method = NULL;      /* str.__str__: the value itself */
+static PyObject *casefold_name = NULL;   /* "casefold" */
+
+#if PY_VERSION_HEX < 0x030D0000
+/* Whether str.casefold maps a BMP character to itself: 0 not asked yet, 1 yes, 2 no. */
+static uint8_t FOLDS_TO_ITSELF[65536];
+#endif
+
+/* Whether str.casefold leaves ch as it is (str.casefold folds character by character,
+ * with _PyUnicode_ToFoldedFull; no context). 0 where that cannot be told here. */
+static int folds_to_itself(Py_UCS4 ch) {
+    if (ch < 128) {
+        return !(ch >= 'A' && ch <= 'Z');
+    }
+#if PY_VERSION_HEX < 0x030D0000
+    if (ch < 65536 && FOLDS_TO_ITSELF[ch]) {
+        return FOLDS_TO_ITSELF[ch] == 1;
+    }
+    Py_UCS4 mapped[3];
+    int same = _PyUnicode_ToFoldedFull(ch, mapped) == 1 && mapped[0] == ch;
+    if (ch < 65536) {
+        FOLDS_TO_ITSELF[ch] = same ? 1 : 2;
+    }
+    return same;
+#else
+    return 0;
+#endif
+}
+
+/* value.casefold() (a new reference): value itself when folding changes nothing (an
+ * equal string), else str.casefold's own answer. */
+static PyObject *casefolded(PyObject *value) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    int kind = PyUnicode_KIND(value);
+    const void *data = PyUnicode_DATA(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!folds_to_itself(PyUnicode_READ(kind, data, i))) {
+            return PyObject_CallMethodNoArgs(value, casefold_name);
+        }
+    }
+    return Py_NewRef(value);
+}
+
+/* identity(value), a new reference; str.casefold and str.__str__ of a str without a call. */
+static PyObject *identity_of(PyObject *identity, PyObject *value) {
+    if (PyUnicode_CheckExact(value)) {
+        if (identity == casefold_method) {
+            return casefolded(value);
+        }
+        if (identity == str_method) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_CallOneArg(identity, value);
+}
+
+/* Removes the None markers assign() left in known for identities it had not named. */
+static void unmark(PyObject *known, PyObject *fresh) {
+    PyObject *type, *error, *trace;
+    PyErr_Fetch(&type, &error, &trace);
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(fresh); j++) {
+        PyObject *key = PyList_GET_ITEM(fresh, j);
+        PyObject *name = PyDict_GetItemWithError(known, key);
+        if (name == Py_None && PyDict_DelItem(known, key) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, error, trace);
+}
+
+PyDoc_STRVAR(assign_doc, "assign(values, identity, known, mapping, numbered, kind)\n--\n\n"
+                         "The placeholder of each of values (all of kind), as _Masker._of_kind\n"
+                         "gives them: known maps identity(value) to its placeholder; the new\n"
+                         "identities, in order of first appearance, take numbered(kind, count);\n"
+                         "mapping takes each placeholder's first value.");
+
+static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 6 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "assign(values: list, identity, known: dict, mapping: dict, numbered, kind)");
+        return NULL;
+    }
+    PyObject *identity = args[1], *known = args[2], *mapping = args[3], *numbered = args[4], *kind = args[5];
+    /* A copy: identity and numbered may run Python code, which could change the list. */
+    PyObject *values = PyList_GetSlice(args[0], 0, PyList_GET_SIZE(args[0]));
+    if (values == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values);
+    PyObject *names = PyList_New(count); /* NULL items until named */
+    PyObject *fresh = PyList_New(0);     /* the identities not in known, in order of first appearance */
+    PyObject **identities = PyMem_Calloc((size_t)(count ? count : 1), sizeof(PyObject *));
+    PyObject *made = NULL;
+    PyObject *result = NULL;
+    if (names == NULL || fresh == NULL || identities == NULL) {
+        if (identities == NULL) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    /* Each value's identity; a known one's placeholder at once; a new one marked None in known. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *id = identities[i] = identity_of(identity, PyList_GET_ITEM(values, i));
+        if (id == NULL) {
+            goto failed;
+        }
+        Py_ssize_t before = PyDict_GET_SIZE(known);
+        PyObject *name = PyDict_SetDefault(known, id, Py_None);
+        if (name == NULL) {
+            goto failed;
+        }
+        if (PyDict_GET_SIZE(known) != before && PyList_Append(fresh, id) < 0) {
+            goto failed;
+        }
+        if (name != Py_None) {
+            PyList_SET_ITEM(names, i, Py_NewRef(name));
+        }
+    }
+    Py_ssize_t new_count = PyList_GET_SIZE(fresh);
+    if (new_count > 0) {
+        made = PyObject_CallFunction(numbered, "On", kind, new_count);
+        if (made == NULL) {
+            goto failed;
+        }
+        if (!PyList_Check(made) || PyList_GET_SIZE(made) != new_count) {
+            PyErr_SetString(PyExc_ValueError, "numbered(kind, count) must give a list of count placeholders");
+            goto failed;
+        }
+        for (Py_ssize_t j = 0; j < new_count; j++) {
+            if (PyDict_SetItem(known, PyList_GET_ITEM(fresh, j), PyList_GET_ITEM(made, j)) < 0) {
+                goto failed;
+            }
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        if (name == NULL) {
+            name = PyDict_GetItemWithError(known, identities[i]);
+            if (name == NULL || name == Py_None) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_RuntimeError, "an identity lost its placeholder while named");
+                }
+                goto done;
+            }
+            PyList_SET_ITEM(names, i, Py_NewRef(name));
+        }
+        if (PyDict_SetDefault(mapping, name, PyList_GET_ITEM(values, i)) == NULL) {
+            goto done;
+        }
+    }
+    result = Py_NewRef(names);
+    goto done;
+failed:
+    unmark(known, fresh);
+done:
+    if (identities != NULL) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            Py_XDECREF(identities[i]);
+        }
+        PyMem_Free(identities);
+    }
+    Py_XDECREF(made);
+    Py_XDECREF(fresh);
+    Py_XDECREF(names);
+    Py_DECREF(values);
+    return result;
+}
+
+/* How wide a character of text[start:end] can be: 0 ASCII, 1 Latin-1, 2 UCS-2, 3 UCS-4
+ * (the least width of a string holding it, as CPython makes every string). */
+static int width_of(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, int at_least) {
+    int most = kind == PyUnicode_1BYTE_KIND ? 1 : kind == PyUnicode_2BYTE_KIND ? 2 : 3;
+    for (Py_ssize_t i = start; i < end && at_least < most; i++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+        int width = ch < 128 ? 0 : ch < 256 ? 1 : ch < 65536 ? 2 : 3;
+        if (width > at_least) {
+            at_least = width;
+        }
+    }
+    return at_least;
+}
+
+static int width_of_str(PyObject *text) {
+    if (PyUnicode_IS_ASCII(text)) {
+        return 0;
+    }
+    int kind = PyUnicode_KIND(text);
+    return kind == PyUnicode_1BYTE_KIND ? 1 : kind == PyUnicode_2BYTE_KIND ? 2 : 3;
+}
+
+/* Copies source[start:end] to target at at. */
+static void copy_chars(PyObject *target, Py_ssize_t at, PyObject *source, Py_ssize_t start, Py_ssize_t end) {
+    int to = PyUnicode_KIND(target), from = PyUnicode_KIND(source);
+    char *to_data = PyUnicode_DATA(target);
+    const char *from_data = PyUnicode_DATA(source);
+    if (to == from) {
+        memcpy(to_data + at * to, from_data + start * from, (size_t)((end - start) * from));
+        return;
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        PyUnicode_WRITE(to, to_data, at++, PyUnicode_READ(from, from_data, i));
+    }
+}
+
+/* A finding's start and end (items 1 and 2 of a tuple); -1 with an exception set. */
+static int finding_bounds(PyObject *finding, Py_ssize_t *start, Py_ssize_t *end) {
+    if (!PyTuple_Check(finding) || PyTuple_GET_SIZE(finding) < 3) {
+        PyErr_SetString(PyExc_TypeError, "findings must be (kind, start, end, ...) tuples");
+        return -1;
+    }
+    *start = PyLong_AsSsize_t(PyTuple_GET_ITEM(finding, 1));
+    *end = *start == -1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(PyTuple_GET_ITEM(finding, 2));
+    return *end == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+PyDoc_STRVAR(interleave_doc, "interleave(text, findings, replacements, begin, end)\n--\n\n"
+                             "text[begin:end] with each of findings (in order, within it) replaced\n"
+                             "by the replacement at its index.");
+
+static PyObject *interleave(PyObject *module, PyObject *args) {
+    PyObject *text, *findings, *replacements;
+    Py_ssize_t begin, end;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UO!O!nn:interleave", &text, &PyList_Type, &findings, &PyList_Type, &replacements,
+                          &begin, &end)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(findings);
+    if (PyList_GET_SIZE(replacements) != count) {
+        PyErr_SetString(PyExc_ValueError, "one replacement per finding");
+        return NULL;
+    }
+    if (begin < 0 || begin > end || end > PyUnicode_GET_LENGTH(text)) {
+        PyErr_SetString(PyExc_ValueError, "begin and end must bound a stretch of the text");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int ascii = PyUnicode_IS_ASCII(text);
+    /* The size and width of the result; nothing below runs Python code, so the lists
+     * stay as they are between the two passes. */
+    Py_ssize_t size = 0, position = begin;
+    int width = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t start, stop;
+        if (finding_bounds(PyList_GET_ITEM(findings, k), &start, &stop) < 0) {
+            return NULL;
+        }
+        if (start < position || stop < start || stop > end) {
+            PyErr_SetString(PyExc_ValueError, "findings must be in order, apart, within begin and end");
+            return NULL;
+        }
+        PyObject *replacement = PyList_GET_ITEM(replacements, k);
+        if (!PyUnicode_Check(replacement)) {
+            PyErr_SetString(PyExc_TypeError, "replacements must be strings");
+            return NULL;
+        }
+        Py_ssize_t length = PyUnicode_GET_LENGTH(replacement);
+        if (length > PY_SSIZE_T_MAX - (start - position) - size) { /* size stays below the text's before */
+            PyErr_SetString(PyExc_OverflowError, "the replaced text is too long");
+            return NULL;
+        }
+        size += (start - position) + length;
+        if (!ascii) {
+            width = width_of(kind, data, position, start, width);
+        }
+        int own = width_of_str(replacement);
+        width = own > width ? own : width;
+        position = stop;
+    }
+    if (end - position > PY_SSIZE_T_MAX - size) {
+        PyErr_SetString(PyExc_OverflowError, "the replaced text is too long");
+        return NULL;
+    }
+    size += end - position;
+    if (!ascii) {
+        width = width_of(kind, data, position, end, width);
+    }
+    static const Py_UCS4 widest[4] = {127, 255, 65535, 1114111};
+    PyObject *result = PyUnicode_New(size, widest[width]);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_ssize_t at = 0;
+    position = begin;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t start, stop;
+        if (finding_bounds(PyList_GET_ITEM(findings, k), &start, &stop) < 0) { /* (checked above) */
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyObject *replacement = PyList_GET_ITEM(replacements, k);
+        copy_chars(result, at, text, position, start);
+        at += start - position;
+        copy_chars(result, at, replacement, 0, PyUnicode_GET_LENGTH(replacement));
+        at += PyUnicode_GET_LENGTH(replacement);
+        position = stop;
+    }
+    copy_chars(result, at, text, position, end);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"find", find, METH_VARARGS, find_doc},
     {"find_split", find_split, METH_VARARGS, find_split_doc},
+    {"assign", (PyCFunction)(void (*)(void))assign, METH_FASTCALL, assign_doc},
+    {"interleave", interleave, METH_VARARGS, interleave_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1567,6 +1879,12 @@ PyMODINIT_FUNC PyInit__scan(void) {
     }
     for (int c = 0; c < 256; c++) {
         CLUSTER_CLASS[c] = c >= '0' && c <= '9' ? 1 : strchr(" .-()+", c) != NULL && c != 0 ? 2 : 0;
+    }
+    casefold_name = PyUnicode_InternFromString("casefold");
+    casefold_method = casefold_name ? PyObject_GetAttr((PyObject *)&PyUnicode_Type, casefold_name) : NULL;
+    str_method = casefold_method ? PyObject_GetAttrString((PyObject *)&PyUnicode_Type, "__str__") : NULL;
+    if (str_method == NULL) {
+        return NULL;
     }
     return PyModule_Create(&module_def);
 }

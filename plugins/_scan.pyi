@@ -1,5 +1,7 @@
 """The native scan of :mod:`ringd.plugins._detect` (plugins/_scan.c)."""
 
+from collections.abc import Callable
+
 from ringd.plugins._detect import Finding
 
 def configure(finding_type: type[Finding], kinds: tuple[str, ...], /) -> None:
@@ -13,3 +15,21 @@ def find_split(text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]
     bounds); None when a finding reaches past the end of its text. ValueError unless the
     sizes add up to the text (one character between each); OverflowError (:meth:`find`)
     when ``offset`` plus the text's length is past the largest index."""
+
+def assign(
+    values: list[str],
+    identity: Callable[[str], str],
+    known: dict[str, str],
+    mapping: dict[str, str],
+    numbered: Callable[[str, int], list[str]],
+    kind: str,
+    /,
+) -> list[str]:
+    """``_Masker._of_kind`` of pii_redactor: the placeholder of each of ``values`` (all of
+    ``kind``). ``known`` maps ``identity(value)`` to its placeholder; the new identities,
+    in order of first appearance, take ``numbered(kind, count)``; ``mapping`` takes each
+    placeholder's first value."""
+
+def interleave(text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /) -> str:
+    """``text[begin:end]`` with each of ``findings`` (in order, within it) replaced by the
+    replacement at its index. ValueError for findings out of order or outside the stretch."""
