@@ -441,10 +441,9 @@ class _NativeScan(Protocol):
         identity: Callable[[str], str],
         known: dict[str, str],
         mapping: dict[str, str],
-        numbered: Callable[[str, int], list[str]],
-        kind: str,
+        supply: list[str],
         /,
-    ) -> list[str]: ...
+    ) -> tuple[list[str], int]: ...
 
     def interleave(
         self, text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /

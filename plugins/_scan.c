@@ -1539,12 +1539,9 @@ static PyObject *casefold_name = NULL;   /* "casefold" */
 static uint8_t FOLDS_TO_ITSELF[65536];
 #endif
 
-/* Whether str.casefold leaves ch as it is (str.casefold folds character by character,
- * with _PyUnicode_ToFoldedFull; no context). 0 where that cannot be told here. */
-static int folds_to_itself(Py_UCS4 ch) {
-    if (ch < 128) {
-        return !(ch >= 'A' && ch <= 'Z');
-    }
+/* Whether str.casefold leaves a non-ASCII ch as it is (str.casefold folds character by
+ * character, with _PyUnicode_ToFoldedFull; no context). 0 where that cannot be told here. */
+static int wide_folds_to_itself(Py_UCS4 ch) {
 #if PY_VERSION_HEX < 0x030D0000
     if (ch < 65536 && FOLDS_TO_ITSELF[ch]) {
         return FOLDS_TO_ITSELF[ch] == 1;
@@ -1556,22 +1553,54 @@ static int folds_to_itself(Py_UCS4 ch) {
     }
     return same;
 #else
+    (void)ch;
     return 0;
 #endif
+}
+
+#define FOLDS_TO_ITSELF_(ch) ((ch) < 128 ? (Py_UCS4)((ch) - 'A') >= 26u : wide_folds_to_itself(ch))
+
+/* Whether value.casefold() == value. */
+static int folded_already(PyObject *value) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    const void *data = PyUnicode_DATA(value);
+    switch (PyUnicode_KIND(value)) {
+    case PyUnicode_1BYTE_KIND:
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 ch = ((const Py_UCS1 *)data)[i];
+            if (!FOLDS_TO_ITSELF_(ch)) {
+                return 0;
+            }
+        }
+        return 1;
+    case PyUnicode_2BYTE_KIND:
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 ch = ((const Py_UCS2 *)data)[i];
+#if PY_VERSION_HEX < 0x030D0000
+            if (ch >= 128 && FOLDS_TO_ITSELF[ch] == 1) {
+                continue;
+            }
+#endif
+            if (!FOLDS_TO_ITSELF_(ch)) {
+                return 0;
+            }
+        }
+        return 1;
+    default:
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 ch = ((const Py_UCS4 *)data)[i];
+            if (!FOLDS_TO_ITSELF_(ch)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
 }
 
 /* value.casefold() (a new reference): value itself when folding changes nothing (an
  * equal string), else str.casefold's own answer. */
 static PyObject *casefolded(PyObject *value) {
-    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
-    int kind = PyUnicode_KIND(value);
-    const void *data = PyUnicode_DATA(value);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!folds_to_itself(PyUnicode_READ(kind, data, i))) {
-            return PyObject_CallMethodNoArgs(value, casefold_name);
-        }
-    }
-    return Py_NewRef(value);
+    return folded_already(value) ? Py_NewRef(value) : PyObject_CallMethodNoArgs(value, casefold_name);
 }
 
 /* identity(value), a new reference; str.casefold and str.__str__ of a str without a call. */
@@ -1587,117 +1616,65 @@ static PyObject *identity_of(PyObject *identity, PyObject *value) {
     return PyObject_CallOneArg(identity, value);
 }
 
-/* Removes the None markers assign() left in known for identities it had not named. */
-static void unmark(PyObject *known, PyObject *fresh) {
-    PyObject *type, *error, *trace;
-    PyErr_Fetch(&type, &error, &trace);
-    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(fresh); j++) {
-        PyObject *key = PyList_GET_ITEM(fresh, j);
-        PyObject *name = PyDict_GetItemWithError(known, key);
-        if (name == Py_None && PyDict_DelItem(known, key) < 0) {
-            PyErr_Clear();
-        }
-        PyErr_Clear();
-    }
-    PyErr_Restore(type, error, trace);
-}
-
-PyDoc_STRVAR(assign_doc, "assign(values, identity, known, mapping, numbered, kind)\n--\n\n"
-                         "The placeholder of each of values (all of kind), as _Masker._of_kind\n"
-                         "gives them: known maps identity(value) to its placeholder; the new\n"
-                         "identities, in order of first appearance, take numbered(kind, count);\n"
-                         "mapping takes each placeholder's first value.");
+PyDoc_STRVAR(assign_doc, "assign(values, identity, known, mapping, supply)\n--\n\n"
+                         "The placeholder of each of values (all of one kind), as _Masker._of_kind\n"
+                         "gives them, and how many of supply it took: known maps identity(value)\n"
+                         "to its placeholder; each new identity, in order, takes the next of\n"
+                         "supply; mapping takes each placeholder's first value.");
 
 static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 6 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) || !PyDict_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "assign(values: list, identity, known: dict, mapping: dict, numbered, kind)");
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) || !PyDict_Check(args[3]) ||
+        !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "assign(values: list, identity, known: dict, mapping: dict, supply: list)");
         return NULL;
     }
-    PyObject *identity = args[1], *known = args[2], *mapping = args[3], *numbered = args[4], *kind = args[5];
-    /* A copy: identity and numbered may run Python code, which could change the list. */
+    PyObject *identity = args[1], *known = args[2], *mapping = args[3], *supply = args[4];
+    /* A copy: identity may run Python code, which could change the list. */
     PyObject *values = PyList_GetSlice(args[0], 0, PyList_GET_SIZE(args[0]));
     if (values == NULL) {
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(values);
+    Py_ssize_t count = PyList_GET_SIZE(values), used = 0;
     PyObject *names = PyList_New(count); /* NULL items until named */
-    PyObject *fresh = PyList_New(0);     /* the identities not in known, in order of first appearance */
-    PyObject **identities = PyMem_Calloc((size_t)(count ? count : 1), sizeof(PyObject *));
-    PyObject *made = NULL;
-    PyObject *result = NULL;
-    if (names == NULL || fresh == NULL || identities == NULL) {
-        if (identities == NULL) {
-            PyErr_NoMemory();
-        }
-        goto done;
+    if (names == NULL) {
+        Py_DECREF(values);
+        return NULL;
     }
-    /* Each value's identity; a known one's placeholder at once; a new one marked None in known. */
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *id = identities[i] = identity_of(identity, PyList_GET_ITEM(values, i));
+        PyObject *value = PyList_GET_ITEM(values, i);
+        PyObject *id = identity_of(identity, value);
         if (id == NULL) {
             goto failed;
         }
+        if (used >= PyList_GET_SIZE(supply)) { /* (identity's code may have changed supply) */
+            Py_DECREF(id);
+            PyErr_SetString(PyExc_ValueError, "supply must hold a placeholder per value");
+            goto failed;
+        }
+        PyObject *next = Py_NewRef(PyList_GET_ITEM(supply, used));
         Py_ssize_t before = PyDict_GET_SIZE(known);
-        PyObject *name = PyDict_SetDefault(known, id, Py_None);
+        PyObject *name = PyDict_SetDefault(known, id, next); /* borrowed */
+        Py_DECREF(id);
+        if (name != NULL && PyDict_GET_SIZE(known) != before) {
+            used++; /* a new identity: it took next */
+        }
+        Py_XINCREF(name);
+        Py_DECREF(next);
         if (name == NULL) {
             goto failed;
         }
-        if (PyDict_GET_SIZE(known) != before && PyList_Append(fresh, id) < 0) {
+        PyList_SET_ITEM(names, i, name);
+        if (PyDict_SetDefault(mapping, name, value) == NULL) {
             goto failed;
         }
-        if (name != Py_None) {
-            PyList_SET_ITEM(names, i, Py_NewRef(name));
-        }
     }
-    Py_ssize_t new_count = PyList_GET_SIZE(fresh);
-    if (new_count > 0) {
-        made = PyObject_CallFunction(numbered, "On", kind, new_count);
-        if (made == NULL) {
-            goto failed;
-        }
-        if (!PyList_Check(made) || PyList_GET_SIZE(made) != new_count) {
-            PyErr_SetString(PyExc_ValueError, "numbered(kind, count) must give a list of count placeholders");
-            goto failed;
-        }
-        for (Py_ssize_t j = 0; j < new_count; j++) {
-            if (PyDict_SetItem(known, PyList_GET_ITEM(fresh, j), PyList_GET_ITEM(made, j)) < 0) {
-                goto failed;
-            }
-        }
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyList_GET_ITEM(names, i);
-        if (name == NULL) {
-            name = PyDict_GetItemWithError(known, identities[i]);
-            if (name == NULL || name == Py_None) {
-                if (!PyErr_Occurred()) {
-                    PyErr_SetString(PyExc_RuntimeError, "an identity lost its placeholder while named");
-                }
-                goto done;
-            }
-            PyList_SET_ITEM(names, i, Py_NewRef(name));
-        }
-        if (PyDict_SetDefault(mapping, name, PyList_GET_ITEM(values, i)) == NULL) {
-            goto done;
-        }
-    }
-    result = Py_NewRef(names);
-    goto done;
-failed:
-    unmark(known, fresh);
-done:
-    if (identities != NULL) {
-        for (Py_ssize_t i = 0; i < count; i++) {
-            Py_XDECREF(identities[i]);
-        }
-        PyMem_Free(identities);
-    }
-    Py_XDECREF(made);
-    Py_XDECREF(fresh);
-    Py_XDECREF(names);
     Py_DECREF(values);
-    return result;
+    return Py_BuildValue("(Nn)", names, used);
+failed:
+    Py_DECREF(names);
+    Py_DECREF(values);
+    return NULL;
 }
 
 /* How wide a character of text[start:end] can be: 0 ASCII, 1 Latin-1, 2 UCS-2, 3 UCS-4

@@ -21,14 +21,14 @@ def assign(
     identity: Callable[[str], str],
     known: dict[str, str],
     mapping: dict[str, str],
-    numbered: Callable[[str, int], list[str]],
-    kind: str,
+    supply: list[str],
     /,
-) -> list[str]:
+) -> tuple[list[str], int]:
     """``_Masker._of_kind`` of pii_redactor: the placeholder of each of ``values`` (all of
-    ``kind``). ``known`` maps ``identity(value)`` to its placeholder; the new identities,
-    in order of first appearance, take ``numbered(kind, count)``; ``mapping`` takes each
-    placeholder's first value."""
+    one kind), and how many of ``supply`` were taken. ``known`` maps ``identity(value)`` to
+    its placeholder; each new identity, in order of first appearance, takes the next of
+    ``supply`` (ValueError when it runs out); ``mapping`` takes each placeholder's first
+    value. An exception from ``identity`` leaves ``known`` and ``mapping`` part done."""
 
 def interleave(text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /) -> str:
     """``text[begin:end]`` with each of ``findings`` (in order, within it) replaced by the
