@@ -54,8 +54,8 @@ from itertools import chain, compress, filterfalse
 from operator import itemgetter, methodcaller
 from typing import Any, ClassVar
 
-from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts, prompt_too_large
 from ringd.plugins import _detect
+from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts, prompt_too_large
 from ringd.plugins._detect import (
     DEFAULT_MAX_SCAN_CHARS,
     IDENTITY,
