@@ -56,10 +56,13 @@ def native() -> Any:
 
 # --------------------------------------------------------------------------- identities
 
-# Characters whose case folding is not themselves: capitals, ß (-> ss), ſ (-> s), the
-# Kelvin sign, µ (-> μ), final sigma, dotted İ (-> i̇), ligatures, a Cherokee letter, an
-# astral capital (Deseret); and some that fold to themselves.
-FOLDING = "AZaz09@._-+ßẞſKµΣσςİıﬀﬃᏸꭰ\U00010400\U00010428éÉüÜжЖΩωｱ中ー😀\u0301\x00"
+# Characters whose case folding is not themselves: capitals, sharp s (-> ss), long s
+# (-> s), the Kelvin sign, micro (-> mu), sigmas, dotted and dotless i, ligatures, a
+# Cherokee letter, an astral capital (Deseret); and some that fold to themselves.
+FOLDING = (
+    "AZaz09@._-+\u00df\u1e9e\u017f\u212a\u00b5\u03a3\u03c3\u03c2\u0130\u0131\ufb00\ufb03\u13f8\uab70"
+    "\U00010400\U00010428éÉüÜжЖΩωｱ中ー😀\u0301\x00"
+)
 
 
 def test_the_native_casefold_identity_is_str_casefold_on_every_code_point() -> None:
@@ -188,9 +191,8 @@ def stretches(draw: st.DrawFn) -> tuple[str, list[Finding], list[str], int, int]
     bounds = sorted(draw(st.lists(st.integers(0, len(text)), max_size=16)))
     begin, end = (bounds[0], bounds[-1]) if len(bounds) >= 2 and draw(st.booleans()) else (0, len(text))
     inner = [bound for bound in bounds if begin <= bound <= end]
-    findings = [
-        Finding("email", start, stop, text[start:stop]) for start, stop in zip(inner[::2], inner[1::2])
-    ]
+    pairs = zip(inner[::2], inner[1::2], strict=False)  # (an odd bound left over)
+    findings = [Finding("email", start, stop, text[start:stop]) for start, stop in pairs]
     return text, findings, [draw(replacements) for _ in findings], begin, end
 
 
@@ -248,10 +250,12 @@ def test_findings_out_of_place_are_refused(
 
 PIECES = [
     "Jürgen@Müller.de", "jürgen@müller.de", "JÜRGEN@MÜLLER.DE", "straße@x.de", "strasse@x.de", "STRASSE@X.DE",
-    "ana@example.com", "Ana@Example.COM", "ユーザー@例え.jp", "δοκιμή@παράδειγμα.δοκιμή", "ΔΟΚΙΜΉ@ΠΑΡΆΔΕΙΓΜΑ.ΔΟΚΙΜΉ",
+    "ana@example.com", "Ana@Example.COM", "ユーザー@例え.jp", "δοκιμή@παράδειγμα.δοκιμή",
+    "ΔΟΚΙΜΉ@ΠΑΡΆΔΕΙΓΜΑ.ΔΟΚΙΜΉ",
     "fe80::1", "FE80::1", "192.168.1.1", "+1 (555) 123-4567", "555.123.4567", "4111 1111 1111 1111",
     "4111-1111-1111-1111", "DE89 3704 0044 0532 0130 00", "DE89370400440532013000", "ghp_" + "A1b2C3d4E5" * 4,
-    "[EMAIL_1]", "[EMAIL_2]", "[EMAIL_3]", "[PHONE_1]", "[IP_ADDRESS_2]", "[SECRET_1]", " ", ", ", "\n", "é", "中",
+    "[EMAIL_1]", "[EMAIL_2]", "[EMAIL_3]", "[PHONE_1]", "[IP_ADDRESS_2]", "[SECRET_1]",
+    " ", ", ", "\n", "é", "中",
 ]  # fmt: skip
 messages = st.lists(st.lists(st.sampled_from(PIECES), max_size=90).map(" ".join), min_size=1, max_size=3)
 
