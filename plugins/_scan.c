@@ -1327,13 +1327,13 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The plain copy of a non-ASCII text (as find_python's plain: each non-ASCII character
- * "?", so that a character is a byte and offsets are code point indices); the e-mail
- * scan reads the original where the copy has "?". -1 on no memory. */
-static int plain_copy(Scan *sc, PyObject *text) {
+/* The plain copy of a non-ASCII text from low (as find_python's plain: each non-ASCII
+ * character "?", so that a character is a byte and offsets are code point indices); the
+ * e-mail scan reads the original where the copy has "?". -1 on no memory. */
+static int plain_copy(Scan *sc, PyObject *text, Py_ssize_t low) {
     Py_ssize_t n = sc->n;
     int kind = PyUnicode_KIND(text);
-    const void *data = PyUnicode_DATA(text);
+    const void *data = (const char *)PyUnicode_DATA(text) + low * kind;
     unsigned char *plain = PyMem_Malloc((size_t)n);
     if (plain == NULL) {
         return -1;
@@ -1361,19 +1361,20 @@ static int plain_copy(Scan *sc, PyObject *text) {
     return 0;
 }
 
-/* Scans text for kinds: sc->hits in order. -1 with an exception set. */
-static int scan(Scan *sc, PyObject *text, unsigned int kinds) {
+/* Scans text[low:high] (0 <= low <= high <= its length) for kinds: sc->hits in order,
+ * their bounds in the stretch. -1 with an exception set. */
+static int scan(Scan *sc, PyObject *text, Py_ssize_t low, Py_ssize_t high, unsigned int kinds) {
     if (finding_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return -1;
     }
-    sc->n = PyUnicode_GET_LENGTH(text);
+    sc->n = high - low;
     if (sc->n == 0 || kinds == 0) {
         return 0;
     }
     if (PyUnicode_IS_ASCII(text)) {
-        sc->s = (const unsigned char *)PyUnicode_DATA(text);
-    } else if (plain_copy(sc, text) < 0) {
+        sc->s = (const unsigned char *)PyUnicode_DATA(text) + low;
+    } else if (plain_copy(sc, text, low) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1425,15 +1426,17 @@ static void scan_free(Scan *sc) {
     PyMem_Free(sc->hits);
 }
 
-/* The findings of hits[low:high] as a list, their bounds shifted by offset. */
-static PyObject *findings(PyObject *text, const Hit *hits, Py_ssize_t low, Py_ssize_t high, Py_ssize_t offset) {
+/* The findings of hits[low:high] as a list, their values at base in text and their bounds
+ * shifted by offset. */
+static PyObject *findings(PyObject *text, Py_ssize_t base, const Hit *hits, Py_ssize_t low, Py_ssize_t high,
+                          Py_ssize_t offset) {
     PyObject *result = PyList_New(high - low);
     if (result == NULL) {
         return NULL;
     }
     for (Py_ssize_t k = low; k < high; k++) {
         const Hit *hit = &hits[k];
-        PyObject *value = PyUnicode_Substring(text, hit->start, hit->end);
+        PyObject *value = PyUnicode_Substring(text, base + hit->start, base + hit->end);
         PyObject *finding = value ? new_finding(hit->kind, hit->start + offset, hit->end + offset, value) : NULL;
         if (finding == NULL) {
             Py_DECREF(result);
@@ -1461,7 +1464,8 @@ static PyObject *find(PyObject *module, PyObject *args) {
         return NULL;
     }
     Scan sc = {0};
-    PyObject *result = scan(&sc, text, kinds) < 0 ? NULL : findings(text, sc.hits, 0, sc.count, offset);
+    PyObject *result =
+        scan(&sc, text, 0, PyUnicode_GET_LENGTH(text), kinds) < 0 ? NULL : findings(text, 0, sc.hits, 0, sc.count, offset);
     scan_free(&sc);
     return result;
 }
@@ -1481,7 +1485,7 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     Py_ssize_t count = PyList_GET_SIZE(sizes);
     Scan sc = {0};
     PyObject *result = NULL;
-    if (scan(&sc, text, kinds) < 0) {
+    if (scan(&sc, text, 0, PyUnicode_GET_LENGTH(text), kinds) < 0) {
         goto done;
     }
     result = PyList_New(count);
@@ -1507,7 +1511,7 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
             }
             k++;
         }
-        PyObject *found = findings(text, sc.hits, low, k, -offset);
+        PyObject *found = findings(text, 0, sc.hits, low, k, -offset);
         if (found == NULL) {
             Py_CLEAR(result);
             goto done;
@@ -1811,10 +1815,45 @@ static PyObject *interleave(PyObject *module, PyObject *args) {
     return result;
 }
 
+PyDoc_STRVAR(find_window_doc, "find_window(text, kinds, low, high, start, stop)\n--\n\n"
+                              "The findings of text[low:high] (their bounds in text) that start in\n"
+                              "[start, stop): find(text[low:high], kinds, low) cut, without the copies.");
+
+static PyObject *find_window(PyObject *module, PyObject *args) {
+    PyObject *text;
+    unsigned int kinds;
+    Py_ssize_t low, high, start, stop;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UInnnn:find_window", &text, &kinds, &low, &high, &start, &stop)) {
+        return NULL;
+    }
+    if (low < 0 || low > high || high > PyUnicode_GET_LENGTH(text)) {
+        PyErr_SetString(PyExc_ValueError, "low and high must bound a stretch of the text");
+        return NULL;
+    }
+    Scan sc = {0};
+    PyObject *result = NULL;
+    if (scan(&sc, text, low, high, kinds) == 0) {
+        /* hits are in order of start; their bounds + low <= high: no overflow */
+        Py_ssize_t first = 0, last;
+        while (first < sc.count && sc.hits[first].start + low < start) {
+            first++;
+        }
+        last = first;
+        while (last < sc.count && sc.hits[last].start + low < stop) {
+            last++;
+        }
+        result = findings(text, low, sc.hits, first, last, low);
+    }
+    scan_free(&sc);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"find", find, METH_VARARGS, find_doc},
     {"find_split", find_split, METH_VARARGS, find_split_doc},
+    {"find_window", find_window, METH_VARARGS, find_window_doc},
     {"assign", (PyCFunction)(void (*)(void))assign, METH_FASTCALL, assign_doc},
     {"interleave", interleave, METH_VARARGS, interleave_doc},
     {NULL, NULL, 0, NULL},

@@ -16,6 +16,11 @@ def find_split(text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]
     sizes add up to the text (one character between each); OverflowError (:meth:`find`)
     when ``offset`` plus the text's length is past the largest index."""
 
+def find_window(text: str, kinds: int, low: int, high: int, start: int, stop: int, /) -> list[Finding]:
+    """The findings of ``text[low:high]`` (their bounds in ``text``) that start in ``[start, stop)``:
+    :meth:`find` of the window, cut, without copying it. ValueError unless
+    ``0 <= low <= high <= len(text)``."""
+
 def assign(
     values: list[str],
     identity: Callable[[str], str],

@@ -313,6 +313,7 @@ def test_the_native_masking_holds_no_memory_after_a_call() -> None:
         findings.append(Finding("email", position, position + len(value), value))
         position += len(value) + 2
     bad = [findings[1], findings[0]]
+    mask = _detect.Detector()._mask
 
     def broken(value: str) -> str:
         raise KeyError(value)
@@ -322,10 +323,12 @@ def test_the_native_masking_holds_no_memory_after_a_call() -> None:
             scan.assign(values, str.casefold, {}, {}, supply)
             scan.assign(values, IDENTITY["phone"], {}, {}, supply)
             scan.interleave(text, findings, supply, 0, len(text))
+            scan.find_window(text, mask, 3, len(text) - 3, 40, 400)
             for call in (
                 lambda: scan.assign(values, broken, {}, {}, supply),
                 lambda: scan.assign(values, str.casefold, {}, {}, supply[:2]),
                 lambda: scan.interleave(text, bad, supply[:2], 0, len(text)),
+                lambda: scan.find_window(text, mask, 5, 4, 0, 9),
             ):
                 with pytest.raises((KeyError, ValueError)):
                     call()
