@@ -1658,12 +1658,12 @@ static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t narg
         }
         PyObject *next = Py_NewRef(PyList_GET_ITEM(supply, used));
         Py_ssize_t before = PyDict_GET_SIZE(known);
-        PyObject *name = PyDict_SetDefault(known, id, next); /* borrowed */
-        Py_DECREF(id);
+        PyObject *name = PyDict_SetDefault(known, id, next);
+        Py_XINCREF(name); /* (borrowed from known: held before anything is let go) */
         if (name != NULL && PyDict_GET_SIZE(known) != before) {
             used++; /* a new identity: it took next */
         }
-        Py_XINCREF(name);
+        Py_DECREF(id);
         Py_DECREF(next);
         if (name == NULL) {
             goto failed;
