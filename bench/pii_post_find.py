@@ -6,7 +6,7 @@ For each adversarial corpus of ``bench/engine_bench.py`` (1 MB each), the plugin
 in ms per corpus:
 
 * ``whole``: as it runs;
-* ``besides find``: ``Detector.find`` answers from a record of what it found in each
+* ``besides find``: ``Detector.find_window`` answers from a record of what it found in each
   window (a scan costing nothing): the windows' glue, counting, placeholders, the masked
   texts, the new body and sealing are left;
 * ``after scan``: ``find_all_yielding`` answers at once with the findings: only the work
@@ -59,24 +59,24 @@ async def best_ms(redactor: pii_redactor.PiiRedactor, text: str, repeat: int) ->
 async def recorded_finds(
     redactor: pii_redactor.PiiRedactor, text: str
 ) -> dict[tuple[int, int], list[Finding]]:
-    """What ``Detector.find`` answers for each window of ``text``, by (offset, length)."""
-    record: dict[tuple[int, int], list[Finding]] = {}
-    real = Detector.find
+    """What ``Detector.find_window`` answers for each window of ``text``, by its bounds."""
+    record: dict[tuple[int, int, int, int], list[Finding]] = {}
+    real = Detector.find_window
 
-    def find(self: Detector, window: str, offset: int = 0) -> list[Finding]:
-        record[offset, len(window)] = found = real(self, window, offset)
+    def find_window(self: Detector, text: str, low: int, high: int, start: int, stop: int) -> list[Finding]:
+        record[low, high, start, stop] = found = real(self, text, low, high, start, stop)
         return found
 
-    with patched(Detector, "find", find):
+    with patched(Detector, "find_window", find_window):
         await redactor.execute(PluginContext(body={"messages": [{"role": "user", "content": text}]}))
     return record
 
 
-def replay(record: dict[tuple[int, int], list[Finding]]) -> Callable[..., list[Finding]]:
-    def find(_self: Detector, window: str, offset: int = 0) -> list[Finding]:
-        return list(record[offset, len(window)])
+def replay(record: dict[tuple[int, int, int, int], list[Finding]]) -> Callable[..., list[Finding]]:
+    def find_window(_self: Detector, _text: str, low: int, high: int, start: int, stop: int) -> list[Finding]:
+        return list(record[low, high, start, stop])
 
-    return find
+    return find_window
 
 
 def given(found: list[list[Finding]]) -> Callable[..., Any]:
@@ -107,7 +107,7 @@ async def run(size: int, repeat: int, profile: str | None) -> None:
     for corpus, text in corpora.items():
         found = await _detect.find_all_yielding(redactor.detector, [text])
         whole = await best_ms(redactor, text, repeat)
-        with patched(Detector, "find", replay(await recorded_finds(redactor, text))):
+        with patched(Detector, "find_window", replay(await recorded_finds(redactor, text))):
             besides = await best_ms(redactor, text, repeat)
         with patched(pii_redactor, "find_all_yielding", given(found)):
             after = await best_ms(redactor, text, repeat)

@@ -435,6 +435,24 @@ class _NativeScan(Protocol):
 
     def find_split(self, text: str, kinds: int, sizes: list[int], /) -> list[list[Finding]] | None: ...
 
+    def find_window(
+        self, text: str, kinds: int, low: int, high: int, start: int, stop: int, /
+    ) -> list[Finding]: ...
+
+    def assign(
+        self,
+        values: list[str],
+        identity: Callable[[str], str],
+        known: dict[str, str],
+        mapping: dict[str, str],
+        supply: list[str],
+        /,
+    ) -> tuple[list[str], int]: ...
+
+    def interleave(
+        self, text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /
+    ) -> str: ...
+
 
 _new_finding = tuple.__new__  # Finding(...) without the Python frame of its __new__
 
@@ -514,6 +532,17 @@ class Detector:
                 spans.add("phone", match.start(), match.end(), text)
         return spans.in_order()
 
+    def find_window(self, text: str, low: int, high: int, start: int, stop: int) -> list[Finding]:
+        """The findings of ``text[low:high]`` (their bounds in ``text``) that start in
+        ``[start, stop)``: :meth:`find` of a window, cut to the part it answers for."""
+        if NATIVE is not None:
+            return NATIVE.find_window(
+                text, self._mask, low, high, start, stop
+            )  # as below, without the copies
+        found = self.find(text[low:high], low)
+        first = bisect_left(found, start, key=_start)
+        return found[first : bisect_left(found, stop, first, key=_start)]
+
     def find_all(self, texts: Sequence[str]) -> list[list[Finding]]:
         """The findings of each of ``texts``, like :meth:`find` on each, in one pass.
 
@@ -591,6 +620,8 @@ def _interleaved(
     text: str, findings: Sequence[Finding], replacements: Sequence[str], begin: int, end: int
 ) -> str:
     """``text[begin:end]`` with its ``findings`` replaced (:func:`replaced` of a stretch)."""
+    if NATIVE is not None and type(findings) is list and type(replacements) is list:
+        return NATIVE.interleave(text, findings, replacements, begin, end)  # as below, in one copy
     ends = list(map(_END_OF, findings))
     cuts = map(slice, chain((begin,), ends), chain(map(_start, findings), (end,)))
     pieces = [""] * (2 * len(findings) + 1)
@@ -677,13 +708,10 @@ async def _find_windowed(detector: Detector, text: str, chunk_chars: int) -> lis
     while start < size:
         stop = min(size, start + chunk_chars)
         low = max(0, start - _WINDOW_CONTEXT_CHARS)
-        window = text[low : min(size, stop + WINDOW_OVERLAP_CHARS)]
-        found = detector.find(window, low)
         # Those starting in [start, stop): before, the previous window's; after, the next's.
-        first = bisect_left(found, start, key=_start)
-        last = bisect_left(found, stop, first, key=_start)
-        findings += found[first:last]
-        start = max(stop, found[last - 1].end) if last > first else stop
+        found = detector.find_window(text, low, min(size, stop + WINDOW_OVERLAP_CHARS), start, stop)
+        findings += found
+        start = max(stop, found[-1].end) if found else stop
         await asyncio.sleep(0)
     return findings
 

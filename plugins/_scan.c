@@ -1327,13 +1327,13 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The plain copy of a non-ASCII text (as find_python's plain: each non-ASCII character
- * "?", so that a character is a byte and offsets are code point indices); the e-mail
- * scan reads the original where the copy has "?". -1 on no memory. */
-static int plain_copy(Scan *sc, PyObject *text) {
+/* The plain copy of a non-ASCII text from low (as find_python's plain: each non-ASCII
+ * character "?", so that a character is a byte and offsets are code point indices); the
+ * e-mail scan reads the original where the copy has "?". -1 on no memory. */
+static int plain_copy(Scan *sc, PyObject *text, Py_ssize_t low) {
     Py_ssize_t n = sc->n;
     int kind = PyUnicode_KIND(text);
-    const void *data = PyUnicode_DATA(text);
+    const void *data = (const char *)PyUnicode_DATA(text) + low * kind;
     unsigned char *plain = PyMem_Malloc((size_t)n);
     if (plain == NULL) {
         return -1;
@@ -1361,19 +1361,20 @@ static int plain_copy(Scan *sc, PyObject *text) {
     return 0;
 }
 
-/* Scans text for kinds: sc->hits in order. -1 with an exception set. */
-static int scan(Scan *sc, PyObject *text, unsigned int kinds) {
+/* Scans text[low:high] (0 <= low <= high <= its length) for kinds: sc->hits in order,
+ * their bounds in the stretch. -1 with an exception set. */
+static int scan(Scan *sc, PyObject *text, Py_ssize_t low, Py_ssize_t high, unsigned int kinds) {
     if (finding_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return -1;
     }
-    sc->n = PyUnicode_GET_LENGTH(text);
+    sc->n = high - low;
     if (sc->n == 0 || kinds == 0) {
         return 0;
     }
     if (PyUnicode_IS_ASCII(text)) {
-        sc->s = (const unsigned char *)PyUnicode_DATA(text);
-    } else if (plain_copy(sc, text) < 0) {
+        sc->s = (const unsigned char *)PyUnicode_DATA(text) + low;
+    } else if (plain_copy(sc, text, low) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1425,15 +1426,17 @@ static void scan_free(Scan *sc) {
     PyMem_Free(sc->hits);
 }
 
-/* The findings of hits[low:high] as a list, their bounds shifted by offset. */
-static PyObject *findings(PyObject *text, const Hit *hits, Py_ssize_t low, Py_ssize_t high, Py_ssize_t offset) {
+/* The findings of hits[low:high] as a list, their values at base in text and their bounds
+ * shifted by offset. */
+static PyObject *findings(PyObject *text, Py_ssize_t base, const Hit *hits, Py_ssize_t low, Py_ssize_t high,
+                          Py_ssize_t offset) {
     PyObject *result = PyList_New(high - low);
     if (result == NULL) {
         return NULL;
     }
     for (Py_ssize_t k = low; k < high; k++) {
         const Hit *hit = &hits[k];
-        PyObject *value = PyUnicode_Substring(text, hit->start, hit->end);
+        PyObject *value = PyUnicode_Substring(text, base + hit->start, base + hit->end);
         PyObject *finding = value ? new_finding(hit->kind, hit->start + offset, hit->end + offset, value) : NULL;
         if (finding == NULL) {
             Py_DECREF(result);
@@ -1461,7 +1464,8 @@ static PyObject *find(PyObject *module, PyObject *args) {
         return NULL;
     }
     Scan sc = {0};
-    PyObject *result = scan(&sc, text, kinds) < 0 ? NULL : findings(text, sc.hits, 0, sc.count, offset);
+    PyObject *result =
+        scan(&sc, text, 0, PyUnicode_GET_LENGTH(text), kinds) < 0 ? NULL : findings(text, 0, sc.hits, 0, sc.count, offset);
     scan_free(&sc);
     return result;
 }
@@ -1481,7 +1485,7 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     Py_ssize_t count = PyList_GET_SIZE(sizes);
     Scan sc = {0};
     PyObject *result = NULL;
-    if (scan(&sc, text, kinds) < 0) {
+    if (scan(&sc, text, 0, PyUnicode_GET_LENGTH(text), kinds) < 0) {
         goto done;
     }
     result = PyList_New(count);
@@ -1507,7 +1511,7 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
             }
             k++;
         }
-        PyObject *found = findings(text, sc.hits, low, k, -offset);
+        PyObject *found = findings(text, 0, sc.hits, low, k, -offset);
         if (found == NULL) {
             Py_CLEAR(result);
             goto done;
@@ -1524,10 +1528,334 @@ done:
     return result;
 }
 
+/* --------------------------------------------------------------------------- masking
+ *
+ * pii_redactor's work after the scan, for tens of thousands of findings: each value's
+ * identity and placeholder (_Masker._of_kind in pii_redactor.py, the reference and the
+ * fallback), and the text with its findings replaced (_detect._interleaved). */
+
+static PyObject *casefold_method = NULL; /* str.casefold: an identity computed here */
+static PyObject *str_method = NULL;      /* str.__str__: the value itself */
+static PyObject *casefold_name = NULL;   /* "casefold" */
+
+#if PY_VERSION_HEX < 0x030D0000
+/* Whether str.casefold maps a BMP character to itself: 0 not asked yet, 1 yes, 2 no. */
+static uint8_t FOLDS_TO_ITSELF[65536];
+#endif
+
+/* Whether str.casefold leaves a non-ASCII ch as it is (str.casefold folds character by
+ * character, with _PyUnicode_ToFoldedFull; no context). 0 where that cannot be told here. */
+static int wide_folds_to_itself(Py_UCS4 ch) {
+#if PY_VERSION_HEX < 0x030D0000
+    if (ch < 65536 && FOLDS_TO_ITSELF[ch]) {
+        return FOLDS_TO_ITSELF[ch] == 1;
+    }
+    Py_UCS4 mapped[3];
+    int same = _PyUnicode_ToFoldedFull(ch, mapped) == 1 && mapped[0] == ch;
+    if (ch < 65536) {
+        FOLDS_TO_ITSELF[ch] = same ? 1 : 2;
+    }
+    return same;
+#else
+    (void)ch;
+    return 0;
+#endif
+}
+
+#define FOLDS_TO_ITSELF_(ch) ((ch) < 128 ? (Py_UCS4)((ch) - 'A') >= 26u : wide_folds_to_itself(ch))
+
+/* Whether value.casefold() == value. */
+static int folded_already(PyObject *value) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    const void *data = PyUnicode_DATA(value);
+    switch (PyUnicode_KIND(value)) {
+    case PyUnicode_1BYTE_KIND:
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 ch = ((const Py_UCS1 *)data)[i];
+            if (!FOLDS_TO_ITSELF_(ch)) {
+                return 0;
+            }
+        }
+        return 1;
+    case PyUnicode_2BYTE_KIND:
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 ch = ((const Py_UCS2 *)data)[i];
+#if PY_VERSION_HEX < 0x030D0000
+            if (ch >= 128 && FOLDS_TO_ITSELF[ch] == 1) {
+                continue;
+            }
+#endif
+            if (!FOLDS_TO_ITSELF_(ch)) {
+                return 0;
+            }
+        }
+        return 1;
+    default:
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 ch = ((const Py_UCS4 *)data)[i];
+            if (!FOLDS_TO_ITSELF_(ch)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+}
+
+/* value.casefold() (a new reference): value itself when folding changes nothing (an
+ * equal string), else str.casefold's own answer. */
+static PyObject *casefolded(PyObject *value) {
+    return folded_already(value) ? Py_NewRef(value) : PyObject_CallMethodNoArgs(value, casefold_name);
+}
+
+/* identity(value), a new reference; str.casefold and str.__str__ of a str without a call. */
+static PyObject *identity_of(PyObject *identity, PyObject *value) {
+    if (PyUnicode_CheckExact(value)) {
+        if (identity == casefold_method) {
+            return casefolded(value);
+        }
+        if (identity == str_method) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_CallOneArg(identity, value);
+}
+
+PyDoc_STRVAR(assign_doc, "assign(values, identity, known, mapping, supply)\n--\n\n"
+                         "The placeholder of each of values (all of one kind), as _Masker._of_kind\n"
+                         "gives them, and how many of supply it took: known maps identity(value)\n"
+                         "to its placeholder; each new identity, in order, takes the next of\n"
+                         "supply; mapping takes each placeholder's first value.");
+
+static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) || !PyDict_Check(args[3]) ||
+        !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "assign(values: list, identity, known: dict, mapping: dict, supply: list)");
+        return NULL;
+    }
+    PyObject *identity = args[1], *known = args[2], *mapping = args[3], *supply = args[4];
+    /* A copy: identity may run Python code, which could change the list. */
+    PyObject *values = PyList_GetSlice(args[0], 0, PyList_GET_SIZE(args[0]));
+    if (values == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values), used = 0;
+    PyObject *names = PyList_New(count); /* NULL items until named */
+    if (names == NULL) {
+        Py_DECREF(values);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        PyObject *id = identity_of(identity, value);
+        if (id == NULL) {
+            goto failed;
+        }
+        if (used >= PyList_GET_SIZE(supply)) { /* (identity's code may have changed supply) */
+            Py_DECREF(id);
+            PyErr_SetString(PyExc_ValueError, "supply must hold a placeholder per value");
+            goto failed;
+        }
+        PyObject *next = Py_NewRef(PyList_GET_ITEM(supply, used));
+        Py_ssize_t before = PyDict_GET_SIZE(known);
+        PyObject *name = PyDict_SetDefault(known, id, next);
+        Py_XINCREF(name); /* (borrowed from known: held before anything is let go) */
+        if (name != NULL && PyDict_GET_SIZE(known) != before) {
+            used++; /* a new identity: it took next */
+        }
+        Py_DECREF(id);
+        Py_DECREF(next);
+        if (name == NULL) {
+            goto failed;
+        }
+        PyList_SET_ITEM(names, i, name);
+        if (PyDict_SetDefault(mapping, name, value) == NULL) {
+            goto failed;
+        }
+    }
+    Py_DECREF(values);
+    return Py_BuildValue("(Nn)", names, used);
+failed:
+    Py_DECREF(names);
+    Py_DECREF(values);
+    return NULL;
+}
+
+/* How wide a character of text[start:end] can be: 0 ASCII, 1 Latin-1, 2 UCS-2, 3 UCS-4
+ * (the least width of a string holding it, as CPython makes every string). */
+static int width_of(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, int at_least) {
+    int most = kind == PyUnicode_1BYTE_KIND ? 1 : kind == PyUnicode_2BYTE_KIND ? 2 : 3;
+    for (Py_ssize_t i = start; i < end && at_least < most; i++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
+        int width = ch < 128 ? 0 : ch < 256 ? 1 : ch < 65536 ? 2 : 3;
+        if (width > at_least) {
+            at_least = width;
+        }
+    }
+    return at_least;
+}
+
+static int width_of_str(PyObject *text) {
+    if (PyUnicode_IS_ASCII(text)) {
+        return 0;
+    }
+    int kind = PyUnicode_KIND(text);
+    return kind == PyUnicode_1BYTE_KIND ? 1 : kind == PyUnicode_2BYTE_KIND ? 2 : 3;
+}
+
+/* Copies source[start:end] to target at at. */
+static void copy_chars(PyObject *target, Py_ssize_t at, PyObject *source, Py_ssize_t start, Py_ssize_t end) {
+    int to = PyUnicode_KIND(target), from = PyUnicode_KIND(source);
+    char *to_data = PyUnicode_DATA(target);
+    const char *from_data = PyUnicode_DATA(source);
+    if (to == from) {
+        memcpy(to_data + at * to, from_data + start * from, (size_t)((end - start) * from));
+        return;
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        PyUnicode_WRITE(to, to_data, at++, PyUnicode_READ(from, from_data, i));
+    }
+}
+
+/* A finding's start and end (items 1 and 2 of a tuple); -1 with an exception set. */
+static int finding_bounds(PyObject *finding, Py_ssize_t *start, Py_ssize_t *end) {
+    if (!PyTuple_Check(finding) || PyTuple_GET_SIZE(finding) < 3) {
+        PyErr_SetString(PyExc_TypeError, "findings must be (kind, start, end, ...) tuples");
+        return -1;
+    }
+    *start = PyLong_AsSsize_t(PyTuple_GET_ITEM(finding, 1));
+    *end = *start == -1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(PyTuple_GET_ITEM(finding, 2));
+    return *end == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+PyDoc_STRVAR(interleave_doc, "interleave(text, findings, replacements, begin, end)\n--\n\n"
+                             "text[begin:end] with each of findings (in order, within it) replaced\n"
+                             "by the replacement at its index.");
+
+static PyObject *interleave(PyObject *module, PyObject *args) {
+    PyObject *text, *findings, *replacements;
+    Py_ssize_t begin, end;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UO!O!nn:interleave", &text, &PyList_Type, &findings, &PyList_Type, &replacements,
+                          &begin, &end)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(findings);
+    if (PyList_GET_SIZE(replacements) != count) {
+        PyErr_SetString(PyExc_ValueError, "one replacement per finding");
+        return NULL;
+    }
+    if (begin < 0 || begin > end || end > PyUnicode_GET_LENGTH(text)) {
+        PyErr_SetString(PyExc_ValueError, "begin and end must bound a stretch of the text");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int ascii = PyUnicode_IS_ASCII(text);
+    /* The size and width of the result; nothing below runs Python code, so the lists
+     * stay as they are between the two passes. */
+    Py_ssize_t size = 0, position = begin;
+    int width = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t start, stop;
+        if (finding_bounds(PyList_GET_ITEM(findings, k), &start, &stop) < 0) {
+            return NULL;
+        }
+        if (start < position || stop < start || stop > end) {
+            PyErr_SetString(PyExc_ValueError, "findings must be in order, apart, within begin and end");
+            return NULL;
+        }
+        PyObject *replacement = PyList_GET_ITEM(replacements, k);
+        if (!PyUnicode_Check(replacement)) {
+            PyErr_SetString(PyExc_TypeError, "replacements must be strings");
+            return NULL;
+        }
+        Py_ssize_t length = PyUnicode_GET_LENGTH(replacement);
+        if (length > PY_SSIZE_T_MAX - (start - position) - size) { /* size stays below the text's before */
+            PyErr_SetString(PyExc_OverflowError, "the replaced text is too long");
+            return NULL;
+        }
+        size += (start - position) + length;
+        if (!ascii) {
+            width = width_of(kind, data, position, start, width);
+        }
+        int own = width_of_str(replacement);
+        width = own > width ? own : width;
+        position = stop;
+    }
+    if (end - position > PY_SSIZE_T_MAX - size) {
+        PyErr_SetString(PyExc_OverflowError, "the replaced text is too long");
+        return NULL;
+    }
+    size += end - position;
+    if (!ascii) {
+        width = width_of(kind, data, position, end, width);
+    }
+    static const Py_UCS4 widest[4] = {127, 255, 65535, 1114111};
+    PyObject *result = PyUnicode_New(size, widest[width]);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_ssize_t at = 0;
+    position = begin;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t start, stop;
+        if (finding_bounds(PyList_GET_ITEM(findings, k), &start, &stop) < 0) { /* (checked above) */
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyObject *replacement = PyList_GET_ITEM(replacements, k);
+        copy_chars(result, at, text, position, start);
+        at += start - position;
+        copy_chars(result, at, replacement, 0, PyUnicode_GET_LENGTH(replacement));
+        at += PyUnicode_GET_LENGTH(replacement);
+        position = stop;
+    }
+    copy_chars(result, at, text, position, end);
+    return result;
+}
+
+PyDoc_STRVAR(find_window_doc, "find_window(text, kinds, low, high, start, stop)\n--\n\n"
+                              "The findings of text[low:high] (their bounds in text) that start in\n"
+                              "[start, stop): find(text[low:high], kinds, low) cut, without the copies.");
+
+static PyObject *find_window(PyObject *module, PyObject *args) {
+    PyObject *text;
+    unsigned int kinds;
+    Py_ssize_t low, high, start, stop;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UInnnn:find_window", &text, &kinds, &low, &high, &start, &stop)) {
+        return NULL;
+    }
+    if (low < 0 || low > high || high > PyUnicode_GET_LENGTH(text)) {
+        PyErr_SetString(PyExc_ValueError, "low and high must bound a stretch of the text");
+        return NULL;
+    }
+    Scan sc = {0};
+    PyObject *result = NULL;
+    if (scan(&sc, text, low, high, kinds) == 0) {
+        /* hits are in order of start; their bounds + low <= high: no overflow */
+        Py_ssize_t first = 0, last;
+        while (first < sc.count && sc.hits[first].start + low < start) {
+            first++;
+        }
+        last = first;
+        while (last < sc.count && sc.hits[last].start + low < stop) {
+            last++;
+        }
+        result = findings(text, low, sc.hits, first, last, low);
+    }
+    scan_free(&sc);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"find", find, METH_VARARGS, find_doc},
     {"find_split", find_split, METH_VARARGS, find_split_doc},
+    {"find_window", find_window, METH_VARARGS, find_window_doc},
+    {"assign", (PyCFunction)(void (*)(void))assign, METH_FASTCALL, assign_doc},
+    {"interleave", interleave, METH_VARARGS, interleave_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1567,6 +1895,12 @@ PyMODINIT_FUNC PyInit__scan(void) {
     }
     for (int c = 0; c < 256; c++) {
         CLUSTER_CLASS[c] = c >= '0' && c <= '9' ? 1 : strchr(" .-()+", c) != NULL && c != 0 ? 2 : 0;
+    }
+    casefold_name = PyUnicode_InternFromString("casefold");
+    casefold_method = casefold_name ? PyObject_GetAttr((PyObject *)&PyUnicode_Type, casefold_name) : NULL;
+    str_method = casefold_method ? PyObject_GetAttrString((PyObject *)&PyUnicode_Type, "__str__") : NULL;
+    if (str_method == NULL) {
+        return NULL;
     }
     return PyModule_Create(&module_def);
 }

@@ -54,6 +54,7 @@ from itertools import chain, compress, filterfalse
 from operator import itemgetter, methodcaller
 from typing import Any, ClassVar
 
+from ringd.plugins import _detect
 from ringd.plugins._common import ConfigReader, iter_message_texts, map_message_texts, prompt_too_large
 from ringd.plugins._detect import (
     DEFAULT_MAX_SCAN_CHARS,
@@ -149,8 +150,14 @@ class _Masker:
 
     def _of_kind(self, kind: str, values: list[str]) -> list[str]:
         """The placeholders of ``values``, all of ``kind``, in order."""
-        identities = list(map(IDENTITY[kind], values))
         known = self.by_identity.setdefault(kind, {})
+        if _detect.NATIVE is not None:  # as below, in one pass in C: each new identity takes the next free
+            free = self._free(kind, len(values))
+            names, used = _detect.NATIVE.assign(values, IDENTITY[kind], known, self.mapping, free)
+            if used:
+                self._took(kind, free[used - 1])
+            return names
+        identities = list(map(IDENTITY[kind], values))
         first_seen = dict.fromkeys(identities)  # in order of first appearance
         new = list(filterfalse(known.__contains__, first_seen)) if known else first_seen
         if new:
@@ -177,18 +184,26 @@ class _Masker:
 
     def _numbered(self, kind: str, count: int) -> list[str]:
         """``count`` new placeholders for ``kind``, skipping those already in the prompt."""
+        names = self._free(kind, count)
+        self._took(kind, names[-1])
+        return names
+
+    def _free(self, kind: str, count: int) -> list[str]:
+        """The next ``count`` placeholders for ``kind`` not in the prompt, in order (none
+        taken until :meth:`_took` says how far)."""
         number = self.next_number.get(kind, 0)
         skipped = self.skipped.get(kind)
         if skipped is None:
             skipped = self.skipped[kind] = sum(map(methodcaller("startswith", _PREFIXES[kind]), self.taken))
         if not skipped:
-            self.next_number[kind] = number + count
             return _placeholders(kind, number + 1, count)
         # At most ``skipped`` of the next ``count + skipped`` numbers are taken.
         candidates = _placeholders(kind, number + 1, count + skipped)
-        names = list(filterfalse(self.taken.__contains__, candidates))[:count]
-        self.next_number[kind] = number + candidates.index(names[-1]) + 1
-        return names
+        return list(filterfalse(self.taken.__contains__, candidates))[:count]
+
+    def _took(self, kind: str, last: str) -> None:
+        """The placeholders of ``kind`` up to ``last`` (one of :meth:`_free`'s) are used."""
+        self.next_number[kind] = int(last[len(_PREFIXES[kind]) : -1])
 
 
 class PiiRedactor(BasePlugin):

@@ -153,7 +153,15 @@ _LONGEST_WORD = 64  # the longest word of _BUILTIN_WORDS is far shorter
 
 def _words(text: str) -> frozenset[str]:
     """The words of ``text`` (maximal runs of word characters, as ``\\w`` means) that
-    :data:`_BUILTIN_WORDS` holds."""
+    :data:`_BUILTIN_WORDS` holds, and maybe more of them.
+
+    A non-ASCII character is taken for a separator (the ASCII split is C-level; ``\\W+``
+    costs three times as much). A word of only ASCII characters is found all the same,
+    and those are all :data:`_BUILTIN_WORDS` holds; a word with a non-ASCII letter in it
+    can only add a piece, which lets more rules through to their regexes, never fewer.
+    """
+    if not text.isascii():
+        text = text.encode("ascii", "replace").decode("ascii")  # each non-ASCII character "?"
     return _ALL_BUILTIN_WORDS.intersection(words(text))
 
 
@@ -271,7 +279,7 @@ class PromptGuard(BasePlugin):
         # The anchors to search for, by the set of built-in rules a text's words allow
         # (at most 2**6 sets; an anchor used by built-in rules only is left out when none
         # of its rules is possible).
-        self._plans: dict[frozenset[int], list[tuple[str, list[_Anchored]]]] = {}
+        self._plans: dict[frozenset[int], list[tuple[str, list[_Anchored], frozenset[int]]]] = {}
         for key, category in (("blocked_patterns", "topic"), ("injection_patterns", "injection")):
             for source in reader.get_str_list(key, []) or []:
                 try:
@@ -280,8 +288,9 @@ class PromptGuard(BasePlugin):
                     raise reader.error(key, f"valid regexes ({exc})", source) from None
                 self._patterns.append((add_rule(category, source), compiled))
 
-    def _plan(self, words: set[str]) -> list[tuple[str, list[_Anchored]]]:
-        """The anchors worth searching for in a text with ``words``."""
+    def _plan(self, words: set[str]) -> list[tuple[str, list[_Anchored], frozenset[int]]]:
+        """The anchors worth searching for in a text with ``words``, each with its entries and
+        their rules."""
         possible = frozenset(
             rule
             for rule, groups in self._builtin_words
@@ -290,30 +299,46 @@ class PromptGuard(BasePlugin):
         plan = self._plans.get(possible)
         if plan is None:
             plan = self._plans[possible] = [
-                (anchor, entries)
+                (anchor, entries, frozenset(entry.rule for entry in entries))
                 for anchor, entries in self._anchors.items()
                 if not all(entry.builtin and entry.rule not in possible for entry in entries)
             ]
         return plan
 
     def _matches(
-        self, text: str, start: int, stop: int, plan: list[tuple[str, list[_Anchored]]]
+        self,
+        text: str,
+        start: int,
+        stop: int,
+        plan: list[tuple[str, list[_Anchored], frozenset[int]]],
+        seen: set[int],
     ) -> Iterator[tuple[int, int]]:
         """``(rule index, position)`` of the anchored rules of ``plan`` matching normalised
-        ``text`` at positions in ``[start, stop)`` (a match may run past ``stop``)."""
+        ``text`` at positions in ``[start, stop)`` (a match may run past ``stop``).
+
+        An anchor whose rules are all in ``seen`` (flagged already, as the caller adds
+        them) is passed over: its matches would change nothing.
+        """
         size = len(text)
-        for anchor, entries in plan:
-            position = text.find(anchor, start, stop + len(anchor) - 1)
+        find = text.find
+        for anchor, entries, rules in plan:
+            if rules <= seen:
+                continue
+            limit = stop + len(anchor) - 1
+            word_start = entries[0].word_start
+            position = find(anchor, start, limit)
             while position != -1:
-                after = position + len(anchor)
-                if not (position and entries[0].word_start and _is_word(text[position - 1])):
+                if not (word_start and position and _is_word(text[position - 1])):
+                    after = position + len(anchor)
                     for entry in entries:
                         if entry.pattern is None:
                             if not (entry.word_end and after < size and _is_word(text[after])):
                                 yield entry.rule, position
                         elif entry.pattern.match(text, position):
                             yield entry.rule, position
-                position = text.find(anchor, position + 1, stop + len(anchor) - 1)
+                    if rules <= seen:
+                        break
+                position = find(anchor, position + 1, limit)
 
     def _block(self, category: str, rule_name: str) -> PluginResponse:
         what = "a blocked topic" if category == "topic" else "a prompt-injection rule"
@@ -369,7 +394,9 @@ class PromptGuard(BasePlugin):
                 await asyncio.sleep(0)
         plan = self._plan(words)
         for start in range(0, len(joined), SCAN_CHUNK_CHARS):
-            for rule, at in self._matches(joined, start, min(len(joined), start + SCAN_CHUNK_CHARS), plan):
+            for rule, at in self._matches(
+                joined, start, min(len(joined), start + SCAN_CHUNK_CHARS), plan, seen
+            ):
                 blocked = flag(rule, scanned[bisect_right(offsets, at) - 1][0])
                 if blocked is not None:
                     return blocked

@@ -250,3 +250,32 @@ def test_a_text_dense_with_anchors_costs_the_native_scan_little_memory() -> None
     finally:
         tracemalloc.stop()
     assert peak < 10 * len(text)
+
+
+@SETTINGS
+@given(st.one_of(texts, unicode_texts), kind_sets, st.lists(st.integers(0, 5000), min_size=4, max_size=4))
+@example("a@b.co x ユーザー@例え.jp é 192.168.1.1", KINDS, [1, 200, 0, 33])
+def test_a_window_scanned_in_place_is_the_window_scanned_alone(
+    text: str, kinds: tuple[str, ...], picks: list[int]
+) -> None:
+    # find_window scans text[low:high] where it lies and keeps the findings starting in
+    # [start, stop): what the Python scanner finds in the window cut out, cut the same way.
+    native = _detect.NATIVE
+    assert native is not None
+    low = picks[0] % (len(text) + 1)
+    high = low + picks[1] % (len(text) - low + 1)
+    start = low - 2 + picks[2] % (high - low + 5)
+    stop = start + picks[3] % (high + 3 - start)
+    detector = Detector(kinds)
+    expected = [found for found in detector.find_python(text[low:high], low) if start <= found.start < stop]
+    _assert_same(native.find_window(text, detector._mask, low, high, start, stop), expected)
+
+
+def test_a_window_outside_the_text_is_refused() -> None:
+    native = _detect.NATIVE
+    assert native is not None
+    mask = Detector()._mask
+    for low, high in ((-1, 3), (3, 2), (0, 7), (7, 7)):
+        with pytest.raises(ValueError, match="bound a stretch"):
+            native.find_window("a@b.co", mask, low, high, 0, 6)
+    assert native.find_window("a@b.co", mask, 0, 6, 0, 6) == [Finding("email", 0, 6, "a@b.co")]

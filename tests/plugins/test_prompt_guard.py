@@ -205,7 +205,10 @@ _RULE_WORDS = _RULE_TEXT.split()
 
 def _unfiltered(guard: PromptGuard) -> PromptGuard:
     """``guard`` with the word prefilter off: every anchor searched in every text."""
-    everything = list(guard._anchors.items())
+    everything = [
+        (anchor, entries, frozenset(entry.rule for entry in entries))
+        for anchor, entries in guard._anchors.items()
+    ]
     guard._plan = lambda words: everything  # type: ignore[method-assign]
     return guard
 
