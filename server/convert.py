@@ -665,6 +665,10 @@ def release_to_wire(chunks: Sequence[dict[str, Any]]) -> bytes:
     """
     if not chunks:
         return _RELEASE_NOTHING
+    if len(chunks) == 1:  # most answers: one chunk released for one received
+        data = orjson.dumps(chunks[0])
+        head = _TAG_1_BYTES + wire.length(len(data))
+        return b"".join((_TAG_1_BYTES, wire.length(len(head) + len(data)), head, data))
     parts: list[bytes] = []
     size = 0
     for chunk in chunks:
