@@ -128,6 +128,49 @@ async def test_a_raising_fail_closed_plugin_blocks_the_stream(serve, streaming):
     assert block.results[0].outcome == pb.PLUGIN_OUTCOME_ERROR
 
 
+async def test_a_plugin_that_suspends_on_some_chunks_rewrites_them_as_one_that_does_not(serve, streaming):
+    # "first" suspends on the chunks holding "s" (its call is awaited, not settled inline),
+    # then "second" runs inline on what it released: the mix keeps order and hold-back.
+    running = await serve(
+        [
+            streamer(
+                "first", config={"window": 4, "suspend_on": "s", "replace": {"cat": "dog"}}, priority=10
+            ),
+            streamer("second", config={"window": 4, "replace": {"dog": "wolf"}}, priority=20),
+        ]
+    )
+    text = "a cat sat; this cat is the cat of us all"
+
+    answer = await stream_call(running.engine(), chunks_of(text, cuts=[3, 4, 9, 14, 15, 22, 30]))
+
+    assert answer.text == text.replace("cat", "wolf")
+    results = answer.last.done.results
+    assert [(r.plugin, r.outcome) for r in results] == [
+        ("first", pb.PLUGIN_OUTCOME_OK),
+        ("second", pb.PLUGIN_OUTCOME_OK),
+    ]
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+async def test_a_plugin_that_suspends_then_raises_follows_its_fail_policy(serve, streaming, policy):
+    config = {"suspend_on": "", "raise_on": "boom", "replace": {"a": "A"}}
+    running = await serve([streamer("flaky", config=config, fail_policy=policy)])
+
+    answer = await stream_call(running.engine(), chunks_of("a boom b", cuts=[2]))
+
+    if policy == "open":  # as when it raises without suspending: through unchanged, and said
+        assert answer.text == "A boom b"
+        result = answer.last.done.results[0]
+        assert result.outcome == pb.PLUGIN_OUTCOME_BYPASSED
+    else:
+        block = answer.last.block
+        assert (block.block.status_code, block.block.error_type) == (500, "plugin_error")
+        assert answer.text == "A "
+        result = block.results[0]
+        assert result.outcome == pb.PLUGIN_OUTCOME_ERROR
+    assert "RuntimeError: streamer refuses boom" in result.error
+
+
 async def test_a_hanging_plugin_times_out_by_its_policy_without_stalling_other_streams(serve, streaming):
     running = await serve([streamer("slow", config={"hang_on": "HANG"}, timeout_ms=1500)])
     order: list[str] = []

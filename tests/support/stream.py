@@ -41,6 +41,8 @@ class Streamer(BasePlugin):
         cfg = self.config
         seen = ctx.metadata.setdefault("seen_" + self.config.get("tag", "streamer"), [])
         seen.append(str(text))
+        if cfg.get("suspend_on") is not None and cfg["suspend_on"] in text:
+            await asyncio.sleep(0)  # off the inline path: the call is awaited under its time budget
         if cfg.get("hang_on") and cfg["hang_on"] in text:
             if cfg.get("started_marker"):
                 Path(cfg["started_marker"]).write_text("started")
