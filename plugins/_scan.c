@@ -22,6 +22,12 @@
 #include <emmintrin.h>
 #endif
 
+/* The module's ABI, which plugins/_detect.py checks at import (_NATIVE_ABI there): an
+ * extension built from another version of this file is not used, the Python scanner is.
+ * Bump it, and _NATIVE_ABI with it, whenever a function's contract changes: one added or
+ * removed, its arguments, its results or what it refuses. */
+#define SCAN_ABI 1
+
 /* Kinds, in precedence order (their index is the bit of the kind mask). */
 enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
 
@@ -1645,6 +1651,9 @@ static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(values);
         return NULL;
     }
+    /* Out of the GC's lists until filled: identity may run Python code, and gc.get_objects()
+     * there would hand it a list whose NULL items crash the interpreter when read. */
+    PyObject_GC_UnTrack(names);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *value = PyList_GET_ITEM(values, i);
         PyObject *id = identity_of(identity, value);
@@ -1674,6 +1683,7 @@ static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t narg
         }
     }
     Py_DECREF(values);
+    PyObject_GC_Track(names);
     return Py_BuildValue("(Nn)", names, used);
 failed:
     Py_DECREF(names);
@@ -1902,5 +1912,9 @@ PyMODINIT_FUNC PyInit__scan(void) {
     if (str_method == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && PyModule_AddIntConstant(module, "ABI", SCAN_ABI) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
 }

@@ -14,8 +14,10 @@ findings (kinds, bounds, values, order).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,55 @@ def _assert_same(native: list[Finding], python: list[Finding]) -> None:
 def test_the_native_scan_is_built() -> None:
     # CI builds it (make venv: pip install -e .); falling back silently would lose its speed.
     assert _detect.NATIVE is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+
+
+def _stand_in(abi: int | None, functions: tuple[str, ...]) -> types.ModuleType:
+    """A module as an extension built from another version of _scan.c would be: the real
+    module's functions named in ``functions``, ``ABI`` unless None."""
+    real = _detect.NATIVE
+    assert real is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+    stale = types.ModuleType("ringd.plugins._scan")
+    stale.__file__ = "/site/ringd/plugins/_scan.cpython-311-x86_64-linux-gnu.so"
+    for name in functions:
+        setattr(stale, name, getattr(real, name))
+    if abi is not None:
+        stale.ABI = abi
+    return stale
+
+
+@pytest.mark.parametrize(
+    ("abi", "functions", "said"),
+    [
+        (None, ("configure", "find", "find_split"), "ABI None"),  # from before find_window and the masking
+        (_detect._NATIVE_ABI - 1, _detect._NATIVE_FUNCTIONS, f"ABI {_detect._NATIVE_ABI - 1}"),
+        (_detect._NATIVE_ABI + 1, _detect._NATIVE_FUNCTIONS, f"ABI {_detect._NATIVE_ABI + 1}"),
+        (_detect._NATIVE_ABI, _detect._NATIVE_FUNCTIONS[:-1], "missing interleave"),
+    ],
+)
+def test_a_stale_native_scan_is_left_for_the_python_one_with_a_warning(
+    abi: int | None, functions: tuple[str, ...], said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After `git pull` without a rebuild, the extension on disk is from an older _scan.c: its
+    # functions fail on some texts (ValueError) or are missing. It is not used, and the log
+    # says which file and how to rebuild it.
+    with caplog.at_level(logging.WARNING):
+        assert _detect._checked(_stand_in(abi, functions)) is None
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert "/site/ringd/plugins/_scan.cpython-311-x86_64-linux-gnu.so is stale" in message
+    assert said in message
+    assert "make venv" in message
+    assert "pip install -e ." in message
+
+
+def test_the_native_scan_built_from_this_checkout_passes_its_check(caplog: pytest.LogCaptureFixture) -> None:
+    real = _detect.NATIVE
+    assert real is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+    with caplog.at_level(logging.WARNING):
+        assert _detect._checked(_stand_in(real.ABI, _detect._NATIVE_FUNCTIONS)) is not None
+    assert caplog.records == []
+    assert real.ABI == _detect._NATIVE_ABI
 
 
 @SETTINGS

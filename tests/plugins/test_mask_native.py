@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -344,3 +345,29 @@ def test_the_native_masking_holds_no_memory_after_a_call() -> None:
     finally:
         tracemalloc.stop()
     assert after - before < 4096  # a reference kept per call would hold over 100 KB
+
+
+def test_an_identity_that_reads_every_list_meanwhile_cannot_crash_the_interpreter() -> None:
+    # assign calls identity (Python code) while the list of names it returns is half filled;
+    # gc.get_objects() there handed that list over, and reading its unfilled items crashed
+    # the interpreter (SIGSEGV). Run in a child, so that a crash fails this test alone.
+    code = """if True:
+        import gc
+        from ringd.plugins import _detect
+        assert _detect.NATIVE is not None, "ringd.plugins._scan is not built"
+        values = [f"v{n}@x.de" for n in range(50)]
+        supply = [f"[EMAIL_{n}]" for n in range(1, 51)]
+
+        def identity(value):
+            if value == "v1@x.de":
+                for found in gc.get_objects():
+                    if type(found) is list and len(found) == 50 and found not in (values, supply):
+                        list(found)
+            return value
+
+        print(_detect.NATIVE.assign(values, identity, {}, {}, supply) == (supply, 50))
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "True"), child.stderr
