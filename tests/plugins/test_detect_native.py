@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -134,6 +135,29 @@ def test_a_stale_native_scan_is_left_for_the_python_one_with_a_warning(
     assert said in message
     assert "make venv" in message
     assert "pip install -e ." in message
+
+
+def test_a_process_with_a_stale_native_scan_on_disk_scans_by_python() -> None:
+    # The import as a process does it: an extension of an older _scan.c (no ABI, no
+    # find_window) in the place of the built one; the detector and the redactor still work.
+    code = """if True:
+        import sys, types
+        stale = types.ModuleType("ringd.plugins._scan")
+        stale.__file__ = "/old/_scan.so"
+        stale.configure = lambda finding_type, kinds: None
+        stale.find = stale.find_split = lambda *args: (_ for _ in ()).throw(ValueError("not ASCII"))
+        sys.modules["ringd.plugins._scan"] = stale
+        from ringd.plugins import _detect
+        print(_detect.NATIVE is None, _detect.Detector().find("é a@b.co"))
+    """
+    env = {key: value for key, value in os.environ.items() if key != "RINGD_PURE_PYTHON_SCAN"}
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "True [Finding(kind='email', start=2, end=8, value='a@b.co')]"
+    assert "/old/_scan.so is stale" in child.stderr
+    assert "make venv" in child.stderr
 
 
 def test_the_native_scan_built_from_this_checkout_passes_its_check(caplog: pytest.LogCaptureFixture) -> None:
