@@ -59,10 +59,12 @@ def native() -> Any:
 
 # Characters whose case folding is not themselves: capitals, sharp s (-> ss), long s
 # (-> s), the Kelvin sign, micro (-> mu), sigmas, dotted and dotless i, ligatures, a
-# Cherokee letter, an astral capital (Deseret); and some that fold to themselves.
+# Cherokee letter, astral capitals (Deseret, Adlam), a titlecase digraph, a combining mark
+# that folds to a letter (ypogegrammeni); and some that fold to themselves, lone
+# surrogates among them.
 FOLDING = (
     "AZaz09@._-+\u00df\u1e9e\u017f\u212a\u00b5\u03a3\u03c3\u03c2\u0130\u0131\ufb00\ufb03\u13f8\uab70"
-    "\U00010400\U00010428éÉüÜжЖΩωｱ中ー😀\u0301\x00"
+    "\U00010400\U00010428\U0001e900\u01c5\u0345éÉüÜжЖΩωｱ中ー😀\u0301\x00\ud800\udfff"
 )
 
 
@@ -181,7 +183,7 @@ def test_identities_other_than_str_methods_are_called() -> None:
 
 # --------------------------------------------------------------------------- the masked text
 
-WIDE = "aZ 09@.é\u00ffĀ中ー\u0301😀\U0010ffff"
+WIDE = "aZ 09@.é\u00ffĀ中ー\u0301😀\U0010ffff\ud800"
 texts = st.one_of(st.text("ab @.", max_size=60), st.text(WIDE, max_size=60))
 replacements = st.one_of(st.sampled_from(["[EMAIL_1]", "[PHONE_12]", ""]), st.text(WIDE, max_size=5))
 
