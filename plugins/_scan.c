@@ -1440,6 +1440,10 @@ static PyObject *findings(PyObject *text, Py_ssize_t base, const Hit *hits, Py_s
     if (result == NULL) {
         return NULL;
     }
+    /* Out of the GC's lists until filled: a finding's allocation can start a collection,
+     * whose callbacks (gc.callbacks) and finalizers run Python code, and gc.get_objects()
+     * there would hand over this list, whose NULL items crash the interpreter when read. */
+    PyObject_GC_UnTrack(result);
     for (Py_ssize_t k = low; k < high; k++) {
         const Hit *hit = &hits[k];
         PyObject *value = PyUnicode_Substring(text, base + hit->start, base + hit->end);
@@ -1450,6 +1454,7 @@ static PyObject *findings(PyObject *text, Py_ssize_t base, const Hit *hits, Py_s
         }
         PyList_SET_ITEM(result, k - low, finding);
     }
+    PyObject_GC_Track(result);
     return result;
 }
 
@@ -1498,6 +1503,7 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     if (result == NULL) {
         goto done;
     }
+    PyObject_GC_UnTrack(result); /* until filled, as findings' list */
     Py_ssize_t offset = 0, k = 0;
     for (Py_ssize_t index = 0; index < count; index++) {
         Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, index));
@@ -1528,6 +1534,9 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     if (count > 0 && offset != sc.n + 1) { /* the findings after the last size would be lost */
         PyErr_SetString(PyExc_ValueError, "sizes must add up to the text (one character between)");
         Py_CLEAR(result);
+    }
+    if (result != NULL) {
+        PyObject_GC_Track(result);
     }
 done:
     scan_free(&sc);

@@ -160,6 +160,39 @@ def test_a_process_with_a_stale_native_scan_on_disk_scans_by_python() -> None:
     assert "make venv" in child.stderr
 
 
+def test_a_gc_callback_reading_every_list_meanwhile_cannot_crash_the_interpreter() -> None:
+    # A collection can start while the scan fills its lists of findings (each finding is
+    # allocated); a gc callback (as memory profilers register) that read every list read
+    # their unfilled items and crashed the interpreter (SIGSEGV). Run in a child.
+    code = """if True:
+        import gc
+        from ringd.plugins import _detect
+        assert _detect.NATIVE is not None, "ringd.plugins._scan is not built"
+        texts = [" ".join(f"u{n}@x.de" for n in range(3000))] * 2
+        read = 0
+
+        def reader(phase, info):
+            global read
+            for found in gc.get_objects():
+                if type(found) is list and len(found) in (2, 3000):
+                    read += len(list(found))
+
+        gc.callbacks.append(reader)
+        detector = _detect.Detector()
+        counts = [
+            len(detector.find(texts[0])),
+            sum(map(len, detector.find_all(texts))),
+            len(detector.find_window(texts[0], 0, len(texts[0]), 0, len(texts[0]))),
+        ]
+        gc.callbacks.remove(reader)
+        print(counts)
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "[3000, 6000, 3000]"), child.stderr
+
+
 def test_the_native_scan_built_from_this_checkout_passes_its_check(caplog: pytest.LogCaptureFixture) -> None:
     real = _detect.NATIVE
     assert real is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
