@@ -94,7 +94,7 @@ def _assert_same(native: list[Finding], python: list[Finding]) -> None:
 
 def test_the_native_scan_is_built() -> None:
     # CI builds it (make venv: pip install -e .); falling back silently would lose its speed.
-    assert _detect.NATIVE is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+    assert _detect.NATIVE is not None, "_scan not built or stale (a warning says which): run `make venv`"
 
 
 def _stand_in(abi: int | None, functions: tuple[str, ...]) -> types.ModuleType:
