@@ -29,13 +29,15 @@ be internationalised, ``jürgen@müller.de``), detection is ASCII-only: digits a
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, chain, compress, repeat
 from operator import add, itemgetter, methodcaller, mod, not_, sub
-from typing import NamedTuple, Protocol
+from types import ModuleType
+from typing import NamedTuple, Protocol, cast
 
 KINDS: tuple[str, ...] = ("secret", "email", "credit_card", "iban", "ip_address", "phone")
 """Every detector kind, in precedence order."""
@@ -428,6 +430,8 @@ _start = itemgetter(1)  # a Finding's start
 
 class _NativeScan(Protocol):
     """What ``ringd.plugins._scan`` (plugins/_scan.c) offers."""
+
+    ABI: int
 
     def configure(self, finding_type: type[Finding], kinds: tuple[str, ...], /) -> None: ...
 
@@ -1030,8 +1034,35 @@ def placeholder_for(kind: str, number: int) -> str:
     return f"[{kind.upper()}_{number}]"
 
 
+_NATIVE_ABI = 1
+"""The ``ABI`` of plugins/_scan.c this module is written for (``SCAN_ABI`` there, bumped
+with it whenever a native function's contract changes)."""
+_NATIVE_FUNCTIONS = ("configure", "find", "find_split", "find_window", "assign", "interleave")
+
+
+def _checked(module: ModuleType) -> _NativeScan | None:
+    """``module`` configured, if it is the native scan this code is written for; else None,
+    with a warning (an extension built from an older ``_scan.c``, as after ``git pull``
+    without a rebuild, would fail on some texts or lack a function)."""
+    abi = getattr(module, "ABI", None)
+    missing = [name for name in _NATIVE_FUNCTIONS if not callable(getattr(module, name, None))]
+    if abi != _NATIVE_ABI or missing:
+        logging.getLogger("plugin.pii_scan").warning(
+            "%s is stale (ABI %s, this code needs %s%s): the slower Python scanner is used;"
+            " rebuild it with `make venv` (or `pip install -e .`)",
+            getattr(module, "__file__", module.__name__),
+            abi,
+            _NATIVE_ABI,
+            f"; missing {', '.join(missing)}" if missing else "",
+        )
+        return None
+    native = cast(_NativeScan, module)
+    native.configure(Finding, KINDS)
+    return native
+
+
 def _native_scanner() -> _NativeScan | None:
-    """The native scan (``ringd.plugins._scan``), unless not built or turned off.
+    """The native scan (``ringd.plugins._scan``), unless not built, stale or turned off.
 
     ``RINGD_PURE_PYTHON_SCAN=1`` keeps the Python scanner (tests compare the two).
     """
@@ -1041,8 +1072,7 @@ def _native_scanner() -> _NativeScan | None:
         from ringd.plugins import _scan
     except ImportError:  # built without a C compiler: the Python scanner does it all
         return None
-    _scan.configure(Finding, KINDS)
-    return _scan
+    return _checked(_scan)
 
 
 NATIVE: _NativeScan | None = _native_scanner()

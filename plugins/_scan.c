@@ -22,6 +22,12 @@
 #include <emmintrin.h>
 #endif
 
+/* The module's ABI, which plugins/_detect.py checks at import (_NATIVE_ABI there): an
+ * extension built from another version of this file is not used, the Python scanner is.
+ * Bump it, and _NATIVE_ABI with it, whenever a function's contract changes: one added or
+ * removed, its arguments, its results or what it refuses. */
+#define SCAN_ABI 1
+
 /* Kinds, in precedence order (their index is the bit of the kind mask). */
 enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
 
@@ -1434,6 +1440,10 @@ static PyObject *findings(PyObject *text, Py_ssize_t base, const Hit *hits, Py_s
     if (result == NULL) {
         return NULL;
     }
+    /* Out of the GC's lists until filled: a finding's allocation can start a collection,
+     * whose callbacks (gc.callbacks) and finalizers run Python code, and gc.get_objects()
+     * there would hand over this list, whose NULL items crash the interpreter when read. */
+    PyObject_GC_UnTrack(result);
     for (Py_ssize_t k = low; k < high; k++) {
         const Hit *hit = &hits[k];
         PyObject *value = PyUnicode_Substring(text, base + hit->start, base + hit->end);
@@ -1444,6 +1454,7 @@ static PyObject *findings(PyObject *text, Py_ssize_t base, const Hit *hits, Py_s
         }
         PyList_SET_ITEM(result, k - low, finding);
     }
+    PyObject_GC_Track(result);
     return result;
 }
 
@@ -1492,6 +1503,7 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     if (result == NULL) {
         goto done;
     }
+    PyObject_GC_UnTrack(result); /* until filled, as findings' list */
     Py_ssize_t offset = 0, k = 0;
     for (Py_ssize_t index = 0; index < count; index++) {
         Py_ssize_t size = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, index));
@@ -1522,6 +1534,9 @@ static PyObject *find_split(PyObject *module, PyObject *args) {
     if (count > 0 && offset != sc.n + 1) { /* the findings after the last size would be lost */
         PyErr_SetString(PyExc_ValueError, "sizes must add up to the text (one character between)");
         Py_CLEAR(result);
+    }
+    if (result != NULL) {
+        PyObject_GC_Track(result);
     }
 done:
     scan_free(&sc);
@@ -1645,6 +1660,9 @@ static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(values);
         return NULL;
     }
+    /* Out of the GC's lists until filled: identity may run Python code, and gc.get_objects()
+     * there would hand it a list whose NULL items crash the interpreter when read. */
+    PyObject_GC_UnTrack(names);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *value = PyList_GET_ITEM(values, i);
         PyObject *id = identity_of(identity, value);
@@ -1674,6 +1692,7 @@ static PyObject *assign(PyObject *module, PyObject *const *args, Py_ssize_t narg
         }
     }
     Py_DECREF(values);
+    PyObject_GC_Track(names);
     return Py_BuildValue("(Nn)", names, used);
 failed:
     Py_DECREF(names);
@@ -1902,5 +1921,9 @@ PyMODINIT_FUNC PyInit__scan(void) {
     if (str_method == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && PyModule_AddIntConstant(module, "ABI", SCAN_ABI) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
 }

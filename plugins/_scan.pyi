@@ -4,6 +4,9 @@ from collections.abc import Callable
 
 from ringd.plugins._detect import Finding
 
+ABI: int
+"""The version of the functions' contracts (``_detect._NATIVE_ABI`` must equal it)."""
+
 def configure(finding_type: type[Finding], kinds: tuple[str, ...], /) -> None:
     """The named tuple type of a finding and the kind names, in precedence order."""
 

@@ -14,8 +14,11 @@ findings (kinds, bounds, values, order).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -91,7 +94,112 @@ def _assert_same(native: list[Finding], python: list[Finding]) -> None:
 
 def test_the_native_scan_is_built() -> None:
     # CI builds it (make venv: pip install -e .); falling back silently would lose its speed.
-    assert _detect.NATIVE is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+    assert _detect.NATIVE is not None, "_scan not built or stale (a warning says which): run `make venv`"
+
+
+def _stand_in(abi: int | None, functions: tuple[str, ...]) -> types.ModuleType:
+    """A module as an extension built from another version of _scan.c would be: the real
+    module's functions named in ``functions``, ``ABI`` unless None."""
+    real = _detect.NATIVE
+    assert real is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+    stale = types.ModuleType("ringd.plugins._scan")
+    stale.__file__ = "/site/ringd/plugins/_scan.cpython-311-x86_64-linux-gnu.so"
+    for name in functions:
+        setattr(stale, name, getattr(real, name))
+    if abi is not None:
+        stale.ABI = abi
+    return stale
+
+
+@pytest.mark.parametrize(
+    ("abi", "functions", "said"),
+    [
+        (None, ("configure", "find", "find_split"), "ABI None"),  # from before find_window and the masking
+        (_detect._NATIVE_ABI - 1, _detect._NATIVE_FUNCTIONS, f"ABI {_detect._NATIVE_ABI - 1}"),
+        (_detect._NATIVE_ABI + 1, _detect._NATIVE_FUNCTIONS, f"ABI {_detect._NATIVE_ABI + 1}"),
+        (_detect._NATIVE_ABI, _detect._NATIVE_FUNCTIONS[:-1], "missing interleave"),
+    ],
+)
+def test_a_stale_native_scan_is_left_for_the_python_one_with_a_warning(
+    abi: int | None, functions: tuple[str, ...], said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After `git pull` without a rebuild, the extension on disk is from an older _scan.c: its
+    # functions fail on some texts (ValueError) or are missing. It is not used, and the log
+    # says which file and how to rebuild it.
+    with caplog.at_level(logging.WARNING):
+        assert _detect._checked(_stand_in(abi, functions)) is None
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert "/site/ringd/plugins/_scan.cpython-311-x86_64-linux-gnu.so is stale" in message
+    assert said in message
+    assert "make venv" in message
+    assert "pip install -e ." in message
+
+
+def test_a_process_with_a_stale_native_scan_on_disk_scans_by_python() -> None:
+    # The import as a process does it: an extension of an older _scan.c (no ABI, no
+    # find_window) in the place of the built one; the detector and the redactor still work.
+    code = """if True:
+        import sys, types
+        stale = types.ModuleType("ringd.plugins._scan")
+        stale.__file__ = "/old/_scan.so"
+        stale.configure = lambda finding_type, kinds: None
+        stale.find = stale.find_split = lambda *args: (_ for _ in ()).throw(ValueError("not ASCII"))
+        sys.modules["ringd.plugins._scan"] = stale
+        from ringd.plugins import _detect
+        print(_detect.NATIVE is None, _detect.Detector().find("é a@b.co"))
+    """
+    env = {key: value for key, value in os.environ.items() if key != "RINGD_PURE_PYTHON_SCAN"}
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "True [Finding(kind='email', start=2, end=8, value='a@b.co')]"
+    assert "/old/_scan.so is stale" in child.stderr
+    assert "make venv" in child.stderr
+
+
+def test_a_gc_callback_reading_every_list_meanwhile_cannot_crash_the_interpreter() -> None:
+    # A collection can start while the scan fills its lists of findings (each finding is
+    # allocated); a gc callback (as memory profilers register) that read every list read
+    # their unfilled items and crashed the interpreter (SIGSEGV). Run in a child.
+    code = """if True:
+        import gc
+        from ringd.plugins import _detect
+        assert _detect.NATIVE is not None, "ringd.plugins._scan is not built"
+        texts = [" ".join(f"u{n}@x.de" for n in range(3000))] * 2
+        read = 0
+
+        def reader(phase, info):
+            global read
+            for found in gc.get_objects():
+                if type(found) is list and len(found) in (2, 3000):
+                    read += len(list(found))
+
+        gc.callbacks.append(reader)
+        detector = _detect.Detector()
+        counts = [
+            len(detector.find(texts[0])),
+            sum(map(len, detector.find_all(texts))),
+            len(detector.find_window(texts[0], 0, len(texts[0]), 0, len(texts[0]))),
+        ]
+        gc.callbacks.remove(reader)
+        print(counts)
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "[3000, 6000, 3000]"), child.stderr
+
+
+def test_the_native_scan_built_from_this_checkout_passes_its_check(caplog: pytest.LogCaptureFixture) -> None:
+    real = _detect.NATIVE
+    assert real is not None, "ringd.plugins._scan is not built: run `make venv` (pip install -e .)"
+    with caplog.at_level(logging.WARNING):
+        assert _detect._checked(_stand_in(real.ABI, _detect._NATIVE_FUNCTIONS)) is not None
+    assert caplog.records == []
+    assert real.ABI == _detect._NATIVE_ABI
 
 
 @SETTINGS

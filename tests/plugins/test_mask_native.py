@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -58,10 +59,12 @@ def native() -> Any:
 
 # Characters whose case folding is not themselves: capitals, sharp s (-> ss), long s
 # (-> s), the Kelvin sign, micro (-> mu), sigmas, dotted and dotless i, ligatures, a
-# Cherokee letter, an astral capital (Deseret); and some that fold to themselves.
+# Cherokee letter, astral capitals (Deseret, Adlam), a titlecase digraph, a combining mark
+# that folds to a letter (ypogegrammeni); and some that fold to themselves, lone
+# surrogates among them.
 FOLDING = (
     "AZaz09@._-+\u00df\u1e9e\u017f\u212a\u00b5\u03a3\u03c3\u03c2\u0130\u0131\ufb00\ufb03\u13f8\uab70"
-    "\U00010400\U00010428éÉüÜжЖΩωｱ中ー😀\u0301\x00"
+    "\U00010400\U00010428\U0001e900\u01c5\u0345éÉüÜжЖΩωｱ中ー😀\u0301\x00\ud800\udfff"
 )
 
 
@@ -180,7 +183,7 @@ def test_identities_other_than_str_methods_are_called() -> None:
 
 # --------------------------------------------------------------------------- the masked text
 
-WIDE = "aZ 09@.é\u00ffĀ中ー\u0301😀\U0010ffff"
+WIDE = "aZ 09@.é\u00ffĀ中ー\u0301😀\U0010ffff\ud800"
 texts = st.one_of(st.text("ab @.", max_size=60), st.text(WIDE, max_size=60))
 replacements = st.one_of(st.sampled_from(["[EMAIL_1]", "[PHONE_12]", ""]), st.text(WIDE, max_size=5))
 
@@ -344,3 +347,29 @@ def test_the_native_masking_holds_no_memory_after_a_call() -> None:
     finally:
         tracemalloc.stop()
     assert after - before < 4096  # a reference kept per call would hold over 100 KB
+
+
+def test_an_identity_that_reads_every_list_meanwhile_cannot_crash_the_interpreter() -> None:
+    # assign calls identity (Python code) while the list of names it returns is half filled;
+    # gc.get_objects() there handed that list over, and reading its unfilled items crashed
+    # the interpreter (SIGSEGV). Run in a child, so that a crash fails this test alone.
+    code = """if True:
+        import gc
+        from ringd.plugins import _detect
+        assert _detect.NATIVE is not None, "ringd.plugins._scan is not built"
+        values = [f"v{n}@x.de" for n in range(50)]
+        supply = [f"[EMAIL_{n}]" for n in range(1, 51)]
+
+        def identity(value):
+            if value == "v1@x.de":
+                for found in gc.get_objects():
+                    if type(found) is list and len(found) == 50 and found not in (values, supply):
+                        list(found)
+            return value
+
+        print(_detect.NATIVE.assign(values, identity, {}, {}, supply) == (supply, 50))
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "True"), child.stderr
