@@ -25,7 +25,8 @@ from ringd.v1 import plugin_pb2 as pb
 
 PRE_FLIGHT = pb.PLUGIN_HOOK_PRE_FLIGHT
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SETTINGS, GOAWAY = 4, 7
+HEADERS, RST_STREAM, SETTINGS, GOAWAY = 1, 3, 4, 7
+END_STREAM, END_HEADERS = 0x1, 0x4
 SETTINGS_MAX_CONCURRENT_STREAMS = 3
 WAIT_S = 30.0  # generous: the machine is slow and shared; the checks wait for an event, not a time
 
@@ -157,26 +158,74 @@ def literal(name: str, value: str) -> bytes:
     return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
 
 
-def unfinished_calls(address: str, count: int) -> socket.socket:
-    """A connection with ``count`` ExecuteRing calls whose 1 MiB request stops after 1 KiB."""
-    sock = h2_connect(address)
-    block = b"".join(
-        literal(name, value)
-        for name, value in (
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/ringd.v1.PluginEngineService/ExecuteRing"),
-            (":authority", address),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
+class UnfinishedCalls:
+    """A connection holding ExecuteRing calls whose 1 MiB request stops after 1 KiB.
+
+    gRPC's limiter counts a finished call until its server task is done, a moment after
+    the caller has the answer: a call arriving then is refused although a slot is about
+    to be free. :meth:`replace_refused` opens a new unfinished call for each refused one,
+    so the connection ends up holding as many as it asked for.
+    """
+
+    def __init__(self, address: str, count: int) -> None:
+        self.address = address
+        self.sock = h2_connect(address)
+        self.open: set[int] = set()
+        self.next_stream = 1
+        self.received = b""
+        for _ in range(count):
+            self._open_one()
+
+    def _open_one(self) -> None:
+        block = b"".join(
+            literal(name, value)
+            for name, value in (
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/ringd.v1.PluginEngineService/ExecuteRing"),
+                (":authority", self.address),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            )
         )
-    )
-    body = b"\x00" + struct.pack(">I", 1 << 20) + b"x" * 1024
-    for index in range(count):
-        stream = struct.pack(">I", 1 + 2 * index)
-        sock.sendall(struct.pack(">I", len(block))[1:] + bytes([1, 0x4]) + stream + block)
-        sock.sendall(struct.pack(">I", len(body))[1:] + bytes([0, 0]) + stream + body)
-    return sock
+        body = b"\x00" + struct.pack(">I", 1 << 20) + b"x" * 1024
+        stream = struct.pack(">I", self.next_stream)
+        self.sock.sendall(struct.pack(">I", len(block))[1:] + bytes([HEADERS, END_HEADERS]) + stream + block)
+        self.sock.sendall(struct.pack(">I", len(body))[1:] + bytes([0, 0]) + stream + body)
+        self.open.add(self.next_stream)
+        self.next_stream += 2
+
+    def replace_refused(self) -> int:
+        """Open a new unfinished call for each one the server has answered; how many."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                self.received += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        closed = 0
+        while len(self.received) >= 9:
+            length = int.from_bytes(self.received[:3], "big")
+            if len(self.received) < 9 + length:
+                break
+            kind, flags = self.received[3], self.received[4]
+            stream = int.from_bytes(self.received[5:9], "big") & 0x7FFFFFFF
+            self.received = self.received[9 + length :]
+            ended = (kind == HEADERS and flags & END_STREAM) or kind == RST_STREAM
+            if ended and stream in self.open:
+                self.open.discard(stream)
+                closed += 1
+        for _ in range(closed):
+            self._open_one()
+        return closed
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 async def test_calls_whose_request_never_finishes_are_capped_by_max_open_calls(serve):
@@ -184,16 +233,17 @@ async def test_calls_whose_request_never_finishes_are_capped_by_max_open_calls(s
     stub = running.engine()
     await stub.ExecuteRing(ring_request(PRE_FLIGHT, {}), timeout=10)  # connected before the slots fill
 
-    slowloris = await asyncio.to_thread(unfinished_calls, running.address, 3)
+    slowloris = await asyncio.to_thread(UnfinishedCalls, running.address, 3)
     try:
         refused = None
-        for _ in range(400):  # until the server has seen all three (it reads them on its own time)
+        for _ in range(400):  # until the server holds all three (it reads them on its own time)
             try:
                 await stub.ExecuteRing(ring_request(PRE_FLIGHT, {}), timeout=10)
             except grpc.aio.AioRpcError as error:
                 refused = error
                 break
             await asyncio.sleep(0.05)
+            await asyncio.to_thread(slowloris.replace_refused)
         assert refused is not None, "the unfinished calls held no slot"  # before the fix: all served
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert refused.details()
