@@ -692,6 +692,11 @@ def load_config(path: str | Path) -> RingdConfig:
         text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(
+            f"cannot read config {path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})"
+        ) from None
     return parse_config(text, path=config_path)
 
 

@@ -200,6 +200,17 @@ def test_unreadable_file(tmp_path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_byte(tmp_path) -> None:
+    path = tmp_path / "garbage.yaml"
+    path.write_bytes(b"version: 1\nplugins: []\n# \x8a\xff\n")
+    with pytest.raises(ConfigError, match=r"garbage\.yaml: not UTF-8 text \(byte 0x8a at offset 25\)"):
+        load_config(path)
+    checked = run_check_config(path)
+    assert checked.returncode != 0
+    assert "not UTF-8 text" in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+
 def test_a_config_that_fails_constructs_no_plugin(workspace) -> None:
     # Validation is a pure parse: nothing is imported or constructed before it passes.
     sentinel = workspace.root / "constructed.txt"

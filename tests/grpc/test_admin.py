@@ -148,6 +148,15 @@ async def test_a_broken_reload_is_refused_naming_the_plugin_and_the_old_generati
     answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
     assert answer.generation == 1
 
+    # So is a file that is not text at all (was INTERNAL: a UnicodeDecodeError).
+    workspace.config_path.write_bytes(b"version: v4\n\x8a\xff\x00garbage\n")
+    with pytest.raises(grpc.aio.AioRpcError) as garbage:
+        await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=5)
+    assert garbage.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not UTF-8 text (byte 0x8a at offset 12)" in (garbage.value.details() or "")
+    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
+    assert answer.generation == 1
+
 
 async def test_disable_skips_the_plugin_and_enable_brings_it_back(serve):
     running = await serve(
