@@ -645,8 +645,11 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid config {label}: not valid YAML: {_yaml_problem(exc)}") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty file, or comments only: a truncated file must not run with no plugins
+        raise ConfigError(
+            f"invalid config {label}: the file is empty (no YAML document); "
+            "write `plugins: []` for a ringd with no plugins"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config {label}: the top level must be a mapping, got {_type_name(raw)}")
     for key in sorted(set(raw) - _TOP_FIELDS):

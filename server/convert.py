@@ -200,7 +200,12 @@ def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(f"{where} is not valid UTF-8 JSON: {exc}", field=where) from None
+        problem = str(exc)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:  # orjson names no position for these: say where the byte is
+            problem = f"byte 0x{raw[bad.start]:02x} at offset {bad.start} is not UTF-8 ({bad.reason})"
+        raise RequestError(f"{where} is not valid UTF-8 JSON: {problem}", field=where) from None
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}", field=where)
     # Counting the brackets that open a level is cheap (two C-level passes, no copy);

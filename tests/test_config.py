@@ -324,9 +324,12 @@ def test_version_defaults_to_a_content_hash() -> None:
     assert len(first.version) == 12
 
 
-def test_an_empty_file_is_a_config_with_no_plugins() -> None:
-    config = parse_config("")
-    assert config.plugins == ()
+def test_an_empty_file_is_refused_and_an_explicit_empty_list_is_a_config_with_no_plugins() -> None:
+    # A file an editor or a bad redirect truncated must not turn every plugin off on reload.
+    for text in ("", "\n\n", "# only a comment\n"):
+        with pytest.raises(ConfigError, match=r"the file is empty .*write `plugins: \[\]`"):
+            parse_config(text)
+    assert parse_config("plugins: []\n").plugins == ()
     assert parse_config("plugins:\n").plugins == ()
 
 
@@ -389,7 +392,7 @@ def test_log_format_and_metrics_listen_come_from_the_file_and_the_environment_ov
     text = "server:\n  log_format: JSON\n  metrics_listen: 127.0.0.1:9464\n"
     settings = parse_config(text).server
     assert (settings.log_format.value, settings.metrics_listen) == ("json", "127.0.0.1:9464")
-    defaults = parse_config("").server
+    defaults = parse_config("plugins: []").server
     assert (defaults.log_format.value, defaults.metrics_listen) == ("text", None)  # metrics off unless set
 
     monkeypatch.setenv("RINGD_LOG_FORMAT", "text")

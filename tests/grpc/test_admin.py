@@ -157,6 +157,17 @@ async def test_a_broken_reload_is_refused_naming_the_plugin_and_the_old_generati
     answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
     assert answer.generation == 1
 
+    # And an empty file (an editor's truncation, a bad redirect): it would have turned every
+    # plugin off (was OK, a generation with no plugins).
+    workspace.config_path.write_text("")
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=5)
+    assert empty.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "the file is empty" in (empty.value.details() or "")
+    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
+    assert answer.generation == 1
+    assert dict(answer.metadata)["gen"].string_value == "one"
+
 
 async def test_disable_skips_the_plugin_and_enable_brings_it_back(serve):
     running = await serve(

@@ -72,7 +72,7 @@ BAD_REQUESTS = {
     "body not UTF-8": (
         raw_body(b'{"model": "\xff\xfe"}'),
         grpc.StatusCode.INVALID_ARGUMENT,
-        ["context.body_json"],
+        ["context.body_json", "byte 0xff at offset 11 is not UTF-8"],  # was "char 0": no position
     ),
     "body a JSON array": (
         raw_body(b'[{"role": "user"}]'),
