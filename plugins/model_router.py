@@ -18,7 +18,10 @@ The complexity score is a heuristic over the user messages, from 0 (a short
 chat line) to 1: prompt length (0.35 at 1000 estimated tokens and beyond),
 fenced code blocks (0.25 at two or more), question marks (0.15 at three or
 more) and distinct reasoning keywords such as "prove", "step by step",
-"trade-off", "optimize" (0.25 at three or more).
+"trade-off", "optimize" (0.25 at three or more). Length counts all the user text;
+code blocks, question marks and keywords are looked for in its first 256 Ki
+characters (every part saturates long before; scoring 4 MB held the event loop
+for 160 ms).
 
 Config:
     rules (list[dict], default []): each ``{name, match, model, upstream}``:
@@ -56,6 +59,7 @@ from ringd.plugins._common import (
 from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
 _USER_ROLES = frozenset({"user"})
+_SCORED_CHARS = 256 * 1024  # user text searched for fences, questions and keywords
 _CODE_FENCE = re.compile(r"^\s*(?:```|~~~)", re.MULTILINE)
 _REASONING = re.compile(
     r"\b(?:prove|proof|derive|derivation|step[- ]by[- ]step|explain why|analy[sz]e|analysis"
@@ -125,8 +129,13 @@ def _complexity(user_texts: list[str]) -> float:
     fences = 0
     questions = 0
     keywords: set[str] = set()
-    for text in user_texts:
-        chars += len(text)
+    budget = _SCORED_CHARS
+    for whole in user_texts:
+        chars += len(whole)
+        if budget <= 0:
+            continue
+        text = whole[:budget] if len(whole) > budget else whole
+        budget -= len(text)
         questions += text.count("?")
         if "```" in text or "~~~" in text:
             fences += len(_CODE_FENCE.findall(text))

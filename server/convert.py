@@ -70,6 +70,7 @@ class Limits:
     max_metadata_keys: int = 1024
     max_json_depth: int = 64
     max_headers: int = 256
+    max_messages: int = 10_000
 
 
 Where = str | tuple[Any, str | int]
@@ -244,6 +245,13 @@ def context_from_proto(
         body = _struct_to_py(message.body_struct, 0, depth, f"{field}.body_struct")
     else:
         body = {}
+    messages = body.get("messages")
+    if type(messages) is list and len(messages) > limits.max_messages:
+        raise RequestError(
+            f"{field}.{body_kind}.messages has {len(messages)} entries; the limit is "
+            f"server.max_messages ({limits.max_messages})",
+            field=f"{field}.{body_kind}.messages",
+        )
     response: dict[str, Any] | None = None
     response_kind = message.WhichOneof("response")
     if response_kind == "response_json":

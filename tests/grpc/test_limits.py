@@ -20,7 +20,8 @@ from ringd.v1 import plugin_pb2 as pb
 PRE_FLIGHT = pb.PLUGIN_HOOK_PRE_FLIGHT
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
 EXECUTE_RING = "/ringd.v1.PluginEngineService/ExecuteRing"
-LIMITS = {"max_message_bytes": 65536, "max_metadata_keys": 8, "max_json_depth": 8}
+LIMITS = {"max_message_bytes": 65536, "max_metadata_keys": 8, "max_json_depth": 8, "max_messages": 5}
+SIX_MESSAGES = {"messages": [{"role": "user", "content": "hi"}] * 6}
 
 
 def nested(depth: int) -> dict:
@@ -116,6 +117,16 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         ["context.metadata", "9 keys", "limit is 8"],
     ),
+    "too many messages": (
+        raw_body(json.dumps(SIX_MESSAGES).encode()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["context.body_json.messages has 6 entries", "server.max_messages (5)"],
+    ),
+    "too many messages, Struct": (
+        engine_pb.ExecuteRingRequest(ring=PRE_FLIGHT, context=context(SIX_MESSAGES, form="struct")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["context.body_struct.messages has 6 entries", "server.max_messages (5)"],
+    ),
     "oversize message": (
         raw_body(json.dumps({"prompt": "x" * 100_000}).encode()),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -156,6 +167,9 @@ async def test_the_limits_allow_what_is_within_them(serve):
     assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
     assert payload(answer, "body")[1] == nested(7)
     assert metadata_of(answer) == {**metadata, "ok": True}
+    five = {"messages": [{"role": "user", "content": "hi"}] * 5}
+    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, five), timeout=5)
+    assert payload(answer, "body")[1] == five
 
 
 @pytest.mark.parametrize("shape", ["objects", "arrays", "mixed"])
