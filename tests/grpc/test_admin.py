@@ -137,36 +137,25 @@ async def test_a_broken_reload_is_refused_naming_the_plugin_and_the_old_generati
     assert (answer.config_version, answer.generation) == ("v1", 1)
     assert dict(answer.metadata)["gen"].string_value == "one"
 
+    async def refused(content: bytes) -> str:
+        """Reload ``content``: refused, and the first generation still serves."""
+        workspace.config_path.write_bytes(content)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=5)
+        assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
+        assert answer.generation == 1
+        assert dict(answer.metadata)["gen"].string_value == "one"
+        return failed.value.details() or ""
+
     # A config file that does not validate is refused the same way, naming entry and field.
-    workspace.config_path.write_text(
-        "version: v3\nplugins:\n  - {name: x, entrypoint: scripted.py:Scripted, priority: high}\n"
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as invalid:
-        await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=5)
-    assert invalid.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "priority" in (invalid.value.details() or "")
-    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
-    assert answer.generation == 1
-
+    invalid = b"version: v3\nplugins:\n  - {name: x, entrypoint: scripted.py:Scripted, priority: high}\n"
+    assert "priority" in await refused(invalid)
     # So is a file that is not text at all (was INTERNAL: a UnicodeDecodeError).
-    workspace.config_path.write_bytes(b"version: v4\n\x8a\xff\x00garbage\n")
-    with pytest.raises(grpc.aio.AioRpcError) as garbage:
-        await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=5)
-    assert garbage.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not UTF-8 text (byte 0x8a at offset 12)" in (garbage.value.details() or "")
-    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
-    assert answer.generation == 1
-
+    assert "not UTF-8 text (byte 0x8a at offset 12)" in await refused(b"version: v4\n\x8a\xff\x00garbage\n")
     # And an empty file (an editor's truncation, a bad redirect): it would have turned every
     # plugin off (was OK, a generation with no plugins).
-    workspace.config_path.write_text("")
-    with pytest.raises(grpc.aio.AioRpcError) as empty:
-        await running.admin().ReloadConfig(admin_pb.ReloadConfigRequest(), timeout=5)
-    assert empty.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "the file is empty" in (empty.value.details() or "")
-    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, CHAT), timeout=5)
-    assert answer.generation == 1
-    assert dict(answer.metadata)["gen"].string_value == "one"
+    assert "the file is empty" in await refused(b"")
 
 
 async def test_disable_skips_the_plugin_and_enable_brings_it_back(serve):
