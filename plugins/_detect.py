@@ -457,6 +457,8 @@ class _NativeScan(Protocol):
         self, text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /
     ) -> str: ...
 
+    def words_in(self, text: str, words: frozenset[str], /) -> frozenset[str]: ...
+
 
 _new_finding = tuple.__new__  # Finding(...) without the Python frame of its __new__
 
@@ -1034,10 +1036,10 @@ def placeholder_for(kind: str, number: int) -> str:
     return f"[{kind.upper()}_{number}]"
 
 
-_NATIVE_ABI = 1
+_NATIVE_ABI = 2
 """The ``ABI`` of plugins/_scan.c this module is written for (``SCAN_ABI`` there, bumped
 with it whenever a native function's contract changes)."""
-_NATIVE_FUNCTIONS = ("configure", "find", "find_split", "find_window", "assign", "interleave")
+_NATIVE_FUNCTIONS = ("configure", "find", "find_split", "find_window", "assign", "interleave", "words_in")
 
 
 def _checked(module: ModuleType) -> _NativeScan | None:

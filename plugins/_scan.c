@@ -26,7 +26,7 @@
  * extension built from another version of this file is not used, the Python scanner is.
  * Bump it, and _NATIVE_ABI with it, whenever a function's contract changes: one added or
  * removed, its arguments, its results or what it refuses. */
-#define SCAN_ABI 1
+#define SCAN_ABI 2
 
 /* Kinds, in precedence order (their index is the bit of the kind mask). */
 enum { K_SECRET, K_EMAIL, K_CARD, K_IBAN, K_IP, K_PHONE, K_COUNT };
@@ -1868,6 +1868,119 @@ static PyObject *find_window(PyObject *module, PyObject *args) {
     return result;
 }
 
+/* words_in: which of a set of words occur in a text as whole ASCII words, a word being a
+ * maximal run of [A-Za-z0-9_] (any other character, non-ASCII ones included, separates).
+ * prompt_guard's _words without the split: no string is made per word of the text. */
+
+#define WORDS_SLOTS 256 /* open addressing over the candidates: at most half full */
+
+typedef struct {
+    uint64_t hash;
+    const char *chars; /* the candidate's ASCII characters */
+    Py_ssize_t length;
+    PyObject *word; /* borrowed from the list of the set's members */
+    int found;
+} WordSlot;
+
+static uint64_t word_hash_step(uint64_t hash, Py_UCS4 c) { return (hash ^ (uint64_t)c) * 1099511628211ULL; }
+
+PyDoc_STRVAR(words_in_doc, "words_in(text, words)\n--\n\n"
+                           "The members of the frozenset words (at most 128, each ASCII) that occur\n"
+                           "in text as a whole word: a maximal run of [A-Za-z0-9_].");
+
+static PyObject *words_in(PyObject *module, PyObject *args) {
+    PyObject *text, *words;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UO!:words_in", &text, &PyFrozenSet_Type, &words)) {
+        return NULL;
+    }
+    if (PySet_GET_SIZE(words) > WORDS_SLOTS / 2) {
+        PyErr_Format(PyExc_ValueError, "words_in: at most %d words, got %zd", WORDS_SLOTS / 2,
+                     PySet_GET_SIZE(words));
+        return NULL;
+    }
+    WordSlot slots[WORDS_SLOTS];
+    memset(slots, 0, sizeof(slots));
+    Py_ssize_t shortest = PY_SSIZE_T_MAX, longest = 0;
+    PyObject *members = PySequence_List(words); /* holds the words while their slots point at them */
+    if (members == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t index = 0; index < PyList_GET_SIZE(members); index++) {
+        PyObject *word = PyList_GET_ITEM(members, index);
+        if (!PyUnicode_Check(word) || !PyUnicode_IS_ASCII(word)) {
+            Py_DECREF(members);
+            PyErr_SetString(PyExc_TypeError, "words_in: every word must be an ASCII str");
+            return NULL;
+        }
+        const char *chars = (const char *)PyUnicode_1BYTE_DATA(word);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(word);
+        uint64_t hash = 14695981039346656037ULL;
+        int whole = length > 0;
+        for (Py_ssize_t i = 0; i < length; i++) {
+            whole = whole && (CLS[(unsigned char)chars[i]] & C_WORD);
+            hash = word_hash_step(hash, (unsigned char)chars[i]);
+        }
+        if (!whole) { /* never a whole run of word characters: never found */
+            continue;
+        }
+        size_t slot = (size_t)hash & (WORDS_SLOTS - 1);
+        while (slots[slot].chars != NULL) {
+            slot = (slot + 1) & (WORDS_SLOTS - 1);
+        }
+        slots[slot] = (WordSlot){hash, chars, length, word, 0};
+        shortest = length < shortest ? length : shortest;
+        longest = length > longest ? length : longest;
+    }
+    PyObject *found = PyList_New(0);
+    if (found == NULL) {
+        Py_DECREF(members);
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    Py_ssize_t start = 0;
+    uint64_t hash = 14695981039346656037ULL;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        Py_UCS4 c = i < n ? PyUnicode_READ(kind, data, i) : 0;
+        if (c < 128 && (CLS[c] & C_WORD)) {
+            hash = word_hash_step(hash, c);
+            continue;
+        }
+        Py_ssize_t length = i - start;
+        if (length >= shortest && length <= longest) {
+            size_t slot = (size_t)hash & (WORDS_SLOTS - 1);
+            while (slots[slot].chars != NULL) {
+                WordSlot *candidate = &slots[slot];
+                if (candidate->hash == hash && candidate->length == length && !candidate->found) {
+                    Py_ssize_t k = 0;
+                    while (k < length && (Py_UCS4)(unsigned char)candidate->chars[k] ==
+                                             PyUnicode_READ(kind, data, start + k)) {
+                        k++;
+                    }
+                    if (k == length) {
+                        candidate->found = 1;
+                        if (PyList_Append(found, candidate->word) < 0) {
+                            Py_DECREF(found);
+                            Py_DECREF(members);
+                            return NULL;
+                        }
+                        break;
+                    }
+                }
+                slot = (slot + 1) & (WORDS_SLOTS - 1);
+            }
+        }
+        start = i + 1;
+        hash = 14695981039346656037ULL;
+    }
+    PyObject *result = PyFrozenSet_New(found);
+    Py_DECREF(found);
+    Py_DECREF(members);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"find", find, METH_VARARGS, find_doc},
@@ -1875,6 +1988,7 @@ static PyMethodDef methods[] = {
     {"find_window", find_window, METH_VARARGS, find_window_doc},
     {"assign", (PyCFunction)(void (*)(void))assign, METH_FASTCALL, assign_doc},
     {"interleave", interleave, METH_VARARGS, interleave_doc},
+    {"words_in", words_in, METH_VARARGS, words_in_doc},
     {NULL, NULL, 0, NULL},
 };
 

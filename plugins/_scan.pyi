@@ -41,3 +41,8 @@ def assign(
 def interleave(text: str, findings: list[Finding], replacements: list[str], begin: int, end: int, /) -> str:
     """``text[begin:end]`` with each of ``findings`` (in order, within it) replaced by the
     replacement at its index. ValueError for findings out of order or outside the stretch."""
+
+def words_in(text: str, words: frozenset[str], /) -> frozenset[str]:
+    """The members of ``words`` (at most 128, each ASCII; TypeError otherwise) that occur in
+    ``text`` as a whole word: a maximal run of ``[A-Za-z0-9_]``, any other character,
+    non-ASCII ones included, separating."""

@@ -157,10 +157,11 @@ def _canonical(value: Any) -> Any:
     carry every number as a double)."""
     if isinstance(value, float):
         return int(value) if value.is_integer() else value
+    # Strings, most of a chat body, are taken as they are without a call each.
     if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
+        return {key: item if type(item) is str else _canonical(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_canonical(item) for item in value]
+        return [item if type(item) is str else _canonical(item) for item in value]
     return value
 
 

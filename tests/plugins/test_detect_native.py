@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import types
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from ringd.plugins import _detect
+from ringd.plugins import _detect, prompt_guard
 from ringd.plugins._detect import KINDS, Detector, Finding, find_all_yielding
 
 pytestmark = pytest.mark.skipif(
@@ -117,7 +118,7 @@ def _stand_in(abi: int | None, functions: tuple[str, ...]) -> types.ModuleType:
         (None, ("configure", "find", "find_split"), "ABI None"),  # from before find_window and the masking
         (_detect._NATIVE_ABI - 1, _detect._NATIVE_FUNCTIONS, f"ABI {_detect._NATIVE_ABI - 1}"),
         (_detect._NATIVE_ABI + 1, _detect._NATIVE_FUNCTIONS, f"ABI {_detect._NATIVE_ABI + 1}"),
-        (_detect._NATIVE_ABI, _detect._NATIVE_FUNCTIONS[:-1], "missing interleave"),
+        (_detect._NATIVE_ABI, _detect._NATIVE_FUNCTIONS[:-1], f"missing {_detect._NATIVE_FUNCTIONS[-1]}"),
     ],
 )
 def test_a_stale_native_scan_is_left_for_the_python_one_with_a_warning(
@@ -387,3 +388,55 @@ def test_a_window_outside_the_text_is_refused() -> None:
         with pytest.raises(ValueError, match="bound a stretch"):
             native.find_window("a@b.co", mask, low, high, 0, 6)
     assert native.find_window("a@b.co", mask, 0, 6, 0, 6) == [Finding("email", 0, 6, "a@b.co")]
+
+
+# prompt_guard's words: the native words_in against the Python split it replaces.
+_GUARD_WORDS = sorted(prompt_guard._ALL_BUILTIN_WORDS)
+word_texts = st.lists(
+    st.one_of(
+        st.sampled_from(_GUARD_WORDS),
+        st.sampled_from(_GUARD_WORDS).map(str.upper),
+        st.text("ab_09 .,-\t\n?é\u00df\U0001d4b3\u0130\x00", max_size=6),
+        st.sampled_from(UNICODE_PIECES),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@SETTINGS
+@given(word_texts)
+def test_native_words_are_the_python_words(text: str) -> None:
+    native = prompt_guard._words(text)
+    saved = _detect.NATIVE
+    _detect.NATIVE = None
+    try:
+        python = prompt_guard._words(text)
+    finally:
+        _detect.NATIVE = saved
+    assert native == python
+    assert type(native) is frozenset
+
+
+@SETTINGS
+@given(
+    st.text(ALPHABET + "é\U0001d4b3", max_size=40),
+    st.frozensets(st.text("ab_0 -é", max_size=5), max_size=20),
+)
+def test_words_in_finds_exactly_the_whole_ascii_words(text: str, words: frozenset[str]) -> None:
+    plain = text.encode("ascii", "replace").decode("ascii")
+    runs = set(re.findall(r"[A-Za-z0-9_]+", plain))
+    ascii_words = frozenset(word for word in words if word.isascii())
+    assert _scan_native().words_in(text, ascii_words) == ascii_words & runs
+    if ascii_words != words:  # a non-ASCII word is refused, not silently never found
+        with pytest.raises(TypeError, match="ASCII"):
+            _scan_native().words_in(text, words)
+
+
+def _scan_native() -> _detect._NativeScan:
+    assert _detect.NATIVE is not None, "_scan not built or stale: run `make venv`"
+    return _detect.NATIVE
+
+
+def test_words_in_refuses_more_words_than_its_table_holds() -> None:
+    with pytest.raises(ValueError, match="at most 128 words, got 129"):
+        _scan_native().words_in("a", frozenset(f"w{index}" for index in range(129)))
