@@ -19,9 +19,9 @@ chat line) to 1: prompt length (0.35 at 1000 estimated tokens and beyond),
 fenced code blocks (0.25 at two or more), question marks (0.15 at three or
 more) and distinct reasoning keywords such as "prove", "step by step",
 "trade-off", "optimize" (0.25 at three or more). Length counts all the user text;
-code blocks, question marks and keywords are looked for in its first 256 Ki
-characters (every part saturates long before; scoring 4 MB held the event loop
-for 160 ms).
+code blocks, question marks and keywords are looked for in 256 Ki characters of it,
+the latest message first, and of a message longer than what is left, its beginning
+and its end (scoring 4 MB held the event loop for 160 ms).
 
 Config:
     rules (list[dict], default []): each ``{name, match, model, upstream}``:
@@ -130,16 +130,22 @@ def _complexity(user_texts: list[str]) -> float:
     questions = 0
     keywords: set[str] = set()
     budget = _SCORED_CHARS
-    for whole in user_texts:
+    for whole in reversed(user_texts):  # the latest message first
         chars += len(whole)
         if budget <= 0:
             continue
-        text = whole[:budget] if len(whole) > budget else whole
-        budget -= len(text)
-        questions += text.count("?")
-        if "```" in text or "~~~" in text:
-            fences += len(_CODE_FENCE.findall(text))
-        keywords |= _reasoning_keywords(text.lower())
+        if len(whole) <= budget:
+            searched: tuple[str, ...] = (whole,)
+            budget -= len(whole)
+        else:  # a long paste: its beginning and its end, where the question usually is
+            head = budget // 2
+            searched = (whole[:head], whole[len(whole) - (budget - head) :])
+            budget = 0
+        for text in searched:
+            questions += text.count("?")
+            if "```" in text or "~~~" in text:
+                fences += len(_CODE_FENCE.findall(text))
+            keywords |= _reasoning_keywords(text.lower())
     code_blocks = (fences + 1) // 2
     score = (
         0.35 * min(tokens_for_chars(chars) / 1000, 1.0)

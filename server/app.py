@@ -127,7 +127,7 @@ class RingdServer:
                 max_metadata_keys=settings.max_metadata_keys,
                 max_json_depth=settings.max_json_depth,
                 max_headers=settings.max_headers,
-                max_messages=settings.max_messages,
+                max_message_parts=settings.max_message_parts,
             ),
             deadline_margin_s=settings.deadline_margin_ms / 1000.0,
             stream_limits=StreamLimits(

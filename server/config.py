@@ -152,9 +152,10 @@ class ServerSettings:
     max_metadata_keys: int = 1024
     max_headers: int = 256
     max_json_depth: int = 64
-    max_messages: int = 10_000
-    """Entries of a request body's ``messages`` list; each plugin walks them in Python on the
-    event loop, so 100,000 tiny messages held it for about 0.1 s per plugin."""
+    max_message_parts: int = 10_000
+    """A request body's messages, the parts of their ``content`` lists and the entries of a
+    ``prompt`` list, counted together; each plugin walks them in Python on the event loop,
+    so 100,000 tiny ones held it for about 0.1 s per plugin."""
     reflection: bool = True
     admin_token: str | None = None
     grace_s: float = 10.0
@@ -557,7 +558,7 @@ def _server(errors: _Errors, raw: Any, base_dir: Path | None = None) -> ServerSe
                 "max_metadata_keys",
                 "max_headers",
                 "max_json_depth",
-                "max_messages",
+                "max_message_parts",
                 "max_connections",
                 "max_concurrent_streams",
                 "max_call_metadata_bytes",
@@ -651,7 +652,7 @@ def parse_config(text: str, *, path: Path | None = None, source: str | None = No
         raise ConfigError(f"invalid config {label}: not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:  # an empty file, or comments only: a truncated file must not run with no plugins
         raise ConfigError(
-            f"invalid config {label}: the file is empty (no YAML document); "
+            f"invalid config {label}: the file is empty (no YAML document, or only a null one); "
             "write `plugins: []` for a ringd with no plugins"
         )
     if not isinstance(raw, dict):

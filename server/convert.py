@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,7 @@ class Limits:
     max_metadata_keys: int = 1024
     max_json_depth: int = 64
     max_headers: int = 256
-    max_messages: int = 10_000
+    max_message_parts: int = 10_000
 
 
 Where = str | tuple[Any, str | int]
@@ -198,6 +198,12 @@ def _json_depth_ok(data: Any, limit: int) -> bool:
 
 
 def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
+    data = _parse_object(raw, where)
+    _check_depth(raw, data, where, limit)
+    return data
+
+
+def _parse_object(raw: bytes, where: str) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -209,11 +215,65 @@ def _object_from_json(raw: bytes, where: str, limit: int) -> dict[str, Any]:
         raise RequestError(f"{where} is not valid UTF-8 JSON: {problem}", field=where) from None
     if not isinstance(data, dict):
         raise RequestError(f"{where} must be a JSON object, got a JSON {_json_kind(data)}", field=where)
+    return data
+
+
+def _check_depth(raw: bytes, data: dict[str, Any], where: str, limit: int) -> None:
     # Counting the brackets that open a level is cheap (two C-level passes, no copy);
     # walk the tree only when it could be too deep.
     if raw.count(b"{") + raw.count(b"[") > limit and not _json_depth_ok(data, limit):
         raise RequestError(f"{where} is nested deeper than {limit} levels", field=where)
-    return data
+
+
+def _message_parts(
+    messages: Sequence[Any] | None,
+    prompt: Sequence[Any] | None,
+    content_parts: Callable[[Any], int],
+    limit: int,
+) -> int:
+    """A body's messages, the parts of their content lists and a prompt list's entries,
+    counted until past ``limit``: what every plugin walks in Python. ``messages`` and
+    ``prompt`` are the lists, or None where the body has none; ``content_parts`` gives a
+    message's number of content parts."""
+    count = (len(messages) if messages is not None else 0) + (len(prompt) if prompt is not None else 0)
+    for message in messages or ():
+        if count > limit:
+            break
+        count += content_parts(message)
+    return count
+
+
+def _list_or_none(value: Any) -> list[Any] | None:
+    return value if type(value) is list else None
+
+
+def _dict_content_parts(message: Any) -> int:
+    content = message.get("content") if type(message) is dict else None
+    return len(content) if type(content) is list else 0
+
+
+def _value_content_parts(message: Any) -> int:
+    if message.WhichOneof("kind") != "struct_value" or "content" not in message.struct_value.fields:
+        return 0
+    content = message.struct_value.fields["content"]
+    return len(content.list_value.values) if content.WhichOneof("kind") == "list_value" else 0
+
+
+def _struct_list(struct: Any, key: str) -> Any:
+    """The values of ``struct``'s list at ``key``, or None (read without inserting the key)."""
+    if key not in struct.fields or struct.fields[key].WhichOneof("kind") != "list_value":
+        return None
+    return struct.fields[key].list_value.values
+
+
+def _check_parts(parts: int, limit: int, where: str) -> None:
+    if parts > limit:
+        raise RequestError(
+            f"{where} has more than {limit} messages and content parts (at least {parts}: its "
+            f"messages, the parts of their content lists and the entries of a prompt list), "
+            f"over server.max_message_parts ({limit})",
+            field=f"{where}.messages",
+        )
 
 
 def _json_kind(data: Any) -> str:
@@ -239,19 +299,24 @@ def context_from_proto(
     depth = limits.max_json_depth
     body_kind = message.WhichOneof("body")
     json_form = body_kind == "body_json"
+    # Their messages and parts are counted before the costlier walks (the depth check, the
+    # Struct's conversion), so a body past the limit costs little to refuse.
+    parts_limit = limits.max_message_parts
     if body_kind == "body_json":
-        body = _object_from_json(message.body_json, f"{field}.body_json", depth)
+        where = f"{field}.body_json"
+        body = _parse_object(message.body_json, where)
+        messages, prompt = _list_or_none(body.get("messages")), _list_or_none(body.get("prompt"))
+        parts = _message_parts(messages, prompt, _dict_content_parts, parts_limit)
+        _check_parts(parts, parts_limit, where)
+        _check_depth(message.body_json, body, where, depth)
     elif body_kind == "body_struct":
-        body = _struct_to_py(message.body_struct, 0, depth, f"{field}.body_struct")
+        struct = message.body_struct
+        messages, prompt = _struct_list(struct, "messages"), _struct_list(struct, "prompt")
+        parts = _message_parts(messages, prompt, _value_content_parts, parts_limit)
+        _check_parts(parts, parts_limit, f"{field}.body_struct")
+        body = _struct_to_py(struct, 0, depth, f"{field}.body_struct")
     else:
         body = {}
-    messages = body.get("messages")
-    if type(messages) is list and len(messages) > limits.max_messages:
-        raise RequestError(
-            f"{field}.{body_kind}.messages has {len(messages)} entries; the limit is "
-            f"server.max_messages ({limits.max_messages})",
-            field=f"{field}.{body_kind}.messages",
-        )
     response: dict[str, Any] | None = None
     response_kind = message.WhichOneof("response")
     if response_kind == "response_json":

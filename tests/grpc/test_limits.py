@@ -20,8 +20,10 @@ from ringd.v1 import plugin_pb2 as pb
 PRE_FLIGHT = pb.PLUGIN_HOOK_PRE_FLIGHT
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
 EXECUTE_RING = "/ringd.v1.PluginEngineService/ExecuteRing"
-LIMITS = {"max_message_bytes": 65536, "max_metadata_keys": 8, "max_json_depth": 8, "max_messages": 5}
+LIMITS = {"max_message_bytes": 65536, "max_metadata_keys": 8, "max_json_depth": 8, "max_message_parts": 5}
 SIX_MESSAGES = {"messages": [{"role": "user", "content": "hi"}] * 6}
+FIVE_PARTS = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}] * 5}]}  # 1 + 5
+SIX_PROMPTS = {"prompt": ["hi"] * 6}
 
 
 def nested(depth: int) -> dict:
@@ -120,12 +122,27 @@ BAD_REQUESTS = {
     "too many messages": (
         raw_body(json.dumps(SIX_MESSAGES).encode()),
         grpc.StatusCode.INVALID_ARGUMENT,
-        ["context.body_json.messages has 6 entries", "server.max_messages (5)"],
+        ["context.body_json has more than 5 messages and content parts", "server.max_message_parts (5)"],
+    ),
+    "too many content parts": (  # 100,000 parts in one message held the loop as long as messages
+        raw_body(json.dumps(FIVE_PARTS).encode()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["context.body_json has more than 5", "server.max_message_parts (5)"],
+    ),
+    "too many prompt entries": (
+        raw_body(json.dumps(SIX_PROMPTS).encode()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["context.body_json has more than 5", "server.max_message_parts (5)"],
     ),
     "too many messages, Struct": (
         engine_pb.ExecuteRingRequest(ring=PRE_FLIGHT, context=context(SIX_MESSAGES, form="struct")),
         grpc.StatusCode.INVALID_ARGUMENT,
-        ["context.body_struct.messages has 6 entries", "server.max_messages (5)"],
+        ["context.body_struct has more than 5", "server.max_message_parts (5)"],
+    ),
+    "too many content parts, Struct": (
+        engine_pb.ExecuteRingRequest(ring=PRE_FLIGHT, context=context(FIVE_PARTS, form="struct")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["context.body_struct has more than 5", "server.max_message_parts (5)"],
     ),
     "oversize message": (
         raw_body(json.dumps({"prompt": "x" * 100_000}).encode()),
@@ -167,9 +184,12 @@ async def test_the_limits_allow_what_is_within_them(serve):
     assert answer.action == pb.PLUGIN_ACTION_PASSTHROUGH
     assert payload(answer, "body")[1] == nested(7)
     assert metadata_of(answer) == {**metadata, "ok": True}
-    five = {"messages": [{"role": "user", "content": "hi"}] * 5}
-    answer = await running.engine().ExecuteRing(ring_request(PRE_FLIGHT, five), timeout=5)
-    assert payload(answer, "body")[1] == five
+    four_parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}] * 4}]}
+    for fits in ({"messages": [{"role": "user", "content": "hi"}] * 5}, four_parts, {"prompt": ["hi"] * 5}):
+        for form in ("json", "struct"):
+            request = engine_pb.ExecuteRingRequest(ring=PRE_FLIGHT, context=context(fits, form=form))
+            answer = await running.engine().ExecuteRing(request, timeout=5)
+            assert payload(answer, "body")[1] == fits
 
 
 @pytest.mark.parametrize("shape", ["objects", "arrays", "mixed"])

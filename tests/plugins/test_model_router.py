@@ -177,12 +177,17 @@ def test_keywords_from_words_match_the_keyword_regex(pieces: list[str]) -> None:
     assert _reasoning_keywords(text) == set(_REASONING.findall(text))
 
 
-def test_only_the_first_256_ki_characters_are_searched_but_all_count_for_length() -> None:
+def test_256_ki_characters_are_searched_latest_first_but_all_count_for_length() -> None:
     # Scoring 4 MB of user text held the event loop for 160 ms; the parts saturate long before.
     filler = "plain words " * 30_000  # 360,000 characters, past the 262,144 searched
-    late = complexity_score({"messages": [{"role": "user", "content": filler + "prove? derive? analyze?"}]})
-    early = complexity_score({"messages": [{"role": "user", "content": "prove? derive? analyze? " + filler}]})
-    assert late == 0.35  # length only: the keywords and questions lie past the searched part
-    assert early == 0.75  # length, three questions and three keywords
-    split = [{"role": "user", "content": filler}, {"role": "user", "content": "prove? derive? analyze?"}]
-    assert complexity_score({"messages": split}) == 0.35  # the budget is over all user messages
+    ask = " prove? derive? analyze? "
+
+    def score(*texts: str) -> float:
+        return complexity_score({"messages": [{"role": "user", "content": text} for text in texts]})
+
+    assert score(filler) == 0.35  # length only
+    assert score(ask + filler) == 0.75  # length, three questions and three keywords
+    assert score(filler + ask) == 0.75  # the end of a long paste is searched too
+    assert score(filler[:150_000] + ask + filler[150_000:]) == 0.35  # its middle is not
+    assert score(ask, filler) == 0.35  # the latest message takes the whole budget first
+    assert score(filler, ask) == 0.75
