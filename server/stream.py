@@ -76,8 +76,6 @@ ON_CHUNK = PluginCall(
 _TEXT_KEYS = frozenset({"content", "role"})
 """Delta keys that do not flush a choice's held text: content is the text, role opens it."""
 _CHOICE_KEYS = frozenset({"delta", "index"})
-_NO_DELTA: dict[str, Any] = {}
-"""A choice without a delta (shared: never written to)."""
 _ENVELOPE = ("id", "created", "model", "system_fingerprint", "service_tier")
 
 
@@ -123,6 +121,14 @@ class _Stage:
         self.latency_ms = 0.0
         self.started = 0.0
         self.failure: PluginResult | None = None
+
+    def record(self, result: PluginResult) -> None:
+        if not self.calls:
+            self.started = result.started
+        self.calls += 1
+        self.latency_ms += result.latency_ms
+        if result.outcome is not PluginOutcome.OK:
+            self.failure = result
 
     def result(self, action: PluginAction) -> PluginResult:
         """The plugin's one result for the whole stream."""
@@ -299,37 +305,29 @@ class StreamSession:
         if usage is not None:
             self._usage = usage
         out_choices: list[dict[str, Any]] = []
-        stages = self._stages
         for choice in chunk.get("choices") or ():
             index: int = choice["index"]
-            delta = choice.get("delta") or _NO_DELTA
+            delta = choice.get("delta") or {}
             text = delta.get("content") or ""
-            finish = choice.get("finish_reason")
-            final = finish is not None or not _TEXT_KEYS.issuperset(delta)
-            released = await self._through(index, text, final) if stages else text
+            final = choice.get("finish_reason") is not None or not _TEXT_KEYS.issuperset(delta)
+            released = await self._through(index, text, final) if self._stages else text
             if released is None:
                 return [], self._blocked_outcome()
+            out_delta = delta.copy()  # the delta without its content, which goes last if any
+            had_content = "content" in out_delta
+            if had_content:
+                del out_delta["content"]
+            if released or (had_content and out_delta):
+                out_delta["content"] = released
             state = self._choices.get(index) or self._choice(index)
-            if len(delta) == 1 and "content" in delta:  # most chunks: text only
-                out_delta = {"content": released} if released else {}
-                if finish is not None or choice.get("logprobs") is not None:
-                    state.absorb(out_delta, choice)  # the finish reason and log-probabilities
-            else:
-                out_delta = delta.copy()  # the delta without its content, which goes last if any
-                had_content = "content" in out_delta
-                if had_content:
-                    del out_delta["content"]
-                if released or (had_content and out_delta):
-                    out_delta["content"] = released
-                state.absorb(out_delta, choice)
+            state.absorb(out_delta, choice)
             if released:
                 self._add_text(state, released)
             if out_delta or any(
                 value is not None and key not in _CHOICE_KEYS for key, value in choice.items()
             ):
                 out_choices.append({**choice, "delta": out_delta})
-        if stages or self._held_text > self._limits.max_held_chars:
-            self._check_held()
+        self._check_held()
         if not out_choices and usage is None:
             return [], None
         return self._release([{**chunk, "choices": out_choices}]), None
@@ -419,15 +417,10 @@ class StreamSession:
             stream_text.final = final
             loaded = stage.loaded
             call = runner.call_plugin(loaded, ON_CHUNK, ctx, (stream_text,), deadline_perf)
-            if call.__class__ is PendingCall:
+            if isinstance(call, PendingCall):
                 call = await call
-            result, response, block = call  # type: ignore[misc]
-            if not stage.calls:  # the stage's record of its calls (its one result at the end)
-                stage.started = result.started
-            stage.calls += 1
-            stage.latency_ms += result.latency_ms
-            if response is None:
-                stage.failure = result
+            result, response, block = call
+            stage.record(result)
             if response is None:  # failed: blocks if fail-closed, else the text goes on unchanged
                 if block is not None:
                     self._block = (loaded.name, block)
