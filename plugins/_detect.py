@@ -541,10 +541,8 @@ class Detector:
     def find_window(self, text: str, low: int, high: int, start: int, stop: int) -> list[Finding]:
         """The findings of ``text[low:high]`` (their bounds in ``text``) that start in
         ``[start, stop)``: :meth:`find` of a window, cut to the part it answers for."""
-        if NATIVE is not None:
-            return NATIVE.find_window(
-                text, self._mask, low, high, start, stop
-            )  # as below, without the copies
+        if NATIVE is not None:  # as below, without the copies
+            return NATIVE.find_window(text, self._mask, low, high, start, stop)
         found = self.find(text[low:high], low)
         first = bisect_left(found, start, key=_start)
         return found[first : bisect_left(found, stop, first, key=_start)]
@@ -1039,7 +1037,10 @@ def placeholder_for(kind: str, number: int) -> str:
 _NATIVE_ABI = 2
 """The ``ABI`` of plugins/_scan.c this module is written for (``SCAN_ABI`` there, bumped
 with it whenever a native function's contract changes)."""
-_NATIVE_FUNCTIONS = ("configure", "find", "find_split", "find_window", "assign", "interleave", "words_in")
+_NATIVE_FUNCTIONS = tuple(
+    name for name, member in vars(_NativeScan).items() if not name.startswith("_") and callable(member)
+)
+"""The functions :class:`_NativeScan` declares, in its order."""
 
 
 def _checked(module: ModuleType) -> _NativeScan | None:
