@@ -467,8 +467,11 @@ class SqliteStore:
         self._seen: dict[str, Any] = {}
         """The live keys the last increment on the loop's connection added to, with their new
         values (see :func:`_incr_rows_seen`)."""
+        self._incr_cursor: sqlite3.Cursor | None = None
+        """The loop connection's cursor for increments (one made per call costs ~0.5 us)."""
         if loop_conn is not None:
             loop_conn.create_function(_SEEN_FUNCTION, 2, _seen_recorder(self._seen))
+            self._incr_cursor = loop_conn.cursor()
 
     @classmethod
     async def open(
@@ -695,14 +698,14 @@ class SqliteStore:
         Raises:
             StoreError: a key's value is not an integer (the other keys were added).
         """
-        conn = self._loop_conn
-        if conn is None or self._restart_pending or not self._loop_writes:
+        conn, cursor = self._loop_conn, self._incr_cursor
+        if conn is None or cursor is None or self._restart_pending or not self._loop_writes:
             return None
         seen = self._seen
         seen.clear()
         changes = conn.total_changes
         try:
-            conn.execute(_incr_rows_seen(count), params)
+            cursor.execute(_incr_rows_seen(count), params)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
