@@ -680,7 +680,9 @@ class SqliteStore:
             with self._counted["incr"]:
                 params: list[Any] = [_expiry(ttl_s), time.time()]
                 for key, amount in items:
-                    params += (key, _amount(amount))
+                    # _amount's check, without its call when the amount is a plain int in range
+                    plain = type(amount) is int and _INT64_MIN <= amount <= _INT64_MAX
+                    params += (key, amount if plain else _amount(amount))
                 values = self._incr_on_loop(params, len(keys))
                 if values is not None:
                     return values
@@ -713,14 +715,16 @@ class SqliteStore:
         self.loop_calls += 1
         self._count_write()
         keys = params[2::2]
-        values: list[Any] = [seen.get(key, amount) for key, amount in zip(keys, params[3::2], strict=True)]
         if conn.total_changes - changes < count:
             for key in keys:
                 if key not in seen and not self._on_loop(_IS_INTEGER, (key,), write=False):
                     raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
-        for index, value in enumerate(values):
-            if type(value) is not int:  # a sum past 64 bits, which SQLite made a float
-                values[index] = self._read_integer(keys[index], value)
+        values: list[int] = list(params[3::2])  # a new or expired key's value: its amount
+        if seen:
+            for index, key in enumerate(keys):
+                value = seen.get(key)
+                if value is not None:  # a live key: its sum (a float past 64 bits)
+                    values[index] = value if type(value) is int else self._read_integer(key, value)
         return values
 
     def _read_integer(self, key: str, value: Any) -> int:
