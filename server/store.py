@@ -269,8 +269,9 @@ def _incr_rows(count: int) -> str:
 
 
 _SEEN_FUNCTION = "ringd_incr_seen"
-"""The SQL function :func:`_incr_rows_seen` calls with each key it adds to and its new
-value; the loop's connection registers it (:meth:`SqliteStore._note_seen`)."""
+"""The SQL function :func:`_incr_rows_seen` calls with each live key it adds to and its
+new value; the loop's connection has it (:func:`_seen_recorder`, registered when the
+store is made)."""
 
 
 @functools.lru_cache(maxsize=_INCR_ROWS_MAX)
@@ -279,9 +280,9 @@ def _incr_rows_seen(count: int) -> str:
     value goes through :data:`_SEEN_FUNCTION` (its key, the value), a new or expired key's
     is its amount, and the connection's change count says how many rows were written.
 
-    The same statement, as atomic; RETURNING's result table is opened and filled on every
-    call (~8 us of the statement's ~40 in the plugins bench, a call a Python function
-    costs ~1 us).
+    The same statement, as atomic. RETURNING's result table, opened and filled on every
+    call, was ~8 us of the statement's ~40 in the plugins bench; a call of the function
+    costs ~1 us.
     """
     return _incr_statement(count, _SEEN_FUNCTION + "(kv.key, {})")
 
