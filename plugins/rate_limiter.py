@@ -50,6 +50,8 @@ from ringd.sdk import BasePlugin, PluginContext, PluginHook, PluginResponse
 
 _ANONYMOUS = "_anonymous"
 _LIMIT_KEYS = ("requests_per_window", "tokens_per_window")
+_KEYS_KEPT = 4096
+"""Callers whose store keys are kept between requests (all are dropped past it)."""
 
 
 class RateLimiter(BasePlugin):
@@ -90,6 +92,17 @@ class RateLimiter(BasePlugin):
         self._limits = (self.requests_per_window, self.tokens_per_window)
         self._caller_field = "tenant" if self.scope == "tenant" else "api_key_id"
         self._clock: Callable[[], float] = time.time  # replaceable in tests
+        self._keys: dict[str, tuple[int, str, str]] = {}
+        """Per caller: the window its keys are of, its requests key and its tokens key."""
+
+    def _window_keys(self, caller: str, window: int) -> tuple[int, str, str]:
+        """The store keys of ``caller`` in ``window``, kept for the next requests of the window."""
+        prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
+        keys = (window, prefix + ":requests", prefix + ":tokens")
+        if len(self._keys) >= _KEYS_KEPT:
+            self._keys.clear()
+        self._keys[caller] = keys
+        return keys
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:
         """Count the request in its window; 429 when a limit is passed."""
@@ -100,16 +113,19 @@ class RateLimiter(BasePlugin):
         now = self._clock()
         window = math.floor(now / self.window_s)
         reset_s = (window + 1) * self.window_s - now
-        prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
+        keys = self._keys.get(caller)
+        if keys is None or keys[0] != window:
+            keys = self._window_keys(caller, window)
+        _, requests_key, tokens_key = keys
 
         # The counters this caller has limits for, requests then tokens, in one store call.
         items: list[tuple[str, int]] = []
         if requests_limit is not None:
-            items.append((prefix + ":requests", 1))
+            items.append((requests_key, 1))
         cost = 0
         if tokens_limit is not None:
             cost = estimate_prompt_tokens(ctx.body)
-            items.append((prefix + ":tokens", cost))
+            items.append((tokens_key, cost))
         values = await incr_all(store, items, ttl_s=self.window_s)
         requests = values[0] if requests_limit is not None else 0
         tokens = values[-1] if tokens_limit is not None else 0
@@ -121,8 +137,8 @@ class RateLimiter(BasePlugin):
             refund = [(key, -amount) for key, amount in items if amount]
             returned = await incr_all(store, refund, ttl_s=self.window_s)
             given_back = dict(zip([key for key, _ in refund], returned, strict=True))
-            requests = given_back.get(prefix + ":requests", requests)
-            tokens = given_back.get(prefix + ":tokens", tokens)
+            requests = given_back.get(requests_key, requests)
+            tokens = given_back.get(tokens_key, tokens)
 
         ctx.metadata["_rate_limiter"] = {
             "scope": self.scope,

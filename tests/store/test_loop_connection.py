@@ -9,7 +9,10 @@ Every test uses a real SQLite file.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +77,45 @@ async def test_writes_keep_counting_exactly_when_the_lock_comes_and_goes(tmp_pat
     finally:
         await first.close()
         await second.close()
+
+
+COUNT_IN_A_PROCESS = """
+import asyncio, json, sys
+from ringd.server.store import SqliteStore
+
+async def main():
+    store = await SqliteStore.open(sys.argv[1])
+    try:
+        seen = [await store.incr_many([("requests", 1), ("tokens", 10)], ttl_s=600) for _ in range(300)]
+    finally:
+        await store.close()
+    print(json.dumps({"seen": seen, "loop": store.loop_calls, "thread": store.thread_calls}))
+
+asyncio.run(main())
+"""
+
+
+def test_processes_sharing_the_file_each_get_exact_counts(tmp_path: Path) -> None:
+    # As --workers processes counting one tenant: every new count of each counter is
+    # given to one call only (a call whose write went to the thread adds one key after
+    # the other, so its two counts may be from different moments).
+    path = tmp_path / "shared.db"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", COUNT_IN_A_PROCESS, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], [err for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+    seen = [tuple(pair) for result in results for pair in result["seen"]]
+    assert sorted(requests for requests, _ in seen) == list(range(1, 901))
+    assert sorted(tokens for _, tokens in seen) == list(range(10, 9001, 10))
+    assert sum(result["loop"] for result in results) > 0  # the loop's increments were among them
 
 
 async def test_incr_many_on_a_non_integer_names_it_and_adds_the_others(
