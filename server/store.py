@@ -651,7 +651,9 @@ class SqliteStore:
             await self._settle("incr")
         with self._counted["incr"]:
             params = (_expiry(ttl_s), time.time(), key, _amount(amount))
-            values = self._incr_on_loop(params, 1)
+            # A key of another type is kept as text, which _incr_on_loop would not find
+            # its noted sum under: RETURNING's statement, in the thread.
+            values = self._incr_on_loop(params, 1) if type(key) is str else None
             if values is not None:
                 return values[0]
             self.thread_calls += 1
@@ -681,12 +683,15 @@ class SqliteStore:
             with self._counted["incr"]:
                 params: list[Any] = [_expiry(ttl_s), time.time()]
                 for key, amount in items:
+                    if type(key) is not str:  # kept as text: one incr after another (see incr)
+                        break
                     # _amount's check, without its call when the amount is a plain int in range
                     plain = type(amount) is int and _INT64_MIN <= amount <= _INT64_MAX
                     params += (key, amount if plain else _amount(amount))
-                values = self._incr_on_loop(params, len(keys))
-                if values is not None:
-                    return values
+                else:
+                    values = self._incr_on_loop(params, len(keys))
+                    if values is not None:
+                        return values
         return [await self.incr(key, amount, ttl_s) for key, amount in items]
 
     def _incr_on_loop(self, params: Sequence[Any], count: int) -> list[int] | None:
@@ -694,7 +699,9 @@ class SqliteStore:
         them) on the loop's connection, in autocommit; the new values, in order. None when
         it cannot run there (see :meth:`_on_loop`): nothing was written.
 
-        Each key is in what :data:`_SEEN_FUNCTION` noted (a live integer: its sum), else
+        The keys are ``str``: the function notes the key SQLite stored, which for a key of
+        another type (an int) is its text. Each key is in what :data:`_SEEN_FUNCTION` noted
+        (a live integer: its sum), else
         it was written with its amount (new or expired) or not at all (it holds something
         else than an integer), which the connection's change count tells apart.
 

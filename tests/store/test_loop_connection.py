@@ -129,6 +129,17 @@ async def test_incr_many_on_a_non_integer_names_it_and_adds_the_others(
     assert await sqlite_store.get_state("c") == 1
 
 
+async def test_a_key_that_is_not_text_counts_as_the_text_sqlite_keeps(
+    sqlite_store: SqliteStore,
+) -> None:
+    # A plugin without type checks counting under an int: SQLite keeps the key as text
+    # ("7"), and every call still answers the new count.
+    assert await sqlite_store.incr(7, 1) == 1  # type: ignore[arg-type]
+    assert await sqlite_store.incr(7, 1) == 2  # type: ignore[arg-type]
+    assert await sqlite_store.incr_many([(7, 1), ("other", 1)]) == [3, 1]  # type: ignore[list-item]
+    assert await sqlite_store.get_state("7") == 3
+
+
 async def test_incr_many_with_a_repeated_key_adds_both(sqlite_store: SqliteStore) -> None:
     assert await sqlite_store.incr_many([("a", 1), ("a", 2), ("b", 5)], ttl_s=60) == [1, 3, 5]
 
