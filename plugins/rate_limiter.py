@@ -52,6 +52,9 @@ _ANONYMOUS = "_anonymous"
 _LIMIT_KEYS = ("requests_per_window", "tokens_per_window")
 _KEYS_KEPT = 4096
 """Callers whose store keys are kept between requests (all are dropped past it)."""
+_CALLER_KEPT_CHARS = 256
+"""Longer callers' keys are made for each request: the caller is whatever the gateway sends
+(up to a message's size), and 4096 of them would be kept three times over."""
 
 
 class RateLimiter(BasePlugin):
@@ -96,12 +99,14 @@ class RateLimiter(BasePlugin):
         """Per caller: the window its keys are of, its requests key and its tokens key."""
 
     def _window_keys(self, caller: str, window: int) -> tuple[int, str, str]:
-        """The store keys of ``caller`` in ``window``, kept for the next requests of the window."""
+        """The store keys of ``caller`` in ``window``, kept for the next requests of the window
+        (unless ``caller`` is longer than :data:`_CALLER_KEPT_CHARS`)."""
         prefix = f"rate_limiter:{self.scope}:{key_part(caller)}:{window}"
         keys = (window, prefix + ":requests", prefix + ":tokens")
-        if len(self._keys) >= _KEYS_KEPT:
-            self._keys.clear()
-        self._keys[caller] = keys
+        if len(caller) <= _CALLER_KEPT_CHARS:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            self._keys[caller] = keys
         return keys
 
     async def execute(self, ctx: PluginContext) -> PluginResponse:

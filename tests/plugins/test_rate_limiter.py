@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 import pytest
 from ringd.plugins._common import estimate_prompt_tokens, iter_message_texts, tokens_for_chars
@@ -168,3 +169,23 @@ def test_token_estimate_counts_every_message_text(body: dict) -> None:
     # The estimate's string-content shortcut agrees with the text walk for every shape.
     chars = sum(len(text) for _, text in iter_message_texts(body))
     assert estimate_prompt_tokens(body) == tokens_for_chars(chars)
+
+
+async def test_long_callers_are_not_kept_after_their_request(make_ctx, chat) -> None:
+    # A caller is whatever the gateway sends as tenant (up to a message's size): the
+    # plugin keeps short callers' store keys for their window, never megabytes of them.
+    plugin = limiter({"requests_per_window": 5})
+    caller_chars = 64 * 1024
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for index in range(64):
+            tenant = f"{index}:" + "t" * caller_chars
+            outcome = await plugin.execute(make_ctx(chat(("user", "a")), metadata={"tenant": tenant}))
+            assert outcome.action is PluginAction.PASSTHROUGH
+            del tenant
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Kept, they would be 64 x 3 x 64 KB (the caller, its two keys): 12 MB.
+    assert kept - before < 2 * 1024 * 1024

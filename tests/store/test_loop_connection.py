@@ -129,6 +129,35 @@ async def test_incr_many_on_a_non_integer_names_it_and_adds_the_others(
     assert await sqlite_store.get_state("c") == 1
 
 
+async def test_incr_many_refusing_keys_names_the_first_and_writes_the_rest(
+    sqlite_store: SqliteStore,
+) -> None:
+    await sqlite_store.incr("live", 5, ttl_s=60)
+    await sqlite_store.set_state("expired text", "old", ttl_s=0.05)
+    await sqlite_store.set_state("text", "t")
+    await sqlite_store.set_state("real", 2.5)
+    await asyncio.sleep(0.1)
+    items = [("live", 1), ("real", 1), ("new", 3), ("text", 1), ("expired text", 4)]
+    with pytest.raises(StoreError, match="key 'real'"):
+        await sqlite_store.incr_many(items, ttl_s=60)
+    assert sqlite_store.thread_calls == 0  # all in the loop's one statement
+    values = [await sqlite_store.get_state(key) for key, _ in items]
+    assert values == [6, 2.5, 3, "t", 4]
+    # Without the refused keys the same call answers each new value.
+    assert await sqlite_store.incr_many([("live", 1), ("new", 3), ("expired text", 4)]) == [7, 6, 8]
+
+
+async def test_a_key_that_is_not_text_counts_as_the_text_sqlite_keeps(
+    sqlite_store: SqliteStore,
+) -> None:
+    # A plugin without type checks counting under an int: SQLite keeps the key as text
+    # ("7"), and every call still answers the new count.
+    assert await sqlite_store.incr(7, 1) == 1  # type: ignore[arg-type]
+    assert await sqlite_store.incr(7, 1) == 2  # type: ignore[arg-type]
+    assert await sqlite_store.incr_many([(7, 1), ("other", 1)]) == [3, 1]  # type: ignore[list-item]
+    assert await sqlite_store.get_state("7") == 3
+
+
 async def test_incr_many_with_a_repeated_key_adds_both(sqlite_store: SqliteStore) -> None:
     assert await sqlite_store.incr_many([("a", 1), ("a", 2), ("b", 5)], ttl_s=60) == [1, 3, 5]
 
