@@ -94,6 +94,11 @@ def _amount(amount: Any) -> int:
     return amount
 
 
+def _not_an_integer(key: Any) -> str:
+    """The error of an increment the store refused (the words of the Redis store's)."""
+    return f"cannot incr key {key!r}: its value is not an integer (or the sum is out of range)"
+
+
 def _queueable_key(key: str) -> str:
     """``key``, checked to be one SQLite can bind: a queued write SQLite refuses to bind
     would fail every flush (and with it every write queued with it), so it is refused
@@ -195,7 +200,6 @@ _SET = (
 )
 _DELETE = "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
 _DELETE_RETURNING = f"{_DELETE} RETURNING 1"  # on the loop's connection: rows, not a rowcount
-_CAST_INTEGER = "SELECT CAST(value AS INTEGER) FROM kv WHERE key = ?"
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INCR_ROWS_MAX = 16
 
@@ -285,7 +289,7 @@ _REFUSED: Final = object()
 def _incr_rows_seen(count: int) -> str:
     """:func:`_incr_rows` without RETURNING, for the loop's connection: a live key's new
     value goes through :data:`_SEEN_FUNCTION` (its key, the value), a live key holding
-    something else than an integer through :data:`_REFUSED_FUNCTION` (the last term of the
+    something else than an integer (or whose sum would pass 64 bits) through :data:`_REFUSED_FUNCTION` (the last term of the
     DO UPDATE's WHERE: SQLite evaluates an OR's terms in order, stopping at the first
     true, and the SET only for the rows the WHERE keeps), and a key neither names was new
     or expired: its value is its amount. All noted while the statement holds the write
@@ -302,7 +306,9 @@ def _incr_statement(count: int, value: str, refused: str) -> str:
     """The upsert of :func:`_incr_rows`, its live integer's sum written as ``value``
     (``{}`` standing for the sum), ``refused`` after its DO UPDATE's WHERE, no RETURNING."""
     rows = ", ".join(f"(?{3 + 2 * index}, ?{4 + 2 * index}, ?1)" for index in range(count))
-    added = value.format("CAST(kv.value AS INTEGER) + CAST(excluded.value AS INTEGER)")
+    # SQLite turns a sum past 64 bits into a float: such a row is refused, as Redis's INCRBY does.
+    total = "CAST(kv.value AS INTEGER) + CAST(excluded.value AS INTEGER)"
+    added = value.format(total)
     # Only numbered placeholders and this module's constants are formatted in; keys and
     # amounts are bound.
     return f"""
@@ -315,7 +321,7 @@ ON CONFLICT (key) DO UPDATE SET
                       THEN excluded.expires_at
                       ELSE kv.expires_at END
     WHERE (kv.expires_at IS NOT NULL AND kv.expires_at <= ?2)
-       OR json_type(kv.value) = 'integer'{refused}
+       OR (json_type(kv.value) = 'integer' AND typeof({total}) = 'integer'){refused}
 """  # noqa: S608
 
 
@@ -684,7 +690,7 @@ class SqliteStore:
             self._wrote_in_thread()
             row = next(iter(rows), None)
             if row is None:
-                raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
+                raise StoreError(_not_an_integer(key))
             return int(row[1])
 
     async def incr_many(self, items: Sequence[tuple[str, int]], ttl_s: float | None = None) -> list[int]:
@@ -750,19 +756,10 @@ class SqliteStore:
                 value = seen.get(key)
                 if value is None:  # new or expired
                     continue
-                if type(value) is int:  # a live key: its sum
-                    values[index] = value
-                elif value is _REFUSED:
-                    raise StoreError(f"cannot incr key {key!r}: its value is not an integer")
-                else:  # the sum past 64 bits: a float
-                    values[index] = self._read_integer(key, value)
+                if value is _REFUSED:
+                    raise StoreError(_not_an_integer(key))
+                values[index] = value  # a live key: its sum
         return values
-
-    def _read_integer(self, key: str, value: Any) -> int:
-        """What RETURNING's ``CAST(value AS INTEGER)`` gives for ``key`` just written with
-        ``value`` (a float: SQLite's sum past 64 bits), read back on the loop's connection."""
-        rows = self._on_loop(_CAST_INTEGER, (key,), write=False)
-        return int(rows[0][0]) if rows else int(value)
 
     # Write-behind: writes committed together, a moment later.
 
@@ -906,9 +903,9 @@ class SqliteStore:
                 if key not in written:
                     self.errors["incr"] = self.errors.get("incr", 0) + 1
                     _log.warning(
-                        "SQLite store %s: queued incr of %r dropped: its value is not an integer",
+                        "SQLite store %s: queued incr dropped: %s",
                         self.path,
-                        key,
+                        _not_an_integer(key),
                     )
 
     async def _write_statements(self, statements: list[_Statement]) -> None:

@@ -37,14 +37,16 @@ DEFAULT_KEY_PREFIX = "ringd:"
 # KEYS[1] the key; ARGV[1] the amount; ARGV[2] the TTL in ms, or "" for none. Redis
 # runs a script atomically, so no other client sees the key between INCRBY and PEXPIRE.
 # An expired key is absent for EXISTS, so it starts again from 0 with a fresh TTL.
-# INCRBY on a value that is not an integer raises, and the script writes nothing.
+# INCRBY on a value that is not an integer raises, and the script writes nothing. The new
+# value is answered as GET's text: INCRBY's answer is a Lua number (a double) in the
+# script, inexact past 2**53.
 _INCR_SCRIPT = """
 local existed = redis.call('EXISTS', KEYS[1])
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[1])
 if existed == 0 and ARGV[2] ~= '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return value
+return redis.call('GET', KEYS[1])
 """
 
 
@@ -202,7 +204,8 @@ class RedisStore:
             try:
                 value = await self._incr(keys=[self.key_prefix + key], args=args)
             except redis_errors.ResponseError as exc:
-                if "not an integer" in str(exc):  # INCRBY's "value is not an integer or out of range"
+                # INCRBY's "value is not an integer or out of range", or "... would overflow"
+                if "not an integer" in str(exc) or "would overflow" in str(exc):
                     raise StoreError(
                         f"cannot incr key {key!r}: its value is not an integer (or the sum is out of range)"
                     ) from exc

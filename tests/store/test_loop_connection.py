@@ -263,3 +263,26 @@ async def test_after_a_checkpoint_the_write_that_starts_the_wal_over_runs_in_the
         assert await opened.get_state("second") == 2
     finally:
         await opened.close()
+
+
+async def test_incr_many_past_64_bits_names_the_key_and_adds_the_others(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.set_state("big", 2**63 - 1)
+    with pytest.raises(StoreError, match=r"'big'.*out of range"):
+        await sqlite_store.incr_many([("small", 1), ("big", 1)])
+    assert await sqlite_store.get_state("big") == 2**63 - 1
+    assert await sqlite_store.get_state("small") == 1
+
+
+async def test_incr_past_64_bits_in_the_thread_is_refused_as_on_the_loop(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    await sqlite_store.set_state("big", 2**63 - 1)
+    calls = sqlite_store.thread_calls
+    with write_lock_held(tmp_path / "ringd.db") as release:
+        refused = asyncio.create_task(sqlite_store.incr("big", 1))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(StoreError, match=r"'big'.*out of range"):
+            await refused
+    assert sqlite_store.thread_calls > calls  # the lock was held: RETURNING's statement ran it
+    assert await sqlite_store.get_state("big") == 2**63 - 1

@@ -177,6 +177,17 @@ async def test_incr_on_a_non_integer_raises_store_error(store: Opened, value: An
     assert await store.get_state("k", default="absent") == value  # left as it was
 
 
+@pytest.mark.parametrize(("start", "amount"), [(2**63 - 1, 1), (-(2**63), -1), (2**62, 2**62)])
+async def test_incr_past_64_bits_raises_store_error_and_keeps_the_count(
+    store: Opened, start: int, amount: int
+) -> None:
+    await store.set_state("k", start)
+    with pytest.raises(StoreError, match=r"'k'.*out of range"):
+        await store.incr("k", amount)
+    assert await store.get_state("k") == start  # left as it was, still counting
+    assert await store.incr("k", -amount) == start - amount
+
+
 @pytest.mark.parametrize("amount", [1.5, "1", True, None])
 async def test_incr_with_a_non_integer_amount_raises_store_error(store: Opened, amount: Any) -> None:
     with pytest.raises(StoreError, match="amount"):

@@ -40,8 +40,19 @@ async def test_queued_amounts_summing_past_64_bits_do_not_block_the_queue(
     await sqlite_store.incr_later([("big", 2**62), ("n", 1)])
     await sqlite_store.incr_later([("big", 2**62), ("n", 1)])  # each fits; their sum does not
     assert await sqlite_store.flush()
-    assert committed(tmp_path / "ringd.db")["n"] == "2"
-    assert sqlite_store.errors == {}
+    # The second 2**62 would take the stored count past 64 bits: dropped and counted.
+    assert committed(tmp_path / "ringd.db") == {"big": str(2**62), "n": "2"}
+    assert sqlite_store.errors == {"incr": 1}
+
+
+async def test_a_queued_incr_summing_past_64_bits_with_the_stored_value_is_dropped_and_counted(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    await sqlite_store.set_state("big", 2**63 - 1)
+    await sqlite_store.incr_later([("big", 1), ("n", 1)])
+    assert await sqlite_store.flush()
+    assert committed(tmp_path / "ringd.db") == {"big": str(2**63 - 1), "n": "1"}
+    assert sqlite_store.errors == {"incr": 1}
 
 
 async def test_a_key_that_is_not_utf8_is_refused_and_the_queue_still_commits(
