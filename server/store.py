@@ -289,10 +289,10 @@ _REFUSED: Final = object()
 def _incr_rows_seen(count: int) -> str:
     """:func:`_incr_rows` without RETURNING, for the loop's connection: a live key's new
     value goes through :data:`_SEEN_FUNCTION` (its key, the value), a live key holding
-    something else than an integer (or whose sum would pass 64 bits) through :data:`_REFUSED_FUNCTION` (the last term of the
-    DO UPDATE's WHERE: SQLite evaluates an OR's terms in order, stopping at the first
-    true, and the SET only for the rows the WHERE keeps), and a key neither names was new
-    or expired: its value is its amount. All noted while the statement holds the write
+    something else than an integer (or whose sum would pass 64 bits) through
+    :data:`_REFUSED_FUNCTION` (the last term of the DO UPDATE's WHERE: SQLite evaluates
+    an OR's terms in order, stopping at the first true, and the SET only for the rows the
+    WHERE keeps), and a key neither names was new or expired: its value is its amount. All noted while the statement holds the write
     lock, so what is noted is what was written, whatever other processes do after.
 
     The same statement, as atomic. RETURNING's result table, opened and filled on every
