@@ -292,8 +292,9 @@ def _incr_rows_seen(count: int) -> str:
     something else than an integer (or whose sum would pass 64 bits) through
     :data:`_REFUSED_FUNCTION` (the last term of the DO UPDATE's WHERE: SQLite evaluates
     an OR's terms in order, stopping at the first true, and the SET only for the rows the
-    WHERE keeps), and a key neither names was new or expired: its value is its amount. All noted while the statement holds the write
-    lock, so what is noted is what was written, whatever other processes do after.
+    WHERE keeps), and a key neither names was new or expired: its value is its amount.
+    All noted while the statement holds the write lock, so what is noted is what was
+    written, whatever other processes do after.
 
     The same statement, as atomic. RETURNING's result table, opened and filled on every
     call, was ~8 us of the statement's ~40 in the plugins bench; a call of the function
