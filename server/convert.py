@@ -370,6 +370,46 @@ def context_from_proto(
     return ctx, json_form
 
 
+@dataclass(frozen=True, slots=True)
+class StructEcho:
+    """A Struct body as the caller sent it, with the JSON of its decoded form.
+
+    When the final body's JSON is the same (no plugin changed the body, the common case),
+    the answer copies the caller's Struct back (in C) instead of encoding the body again
+    value by value: about 13 us less on a 2 KB body. A ``-0.0`` the caller sent then
+    comes back as ``-0.0`` (decoded, it is the integer 0).
+    """
+
+    struct: struct_pb2.Struct
+    json: bytes
+
+
+def struct_echo(message: pb.PluginContext, ctx: PluginContext) -> StructEcho | None:
+    """The :class:`StructEcho` of a context decoded from ``message`` (before any plugin ran),
+    or None when its body was not sent as a Struct."""
+    if message.WhichOneof("body") != "body_struct":
+        return None
+    return StructEcho(message.body_struct, orjson.dumps(ctx.body))
+
+
+def _echoes(echo: StructEcho, body: dict[str, Any]) -> bool:
+    """Whether ``body`` encodes to the caller's Struct: the same JSON, with no null in it (a
+    NaN, an infinity or a Value with no kind decode to what encodes as null_value) and no
+    deeper than an answer's Struct may be (the request's limit is another setting)."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:  # what the encoder refuses too, with its own message
+        return False
+    return (
+        data == echo.json
+        and b"null" not in data
+        and (
+            data.count(b"{") + data.count(b"[") <= STRUCT_DEPTH_LIMIT
+            or _json_depth_ok(body, STRUCT_DEPTH_LIMIT)
+        )
+    )
+
+
 MAX_CHOICES = 128
 """Choice indexes a streamed chunk may use: 0 to 127."""
 
@@ -612,9 +652,13 @@ def _checked_result_text(result: PluginResult, target: pb.PluginResult, strict: 
 
 
 def ring_outcome_to_proto(
-    ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse
+    ring_outcome: RingOutcome,
+    json_form: bool,
+    target: engine_pb.ExecuteRingResponse,
+    echo: StructEcho | None = None,
 ) -> None:
-    """Fill ``target`` with a ring's outcome, bodies in the caller's form.
+    """Fill ``target`` with a ring's outcome, bodies in the caller's form; ``echo``: the
+    request's Struct body, copied back when the final body is still the same.
 
     Raises:
         EncodeError: the final context holds something the wire cannot carry; the
@@ -652,7 +696,10 @@ def ring_outcome_to_proto(
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
     if withheld:
         return
-    _set_object(target, "body", ctx.body, json_form, "body")
+    if echo is not None and not json_form and _echoes(echo, ctx.body):
+        target.body_struct.CopyFrom(echo.struct)
+    else:
+        _set_object(target, "body", ctx.body, json_form, "body")
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)

@@ -182,10 +182,12 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         self, request: engine_pb.ExecuteRingRequest, context: Context
     ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
-        ctx, json_form = self._context(request.context)
+        message = request.context
+        ctx, json_form = self._context(message)
         logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
-            return convert.queued_to_wire(self._background.submit(ctx), request.context, json_form)
+            return convert.queued_to_wire(self._background.submit(ctx), message, json_form)
+        echo = None if json_form else convert.struct_echo(message, ctx)
         deadline = self._deadline(context)
         tracer = self._tracer
         span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
@@ -197,7 +199,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                 ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
                 tracer.record_ring(span, ring_outcome, wall_ns, perf)
         response = engine_pb.ExecuteRingResponse()
-        _encode(ring_outcome, json_form, response)
+        _encode(ring_outcome, json_form, response, echo)
         return response.SerializeToString()
 
     async def ExecuteRings(
@@ -205,6 +207,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     ) -> engine_pb.ExecuteRingsResponse:
         rings = convert.rings_from_proto(request.rings)
         ctx, json_form = self._context(request.context)
+        echo = None if json_form else convert.struct_echo(request.context, ctx)
         logs.bind_request(ctx.request_id, ",".join(ring.value for ring in rings))
         background = rings[-1] is PluginHook.BACKGROUND
         response = engine_pb.ExecuteRingsResponse()
@@ -224,7 +227,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                     if span is not None:  # a child span per ring, from when it began to now
                         self._tracer.record_ring(span, ring_outcome, *started, child=True)
                     # Encoded as each ring ends: the context is shared and flows on.
-                    last = _encode(ring_outcome, json_form, response.outcomes.add())
+                    last = _encode(ring_outcome, json_form, response.outcomes.add(), echo)
                     if last.ended:  # the engine's own stop, or its block for an unencodable ring
                         break
                     if span is not None:
@@ -313,10 +316,15 @@ _RING_NAMES = {ring: ring.value for ring in PluginHook}
 """Each ring's name, looked up: ``PluginHook.value`` is a Python-level property."""
 
 
-def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:
+def _encode(
+    ring_outcome: RingOutcome,
+    json_form: bool,
+    target: engine_pb.ExecuteRingResponse,
+    echo: convert.StructEcho | None = None,
+) -> RingOutcome:
     """Encode ``ring_outcome``; returns the outcome answered (the engine's block if unencodable)."""
     try:
-        convert.ring_outcome_to_proto(ring_outcome, json_form, target)
+        convert.ring_outcome_to_proto(ring_outcome, json_form, target, echo)
     except EncodeError as problem:
         ring_outcome = ring_outcome.unencodable(str(problem))
         target.Clear()

@@ -163,6 +163,38 @@ async def test_post_flight_edits_the_upstream_answer_in_the_callers_form(serve, 
     assert payload(answer, "body") == (form, CHAT)
 
 
+async def test_a_struct_body_no_plugin_changed_comes_back_as_sent_or_as_it_encodes(serve):
+    """The answer copies back a Struct body no plugin changed; one it would not encode the
+    same (null-like values, too deep for an answer) is encoded as before."""
+    running = await serve([entry("quiet"), entry("tagger", config={"set_metadata": {"seen": True}})])
+    stub = running.engine()
+    body = {**CHAT, "temperature": 0.2, "n": 2, "stream": False, "tools": [{"a": [1, [2.5, {"b": "c"}]]}]}
+
+    same = ring_request(PRE_FLIGHT, body, form="struct")
+    answer = await stub.ExecuteRing(same, timeout=5)
+    assert answer.body_struct == same.context.body_struct
+    assert metadata_of(answer) == {"seen": True}
+
+    # A Value with no kind set, and a NaN, are answered as null (as they decode: None, nan).
+    odd = ring_request(PRE_FLIGHT, CHAT, form="struct")
+    odd.context.body_struct.fields["unset"].SetInParent()
+    odd.context.body_struct.fields["nan"].number_value = float("nan")
+    answer = await stub.ExecuteRing(odd, timeout=5)
+    assert {key: answer.body_struct.fields[key].WhichOneof("kind") for key in ("unset", "nan")} == {
+        "unset": "null_value",
+        "nan": "null_value",
+    }
+
+    # 33 levels: deeper than an answer's Struct may nest (32), within the request's limit (64)
+    # and what protobuf decodes (about 33).
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(32):
+        deep = {"inner": deep}
+    answer = await stub.ExecuteRing(ring_request(PRE_FLIGHT, deep, form="struct"), timeout=5)
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    assert "nested deeper than 32 levels" in answer.block.message
+
+
 async def test_metadata_written_by_ingress_is_read_by_pre_flight_when_the_caller_carries_it(serve):
     running = await serve(
         [
