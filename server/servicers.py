@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from ringd.sdk import PluginContext, PluginHook
-from ringd.server import convert, errors, logs
+from ringd.server import convert, errors, logs, wire
 from ringd.server.admission import Gate, check_call_metadata
 from ringd.server.background import BackgroundQueue
 from ringd.server.engine import Engine, Generation, StreamLimits, StreamOutcome
@@ -198,19 +198,17 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                 wall_ns, perf = now_pair()
                 ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
                 tracer.record_ring(span, ring_outcome, wall_ns, perf)
-        response = engine_pb.ExecuteRingResponse()
-        _encode(ring_outcome, json_form, response, echo)
-        return response.SerializeToString()
+        return _encode(ring_outcome, json_form, echo)[0]
 
-    async def ExecuteRings(
+    async def ExecuteRings(  # type: ignore[override]  # answers the response's bytes
         self, request: engine_pb.ExecuteRingsRequest, context: Context
-    ) -> engine_pb.ExecuteRingsResponse:
+    ) -> bytes:
         rings = convert.rings_from_proto(request.rings)
         ctx, json_form = self._context(request.context)
         echo = None if json_form else convert.struct_echo(request.context, ctx)
         logs.bind_request(ctx.request_id, ",".join(ring.value for ring in rings))
         background = rings[-1] is PluginHook.BACKGROUND
-        response = engine_pb.ExecuteRingsResponse()
+        outcomes: list[bytes] = []  # each an encoded ExecuteRingsResponse.outcomes entry
         last: RingOutcome | None = None
         with self._tracer.call_span(
             f"{ENGINE_SERVICE.full_name}/ExecuteRings", context.invocation_metadata()
@@ -227,14 +225,16 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                     if span is not None:  # a child span per ring, from when it began to now
                         self._tracer.record_ring(span, ring_outcome, *started, child=True)
                     # Encoded as each ring ends: the context is shared and flows on.
-                    last = _encode(ring_outcome, json_form, response.outcomes.add(), echo)
+                    answer, last = _encode(ring_outcome, json_form, echo)
+                    outcomes += (_OUTCOMES_TAG, wire.length(len(answer)), answer)
                     if last.ended:  # the engine's own stop, or its block for an unencodable ring
                         break
                     if span is not None:
                         started = now_pair()
         if background and not (last is not None and last.ended):
-            _encode(self._background.submit(ctx), json_form, response.outcomes.add())
-        return response
+            answer, _ = _encode(self._background.submit(ctx), json_form, echo)
+            outcomes += (_OUTCOMES_TAG, wire.length(len(answer)), answer)
+        return b"".join(outcomes)
 
     async def StreamRing(  # type: ignore[override]  # bytes in and out: see _handle_stream
         self, raw_requests: AsyncIterator[bytes], context: Context
@@ -312,24 +312,21 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
 
 
 _UNTRACED = (0, 0.0)
+_OUTCOMES_TAG = b"\x0a"
+"""``ExecuteRingsResponse.outcomes`` (field 1), length-delimited."""
 _RING_NAMES = {ring: ring.value for ring in PluginHook}
 """Each ring's name, looked up: ``PluginHook.value`` is a Python-level property."""
 
 
 def _encode(
-    ring_outcome: RingOutcome,
-    json_form: bool,
-    target: engine_pb.ExecuteRingResponse,
-    echo: convert.StructEcho | None = None,
-) -> RingOutcome:
-    """Encode ``ring_outcome``; returns the outcome answered (the engine's block if unencodable)."""
+    ring_outcome: RingOutcome, json_form: bool, echo: convert.StructEcho | None = None
+) -> tuple[bytes, RingOutcome]:
+    """``ring_outcome`` encoded, and the outcome answered (the engine's block if unencodable)."""
     try:
-        convert.ring_outcome_to_proto(ring_outcome, json_form, target, echo)
+        return convert.ring_outcome_to_wire(ring_outcome, json_form, echo), ring_outcome
     except EncodeError as problem:
         ring_outcome = ring_outcome.unencodable(str(problem))
-        target.Clear()
-        convert.ring_outcome_to_proto(ring_outcome, json_form, target)
-    return ring_outcome
+        return convert.ring_outcome_to_wire(ring_outcome, json_form), ring_outcome
 
 
 class AdminServicer(admin_grpc.PluginAdminServiceServicer):
