@@ -43,7 +43,7 @@ from ringd.sdk import (
 from ringd.server.breaker import CLOSED
 from ringd.server.exceptions import describe
 from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result, ring_outcome
 from ringd.server.ringstats import RingStats, ring_stats
 from ringd.server.threads import PluginThreads
 
@@ -126,7 +126,7 @@ class RingRunner:
                 decision, decided_by, action = self._stopped(loaded, ctx)
                 break
         self.ring_stats[ring].observe(perf() - ring_started, action, decision)
-        return RingOutcome(
+        return ring_outcome(
             ring=ring,
             action=action,
             context=ctx,
