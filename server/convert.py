@@ -137,19 +137,34 @@ def _other_to_py(value: struct_pb2.Value, kind: str | None, depth: int, limit: i
     """A Value of ``kind`` that is not a string (the callers read strings, most values, inline)."""
     if kind == "number_value":
         number = value.number_value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        if number.is_integer() and abs(number) < 2**53:
+            if not number and math.copysign(1.0, number) < 0:
+                _UNECHOED[0] = True  # -0.0 decodes as the integer 0
+            return int(number)
+        if not math.isfinite(number):
+            _UNECHOED[0] = True  # answered as null_value, as in the JSON form
+        return number
     if kind == "struct_value":
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
         return _list_to_py(value.list_value, depth + 1, limit, where)
     if kind == "bool_value":
         return value.bool_value
+    if kind is None:
+        _UNECHOED[0] = True  # a Value with no kind set: answered as null_value
     return None
 
 
+_UNECHOED = [False]
+"""Set while a Struct is decoded when it would not encode back the same (see
+:class:`StructEcho`): a Value with no kind, a NaN, an infinity or -0.0, a level past
+:data:`STRUCT_DEPTH_LIMIT`. Rare, so the decoder checks for them only on the paths
+where they arise; :func:`context_from_proto` clears it before a body and reads it after."""
+
+
 def _list_to_py(list_value: struct_pb2.ListValue, depth: int, limit: int, where: Where) -> list[Any]:
-    if depth >= limit:  # the list is one level below the container holding it
-        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    if depth >= limit or depth >= STRUCT_DEPTH_LIMIT:  # the list is one level below its container
+        _too_deep(depth, limit, where)
     items: list[Any] = []
     for item in list_value.values:
         kind = item.WhichOneof("kind")
@@ -163,8 +178,8 @@ def _list_to_py(list_value: struct_pb2.ListValue, depth: int, limit: int, where:
 
 
 def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Where) -> dict[str, Any]:
-    if depth >= limit:
-        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    if depth >= limit or depth >= STRUCT_DEPTH_LIMIT:
+        _too_deep(depth, limit, where)
     fields = struct.fields
     data: dict[str, Any] = {}
     # Indexing the map is C; `.items()` goes through a Python-level ItemsView. Strings,
@@ -176,6 +191,14 @@ def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Wher
             value.string_value if kind == "string_value" else _other_to_py(value, kind, depth, limit, where)
         )
     return data
+
+
+def _too_deep(depth: int, limit: int, where: Where) -> None:
+    """A container at ``depth`` (0 at the top): refused past ``limit``; past what an answer's
+    Struct may hold, it is decoded but will not be copied back as sent."""
+    if depth >= limit:
+        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    _UNECHOED[0] = True
 
 
 def _json_depth_ok(data: Any, limit: int) -> bool:
@@ -283,8 +306,9 @@ def _json_kind(data: Any) -> str:
 
 def context_from_proto(
     message: pb.PluginContext, limits: Limits, state: PluginState, field: str = "context"
-) -> tuple[PluginContext, bool]:
-    """Decode a context sharing ``state``; returns it and whether the caller used the raw-JSON form.
+) -> tuple[PluginContext, bool, StructEcho | None]:
+    """Decode a context sharing ``state``; returns it, whether the caller used the raw-JSON form,
+    and the :class:`StructEcho` of a Struct body (None for any other).
 
     Raises:
         RequestError: a field is malformed, too deep or too large; the message names it.
@@ -295,6 +319,7 @@ def context_from_proto(
     # Their messages and parts are counted before the costlier walks (the depth check, the
     # Struct's conversion), so a body past the limit costs little to refuse.
     parts_limit = limits.max_message_parts
+    echo = None
     if body_kind == "body_json":
         where = f"{field}.body_json"
         raw = message.body_json  # each read copies the bytes out of the message
@@ -312,7 +337,10 @@ def context_from_proto(
             messages, prompt = _struct_list(struct, "messages"), _struct_list(struct, "prompt")
             parts = _message_parts(messages, prompt, _value_content_parts, parts_limit)
             _check_parts(parts, parts_limit, f"{field}.body_struct")
+        _UNECHOED[0] = False
         body = _struct_to_py(struct, 0, depth, f"{field}.body_struct")
+        if not _UNECHOED[0]:
+            echo = StructEcho(struct, orjson.dumps(body))
     else:
         body = {}
     response: dict[str, Any] | None = None
@@ -365,7 +393,7 @@ def context_from_proto(
         state,
         message.request_id,
     )
-    return ctx, json_form
+    return ctx, json_form, echo
 
 
 _new_headers = dict.__new__
@@ -377,38 +405,21 @@ class StructEcho:
 
     When the final body's JSON is the same (no plugin changed the body, the common case),
     the answer copies the caller's Struct back (in C) instead of encoding the body again
-    value by value: about 13 us less on a 2 KB body. A ``-0.0`` the caller sent then
-    comes back as ``-0.0`` (decoded, it is the integer 0).
+    value by value: about 13 us less on a 2 KB body. Made only for a Struct that encodes
+    back the same: no Value without a kind, no NaN, infinity or -0.0, no more levels
+    than an answer's Struct may have (see ``_UNECHOED``).
     """
 
     struct: struct_pb2.Struct
     json: bytes
 
 
-def struct_echo(message: pb.PluginContext, ctx: PluginContext) -> StructEcho | None:
-    """The :class:`StructEcho` of a context decoded from ``message`` (before any plugin ran),
-    or None when its body was not sent as a Struct."""
-    if message.WhichOneof("body") != "body_struct":
-        return None
-    return StructEcho(message.body_struct, orjson.dumps(ctx.body))
-
-
 def _echoes(echo: StructEcho, body: dict[str, Any]) -> bool:
-    """Whether ``body`` encodes to the caller's Struct: the same JSON, with no null in it (a
-    NaN, an infinity or a Value with no kind decode to what encodes as null_value) and no
-    deeper than an answer's Struct may be (the request's limit is another setting)."""
+    """Whether ``body`` is still the body the caller sent (the same JSON)."""
     try:
-        data = orjson.dumps(body)
+        return orjson.dumps(body) == echo.json
     except TypeError:  # what the encoder refuses too, with its own message
         return False
-    return (
-        data == echo.json
-        and b"null" not in data
-        and (
-            data.count(b"{") + data.count(b"[") <= STRUCT_DEPTH_LIMIT
-            or _json_depth_ok(body, STRUCT_DEPTH_LIMIT)
-        )
-    )
 
 
 MAX_CHOICES = 128

@@ -175,7 +175,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             return None
         return time.monotonic() + remaining - self._margin
 
-    def _context(self, message: Any) -> tuple[PluginContext, bool]:
+    def _context(self, message: Any) -> tuple[PluginContext, bool, convert.StructEcho | None]:
         return convert.context_from_proto(message, self._limits, self._engine.state)
 
     async def ExecuteRing(  # type: ignore[override]  # answers the response's bytes
@@ -183,11 +183,10 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
     ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
         message = request.context
-        ctx, json_form = self._context(message)
+        ctx, json_form, echo = self._context(message)
         logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
             return convert.queued_to_wire(self._background.submit(ctx), message, json_form)
-        echo = None if json_form else convert.struct_echo(message, ctx)
         deadline = self._deadline(context)
         tracer = self._tracer
         span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
@@ -204,8 +203,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
         self, request: engine_pb.ExecuteRingsRequest, context: Context
     ) -> bytes:
         rings = convert.rings_from_proto(request.rings)
-        ctx, json_form = self._context(request.context)
-        echo = None if json_form else convert.struct_echo(request.context, ctx)
+        ctx, json_form, echo = self._context(request.context)
         logs.bind_request(ctx.request_id, ",".join(ring.value for ring in rings))
         background = rings[-1] is PluginHook.BACKGROUND
         outcomes: list[bytes] = []  # each an encoded ExecuteRingsResponse.outcomes entry
@@ -252,7 +250,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                 f"open.context.{response_kind} must be absent: a streamed answer arrives as chunks",
                 field=f"open.context.{response_kind}",
             )
-        ctx, _ = convert.context_from_proto(
+        ctx, _, _ = convert.context_from_proto(
             first.open.context, self._limits, self._engine.state, "open.context"
         )
         deadline = self._deadline(context)

@@ -8,6 +8,7 @@ the next; per-plugin results; the config version; BACKGROUND queued and run.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import pytest
@@ -175,15 +176,20 @@ async def test_a_struct_body_no_plugin_changed_comes_back_as_sent_or_as_it_encod
     assert answer.body_struct == same.context.body_struct
     assert metadata_of(answer) == {"seen": True}
 
-    # A Value with no kind set, and a NaN, are answered as null (as they decode: None, nan).
-    odd = ring_request(PRE_FLIGHT, CHAT, form="struct")
-    odd.context.body_struct.fields["unset"].SetInParent()
-    odd.context.body_struct.fields["nan"].number_value = float("nan")
-    answer = await stub.ExecuteRing(odd, timeout=5)
-    assert {key: answer.body_struct.fields[key].WhichOneof("kind") for key in ("unset", "nan")} == {
-        "unset": "null_value",
-        "nan": "null_value",
-    }
+    # Each alone: a Value with no kind set and a NaN are answered as null, -0.0 as 0 (as they
+    # decode: None, nan, the integer 0).
+    for key, setup, kind, number in [
+        ("unset", lambda value: value.SetInParent(), "null_value", None),
+        ("nan", lambda value: setattr(value, "number_value", math.nan), "null_value", None),
+        ("zero", lambda value: setattr(value, "number_value", -0.0), "number_value", 1.0),
+    ]:
+        odd = ring_request(PRE_FLIGHT, CHAT, form="struct")
+        setup(odd.context.body_struct.fields[key])
+        answer = await stub.ExecuteRing(odd, timeout=5)
+        value = answer.body_struct.fields[key]
+        assert value.WhichOneof("kind") == kind, key
+        if number is not None:  # the sign of the zero
+            assert math.copysign(1.0, value.number_value) == number
 
     # 33 levels: deeper than an answer's Struct may nest (32), within the request's limit (64)
     # and what protobuf decodes (about 33).
