@@ -682,12 +682,13 @@ def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool, echo: Struc
             raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
         if not isinstance(ctx.metadata, dict):
             raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
+    action = ring_outcome.action
+    if action.__class__ is not PluginAction:
+        _action_to_proto(action, "the action a plugin returned")  # raises, naming it
+    head = _outcome_head(
+        ring_outcome.ring, action, ring_outcome.config_version, ring_outcome.generation, ring_outcome.queued
+    )
     target = engine_pb.ExecuteRingResponse()
-    target.ring = RING_TO_PROTO[ring_outcome.ring]
-    target.action = _action_to_proto(ring_outcome.action, "the action a plugin returned")
-    target.config_version = ring_outcome.config_version
-    target.generation = ring_outcome.generation
-    target.queued = ring_outcome.queued
     results = results_to_wire(ring_outcome.results, strict=not withheld)
     decision = ring_outcome.decision
     if decision is not None:
@@ -706,7 +707,7 @@ def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool, echo: Struc
         elif decision.action is PluginAction.CACHE_HIT and decision.response is not None:
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
     if withheld:
-        return target.SerializeToString() + results
+        return b"".join((head, target.SerializeToString(), results))
     body = b""
     if json_form:
         data = _to_json(ctx.body, "body")
@@ -718,7 +719,7 @@ def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool, echo: Struc
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
-    return b"".join((target.SerializeToString(), body, results))
+    return b"".join((head, target.SerializeToString(), body, results))
 
 
 def results_to_wire(results: Sequence[PluginResult], *, strict: bool = True) -> bytes:
@@ -832,7 +833,7 @@ def queued_to_wire(ring_outcome: RingOutcome, request: pb.PluginContext, json_fo
     protobuf's own, which is the same message to every decoder.
     """
     ctx = ring_outcome.context
-    head = _queued_head(
+    head = _outcome_head(
         ring_outcome.ring,
         ring_outcome.action,
         ring_outcome.config_version,
@@ -858,12 +859,12 @@ _BODY_JSON_TAG = b"\x32"
 """``ExecuteRingResponse.body_json`` (field 6), length-delimited."""
 
 
-@functools.lru_cache(maxsize=64)
-def _queued_head(
+@functools.lru_cache(maxsize=256)
+def _outcome_head(
     ring: PluginHook, action: PluginAction, config_version: str, generation: int, queued: bool
 ) -> bytes:
-    """An acknowledgement's ring, action, config version, generation and ``queued``, encoded:
-    the same for every acknowledgement of a generation."""
+    """An answer's ring, action, config version, generation and ``queued``, encoded: the same
+    for every answer of a ring that ends the same way on a generation."""
     return engine_pb.ExecuteRingResponse(
         ring=RING_TO_PROTO[ring],
         action=ACTION_TO_PROTO[action],
