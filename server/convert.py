@@ -765,6 +765,11 @@ def _result_to_wire(result: PluginResult) -> bytes:
 
 def _latency_to_wire(nanos: int) -> bytes:
     """A result's ``latency`` field of ``nanos`` nanoseconds (a Duration)."""
+    if _SHORT_NANOS <= nanos < 1 << 28:  # 16 us to 268 ms: three or four varint bytes, written out
+        low, middle = nanos & 0x7F | 0x80, nanos >> 7 & 0x7F | 0x80
+        if nanos < 1 << 21:
+            return bytes((0x2A, 4, 0x10, low, middle, nanos >> 14))
+        return bytes((0x2A, 5, 0x10, low, middle, nanos >> 14 & 0x7F | 0x80, nanos >> 21))
     if nanos < 1_000_000_000:
         duration = b"\x10" + wire.varint(nanos) if nanos else b""
     else:
@@ -794,11 +799,11 @@ def _result_head(plugin: str, version: str, action: PluginAction | None, outcome
 
 
 _HEADS: dict[tuple[str, str, PluginAction | None, PluginOutcome], bytes] = {}
+_SHORT_NANOS = 1 << 14
 _RESULT_TAG = b"\x6a"
 """``ExecuteRingResponse.results`` (field 13), length-delimited."""
 _ACTION_FIELDS = {action: bytes((0x18, number)) for action, number in ACTION_TO_PROTO.items()}
 _OUTCOME_FIELDS = {outcome: bytes((0x20, number)) for outcome, number in OUTCOME_TO_PROTO.items()}
-_SHORT_NANOS = 1 << 14
 _SHORT_LATENCIES = [b"\x2a\x00"] + [
     b"".join((b"\x2a", wire.length(len(varint) + 1), b"\x10", varint))
     for varint in map(wire.length, range(1, _SHORT_NANOS))

@@ -31,7 +31,9 @@ OK = {"plugin": "pii", "version": "1.2.3", "outcome": PluginOutcome.OK}
         {**OK, "action": PluginAction.PASSTHROUGH, "latency_ms": 0.0021},  # 2,100 ns: a 2-byte varint
         {**OK, "action": PluginAction.MODIFY, "latency_ms": 0.0001},  # 100 ns: one byte
         {**OK, "action": PluginAction.BLOCK, "latency_ms": 0.0000001},  # rounds to 0 ns: an empty Duration
-        {**OK, "action": PluginAction.CACHE_HIT, "latency_ms": 12.5, "message": "hit"},
+        {**OK, "action": PluginAction.PASSTHROUGH, "latency_ms": 0.05},  # 50,000 ns: 3 bytes
+        {**OK, "action": PluginAction.CACHE_HIT, "latency_ms": 12.5, "message": "hit"},  # 4 bytes
+        {**OK, "action": PluginAction.PASSTHROUGH, "latency_ms": 300.0},  # 5 bytes
         {**OK, "latency_ms": 2500.000001},  # seconds and nanoseconds
         {**OK, "latency_ms": 3000.0},  # whole seconds: no nanoseconds field
         {"plugin": "x", "version": "", "outcome": PluginOutcome.SKIPPED},  # no latency, no version
