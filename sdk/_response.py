@@ -40,6 +40,8 @@ class PluginAction(StrEnum):
 
 
 _ACTIONS: dict[object, PluginAction] = {action.value: action for action in PluginAction}
+_PASSTHROUGH = PluginAction.PASSTHROUGH
+_MODIFY = PluginAction.MODIFY
 
 
 @dataclass(slots=True)
@@ -123,12 +125,14 @@ class PluginResponse:
     @classmethod
     def passthrough(cls, message: str | None = None) -> PluginResponse:
         """Let the request continue; in-place edits of ``ctx.body`` are kept."""
-        return cls(PluginAction.PASSTHROUGH, message=message)
+        # Positional: a class called with keywords packs them into a dict first. Most
+        # plugins answer this on most calls.
+        return cls(_PASSTHROUGH, 200, None, message)
 
     @classmethod
     def modify(cls, body: dict[str, Any] | None = None, message: str | None = None) -> PluginResponse:
         """Replace the request body with ``body`` (``None`` keeps it) and continue the ring."""
-        return cls(PluginAction.MODIFY, body=body, message=message)
+        return cls(_MODIFY, 200, None, message, body)
 
     @classmethod
     def block(

@@ -133,30 +133,38 @@ def rings_from_proto(numbers: Sequence[int]) -> list[PluginHook]:
     return rings
 
 
-def _value_to_py(value: struct_pb2.Value, depth: int, limit: int, where: Where) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    return _other_to_py(value, kind, depth, limit, where)
-
-
 def _other_to_py(value: struct_pb2.Value, kind: str | None, depth: int, limit: int, where: Where) -> Any:
     """A Value of ``kind`` that is not a string (the callers read strings, most values, inline)."""
     if kind == "number_value":
         number = value.number_value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        if number.is_integer() and abs(number) < 2**53:
+            if not number and math.copysign(1.0, number) < 0:
+                _UNECHOED[0] = True  # -0.0 decodes as the integer 0
+            return int(number)
+        if not math.isfinite(number):
+            _UNECHOED[0] = True  # answered as null_value, as in the JSON form
+        return number
     if kind == "struct_value":
         return _struct_to_py(value.struct_value, depth + 1, limit, where)
     if kind == "list_value":
         return _list_to_py(value.list_value, depth + 1, limit, where)
     if kind == "bool_value":
         return value.bool_value
+    if kind is None:
+        _UNECHOED[0] = True  # a Value with no kind set: answered as null_value
     return None
 
 
+_UNECHOED = [False]
+"""Set while a Struct is decoded when it would not encode back the same (see
+:class:`StructEcho`): a Value with no kind, a NaN, an infinity or -0.0, a level past
+:data:`STRUCT_DEPTH_LIMIT`. Rare, so the decoder checks for them only on the paths
+where they arise; :func:`context_from_proto` clears it before a body and reads it after."""
+
+
 def _list_to_py(list_value: struct_pb2.ListValue, depth: int, limit: int, where: Where) -> list[Any]:
-    if depth >= limit:  # the list is one level below the container holding it
-        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    if depth >= limit or depth >= STRUCT_DEPTH_LIMIT:  # the list is one level below its container
+        _too_deep(depth, limit, where)
     items: list[Any] = []
     for item in list_value.values:
         kind = item.WhichOneof("kind")
@@ -170,8 +178,8 @@ def _list_to_py(list_value: struct_pb2.ListValue, depth: int, limit: int, where:
 
 
 def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Where) -> dict[str, Any]:
-    if depth >= limit:
-        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    if depth >= limit or depth >= STRUCT_DEPTH_LIMIT:
+        _too_deep(depth, limit, where)
     fields = struct.fields
     data: dict[str, Any] = {}
     # Indexing the map is C; `.items()` goes through a Python-level ItemsView. Strings,
@@ -183,6 +191,14 @@ def _struct_to_py(struct: struct_pb2.Struct, depth: int, limit: int, where: Wher
             value.string_value if kind == "string_value" else _other_to_py(value, kind, depth, limit, where)
         )
     return data
+
+
+def _too_deep(depth: int, limit: int, where: Where) -> None:
+    """A container at ``depth`` (0 at the top): refused past ``limit``; past what an answer's
+    Struct may hold, it is decoded but will not be copied back as sent."""
+    if depth >= limit:
+        raise RequestError(f"{_path(where)} is nested deeper than {limit} levels", field=_path(where))
+    _UNECHOED[0] = True
 
 
 def _json_depth_ok(data: Any, limit: int) -> bool:
@@ -290,8 +306,9 @@ def _json_kind(data: Any) -> str:
 
 def context_from_proto(
     message: pb.PluginContext, limits: Limits, state: PluginState, field: str = "context"
-) -> tuple[PluginContext, bool]:
-    """Decode a context sharing ``state``; returns it and whether the caller used the raw-JSON form.
+) -> tuple[PluginContext, bool, StructEcho | None]:
+    """Decode a context sharing ``state``; returns it, whether the caller used the raw-JSON form,
+    and the :class:`StructEcho` of a Struct body (None for any other).
 
     Raises:
         RequestError: a field is malformed, too deep or too large; the message names it.
@@ -302,13 +319,15 @@ def context_from_proto(
     # Their messages and parts are counted before the costlier walks (the depth check, the
     # Struct's conversion), so a body past the limit costs little to refuse.
     parts_limit = limits.max_message_parts
+    echo = None
     if body_kind == "body_json":
         where = f"{field}.body_json"
-        body = _parse_object(message.body_json, where)
+        raw = message.body_json  # each read copies the bytes out of the message
+        body = _parse_object(raw, where)
         messages, prompt = _list_or_none(body.get("messages")), _list_or_none(body.get("prompt"))
         parts = _message_parts(messages, prompt, _dict_content_parts, parts_limit)
         _check_parts(parts, parts_limit, where)
-        _check_depth(message.body_json, body, where, depth)
+        _check_depth(raw, body, where, depth)
     elif body_kind == "body_struct":
         struct = message.body_struct
         # Each entry of a list takes 2 bytes or more on the wire, so only a Struct of more than
@@ -318,7 +337,10 @@ def context_from_proto(
             messages, prompt = _struct_list(struct, "messages"), _struct_list(struct, "prompt")
             parts = _message_parts(messages, prompt, _value_content_parts, parts_limit)
             _check_parts(parts, parts_limit, f"{field}.body_struct")
+        _UNECHOED[0] = False
         body = _struct_to_py(struct, 0, depth, f"{field}.body_struct")
+        if not _UNECHOED[0]:
+            echo = StructEcho(struct, orjson.dumps(body))
     else:
         body = {}
     response: dict[str, Any] | None = None
@@ -334,11 +356,15 @@ def context_from_proto(
             f"{field}.metadata has {len(metadata_in)} keys; the limit is {limits.max_metadata_keys}",
             field=f"{field}.metadata",
         )
-    if metadata_in:
-        where = f"{field}.metadata"
-        metadata = {key: _value_to_py(metadata_in[key], 0, depth, (where, key)) for key in metadata_in}
-    else:
-        metadata = {}
+    metadata: dict[str, Any] = {}
+    for key in metadata_in:  # strings, most values, read inline (as in _struct_to_py)
+        value = metadata_in[key]
+        kind = value.WhichOneof("kind")
+        metadata[key] = (
+            value.string_value
+            if kind == "string_value"
+            else _other_to_py(value, kind, 0, depth, (f"{field}.metadata", key))
+        )
     if message.HasField("request"):
         request = message.request
         headers_in = request.headers
@@ -347,27 +373,53 @@ def context_from_proto(
                 f"{field}.request.headers has {len(headers_in)} entries; the limit is {limits.max_headers}",
                 field=f"{field}.request.headers",
             )
-        headers = Headers()
+        headers = _new_headers(Headers)  # empty: Headers.__init__ would only check that
         # Names lower-cased here, so the dict is filled in C rather than per name in Headers.__setitem__.
         dict.update(headers, {name.lower(): headers_in[name] for name in headers_in})
-        request_info = RequestInfo(
-            method=request.method,
-            path=request.path,
-            headers=headers,
-            client_address=request.client_address,
-        )
+        # Positional (the SDK keeps LLMProxy's field order): a class called with keywords
+        # packs them into a dict first, about 0.2 us a call.
+        request_info = RequestInfo(request.method, request.path, headers, request.client_address)
     else:
         request_info = RequestInfo()
+    # request, body, response, metadata, session_id, error, stop_chain, state, request_id
     ctx = PluginContext(
-        request=request_info,
-        body=body,
-        metadata=metadata,
-        session_id=message.session_id or "default",
-        state=state,
-        response=response,
-        request_id=message.request_id,
+        request_info,
+        body,
+        response,
+        metadata,
+        message.session_id or "default",
+        None,
+        False,
+        state,
+        message.request_id,
     )
-    return ctx, json_form
+    return ctx, json_form, echo
+
+
+_new_headers = dict.__new__
+
+
+@dataclass(frozen=True, slots=True)
+class StructEcho:
+    """A Struct body as the caller sent it, with the JSON of its decoded form.
+
+    When the final body's JSON is the same (no plugin changed the body, the common case),
+    the answer copies the caller's Struct back (in C) instead of encoding the body again
+    value by value: about 13 us less on a 2 KB body. Made only for a Struct that encodes
+    back the same: no Value without a kind, no NaN, infinity or -0.0, no more levels
+    than an answer's Struct may have (see ``_UNECHOED``).
+    """
+
+    struct: struct_pb2.Struct
+    json: bytes
+
+
+def _echoes(echo: StructEcho, body: dict[str, Any]) -> bool:
+    """Whether ``body`` is still the body the caller sent (the same JSON)."""
+    try:
+        return orjson.dumps(body) == echo.json
+    except TypeError:  # what the encoder refuses too, with its own message
+        return False
 
 
 MAX_CHOICES = 128
@@ -611,10 +663,13 @@ def _checked_result_text(result: PluginResult, target: pb.PluginResult, strict: 
         target.message = _text(result.message, f"{where}.message")
 
 
-def ring_outcome_to_proto(
-    ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse
-) -> None:
-    """Fill ``target`` with a ring's outcome, bodies in the caller's form.
+def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool, echo: StructEcho | None = None) -> bytes:
+    """A ring's outcome as an encoded ``ExecuteRingResponse``, bodies in the caller's form.
+
+    ``echo``: the request's Struct body, copied back when the final body is still the same.
+    The results and a JSON body are written as bytes after the rest of the message (a
+    decoder reads fields in any order): one result costs about a fifth of filling a
+    ``PluginResult``, and the body's JSON is not copied into a message to be copied out.
 
     Raises:
         EncodeError: the final context holds something the wire cannot carry; the
@@ -627,13 +682,14 @@ def ring_outcome_to_proto(
             raise EncodeError(f"body is a {type(ctx.body).__name__}, expected an object")
         if not isinstance(ctx.metadata, dict):
             raise EncodeError(f"metadata is a {type(ctx.metadata).__name__}, expected an object")
-    target.ring = RING_TO_PROTO[ring_outcome.ring]
-    target.action = _action_to_proto(ring_outcome.action, "the action a plugin returned")
-    target.config_version = ring_outcome.config_version
-    target.generation = ring_outcome.generation
-    target.queued = ring_outcome.queued
-    for result in ring_outcome.results:
-        _result_to_proto(result, target.results.add(), strict=not withheld)
+    action = ring_outcome.action
+    if action.__class__ is not PluginAction:
+        _action_to_proto(action, "the action a plugin returned")  # raises, naming it
+    head = _outcome_head(
+        ring_outcome.ring, action, ring_outcome.config_version, ring_outcome.generation, ring_outcome.queued
+    )
+    target = engine_pb.ExecuteRingResponse()
+    results = results_to_wire(ring_outcome.results, strict=not withheld)
     decision = ring_outcome.decision
     if decision is not None:
         decision_to_proto(decision, target.decision)
@@ -651,11 +707,108 @@ def ring_outcome_to_proto(
         elif decision.action is PluginAction.CACHE_HIT and decision.response is not None:
             _set_object(target, "cached_response", decision.response, json_form, "cached_response")
     if withheld:
-        return
-    _set_object(target, "body", ctx.body, json_form, "body")
+        return b"".join((head, target.SerializeToString(), results))
+    body = b""
+    if json_form:
+        data = _to_json(ctx.body, "body")
+        body = b"".join((_BODY_JSON_TAG, wire.length(len(data)), data))
+    elif echo is not None and _echoes(echo, ctx.body):
+        target.body_struct.CopyFrom(echo.struct)
+    else:
+        _fill_struct(target.body_struct, ctx.body, "body", 1)
     if ctx.response is not None:
         _set_object(target, "response", ctx.response, json_form, "response")
     _fill_fields(target.metadata, ctx.metadata, "metadata", 1)
+    return b"".join((head, target.SerializeToString(), body, results))
+
+
+def results_to_wire(results: Sequence[PluginResult], *, strict: bool = True) -> bytes:
+    """``results`` as the encoded ``results`` field (13) of an ``ExecuteRingResponse``.
+
+    The same bytes protobuf makes (``tests/grpc/test_wire.py`` compares them); a result
+    with a field that is not plain text, or an action that is not a PluginAction, is
+    filled through :func:`_result_to_proto`, which checks it (``strict``: as there).
+    """
+    parts: list[bytes] = []
+    for result in results:
+        try:
+            data = _result_to_wire(result)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            message = pb.PluginResult()
+            _result_to_proto(result, message, strict=strict)
+            data = message.SerializeToString()
+        parts += (_RESULT_TAG, wire.length(len(data)), data)
+    return b"".join(parts)
+
+
+def _result_to_wire(result: PluginResult) -> bytes:
+    """One result's fields, in protobuf's order; raises for what it does not write as bytes."""
+    key = (result.plugin, result.version, result.action, result.outcome)
+    data = _HEADS.get(key)
+    if data is None:
+        data = _result_head(*key)
+    latency_ms = result.latency_ms
+    if latency_ms:
+        nanos = int(latency_ms * 1e6)
+        if nanos < _SHORT_NANOS:  # most calls: under 16 us
+            data += _SHORT_LATENCIES[nanos]
+        else:
+            data += _latency_to_wire(nanos)
+    if result.error:
+        text = result.error.encode()
+        data += b"\x32" + wire.length(len(text)) + text
+    if result.message:
+        text = result.message.encode()
+        data += b"\x3a" + wire.length(len(text)) + text
+    return data
+
+
+def _latency_to_wire(nanos: int) -> bytes:
+    """A result's ``latency`` field of ``nanos`` nanoseconds (a Duration)."""
+    if _SHORT_NANOS <= nanos < 1 << 28:  # 16 us to 268 ms: three or four varint bytes, written out
+        low, middle = nanos & 0x7F | 0x80, nanos >> 7 & 0x7F | 0x80
+        if nanos < 1 << 21:
+            return bytes((0x2A, 4, 0x10, low, middle, nanos >> 14))
+        return bytes((0x2A, 5, 0x10, low, middle, nanos >> 14 & 0x7F | 0x80, nanos >> 21))
+    if nanos < 1_000_000_000:
+        duration = b"\x10" + wire.varint(nanos) if nanos else b""
+    else:
+        seconds, nanos = divmod(nanos, 1_000_000_000)
+        duration = b"\x08" + wire.varint(seconds) + (b"\x10" + wire.varint(nanos) if nanos else b"")
+    return b"\x2a" + wire.length(len(duration)) + duration
+
+
+def _result_head(plugin: str, version: str, action: PluginAction | None, outcome: PluginOutcome) -> bytes:
+    """A result's ``plugin``, ``version``, ``action`` and ``outcome`` fields: the same for
+    every call of a plugin that ends the same way."""
+    if plugin.__class__ is not str or version.__class__ is not str:
+        raise TypeError("not plain text")
+    name, number = plugin.encode(), version.encode()
+    data = b"".join(
+        (
+            b"\x0a" + wire.length(len(name)) + name if name else b"",
+            b"\x12" + wire.length(len(number)) + number if number else b"",
+            _ACTION_FIELDS[action] if action is not None else b"",
+            _OUTCOME_FIELDS[outcome],
+        )
+    )
+    if len(_HEADS) >= 4096:  # bounded: names and versions come from configs, reloads add some
+        _HEADS.clear()
+    _HEADS[(plugin, version, action, outcome)] = data
+    return data
+
+
+_HEADS: dict[tuple[str, str, PluginAction | None, PluginOutcome], bytes] = {}
+_SHORT_NANOS = 1 << 14
+_RESULT_TAG = b"\x6a"
+"""``ExecuteRingResponse.results`` (field 13), length-delimited."""
+_ACTION_FIELDS = {action: bytes((0x18, number)) for action, number in ACTION_TO_PROTO.items()}
+_OUTCOME_FIELDS = {outcome: bytes((0x20, number)) for outcome, number in OUTCOME_TO_PROTO.items()}
+_SHORT_LATENCIES = [b"\x2a\x00"] + [
+    b"".join((b"\x2a", wire.length(len(varint) + 1), b"\x10", varint))
+    for varint in map(wire.length, range(1, _SHORT_NANOS))
+]
+"""The latency field of every latency under 16,384 ns, looked up rather than written."""
 
 
 def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> bool:
@@ -685,7 +838,7 @@ def queued_to_wire(ring_outcome: RingOutcome, request: pb.PluginContext, json_fo
     protobuf's own, which is the same message to every decoder.
     """
     ctx = ring_outcome.context
-    head = _queued_head(
+    head = _outcome_head(
         ring_outcome.ring,
         ring_outcome.action,
         ring_outcome.config_version,
@@ -711,12 +864,12 @@ _BODY_JSON_TAG = b"\x32"
 """``ExecuteRingResponse.body_json`` (field 6), length-delimited."""
 
 
-@functools.lru_cache(maxsize=64)
-def _queued_head(
+@functools.lru_cache(maxsize=256)
+def _outcome_head(
     ring: PluginHook, action: PluginAction, config_version: str, generation: int, queued: bool
 ) -> bytes:
-    """An acknowledgement's ring, action, config version, generation and ``queued``, encoded:
-    the same for every acknowledgement of a generation."""
+    """An answer's ring, action, config version, generation and ``queued``, encoded: the same
+    for every answer of a ring that ends the same way on a generation."""
     return engine_pb.ExecuteRingResponse(
         ring=RING_TO_PROTO[ring],
         action=ACTION_TO_PROTO[action],

@@ -30,7 +30,7 @@ from ringd.server.generations import (
     PluginSlot,
     entry_key,
 )
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, ring_outcome
 from ringd.server.ring import RingRunner
 from ringd.server.ringstats import RingStats
 from ringd.server.stream import StreamLimits, StreamOutcome, StreamSession
@@ -174,9 +174,9 @@ class Engine:
         generation = self.generation.enter()
         try:
             for ring in rings:
-                ring_outcome = await self._runner.run(generation, ring, ctx, deadline)
-                yield ring_outcome
-                if ring_outcome.ended:
+                outcome = await self._runner.run(generation, ring, ctx, deadline)
+                yield outcome
+                if outcome.ended:
                     return
         finally:
             generation.leave()
@@ -205,12 +205,13 @@ class Engine:
         """The outcome of a BACKGROUND ring accepted onto the queue: it runs later, on
         the generation current then; the answer echoes the context it was given."""
         generation = self.generation
-        return RingOutcome(
+        outcome = ring_outcome(
             ring=PluginHook.BACKGROUND,
             action=PluginAction.PASSTHROUGH,
             context=ctx,
             results=[],
             config_version=generation.version,
             generation=generation.number,
-            queued=True,
         )
+        outcome.queued = True
+        return outcome

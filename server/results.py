@@ -135,3 +135,30 @@ class RingOutcome:
             decided_by=ran[-1] if ran else None,
             context_withheld=True,
         )
+
+
+def ring_outcome(
+    *,
+    ring: PluginHook,
+    action: PluginAction,
+    context: PluginContext,
+    results: list[PluginResult],
+    config_version: str,
+    generation: int,
+    decision: PluginResponse | None = None,
+    decided_by: str | None = None,
+) -> RingOutcome:
+    """A :class:`RingOutcome` of a ring that ran, built as :func:`plugin_result` builds a
+    result (no keyword dict; about 0.3 us less): the ring loop makes one per ring."""
+    outcome: RingOutcome = _new(RingOutcome)
+    outcome.ring = ring
+    outcome.action = action
+    outcome.context = context
+    outcome.results = results
+    outcome.config_version = config_version
+    outcome.generation = generation
+    outcome.decision = decision
+    outcome.decided_by = decided_by
+    outcome.queued = False
+    outcome.context_withheld = False
+    return outcome

@@ -43,7 +43,7 @@ from ringd.sdk import (
 from ringd.server.breaker import CLOSED
 from ringd.server.exceptions import describe
 from ringd.server.generations import Generation, LoadedPlugin, PluginSlot
-from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result
+from ringd.server.results import PluginOutcome, PluginResult, RingOutcome, plugin_result, ring_outcome
 from ringd.server.ringstats import RingStats, ring_stats
 from ringd.server.threads import PluginThreads
 
@@ -113,11 +113,13 @@ class RingRunner:
             result.action = kind
             result.message = response.message
             results.append(result)
-            if kind is PluginAction.MODIFY:
+            if kind is _PASS:
+                pass
+            elif kind is _MODIFY:
                 if response.body is not None:  # MODIFY without a body keeps ctx.body (LLMProxy)
                     ctx.body = response.body
-                decision, decided_by, action = response, loaded.name, PluginAction.MODIFY
-            elif kind is not PluginAction.PASSTHROUGH:
+                decision, decided_by, action = response, loaded.name, _MODIFY
+            else:
                 if kind is PluginAction.BLOCK:
                     loaded.metrics.blocks += 1
                 decision, decided_by, action = response, loaded.name, kind
@@ -126,7 +128,7 @@ class RingRunner:
                 decision, decided_by, action = self._stopped(loaded, ctx)
                 break
         self.ring_stats[ring].observe(perf() - ring_started, action, decision)
-        return RingOutcome(
+        return ring_outcome(
             ring=ring,
             action=action,
             context=ctx,
@@ -233,7 +235,7 @@ class RingRunner:
                 ok = plugin_result(
                     plugin=loaded.name,
                     version=loaded.version,
-                    outcome=PluginOutcome.OK,
+                    outcome=_OK,
                     latency_ms=latency_ms,
                     started=started,
                 )
@@ -491,6 +493,8 @@ def _servable(response: PluginResponse) -> str | None:
 
 
 _PASS = PluginAction.PASSTHROUGH
+_MODIFY = PluginAction.MODIFY
+_OK = PluginOutcome.OK
 _perf = time.perf_counter
 
 EXECUTE = PluginCall(

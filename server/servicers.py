@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from ringd.sdk import PluginContext, PluginHook
-from ringd.server import convert, errors, logs
+from ringd.server import convert, errors, logs, wire
 from ringd.server.admission import Gate, check_call_metadata
 from ringd.server.background import BackgroundQueue
 from ringd.server.engine import Engine, Generation, StreamLimits, StreamOutcome
@@ -175,17 +175,18 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
             return None
         return time.monotonic() + remaining - self._margin
 
-    def _context(self, message: Any) -> tuple[PluginContext, bool]:
+    def _context(self, message: Any) -> tuple[PluginContext, bool, convert.StructEcho | None]:
         return convert.context_from_proto(message, self._limits, self._engine.state)
 
     async def ExecuteRing(  # type: ignore[override]  # answers the response's bytes
         self, request: engine_pb.ExecuteRingRequest, context: Context
     ) -> bytes:
         ring = convert.ring_from_proto(request.ring)
-        ctx, json_form = self._context(request.context)
+        message = request.context
+        ctx, json_form, echo = self._context(message)
         logs.bind_request(ctx.request_id, _RING_NAMES[ring])  # this call's log lines carry its id
         if ring is PluginHook.BACKGROUND:  # the ack echoes the request: no plugin work, no re-encoding
-            return convert.queued_to_wire(self._background.submit(ctx), request.context, json_form)
+            return convert.queued_to_wire(self._background.submit(ctx), message, json_form)
         deadline = self._deadline(context)
         tracer = self._tracer
         span = tracer.start_call(_EXECUTE_RING, context.invocation_metadata()) if tracer.enabled else None
@@ -196,18 +197,16 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                 wall_ns, perf = now_pair()
                 ring_outcome = await self._engine.execute_ring(ring, ctx, deadline=deadline)
                 tracer.record_ring(span, ring_outcome, wall_ns, perf)
-        response = engine_pb.ExecuteRingResponse()
-        _encode(ring_outcome, json_form, response)
-        return response.SerializeToString()
+        return _encode(ring_outcome, json_form, echo)[0]
 
-    async def ExecuteRings(
+    async def ExecuteRings(  # type: ignore[override]  # answers the response's bytes
         self, request: engine_pb.ExecuteRingsRequest, context: Context
-    ) -> engine_pb.ExecuteRingsResponse:
+    ) -> bytes:
         rings = convert.rings_from_proto(request.rings)
-        ctx, json_form = self._context(request.context)
+        ctx, json_form, echo = self._context(request.context)
         logs.bind_request(ctx.request_id, ",".join(ring.value for ring in rings))
         background = rings[-1] is PluginHook.BACKGROUND
-        response = engine_pb.ExecuteRingsResponse()
+        outcomes: list[bytes] = []  # each an encoded ExecuteRingsResponse.outcomes entry
         last: RingOutcome | None = None
         with self._tracer.call_span(
             f"{ENGINE_SERVICE.full_name}/ExecuteRings", context.invocation_metadata()
@@ -224,14 +223,16 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                     if span is not None:  # a child span per ring, from when it began to now
                         self._tracer.record_ring(span, ring_outcome, *started, child=True)
                     # Encoded as each ring ends: the context is shared and flows on.
-                    last = _encode(ring_outcome, json_form, response.outcomes.add())
+                    answer, last = _encode(ring_outcome, json_form, echo)
+                    outcomes += (_OUTCOMES_TAG, wire.length(len(answer)), answer)
                     if last.ended:  # the engine's own stop, or its block for an unencodable ring
                         break
                     if span is not None:
                         started = now_pair()
         if background and not (last is not None and last.ended):
-            _encode(self._background.submit(ctx), json_form, response.outcomes.add())
-        return response
+            answer, _ = _encode(self._background.submit(ctx), json_form, echo)
+            outcomes += (_OUTCOMES_TAG, wire.length(len(answer)), answer)
+        return b"".join(outcomes)
 
     async def StreamRing(  # type: ignore[override]  # bytes in and out: see _handle_stream
         self, raw_requests: AsyncIterator[bytes], context: Context
@@ -249,7 +250,7 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
                 f"open.context.{response_kind} must be absent: a streamed answer arrives as chunks",
                 field=f"open.context.{response_kind}",
             )
-        ctx, _ = convert.context_from_proto(
+        ctx, _, _ = convert.context_from_proto(
             first.open.context, self._limits, self._engine.state, "open.context"
         )
         deadline = self._deadline(context)
@@ -309,19 +310,21 @@ class EngineServicer(engine_grpc.PluginEngineServiceServicer):
 
 
 _UNTRACED = (0, 0.0)
+_OUTCOMES_TAG = b"\x0a"
+"""``ExecuteRingsResponse.outcomes`` (field 1), length-delimited."""
 _RING_NAMES = {ring: ring.value for ring in PluginHook}
 """Each ring's name, looked up: ``PluginHook.value`` is a Python-level property."""
 
 
-def _encode(ring_outcome: RingOutcome, json_form: bool, target: engine_pb.ExecuteRingResponse) -> RingOutcome:
-    """Encode ``ring_outcome``; returns the outcome answered (the engine's block if unencodable)."""
+def _encode(
+    ring_outcome: RingOutcome, json_form: bool, echo: convert.StructEcho | None = None
+) -> tuple[bytes, RingOutcome]:
+    """``ring_outcome`` encoded, and the outcome answered (the engine's block if unencodable)."""
     try:
-        convert.ring_outcome_to_proto(ring_outcome, json_form, target)
+        return convert.ring_outcome_to_wire(ring_outcome, json_form, echo), ring_outcome
     except EncodeError as problem:
         ring_outcome = ring_outcome.unencodable(str(problem))
-        target.Clear()
-        convert.ring_outcome_to_proto(ring_outcome, json_form, target)
-    return ring_outcome
+        return convert.ring_outcome_to_wire(ring_outcome, json_form), ring_outcome
 
 
 class AdminServicer(admin_grpc.PluginAdminServiceServicer):

@@ -8,6 +8,7 @@ the next; per-plugin results; the config version; BACKGROUND queued and run.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import pytest
@@ -161,6 +162,43 @@ async def test_post_flight_edits_the_upstream_answer_in_the_callers_form(serve, 
 
     assert payload(answer, "response") == (form, {"content": "x", "sanitized": True})
     assert payload(answer, "body") == (form, CHAT)
+
+
+async def test_a_struct_body_no_plugin_changed_comes_back_as_sent_or_as_it_encodes(serve):
+    """The answer copies back a Struct body no plugin changed; one it would not encode the
+    same (null-like values, too deep for an answer) is encoded as before."""
+    running = await serve([entry("quiet"), entry("tagger", config={"set_metadata": {"seen": True}})])
+    stub = running.engine()
+    body = {**CHAT, "temperature": 0.2, "n": 2, "stream": False, "tools": [{"a": [1, [2.5, {"b": "c"}]]}]}
+
+    same = ring_request(PRE_FLIGHT, body, form="struct")
+    answer = await stub.ExecuteRing(same, timeout=5)
+    assert answer.body_struct == same.context.body_struct
+    assert metadata_of(answer) == {"seen": True}
+
+    # Each alone: a Value with no kind set and a NaN are answered as null, -0.0 as 0 (as they
+    # decode: None, nan, the integer 0).
+    for key, setup, kind, number in [
+        ("unset", lambda value: value.SetInParent(), "null_value", None),
+        ("nan", lambda value: setattr(value, "number_value", math.nan), "null_value", None),
+        ("zero", lambda value: setattr(value, "number_value", -0.0), "number_value", 1.0),
+    ]:
+        odd = ring_request(PRE_FLIGHT, CHAT, form="struct")
+        setup(odd.context.body_struct.fields[key])
+        answer = await stub.ExecuteRing(odd, timeout=5)
+        value = answer.body_struct.fields[key]
+        assert value.WhichOneof("kind") == kind, key
+        if number is not None:  # the sign of the zero
+            assert math.copysign(1.0, value.number_value) == number
+
+    # 33 levels: deeper than an answer's Struct may nest (32), within the request's limit (64)
+    # and what protobuf decodes (about 33).
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(32):
+        deep = {"inner": deep}
+    answer = await stub.ExecuteRing(ring_request(PRE_FLIGHT, deep, form="struct"), timeout=5)
+    assert answer.action == pb.PLUGIN_ACTION_BLOCK
+    assert "nested deeper than 32 levels" in answer.block.message
 
 
 async def test_metadata_written_by_ingress_is_read_by_pre_flight_when_the_caller_carries_it(serve):
