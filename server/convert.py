@@ -750,7 +750,7 @@ def _result_to_wire(result: PluginResult) -> bytes:
     latency_ms = result.latency_ms
     if latency_ms:
         nanos = int(latency_ms * 1e6)
-        if nanos < _SHORT_NANOS:  # most calls: under 16 us
+        if 0 <= nanos < _SHORT_NANOS:  # most calls: under 16 us
             data += _SHORT_LATENCIES[nanos]
         else:
             data += _latency_to_wire(nanos)
@@ -764,7 +764,10 @@ def _result_to_wire(result: PluginResult) -> bytes:
 
 
 def _latency_to_wire(nanos: int) -> bytes:
-    """A result's ``latency`` field of ``nanos`` nanoseconds (a Duration)."""
+    """A result's ``latency`` field of ``nanos`` nanoseconds (a Duration); raises ValueError
+    for a negative one, which :func:`_result_to_proto` writes (as negative varints)."""
+    if nanos < 0:
+        raise ValueError("a negative latency")
     if _SHORT_NANOS <= nanos < 1 << 28:  # 16 us to 268 ms: three or four varint bytes, written out
         low, middle = nanos & 0x7F | 0x80, nanos >> 7 & 0x7F | 0x80
         if nanos < 1 << 21:
