@@ -725,7 +725,7 @@ def ring_outcome_to_wire(ring_outcome: RingOutcome, json_form: bool, echo: Struc
 def results_to_wire(results: Sequence[PluginResult], *, strict: bool = True) -> bytes:
     """``results`` as the encoded ``results`` field (13) of an ``ExecuteRingResponse``.
 
-    The same bytes protobuf makes (``tests/grpc/test_wire.py`` compares them); a result
+    The same bytes protobuf makes (``tests/grpc/test_answer_wire.py`` compares them); a result
     with a field that is not plain text, or an action that is not a PluginAction, is
     filled through :func:`_result_to_proto`, which checks it (``strict``: as there).
     """
@@ -750,7 +750,7 @@ def _result_to_wire(result: PluginResult) -> bytes:
     latency_ms = result.latency_ms
     if latency_ms:
         nanos = int(latency_ms * 1e6)
-        if nanos < _SHORT_NANOS:  # most calls: under 16 us
+        if 0 <= nanos < _SHORT_NANOS:  # most calls: under 16 us
             data += _SHORT_LATENCIES[nanos]
         else:
             data += _latency_to_wire(nanos)
@@ -764,7 +764,10 @@ def _result_to_wire(result: PluginResult) -> bytes:
 
 
 def _latency_to_wire(nanos: int) -> bytes:
-    """A result's ``latency`` field of ``nanos`` nanoseconds (a Duration)."""
+    """A result's ``latency`` field of ``nanos`` nanoseconds (a Duration); raises ValueError
+    for a negative one, which :func:`_result_to_proto` writes (as negative varints)."""
+    if nanos < 0:
+        raise ValueError("a negative latency")
     if _SHORT_NANOS <= nanos < 1 << 28:  # 16 us to 268 ms: three or four varint bytes, written out
         low, middle = nanos & 0x7F | 0x80, nanos >> 7 & 0x7F | 0x80
         if nanos < 1 << 21:
@@ -775,7 +778,7 @@ def _latency_to_wire(nanos: int) -> bytes:
     else:
         seconds, nanos = divmod(nanos, 1_000_000_000)
         duration = b"\x08" + wire.varint(seconds) + (b"\x10" + wire.varint(nanos) if nanos else b"")
-    return b"\x2a" + wire.length(len(duration)) + duration
+    return wire.field(0x2A, duration)
 
 
 def _result_head(plugin: str, version: str, action: PluginAction | None, outcome: PluginOutcome) -> bytes:
@@ -786,8 +789,8 @@ def _result_head(plugin: str, version: str, action: PluginAction | None, outcome
     name, number = plugin.encode(), version.encode()
     data = b"".join(
         (
-            b"\x0a" + wire.length(len(name)) + name if name else b"",
-            b"\x12" + wire.length(len(number)) + number if number else b"",
+            wire.field(0x0A, name) if name else b"",
+            wire.field(0x12, number) if number else b"",
             _ACTION_FIELDS[action] if action is not None else b"",
             _OUTCOME_FIELDS[outcome],
         )
@@ -804,9 +807,8 @@ _RESULT_TAG = b"\x6a"
 """``ExecuteRingResponse.results`` (field 13), length-delimited."""
 _ACTION_FIELDS = {action: bytes((0x18, number)) for action, number in ACTION_TO_PROTO.items()}
 _OUTCOME_FIELDS = {outcome: bytes((0x20, number)) for outcome, number in OUTCOME_TO_PROTO.items()}
-_SHORT_LATENCIES = [b"\x2a\x00"] + [
-    b"".join((b"\x2a", wire.length(len(varint) + 1), b"\x10", varint))
-    for varint in map(wire.length, range(1, _SHORT_NANOS))
+_SHORT_LATENCIES = [wire.field(0x2A, b"")] + [
+    wire.field(0x2A, b"\x10" + wire.varint(nanos)) for nanos in range(1, _SHORT_NANOS)
 ]
 """The latency field of every latency under 16,384 ns, looked up rather than written."""
 

@@ -42,6 +42,11 @@ OK = {"plugin": "pii", "version": "1.2.3", "outcome": PluginOutcome.OK}
         {**OK, "action": PluginAction.PASSTHROUGH, "message": "x" * 300},  # a 2-byte length
         {**OK, "action": PluginAction.PASSTHROUGH, "message": "lone \ud800 surrogate"},  # escaped
         {**OK, "action": PluginAction.PASSTHROUGH, "message": 42},  # not text: left out, not strict
+        # Negative latencies (a clock that went back; a result built by hand) are written as
+        # protobuf writes them, not looked up by a negative index or refused with IndexError.
+        {**OK, "action": PluginAction.PASSTHROUGH, "latency_ms": -0.001},
+        {**OK, "action": PluginAction.PASSTHROUGH, "latency_ms": -0.02},
+        {**OK, "action": PluginAction.PASSTHROUGH, "latency_ms": -2000.0},
     ],
 )
 def test_result_bytes_are_the_protobuf_message(fields: dict[str, Any]) -> None:

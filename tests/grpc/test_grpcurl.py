@@ -178,3 +178,37 @@ async def test_without_reflection_list_fails_and_calls_need_the_proto_files(serv
     )
     assert code == 0, err
     assert json.loads(out)["metadata"] == {"seen": True}
+
+
+async def test_execute_rings_answer_written_as_bytes_decodes_in_grpcurl(serve):
+    """Go's decoder reads the answer ringd writes as bytes: an unchanged Struct body copied back,
+    results with latencies, messages and errors, the BACKGROUND acknowledgement last."""
+    running = await serve(
+        [
+            entry("quiet", config={"message": "héllo 🙂"}),
+            entry("sleepy", config={"sleep_s": 0.3}),
+            entry("failing", config={"action": "raise", "message": "boom"}, fail_policy="open"),
+        ]
+    )
+    body = {"model": "gpt-4o", "n": 1e308, "nested": {"a": [None, {}, []]}, "": "empty key"}
+    request = {
+        "rings": ["PLUGIN_HOOK_PRE_FLIGHT", "PLUGIN_HOOK_BACKGROUND"],
+        "context": {"bodyStruct": body, "metadata": {"tenant": "ünï"}},
+    }
+
+    code, out, err = await grpcurl(
+        "-plaintext", "-d", json.dumps(request), running.address, "ringd.v1.PluginEngineService/ExecuteRings"
+    )
+
+    assert code == 0, err
+    pre, background = json.loads(out)["outcomes"]
+    assert pre["bodyStruct"] == background["bodyStruct"] == body
+    assert pre["metadata"] == background["metadata"] == {"tenant": "ünï"}
+    results = {r["plugin"]: r for r in pre["results"]}
+    assert results["quiet"]["message"] == "héllo 🙂"
+    assert results["failing"]["outcome"] == "PLUGIN_OUTCOME_BYPASSED"
+    assert "boom" in results["failing"]["error"]
+    assert float(results["sleepy"]["latency"].rstrip("s")) >= 0.3  # a Duration prints as "0.30...s"
+    assert background["ring"] == "PLUGIN_HOOK_BACKGROUND"
+    assert background["queued"] is True
+    assert "results" not in background
