@@ -749,11 +749,7 @@ def _result_to_wire(result: PluginResult) -> bytes:
         data = _result_head(*key)
     latency_ms = result.latency_ms
     if latency_ms:
-        nanos = int(latency_ms * 1e6)
-        if 0 <= nanos < _SHORT_NANOS:  # most calls: under 16 us
-            data += _SHORT_LATENCIES[nanos]
-        else:
-            data += _latency_to_wire(nanos)
+        data += _latency_to_wire(int(latency_ms * 1e6))
     if result.error:
         text = result.error.encode()
         data += b"\x32" + wire.length(len(text)) + text
@@ -768,8 +764,13 @@ def _latency_to_wire(nanos: int) -> bytes:
     for a negative one, which :func:`_result_to_proto` writes (as negative varints)."""
     if nanos < 0:
         raise ValueError("a negative latency")
-    if _SHORT_NANOS <= nanos < 1 << 28:  # 16 us to 268 ms: three or four varint bytes, written out
-        low, middle = nanos & 0x7F | 0x80, nanos >> 7 & 0x7F | 0x80
+    if 0 < nanos < 1 << 28:  # up to 268 ms, nearly every call: one to four varint bytes, written out
+        if nanos < 1 << 7:
+            return bytes((0x2A, 2, 0x10, nanos))
+        low = nanos & 0x7F | 0x80
+        if nanos < 1 << 14:
+            return bytes((0x2A, 3, 0x10, low, nanos >> 7))
+        middle = nanos >> 7 & 0x7F | 0x80
         if nanos < 1 << 21:
             return bytes((0x2A, 4, 0x10, low, middle, nanos >> 14))
         return bytes((0x2A, 5, 0x10, low, middle, nanos >> 14 & 0x7F | 0x80, nanos >> 21))
@@ -802,15 +803,10 @@ def _result_head(plugin: str, version: str, action: PluginAction | None, outcome
 
 
 _HEADS: dict[tuple[str, str, PluginAction | None, PluginOutcome], bytes] = {}
-_SHORT_NANOS = 1 << 14
 _RESULT_TAG = b"\x6a"
 """``ExecuteRingResponse.results`` (field 13), length-delimited."""
 _ACTION_FIELDS = {action: bytes((0x18, number)) for action, number in ACTION_TO_PROTO.items()}
 _OUTCOME_FIELDS = {outcome: bytes((0x20, number)) for outcome, number in OUTCOME_TO_PROTO.items()}
-_SHORT_LATENCIES = [wire.field(0x2A, b"")] + [
-    wire.field(0x2A, b"\x10" + wire.varint(nanos)) for nanos in range(1, _SHORT_NANOS)
-]
-"""The latency field of every latency under 16,384 ns, looked up rather than written."""
 
 
 def _echo_object(request: Any, target: Any, prefix: str, json_form: bool) -> bool:

@@ -63,3 +63,11 @@ def test_a_result_the_wire_cannot_carry_is_named_as_before() -> None:
         results_to_wire([bad])
     lenient = engine_pb.ExecuteRingResponse.FromString(results_to_wire([bad], strict=False))
     assert lenient.results[0].action == 0
+
+
+@pytest.mark.parametrize(
+    "nanos", [1, 127, 128, 2**14 - 1, 2**14, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 999_999_999]
+)
+def test_a_latency_at_each_varint_boundary_is_the_protobuf_message(nanos: int) -> None:
+    results = [plugin_result(**OK, action=PluginAction.PASSTHROUGH, latency_ms=nanos / 1e6)]
+    assert results_to_wire(results) == _made(results)
