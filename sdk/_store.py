@@ -36,7 +36,7 @@ class Store(Protocol):
         existing key keeps its expiry, which makes fixed-window counters easy.
 
         Raises:
-            StoreError: the value at ``key`` is not an integer, or the sum would not fit
-                in a 64-bit signed integer (the value is left as it was).
+            StoreError: the value at ``key`` is not a 64-bit signed integer, or the sum
+                would not fit in one (the value is left as it was).
         """
         ...

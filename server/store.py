@@ -307,7 +307,11 @@ def _incr_statement(count: int, value: str, refused: str) -> str:
     """The upsert of :func:`_incr_rows`, its live integer's sum written as ``value``
     (``{}`` standing for the sum), ``refused`` after its DO UPDATE's WHERE, no RETURNING."""
     rows = ", ".join(f"(?{3 + 2 * index}, ?{4 + 2 * index}, ?1)" for index in range(count))
-    # SQLite turns a sum past 64 bits into a float: such a row is refused, as Redis's INCRBY does.
+    # A live value is a count when it is the text of a 64-bit integer: CAST reads a longer
+    # one (another process, or set_state, stored it) as the nearest bound, which the sum
+    # would then start from. SQLite turns a sum past 64 bits into a float. Either row is
+    # refused, as Redis's INCRBY refuses it.
+    a_count = "CAST(CAST(kv.value AS INTEGER) AS TEXT) = kv.value"
     total = "CAST(kv.value AS INTEGER) + CAST(excluded.value AS INTEGER)"
     added = value.format(total)
     # Only numbered placeholders and this module's constants are formatted in; keys and
@@ -322,7 +326,7 @@ ON CONFLICT (key) DO UPDATE SET
                       THEN excluded.expires_at
                       ELSE kv.expires_at END
     WHERE (kv.expires_at IS NOT NULL AND kv.expires_at <= ?2)
-       OR (json_type(kv.value) = 'integer' AND typeof({total}) = 'integer'){refused}
+       OR ({a_count} AND typeof({total}) = 'integer'){refused}
 """  # noqa: S608
 
 

@@ -286,3 +286,21 @@ async def test_incr_past_64_bits_in_the_thread_is_refused_as_on_the_loop(
             await refused
     assert sqlite_store.thread_calls > calls  # the lock was held: RETURNING's statement ran it
     assert await sqlite_store.get_state("big") == 2**63 - 1
+
+
+async def test_a_stored_integer_past_64_bits_is_refused_in_the_thread_and_in_incr_many(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    await sqlite_store.set_state("huge", 2**64)
+    with pytest.raises(StoreError, match=r"'huge'.*not an integer"):
+        await sqlite_store.incr_many([("small", 1), ("huge", -1)])
+    calls = sqlite_store.thread_calls
+    with write_lock_held(tmp_path / "ringd.db") as release:
+        refused = asyncio.create_task(sqlite_store.incr("huge", -1))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(StoreError, match=r"'huge'.*not an integer"):
+            await refused
+    assert sqlite_store.thread_calls > calls  # the lock was held: RETURNING's statement ran it
+    assert await sqlite_store.get_state("huge") == 2**64
+    assert await sqlite_store.get_state("small") == 1

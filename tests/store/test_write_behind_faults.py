@@ -55,6 +55,16 @@ async def test_a_queued_incr_summing_past_64_bits_with_the_stored_value_is_dropp
     assert sqlite_store.errors == {"incr": 1}
 
 
+async def test_a_queued_incr_of_a_stored_integer_past_64_bits_is_dropped_and_counted(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    await sqlite_store.set_state("huge", -(2**64))
+    await sqlite_store.incr_later([("huge", 1), ("n", 1)])
+    assert await sqlite_store.flush()
+    assert committed(tmp_path / "ringd.db") == {"huge": str(-(2**64)), "n": "1"}
+    assert sqlite_store.errors == {"incr": 1}
+
+
 async def test_a_key_that_is_not_utf8_is_refused_and_the_queue_still_commits(
     sqlite_store: SqliteStore, tmp_path: Path
 ) -> None:
