@@ -743,19 +743,14 @@ def results_to_wire(results: Sequence[PluginResult], *, strict: bool = True) -> 
 
 def _result_to_wire(result: PluginResult) -> bytes:
     """One result's fields, in protobuf's order; raises for what it does not write as bytes."""
-    key = (result.plugin, result.version, result.action, result.outcome)
-    data = _HEADS.get(key)
-    if data is None:
-        data = _result_head(*key)
+    data = _result_head(result.plugin, result.version, result.action, result.outcome)
     latency_ms = result.latency_ms
     if latency_ms:
         data += _latency_to_wire(int(latency_ms * 1e6))
     if result.error:
-        text = result.error.encode()
-        data += b"\x32" + wire.length(len(text)) + text
+        data += wire.field(0x32, result.error.encode())
     if result.message:
-        text = result.message.encode()
-        data += b"\x3a" + wire.length(len(text)) + text
+        data += wire.field(0x3A, result.message.encode())
     return data
 
 
@@ -764,16 +759,6 @@ def _latency_to_wire(nanos: int) -> bytes:
     for a negative one, which :func:`_result_to_proto` writes (as negative varints)."""
     if nanos < 0:
         raise ValueError("a negative latency")
-    if 0 < nanos < 1 << 28:  # up to 268 ms, nearly every call: one to four varint bytes, written out
-        if nanos < 1 << 7:
-            return bytes((0x2A, 2, 0x10, nanos))
-        low = nanos & 0x7F | 0x80
-        if nanos < 1 << 14:
-            return bytes((0x2A, 3, 0x10, low, nanos >> 7))
-        middle = nanos >> 7 & 0x7F | 0x80
-        if nanos < 1 << 21:
-            return bytes((0x2A, 4, 0x10, low, middle, nanos >> 14))
-        return bytes((0x2A, 5, 0x10, low, middle, nanos >> 14 & 0x7F | 0x80, nanos >> 21))
     if nanos < 1_000_000_000:
         duration = b"\x10" + wire.varint(nanos) if nanos else b""
     else:
@@ -782,13 +767,14 @@ def _latency_to_wire(nanos: int) -> bytes:
     return wire.field(0x2A, duration)
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: names and versions come from configs, reloads add some
 def _result_head(plugin: str, version: str, action: PluginAction | None, outcome: PluginOutcome) -> bytes:
     """A result's ``plugin``, ``version``, ``action`` and ``outcome`` fields: the same for
     every call of a plugin that ends the same way."""
     if plugin.__class__ is not str or version.__class__ is not str:
         raise TypeError("not plain text")
     name, number = plugin.encode(), version.encode()
-    data = b"".join(
+    return b"".join(
         (
             wire.field(0x0A, name) if name else b"",
             wire.field(0x12, number) if number else b"",
@@ -796,13 +782,8 @@ def _result_head(plugin: str, version: str, action: PluginAction | None, outcome
             _OUTCOME_FIELDS[outcome],
         )
     )
-    if len(_HEADS) >= 4096:  # bounded: names and versions come from configs, reloads add some
-        _HEADS.clear()
-    _HEADS[(plugin, version, action, outcome)] = data
-    return data
 
 
-_HEADS: dict[tuple[str, str, PluginAction | None, PluginOutcome], bytes] = {}
 _RESULT_TAG = b"\x6a"
 """``ExecuteRingResponse.results`` (field 13), length-delimited."""
 _ACTION_FIELDS = {action: bytes((0x18, number)) for action, number in ACTION_TO_PROTO.items()}

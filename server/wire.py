@@ -8,8 +8,7 @@ messages first; tests compare their bytes with what protobuf makes of the same m
 from __future__ import annotations
 
 
-def varint(number: int) -> bytes:
-    """``number`` (>= 0) as a base-128 varint."""
+def _varint_of(number: int) -> bytes:
     out = bytearray()
     while number >= 0x80:
         out.append((number & 0x7F) | 0x80)
@@ -19,15 +18,29 @@ def varint(number: int) -> bytes:
 
 
 _SHORT = 1 << 14
-_VARINTS = [varint(number) for number in range(_SHORT)]
-"""The varint of every length below 16 KiB (one or two bytes), looked up rather than computed."""
+_VARINTS = [_varint_of(number) for number in range(_SHORT)]
+"""The varint of every number below 16 Ki (one or two bytes), looked up rather than computed."""
 
 
-def length(size: int) -> bytes:
-    """The length prefix of a length-delimited field of ``size`` bytes."""
-    return _VARINTS[size] if size < _SHORT else varint(size)
+def varint(number: int) -> bytes:
+    """``number`` (>= 0) as a base-128 varint."""
+    if 0 <= number < _SHORT:
+        return _VARINTS[number]
+    if _SHORT <= number < 1 << 28:  # three or four bytes (a latency up to 268 ms), written out
+        low, middle = number & 0x7F | 0x80, number >> 7 & 0x7F | 0x80
+        if number < 1 << 21:
+            return bytes((low, middle, number >> 14))
+        return bytes((low, middle, number >> 14 & 0x7F | 0x80, number >> 21))
+    return _varint_of(number)
+
+
+length = varint
+"""The length prefix of a length-delimited field of ``size`` bytes: its varint."""
 
 
 def field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field: its one-byte key ``tag``, the length, ``payload``."""
-    return bytes((tag,)) + length(len(payload)) + payload
+    return b"".join((_KEYS[tag], length(len(payload)), payload))
+
+
+_KEYS = [bytes((tag,)) for tag in range(256)]
