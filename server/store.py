@@ -501,12 +501,9 @@ class SqliteStore:
         self._seen: dict[str, Any] = {}
         """The live keys the last increment on the loop's connection added to, with their new
         values, and those it refused, with :data:`_REFUSED` (see :func:`_incr_rows_seen`)."""
-        self._incr_cursor: sqlite3.Cursor | None = None
-        """The loop connection's cursor for increments (one made per call costs ~0.5 us)."""
         if loop_conn is not None:
             loop_conn.create_function(_SEEN_FUNCTION, 2, _seen_recorder(self._seen))
             loop_conn.create_function(_REFUSED_FUNCTION, 1, _refusal_recorder(self._seen))
-            self._incr_cursor = loop_conn.cursor()
 
     @classmethod
     async def open(
@@ -742,19 +739,10 @@ class SqliteStore:
         Raises:
             StoreError: a key's value is not an integer (the other keys were added).
         """
-        cursor = self._incr_cursor
-        if self._loop_conn is None or cursor is None or self._restart_pending or not self._loop_writes:
-            return None
         seen = self._seen
         seen.clear()
-        try:
-            cursor.execute(_incr_rows_seen(count), params)
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise
+        if self._on_loop(_incr_rows_seen(count), params) is None:
             return None
-        self.loop_calls += 1
-        self._count_write()
         values: list[int] = list(params[3::2])  # a new or expired key's value: its amount
         if seen:
             for index, key in enumerate(params[2::2]):
